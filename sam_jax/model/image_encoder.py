@@ -1,0 +1,114 @@
+"""SAM's ViT image encoder: patch embedding, absolute positions, windowed and global blocks, neck.
+
+Channels-last throughout: an image is (B, H, W, C) and the embedding (B, H/16, W/16, 256).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from sam_jax.config import SamConfig
+from sam_jax.model.attention import attend, decomposed_rel_pos, merge_heads, split_heads
+from sam_jax.model.layers import MLPBlock, apply_sequential, gelu, layer_norm_2d, sequential
+
+
+class PatchEmbed(nnx.Module):
+    def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+        p = config.patch_size
+        self.proj = nnx.Conv(config.in_chans, config.encoder_embed_dim, (p, p), strides=(p, p), padding="VALID",
+                             rngs=rngs)
+
+    def __call__(self, x):
+        return self.proj(x)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention over a (B, h, w, C) grid with decomposed relative positions."""
+
+    def __init__(self, dim: int, num_heads: int, grid: int, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
+        self.proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.rel_pos_h = nnx.Param(jnp.zeros((2 * grid - 1, head_dim)))
+        self.rel_pos_w = nnx.Param(jnp.zeros((2 * grid - 1, head_dim)))
+
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        qkv = self.qkv(x.reshape(b, h * w, c))
+        q, k, v = (split_heads(t, self.num_heads) for t in jnp.split(qkv, 3, axis=-1))
+        rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h[...], self.rel_pos_w[...], (h, w))
+        out = merge_heads(attend(q, k, v, rel_h, rel_w))
+        return self.proj(out).reshape(b, h, w, c)
+
+
+def window_partition(x, window: int):
+    """(B, H, W, C) → (B·nH·nW, window, window, C), zero-padding H and W up to multiples of `window`."""
+    b, h, w, c = x.shape
+    ph, pw = -h % window, -w % window
+    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    nh, nw = (h + ph) // window, (w + pw) // window
+    x = x.reshape(b, nh, window, nw, window, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b * nh * nw, window, window, c)
+
+
+def window_unpartition(windows, window: int, hw):
+    """Inverse of `window_partition`, cropping the padding away."""
+    h, w = hw
+    nh, nw = -(-h // window), -(-w // window)
+    c = windows.shape[-1]
+    b = windows.shape[0] // (nh * nw)
+    x = windows.reshape(b, nh, nw, window, window, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, nh * window, nw * window, c)[:, :h, :w]
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block; windowed attention when `window_size` > 0, global otherwise."""
+
+    def __init__(self, config: SamConfig, window_size: int, *, rngs: nnx.Rngs):
+        dim = config.encoder_embed_dim
+        self.window_size = window_size
+        self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+        self.attn = Attention(dim, config.encoder_num_heads, window_size or config.grid_size, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+        self.mlp = MLPBlock(dim, int(dim * config.mlp_ratio), gelu, rngs=rngs)
+
+    def spatial_attention(self, x):
+        """norm1 → (windowed) attention, without the residual."""
+        x = self.norm1(x)
+        if self.window_size:
+            hw = x.shape[1:3]
+            x = window_unpartition(self.attn(window_partition(x, self.window_size)), self.window_size, hw)
+        else:
+            x = self.attn(x)
+        return x
+
+    def __call__(self, x):
+        x = x + self.spatial_attention(x)
+        return x + self.mlp(self.norm2(x))
+
+
+class ImageEncoderViT(nnx.Module):
+    def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+        dim, g = config.encoder_embed_dim, config.grid_size
+        self.patch_embed = PatchEmbed(config, rngs=rngs)
+        self.pos_embed = nnx.Param(jnp.zeros((1, g, g, dim)))
+        self.blocks = nnx.List([
+            Block(config, 0 if i in config.encoder_global_attn_indexes else config.window_size, rngs=rngs)
+            for i in range(config.encoder_depth)
+        ])
+        out = config.prompt_embed_dim
+        self.neck = sequential(
+            nnx.Conv(dim, out, (1, 1), use_bias=False, rngs=rngs),
+            layer_norm_2d(out, rngs=rngs),
+            nnx.Conv(out, out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, rngs=rngs),
+            layer_norm_2d(out, rngs=rngs),
+        )
+
+    def __call__(self, x):
+        """x: normalised image (B, S, S, in_chans) → embedding (B, S/16, S/16, prompt_embed_dim)."""
+        x = self.patch_embed(x) + self.pos_embed[...]
+        for block in self.blocks:
+            x = block(x)
+        return apply_sequential(self.neck, x)

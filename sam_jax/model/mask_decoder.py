@@ -1,0 +1,125 @@
+"""SAM's mask decoder: a two-way transformer between prompt tokens and image tokens, then upscaling and
+hypernetwork heads that turn mask tokens into mask logits, plus an IoU head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sam_jax.config import SamConfig
+from sam_jax.model.attention import attend, merge_heads, split_heads
+from sam_jax.model.layers import MLP, Gelu, MLPBlock, apply_sequential, layer_norm_2d, sequential
+
+
+class DecoderAttention(nnx.Module):
+    """Attention with separate q/k/v projections that may shrink the width by `downsample_rate`."""
+
+    def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1, *, rngs: nnx.Rngs):
+        inner = dim // downsample_rate
+        self.num_heads = num_heads
+        self.q_proj = nnx.Linear(dim, inner, rngs=rngs)
+        self.k_proj = nnx.Linear(dim, inner, rngs=rngs)
+        self.v_proj = nnx.Linear(dim, inner, rngs=rngs)
+        self.out_proj = nnx.Linear(inner, dim, rngs=rngs)
+
+    def __call__(self, q, k, v):
+        q, k, v = (split_heads(p(t), self.num_heads) for p, t in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
+        return self.out_proj(merge_heads(attend(q, k, v)))
+
+
+def _norm(dim, rngs):
+    return nnx.LayerNorm(dim, epsilon=1e-5, rngs=rngs)  # the decoder keeps PyTorch's default eps
+
+
+class TwoWayAttentionBlock(nnx.Module):
+    """Token self-attention, token→image cross-attention, MLP on tokens, image→token cross-attention."""
+
+    def __init__(self, config: SamConfig, skip_first_layer_pe: bool, *, rngs: nnx.Rngs):
+        dim, heads = config.prompt_embed_dim, config.decoder_num_heads
+        self.skip_first_layer_pe = skip_first_layer_pe
+        self.self_attn = DecoderAttention(dim, heads, rngs=rngs)
+        self.norm1 = _norm(dim, rngs)
+        self.cross_attn_token_to_image = DecoderAttention(dim, heads, 2, rngs=rngs)
+        self.norm2 = _norm(dim, rngs)
+        self.mlp = MLPBlock(dim, config.decoder_mlp_dim, jax.nn.relu, rngs=rngs)
+        self.norm3 = _norm(dim, rngs)
+        self.norm4 = _norm(dim, rngs)
+        self.cross_attn_image_to_token = DecoderAttention(dim, heads, 2, rngs=rngs)
+
+    def __call__(self, queries, keys, query_pe, key_pe):
+        if self.skip_first_layer_pe:  # the first layer replaces the tokens: no positional term, no residual
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+        q, k = queries + query_pe, keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        queries = self.norm3(queries + self.mlp(queries))
+        q, k = queries + query_pe, keys + key_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nnx.Module):
+    def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+        dim = config.prompt_embed_dim
+        self.layers = nnx.List([TwoWayAttentionBlock(config, i == 0, rngs=rngs) for i in range(config.decoder_depth)])
+        self.final_attn_token_to_image = DecoderAttention(dim, config.decoder_num_heads, 2, rngs=rngs)
+        self.norm_final_attn = _norm(dim, rngs)
+
+    def __call__(self, image_embedding, image_pe, point_embedding):
+        """image_embedding and image_pe (B, h, w, C), point_embedding (B, T, C) → tokens (B, T, C), image (B, hw, C)."""
+        b, h, w, c = image_embedding.shape
+        keys = image_embedding.reshape(b, h * w, c)
+        key_pe = image_pe.reshape(image_pe.shape[0], h * w, c)
+        queries = point_embedding
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
+        return self.norm_final_attn(queries + attn), keys
+
+
+class MaskDecoder(nnx.Module):
+    def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+        dim = config.prompt_embed_dim
+        self.num_mask_tokens = config.num_multimask_outputs + 1
+        self.transformer = TwoWayTransformer(config, rngs=rngs)
+        self.iou_token = nnx.Embed(1, dim, rngs=rngs)
+        self.mask_tokens = nnx.Embed(self.num_mask_tokens, dim, rngs=rngs)
+        self.output_upscaling = sequential(
+            nnx.ConvTranspose(dim, dim // 4, (2, 2), strides=(2, 2), padding="VALID", rngs=rngs),
+            layer_norm_2d(dim // 4, rngs=rngs),
+            Gelu(),
+            nnx.ConvTranspose(dim // 4, dim // 8, (2, 2), strides=(2, 2), padding="VALID", rngs=rngs),
+            Gelu(),
+        )
+        self.output_hypernetworks_mlps = nnx.List(
+            [MLP(dim, dim, dim // 8, 3, rngs=rngs) for _ in range(self.num_mask_tokens)])
+        self.iou_prediction_head = MLP(dim, config.iou_head_hidden_dim, self.num_mask_tokens, config.iou_head_depth,
+                                       rngs=rngs)
+
+    def __call__(self, image_embeddings, image_pe, sparse, dense, multimask_output: bool):
+        """image_embeddings (B, g, g, C), image_pe (1, g, g, C), sparse (B, N, C), dense (B, g, g, C).
+
+        The batch of prompts and of image embeddings must agree (repeat the embedding for several prompts of one
+        image). Returns mask logits (B, M, 4g, 4g) and IoU predictions (B, M), with M = 3 for multimask output
+        (tokens 1..3) and 1 otherwise (token 0), as SAM selects them.
+        """
+        b = sparse.shape[0]
+        output_tokens = jnp.concatenate([self.iou_token.embedding[...], self.mask_tokens.embedding[...]], axis=0)
+        tokens = jnp.concatenate([jnp.broadcast_to(output_tokens, (b,) + output_tokens.shape), sparse], axis=1)
+        src = image_embeddings + dense
+        pos = jnp.broadcast_to(image_pe, src.shape)
+        hs, src = self.transformer(src, pos, tokens)
+        iou_token_out = hs[:, 0]
+        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens]
+        g = image_embeddings.shape[1]
+        upscaled = apply_sequential(self.output_upscaling, src.reshape(b, g, g, -1))
+        hyper_in = jnp.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+                             axis=1)
+        masks = jnp.einsum("bmc,bhwc->bmhw", hyper_in, upscaled)
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, chosen], iou_pred[:, chosen]

@@ -1,0 +1,47 @@
+"""The whole SAM: image encoder, prompt encoder and mask decoder under SAM's state-dict names."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from sam_jax.config import SamConfig
+from sam_jax.model.image_encoder import ImageEncoderViT
+from sam_jax.model.mask_decoder import MaskDecoder
+from sam_jax.model.prompt_encoder import PromptEncoder
+
+# ImageNet statistics SAM normalises RGB with (not stored in the checkpoint).
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Sam(nnx.Module):
+    def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.image_encoder = ImageEncoderViT(config, rngs=rngs)
+        self.prompt_encoder = PromptEncoder(config, rngs=rngs)
+        self.mask_decoder = MaskDecoder(config, rngs=rngs)
+
+    def encode_image(self, images):
+        """Normalised, padded images (B, S, S, in_chans) → embeddings (B, g, g, C)."""
+        return self.image_encoder(images)
+
+    def decode(self, image_embeddings, point_coords=None, point_labels=None, boxes=None, mask_inputs=None,
+               multimask_output: bool = False):
+        """Prompts for each embedding of the batch → low-resolution mask logits (B, M, 4g, 4g) and IoU (B, M).
+
+        Point coordinates are (x, y) pixels of the model's input frame; labels 1 positive, 0 negative, −1 padding.
+        """
+        points = None if point_coords is None else (point_coords, point_labels)
+        sparse, dense = self.prompt_encoder(points, boxes, mask_inputs, batch_size=image_embeddings.shape[0])
+        return self.mask_decoder(image_embeddings, self.prompt_encoder.dense_pe(), sparse, dense, multimask_output)
+
+    def __call__(self, images, point_coords=None, point_labels=None, boxes=None, mask_inputs=None,
+                 multimask_output: bool = False):
+        return self.decode(self.encode_image(images), point_coords, point_labels, boxes, mask_inputs,
+                           multimask_output)
+
+
+def normalize_rgb(images):
+    """0–255 RGB (…, 3) → SAM's normalised input."""
+    return (images - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)

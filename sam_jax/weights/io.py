@@ -1,0 +1,92 @@
+"""Read and write our parameter files (safetensors, dot-joined Flax paths) and fill a model from them.
+
+Files are written atomically: a temporary file beside the target, then a rename, so a crash never leaves a
+half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, Mapping, Tuple
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+
+from sam_jax.weights.params import WeightsError
+from sam_jax.weights.resize import fit_to_image_size
+
+FORMAT_VERSION = "1"
+
+
+def save_arrays(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
+                  metadata={"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_arrays(path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), "np") as f:
+            metadata = dict(f.metadata() or {})
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({e}). Convert a PyTorch checkpoint with "
+                           f"`python convert/sam_weights.py`.") from None
+    return arrays, metadata
+
+
+def model_arrays(model: nnx.Module) -> Dict[str, jnp.ndarray]:
+    """Every variable of the model as dot-joined path → array."""
+    return {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+def assign(model: nnx.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write arrays into the model's variables by dot-joined path (paths must exist, shapes must match)."""
+    current = {".".join(map(str, p)): p for p, _ in nnx.to_flat_state(nnx.state(model))}
+    flat = []
+    for path, value in arrays.items():
+        flat.append((current[path], jnp.asarray(value)))
+    nnx.update(model, nnx.from_flat_state(flat))
+
+
+def load_sam_weights(model: nnx.Module, path, *, keep_initialised: Iterable[str] = ()) -> Dict[str, str]:
+    """Fill `model` from a converted SAM file; returns the file's metadata.
+
+    Every variable of the model must come from the file, except those whose path starts with one of
+    `keep_initialised` (parts the base SAM does not have, such as LoRA or a cross-slice branch); a weight of the
+    wrong shape or a weight the model lacks is an error. Position tables are resized when the model's input size
+    differs from the file's.
+    """
+    arrays, metadata = read_arrays(path)
+    shapes = {k: tuple(v.shape) for k, v in model_arrays(model).items()}
+    arrays = fit_to_image_size(arrays, shapes)
+    keep = tuple(keep_initialised)
+    problems = [f"missing {k!r}" for k in sorted(shapes) if k not in arrays and not k.startswith(keep)]
+    for k, v in sorted(arrays.items()):
+        if k not in shapes:
+            problems.append(f"unexpected {k!r}")
+        elif tuple(v.shape) != shapes[k]:
+            problems.append(f"{k!r} has shape {tuple(v.shape)}, the model needs {shapes[k]}")
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise WeightsError(f"{path}: weights do not fit the model ({metadata.get('model_type', 'unknown type')}): "
+                           f"{shown}")
+    assign(model, arrays)
+    return metadata

@@ -1,0 +1,122 @@
+"""Per-layer and end-to-end parity with Meta's PyTorch SAM (random init), fp32, tolerance 1e-4 × output scale."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from sam_jax.config import sam_config
+from sam_jax.model.layers import apply_sequential
+from sam_jax.model.sam import normalize_rgb
+from torch_reference import assert_close, flax_twin, to_numpy, torch_sam
+
+CONFIG = sam_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    ref = torch_sam(CONFIG)
+    return ref, flax_twin(CONFIG, ref)
+
+
+def _image(config, batch=2, seed=0):
+    return np.random.default_rng(seed).normal(size=(batch, config.image_size, config.image_size, config.in_chans)
+                                              ).astype(np.float32)
+
+
+def _nchw(x):
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+
+
+def test_patch_embed(pair):
+    ref, ours = pair
+    x = _image(CONFIG)
+    assert_close(ours.image_encoder.patch_embed(jnp.asarray(x)), to_numpy(ref.image_encoder.patch_embed(_nchw(x))))
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["windowed", "global"])
+def test_block(pair, index):
+    ref, ours = pair
+    assert (ours.image_encoder.blocks[index].window_size == 0) == (index in CONFIG.encoder_global_attn_indexes)
+    g = CONFIG.grid_size  # 8 tokens per side with window 3: padding and 3×3 windows are exercised
+    x = np.random.default_rng(1).normal(size=(2, g, g, CONFIG.encoder_embed_dim)).astype(np.float32)
+    assert_close(ours.image_encoder.blocks[index](jnp.asarray(x)),
+                 to_numpy(ref.image_encoder.blocks[index](torch.from_numpy(x))))
+
+
+def test_neck(pair):
+    ref, ours = pair
+    g = CONFIG.grid_size
+    x = np.random.default_rng(2).normal(size=(2, g, g, CONFIG.encoder_embed_dim)).astype(np.float32)
+    out = apply_sequential(ours.image_encoder.neck, jnp.asarray(x))
+    assert_close(np.moveaxis(np.asarray(out), -1, 1), to_numpy(ref.image_encoder.neck(_nchw(x))))
+
+
+def test_image_encoder(pair):
+    ref, ours = pair
+    x = _image(CONFIG)
+    out = ours.image_encoder(jnp.asarray(x))
+    assert_close(np.moveaxis(np.asarray(out), -1, 1), to_numpy(ref.image_encoder(_nchw(x))))
+
+
+def _prompts(batch=3, n=2, seed=3):
+    rng = np.random.default_rng(seed)
+    coords = rng.uniform(0, CONFIG.image_size, size=(batch, n, 2)).astype(np.float32)
+    labels = np.array([[1, 0], [1, -1], [0, 1]], np.int32)[:batch, :n]
+    x0y0 = rng.uniform(0, CONFIG.image_size / 2, size=(batch, 2))
+    boxes = np.concatenate([x0y0, x0y0 + rng.uniform(1, CONFIG.image_size / 2, size=(batch, 2))], 1).astype(np.float32)
+    masks = rng.normal(size=(batch, CONFIG.mask_input_size, CONFIG.mask_input_size, 1)).astype(np.float32)
+    return coords, labels, boxes, masks
+
+
+@pytest.mark.parametrize("use", ["points", "box", "points+box", "mask", "points+mask"])
+def test_prompt_encoder(pair, use):
+    ref, ours = pair
+    coords, labels, boxes, masks = _prompts()
+    pts = (coords, labels) if "points" in use else None
+    box = boxes if "box" in use else None
+    mask = masks if "mask" in use else None
+    sparse, dense = ours.prompt_encoder(
+        None if pts is None else (jnp.asarray(coords), jnp.asarray(labels)),
+        None if box is None else jnp.asarray(box), None if mask is None else jnp.asarray(mask), batch_size=3)
+    with torch.no_grad():
+        rs, rd = ref.prompt_encoder(
+            None if pts is None else (torch.from_numpy(coords), torch.from_numpy(labels)),
+            None if box is None else torch.from_numpy(box), None if mask is None else _nchw(mask))
+    assert_close(sparse, to_numpy(rs))
+    assert_close(np.moveaxis(np.asarray(dense), -1, 1), to_numpy(rd))
+    assert_close(np.moveaxis(np.asarray(ours.prompt_encoder.dense_pe()), -1, 1),
+                 to_numpy(ref.prompt_encoder.get_dense_pe()))
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+def test_mask_decoder(pair, multimask):
+    ref, ours = pair
+    g, c = CONFIG.grid_size, CONFIG.prompt_embed_dim
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(1, g, g, c)).astype(np.float32)
+    coords, labels, _, _ = _prompts()
+    with torch.no_grad():
+        rs, rd = ref.prompt_encoder((torch.from_numpy(coords), torch.from_numpy(labels)), None, None)
+        rm, ri = ref.mask_decoder(_nchw(emb), ref.prompt_encoder.get_dense_pe(), rs, rd, multimask)
+    sparse, dense = ours.prompt_encoder((jnp.asarray(coords), jnp.asarray(labels)))
+    om, oi = ours.mask_decoder(jnp.broadcast_to(jnp.asarray(emb), (3, g, g, c)), ours.prompt_encoder.dense_pe(),
+                               sparse, dense, multimask)
+    assert om.shape == (3, 3 if multimask else 1, 4 * g, 4 * g)
+    assert_close(om, to_numpy(rm))
+    assert_close(oi, to_numpy(ri))
+
+
+def test_whole_model(pair):
+    """SAM's forward normalises a 0–255 image itself; ours takes it normalised."""
+    ref, ours = pair
+    x = np.random.default_rng(5).uniform(0, 255, size=(1, CONFIG.image_size, CONFIG.image_size, 3)).astype(np.float32)
+    coords, labels, boxes, _ = _prompts(batch=1)
+    with torch.no_grad():
+        out = ref([{"image": _nchw(x)[0], "original_size": (CONFIG.image_size,) * 2,
+                    "point_coords": torch.from_numpy(coords), "point_labels": torch.from_numpy(labels),
+                    "boxes": torch.from_numpy(boxes)}], multimask_output=True)[0]
+    masks, iou = ours(normalize_rgb(jnp.asarray(x)), jnp.asarray(coords), jnp.asarray(labels), jnp.asarray(boxes),
+                      multimask_output=True)
+    assert_close(masks, to_numpy(out["low_res_logits"]))
+    assert_close(iou, to_numpy(out["iou_predictions"]))
