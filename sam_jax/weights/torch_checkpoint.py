@@ -151,6 +151,13 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
+_LEAF_KINDS = {_TensorRef: "a tensor", _StorageRef: "a bare storage", _StorageType: "a storage type",
+               _TorchDtype: "a dtype"}
+_NATIVE_BYTEORDER = "little" if np.little_endian else "big"
+_PICKLE_PROTOCOL_OPCODE = b"\x80"
+_READ_CHUNK_BYTES = 1 << 26
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves globals only from `_ALLOWED_GLOBALS`; storages become references into the zip."""
 
@@ -205,10 +212,6 @@ def _read(path: str) -> dict[str, np.ndarray]:
         tree = _unpickle(_read_record(archive, f"{prefix}/data.pkl"))
         tensors = _state_dict_tensors(tree)
         return _materialize(archive, prefix, tensors, swap_bytes=(byteorder.decode() != _NATIVE_BYTEORDER))
-
-
-_NATIVE_BYTEORDER = "little" if np.little_endian else "big"
-_PICKLE_PROTOCOL_OPCODE = b"\x80"
 
 
 def _why_not_a_zip(path: str) -> str:
@@ -268,9 +271,6 @@ def _state_dict_tensors(tree: Any) -> dict[str, _TensorRef]:
     return tree
 
 
-_LEAF_KINDS = {_TensorRef: "a tensor", _StorageRef: "a bare storage", _TorchDtype: "a dtype", _StorageType: "a storage type"}
-
-
 def _materialize(archive: zipfile.ZipFile, prefix: str, tensors: dict[str, _TensorRef],
                  swap_bytes: bool) -> dict[str, np.ndarray]:
     # Each storage is read once and dropped after its last tensor, so peak memory stays near one checkpoint's size.
@@ -294,9 +294,6 @@ def _materialize(archive: zipfile.ZipFile, prefix: str, tensors: dict[str, _Tens
     return arrays
 
 
-_READ_CHUNK_BYTES = 1 << 26
-
-
 def _read_storage(archive: zipfile.ZipFile, name: str, nbytes: int) -> np.ndarray:
     try:
         info = archive.getinfo(name)
@@ -314,8 +311,6 @@ def _read_storage(archive: zipfile.ZipFile, name: str, nbytes: int) -> np.ndarra
                 if not count:
                     raise _Fault(f"storage record {name} ends after {filled} of its {nbytes} bytes")
                 filled += count
-            if info.file_size == nbytes:
-                record.read(1)  # reaching the end is what makes zipfile check the CRC
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
         raise _Fault(f"storage record {name} is corrupt ({error})") from None
     return buffer
@@ -331,7 +326,7 @@ def _tensor_array(name: str, ref: _TensorRef, storage: np.ndarray, reuse_storage
             f"{ref.offset + reach} elements of {ref.dtype} but its storage data/{ref.storage.key} holds {elements}"
         )
     count = math.prod(ref.shape)
-    if reuse_storage and ref.offset == 0 and count == elements and count * itemsize == storage.size and \
+    if reuse_storage and ref.offset == 0 and count * itemsize == storage.size and \
             ref.strides == _contiguous_strides(ref.shape):
         return storage.view(ref.dtype).reshape(ref.shape)
     typed = storage[: elements * itemsize].view(ref.dtype)[ref.offset:]
