@@ -18,14 +18,19 @@ def _as_dice_curve(dice_after_clicks, name: str) -> np.ndarray:
     return curve
 
 
-def clicks_to_reach(dice_after_clicks, threshold: float, max_clicks: int = NOC_MAX_CLICKS) -> int:
-    """The first k (1-based; element k-1 is the Dice after k clicks) with Dice >= threshold among the first
-    `max_clicks` clicks; `max_clicks` when it is never reached there, however many clicks were run."""
+def _first_click_reaching(dice_after_clicks, threshold: float, max_clicks: int) -> int | None:
     if int(max_clicks) < 1:
         raise MetricInputError(f"max_clicks: expected a positive number of clicks, got {max_clicks}")
     curve = _as_dice_curve(dice_after_clicks, "dice_after_clicks")[:max_clicks]
     reached = np.flatnonzero(curve >= threshold)
-    return int(reached[0]) + 1 if reached.size else int(max_clicks)
+    return int(reached[0]) + 1 if reached.size else None
+
+
+def clicks_to_reach(dice_after_clicks, threshold: float, max_clicks: int = NOC_MAX_CLICKS) -> int:
+    """The first k (1-based; element k-1 is the Dice after k clicks) with Dice >= threshold among the first
+    `max_clicks` clicks; `max_clicks` when it is never reached there, however many clicks were run."""
+    first = _first_click_reaching(dice_after_clicks, threshold, max_clicks)
+    return int(max_clicks) if first is None else first
 
 
 def mean_noc(dice_curves, threshold: float, max_clicks: int = NOC_MAX_CLICKS) -> float:
@@ -37,7 +42,7 @@ def mean_noc(dice_curves, threshold: float, max_clicks: int = NOC_MAX_CLICKS) ->
 
 def noc_failures(dice_curves, threshold: float, max_clicks: int = NOC_MAX_CLICKS) -> int:
     """How many cases never reach `threshold` within `max_clicks` clicks."""
-    return sum(1 for c in dice_curves if not np.any(_as_dice_curve(c, "dice_curves")[:max_clicks] >= threshold))
+    return sum(1 for c in dice_curves if _first_click_reaching(c, threshold, max_clicks) is None)
 
 
 def mean_dice_after_clicks(dice_curves) -> np.ndarray:

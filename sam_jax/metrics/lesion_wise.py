@@ -72,7 +72,7 @@ class LesionWiseResult:
 def merged_gt_lesions(gt: np.ndarray, dilation_iterations: int) -> tuple[np.ndarray, int]:
     """Labels ground-truth voxels by the 26-connected component of the dilated mask they fall in, so lesions whose
     dilations touch become one lesion; the voxels themselves are not changed."""
-    if dilation_iterations == 0:
+    if dilation_iterations == 0:  # scipy reads iterations=0 as "dilate until nothing changes"
         return ndimage.label(gt, structure=CONNECTIVITY_26)
     dilated = ndimage.binary_dilation(gt, structure=DILATION_18, iterations=dilation_iterations)
     labels, count = ndimage.label(dilated, structure=CONNECTIVITY_26)
