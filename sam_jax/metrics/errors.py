@@ -1,0 +1,5 @@
+"""The one exception the metrics raise for bad input, so callers can report it without a deep stack trace."""
+
+
+class MetricInputError(ValueError):
+    """An input to a metric has the wrong shape, dtype, values or spacing; the message names the argument."""

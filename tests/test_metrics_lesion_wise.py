@@ -1,0 +1,136 @@
+"""BraTS 2023 lesion-wise Dice/HD95 on hand-built lesion layouts; every expected value is worked out in comments."""
+
+import numpy as np
+import pytest
+
+from sam_jax.metrics import BRATS_2023_LESION_RULES, MetricInputError, lesion_wise_scores
+
+SHAPE = (8, 8, 40)
+
+
+def box(x_start, x_size, size=4):
+    """A size^2 x x_size block at rows/slices 2..2+size, columns x_start..x_start+x_size."""
+    mask = np.zeros(SHAPE, bool)
+    mask[2:2 + size, 2:2 + size, x_start:x_start + x_size] = True
+    return mask
+
+
+EMPTY = np.zeros(SHAPE, bool)
+CUBE_A = box(0, 4)     # 64 voxels
+CUBE_FAR = box(30, 4)  # 64 voxels, far from CUBE_A for any dilation
+
+
+def test_both_empty():
+    result = lesion_wise_scores(EMPTY, EMPTY)
+    assert (result.dice, result.hd95) == (1.0, 0.0)
+    assert (result.legacy_dice, result.legacy_hd95) == (1.0, 0.0)
+    assert result.lesions == () and result.false_positive_labels == ()
+
+
+def test_empty_ground_truth_makes_every_prediction_a_false_positive():
+    result = lesion_wise_scores(CUBE_A, EMPTY)
+    assert (result.dice, result.hd95) == (0.0, 374.0)
+    assert (result.legacy_dice, result.legacy_hd95) == (0.0, 374.0)
+    assert result.num_false_positive == 1
+
+
+def test_empty_prediction_misses_every_lesion():
+    result = lesion_wise_scores(EMPTY, CUBE_A)
+    assert (result.dice, result.hd95) == (0.0, 374.0)
+    assert (result.num_true_positive, result.num_false_negative, result.num_false_positive) == (0, 1, 0)
+
+
+def test_two_lesions_one_missed():
+    # Found lesion: Dice 1, HD95 0; missed lesion: Dice 0, HD95 374; mean over the 2 lesions.
+    result = lesion_wise_scores(CUBE_A, CUBE_A | CUBE_FAR)
+    assert result.dice == pytest.approx(0.5)
+    assert result.hd95 == pytest.approx(187.0)
+    assert (result.num_true_positive, result.num_false_negative) == (1, 1)
+    assert result.legacy_dice == pytest.approx(2 * 64 / (64 + 128))
+
+
+def test_false_positive_lesion():
+    # One perfect lesion plus one predicted lesion touching no ground truth: (1 + 0) / (1 + 1), (0 + 374) / 2.
+    result = lesion_wise_scores(CUBE_A | CUBE_FAR, CUBE_A)
+    assert result.dice == pytest.approx(0.5)
+    assert result.hd95 == pytest.approx(187.0)
+    assert result.num_false_positive == 1
+
+
+def test_small_lesion_is_dropped_but_its_prediction_is_no_false_positive():
+    small = box(30, 3, size=3)  # 27 voxels <= 50
+    gt = CUBE_A | small
+    found_large = lesion_wise_scores(CUBE_A, gt)
+    assert (found_large.dice, found_large.hd95) == (1.0, 0.0)
+    assert [s.counted for s in found_large.lesions] == [True, False]
+    assert [s.voxels for s in found_large.lesions] == [64, 27]
+    found_both = lesion_wise_scores(gt, gt)
+    assert (found_both.dice, found_both.hd95, found_both.num_false_positive) == (1.0, 0.0, 0)
+    # Only the small lesion found: the large one is missed, the small one's prediction is not a false positive.
+    found_small = lesion_wise_scores(small, gt)
+    assert (found_small.dice, found_small.hd95, found_small.num_false_positive) == (0.0, 374.0, 0)
+
+
+def test_size_threshold_is_a_volume_in_mm3():
+    # 27 voxels of 1 x 1 x 2 mm = 54 mm^3 > 50: the lesion counts, and it is missed.
+    small = box(30, 3, size=3)
+    result = lesion_wise_scores(EMPTY, small, spacing=(1.0, 1.0, 2.0))
+    assert (result.dice, result.hd95) == (0.0, 374.0)
+    assert result.lesions[0].volume_mm3 == pytest.approx(54.0)
+
+
+def test_lesions_merged_by_dilation_depend_on_the_domain():
+    cube_b = box(7, 4)  # 3 empty columns (x = 4, 5, 6) between it and CUBE_A
+    gt = CUBE_A | cube_b
+    # GLI (3 dilations): one lesion of 128 voxels; the prediction CUBE_A gives Dice 2*64/(64+128) = 2/3.
+    # HD95: CUBE_A's surface coincides with the lesion's, cube_b's 56 surface voxels lie 4, 5, 6, 7 columns from
+    # CUBE_A's facing side (16, 12, 12, 16 voxels); rank 107 of 112 distances (56 zeros first) is 7.
+    gli = lesion_wise_scores(CUBE_A, gt, domain="GLI")
+    assert len(gli.lesions) == 1
+    assert gli.dice == pytest.approx(2 / 3)
+    assert gli.hd95 == pytest.approx(7.0)
+    # MEN (1 dilation): the dilations stop at x = 4 and x = 6, so two lesions, one found and one missed.
+    men = lesion_wise_scores(CUBE_A, gt, domain="MEN")
+    assert len(men.lesions) == 2
+    assert (men.dice, men.hd95) == (pytest.approx(0.5), pytest.approx(187.0))
+    # The parameter overrides the domain's default.
+    assert len(lesion_wise_scores(CUBE_A, gt, domain="GLI", dilation_iterations=1).lesions) == 2
+
+
+def test_prediction_next_to_a_lesion_is_matched_not_a_false_positive():
+    # A cube one empty column beyond CUBE_A lies inside its 3-voxel dilation: matched with Dice 0 and a finite
+    # HD95. Each cube's surface is 2, 3, 4, 5 columns from the other's facing side (16, 12, 12, 16 voxels); rank 54
+    # of 56 is 5 columns of 2 mm = 10 mm.
+    near = box(5, 4)
+    result = lesion_wise_scores(near, CUBE_A, spacing=(1.0, 1.0, 2.0))
+    assert result.num_false_positive == 0
+    assert result.lesions[0].matched_pred_labels == (1,)
+    assert (result.dice, result.hd95) == (0.0, pytest.approx(10.0))
+
+
+def test_one_prediction_spanning_two_lesions_scores_against_each():
+    # A 4x4x24 bar (384 voxels) covers CUBE_A (x 0..3) and a cube at x 20..23: each lesion's Dice is
+    # 2*64/(384+64) = 2/7. HD95 per lesion: the bar's 296 surface voxels lie 0 (52), 1..19 (12 each) and 20 (16)
+    # columns from the cube; rank 282 is 20. The cube's 4 inner end voxels lie 1 inside the bar: 95 % of 56 -> 1.
+    # Max of the two directions: 20.
+    far_end = box(20, 4)
+    bar = box(0, 24)
+    result = lesion_wise_scores(bar, CUBE_A | far_end)
+    assert len(result.lesions) == 2 and result.num_false_positive == 0
+    assert [s.dice for s in result.lesions] == [pytest.approx(2 / 7)] * 2
+    assert result.dice == pytest.approx(2 / 7)
+    assert result.hd95 == pytest.approx(20.0)
+
+
+def test_domain_table_matches_the_2023_challenge():
+    assert {d: (r.dilation_iterations, r.small_lesion_mm3) for d, r in BRATS_2023_LESION_RULES.items()
+            if d != "MET"} == {"GLI": (3, 50.0), "SSA": (3, 50.0), "PED": (3, 50.0), "MEN": (1, 50.0)}
+
+
+def test_bad_inputs_raise_named_errors():
+    with pytest.raises(MetricInputError, match="domain"):
+        lesion_wise_scores(EMPTY, EMPTY, domain="BRAIN")
+    with pytest.raises(MetricInputError, match="3-D"):
+        lesion_wise_scores(EMPTY[0], EMPTY[0])
+    with pytest.raises(MetricInputError, match="dilation_iterations"):
+        lesion_wise_scores(EMPTY, EMPTY, dilation_iterations=-1)
