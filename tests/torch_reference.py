@@ -71,4 +71,5 @@ def assert_close(ours, ref, rel=1e-4):
     scale = max(np.abs(ref).max(initial=0.0), 1e-12)
     err = np.abs(ours - ref).max(initial=0.0)
     assert err <= rel * scale, f"max abs error {err:.3g} exceeds {rel:g} × scale {scale:.3g}"
+    print(f"parity: max abs error {err:.3g} = {err / scale:.2e} × scale {scale:.3g}")  # shown with pytest -s
     return err / scale

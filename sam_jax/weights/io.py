@@ -75,6 +75,13 @@ def load_sam_weights(model: nnx.Module, path, *, keep_initialised: Iterable[str]
     differs from the file's.
     """
     arrays, metadata = read_arrays(path)
+    config = getattr(model, "config", None)
+    if config is not None and "encoder_embed_dim" in metadata and (
+            int(metadata["encoder_embed_dim"]), int(metadata["encoder_depth"])) != (
+            config.encoder_embed_dim, config.encoder_depth):
+        raise WeightsError(f"{path} holds {metadata.get('model_type')} weights (width {metadata['encoder_embed_dim']}, "
+                           f"depth {metadata['encoder_depth']}), but the model is configured with width "
+                           f"{config.encoder_embed_dim} and depth {config.encoder_depth}")
     shapes = {k: tuple(v.shape) for k, v in model_arrays(model).items()}
     arrays = fit_to_image_size(arrays, shapes)
     keep = tuple(keep_initialised)

@@ -1,0 +1,36 @@
+"""Convert an official SAM PyTorch checkpoint to a safetensors file of our Flax parameter tree.
+
+    python convert/sam_weights.py --checkpoint sam_vit_b_01ec64.pth --output sam_vit_b.safetensors
+
+The checkpoint is read without torch, by a restricted unpickler that refuses any code a pickle asks to run.
+"""
+
+import sys
+
+from absl import app, flags
+
+from sam_jax.weights.convert import convert_checkpoint
+from sam_jax.weights.params import WeightsError
+from sam_jax.weights.torch_checkpoint import CheckpointError
+
+flags.DEFINE_string("checkpoint", None, "PyTorch SAM checkpoint (.pth), e.g. sam_vit_b_01ec64.pth.", required=True)
+flags.DEFINE_string("output", None, "Where to write the safetensors file.", required=True)
+flags.DEFINE_enum("model_type", "auto", ["auto", "vit_b", "vit_l", "vit_h"],
+                  "SAM size; auto detects it from the tensor shapes.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    try:
+        metadata = convert_checkpoint(FLAGS.checkpoint, FLAGS.output, FLAGS.model_type)
+    except (CheckpointError, WeightsError) as e:
+        print(f"error: {e}\nNo output was written.", file=sys.stderr)
+        return 1
+    print(f"wrote {FLAGS.output}: {metadata['model_type']}, {int(metadata['num_parameters']):,} parameters, "
+          f"source sha256 {metadata['source_sha256'][:12]}…")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

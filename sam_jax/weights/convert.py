@@ -1,0 +1,44 @@
+"""PyTorch SAM checkpoint (`.pth`) → our safetensors file, with no torch and no pickle code executed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+
+from sam_jax.config import sam_config
+from sam_jax.weights.io import save_arrays
+from sam_jax.weights.params import WeightsError, detect_model_type, model_shapes, torch_to_flax
+from sam_jax.weights.torch_checkpoint import read_torch_checkpoint
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_checkpoint(checkpoint, output, model_type: str = "auto") -> Dict[str, str]:
+    """Convert and write `output` atomically; returns the metadata written. Raises CheckpointError/WeightsError."""
+    state_dict = read_torch_checkpoint(checkpoint)
+    detected = detect_model_type(state_dict)
+    if model_type not in ("auto", detected):
+        raise WeightsError(f"{checkpoint}: --model_type={model_type} was asked for, but the tensors are those of "
+                           f"{detected}")
+    config = sam_config(detected)
+    arrays = torch_to_flax(state_dict, model_shapes(config))
+    metadata = {
+        "model_type": detected,
+        "image_size": str(config.image_size),
+        "encoder_embed_dim": str(config.encoder_embed_dim),
+        "encoder_depth": str(config.encoder_depth),
+        "source_file": Path(checkpoint).name,
+        "source_sha256": sha256_of(checkpoint),
+        "num_parameters": str(sum(int(np.prod(a.shape)) for a in arrays.values())),
+    }
+    save_arrays(output, arrays, metadata)
+    return metadata
