@@ -1,0 +1,60 @@
+"""The predictor: SAM's pre/post-processing around the model, on a non-square image."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from sam_jax.config import sam_config
+from sam_jax.predictor import SamPredictor, postprocess_masks, preprocess, resized_shape
+from torch_reference import assert_close, flax_twin, to_numpy, torch_sam
+
+CONFIG = sam_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    ref = torch_sam(CONFIG)
+    return ref, flax_twin(CONFIG, ref)
+
+
+def test_resized_shape_rounds_half_up():
+    assert resized_shape(240, 155, 1024) == (1024, 661)  # 155·1024/240 = 661.33
+    assert resized_shape(3, 2, 5) == (5, 3)  # 2·5/3 = 3.33
+    assert resized_shape(4, 2, 5) == (5, 3)  # 2.5 rounds up, as SAM's int(x + 0.5)
+
+
+def test_postprocess_matches_sam(pair):
+    ref, _ = pair
+    low_res = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    input_hw, original_hw = (128, 83), (200, 130)
+    with torch.no_grad():
+        expected = to_numpy(ref.postprocess_masks(torch.from_numpy(low_res), input_hw, original_hw))
+    assert_close(postprocess_masks(jnp.asarray(low_res), input_hw, original_hw, CONFIG.image_size), expected)
+
+
+def test_predict_scales_clicks_and_returns_masks_at_image_size(pair):
+    _, model = pair
+    image = np.random.default_rng(1).uniform(0, 255, size=(200, 130, 3)).astype(np.float32)
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    masks, scores, low_res = predictor.predict(np.array([[65.0, 50.0]]), np.array([1]), multimask_output=True)
+    assert masks.shape == (3, 200, 130) and masks.dtype == bool and scores.shape == (3,)
+
+    # The same prediction by hand: the click scaled by 128/200 on both axes (x, y order), the padded input encoded.
+    x, input_hw = preprocess(image, CONFIG.image_size)
+    assert input_hw == (128, 83)
+    embedding = model.encode_image(x[None])
+    expected_low, expected_iou = model.decode(embedding, jnp.array([[[65.0 * 83 / 130, 50.0 * 128 / 200]]]),
+                                              jnp.array([[1]]), multimask_output=True)
+    np.testing.assert_allclose(low_res, expected_low[0], atol=1e-5)
+    np.testing.assert_allclose(scores, expected_iou[0], atol=1e-5)
+    logits = postprocess_masks(expected_low[0], input_hw, (200, 130), CONFIG.image_size)
+    assert (masks == (np.asarray(logits) > 0)).mean() > 0.999
+
+
+def test_predict_needs_an_image_first(pair):
+    with pytest.raises(RuntimeError, match="set_image"):
+        SamPredictor(pair[1]).predict(np.zeros((1, 2)), np.ones(1))
+    with pytest.raises(ValueError, match="expected an image of shape"):
+        SamPredictor(pair[1]).set_image(np.zeros((10, 10)))
