@@ -1,0 +1,42 @@
+"""Resumable checkpoints with orbax: trainable parameters, optimiser state, step, RNG and the data iterator.
+
+Saves are asynchronous and atomic (orbax finalises a step directory only once it is complete), so a run killed at
+any moment resumes from its last finished checkpoint. The latest `keep` steps are kept, plus the best one by
+validation Dice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grain
+import orbax.checkpoint as ocp
+
+BEST_METRIC = "val_dice"
+
+
+def manager(workdir, keep: int) -> ocp.CheckpointManager:
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=keep),
+        ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
+                                      keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
+                                 item_names=("state", "data"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator, metrics: dict | None = None) -> None:
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            data=grain.checkpoint.CheckpointSave(data_iterator)),
+              metrics=metrics, force=True)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, state_like: dict, data_iterator):
+    """The latest checkpoint's state (shaped like `state_like`), with the iterator rewound in place; or None."""
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state_like), data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    return restored["state"]

@@ -1,0 +1,250 @@
+"""The training run: check inputs, cache the data, build and partition the model, train with resumable checkpoints,
+validate, export the adapter, score every domain. `train/main.py` is flags around `train_and_evaluate`."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from sam_jax.adaptation import AdaptationConfig, base_weights_sha256, build_model, load_adapter, partition, save_adapter
+from sam_jax.config import sam_config
+from sam_jax.data.brats import find_cases
+from sam_jax.data.cache import build_cache
+from sam_jax.data.phantom import write_phantom
+from sam_jax.data.pipeline import make_dataset, make_iterator
+from sam_jax.training import checkpoint
+from sam_jax.training.config import TrainConfig
+from sam_jax.training.step import StepConfig, cast_floats, make_eval_forward, make_train_step
+from sam_jax.training.validate import low_res_predictions, paper_dice
+from sam_jax.weights.io import read_arrays
+
+DOMAINS = ("GLI", "MEN", "PED", "SSA")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or cannot go on; the message says why and what was kept."""
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Contradictions and missing inputs, before any compute."""
+    problems = []
+    if cfg.sam_weights and not Path(cfg.sam_weights).is_file():
+        problems.append(f"--sam_weights {cfg.sam_weights}: no such file")
+    elif cfg.sam_weights:
+        try:
+            read_arrays(cfg.sam_weights)
+        except ValueError as e:
+            problems.append(str(e))
+    if cfg.init_adapter and not Path(cfg.init_adapter).is_file():
+        problems.append(f"--init_adapter {cfg.init_adapter}: no such file")
+    if cfg.domain != "ALL" and cfg.domain not in DOMAINS:
+        problems.append(f"--domain {cfg.domain}: expected one of {DOMAINS + ('ALL',)}")
+    if cfg.batch_size % jax.device_count():
+        problems.append(f"--batch_size {cfg.batch_size} does not split over {jax.device_count()} devices")
+    if cfg.steps <= 0 and cfg.epochs <= 0:
+        problems.append("nothing to train: --steps and --epochs are both 0")
+    if cfg.slices < 1:
+        problems.append(f"--slices {cfg.slices}: must be ≥ 1")
+    if cfg.image_size % 16:
+        problems.append(f"--image_size {cfg.image_size}: must be a multiple of 16")
+    try:
+        adaptation = adaptation_config(cfg)
+        if (adaptation.in_chans != 3 and cfg.trainable in ("lora_frozen_patch", "decoder_only", "none")
+                and not cfg.init_adapter):
+            problems.append(f"{adaptation.in_chans} input channels need a trained patch embedding, but "
+                            f"--trainable={cfg.trainable} freezes a new random one; train it first "
+                            f"(--trainable=patch_embed_only) and pass --init_adapter")
+    except ValueError as e:
+        problems.append(str(e))
+    if not cfg.data_dir:
+        problems.append("--data_dir is required")
+    elif not find_cases(cfg.data_dir) and cfg.phantom_cases_per_domain <= 0:
+        problems.append(f"--data_dir {cfg.data_dir}: no BraTS cases found (files like "
+                        f"BraTS-GLI-00000-000-t1n.nii.gz, searched recursively)")
+    if problems:
+        raise TrainingError("cannot start training:\n  - " + "\n  - ".join(problems))
+    if not cfg.sam_weights:
+        logging.warning("NO SAM WEIGHTS (--sam_weights empty): the model starts from RANDOM initialisation. "
+                        "Convert sam_vit_b_01ec64.pth with convert/sam_weights.py for real results.")
+    if cfg.cross_slice and cfg.slices == 1:
+        logging.warning("--cross_slice with --slices=1: the depth branch sees one slice and adds nothing useful")
+
+
+def adaptation_config(cfg: TrainConfig) -> AdaptationConfig:
+    return AdaptationConfig(modalities=cfg.modalities, patch_embed_init=cfg.patch_embed_init,
+                            lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
+                            cross_slice=cfg.cross_slice, trainable=cfg.trainable)
+
+
+def model_config(cfg: TrainConfig):
+    return sam_config(cfg.model_type, image_size=cfg.image_size)
+
+
+def prepare_data(cfg: TrainConfig):
+    """The cache (built or reused), the training cases and the evaluation cases of each domain."""
+    if cfg.phantom_cases_per_domain > 0 and not find_cases(cfg.data_dir):
+        logging.info("writing %d phantom cases per domain to %s", cfg.phantom_cases_per_domain, cfg.data_dir)
+        write_phantom(cfg.data_dir, cfg.phantom_cases_per_domain, seed=cfg.seed)
+    cache = build_cache(cfg.data_dir, cfg.cache_dir or Path(cfg.data_dir) / ".sam_jax_cache",
+                        normalisation=cfg.normalisation, crop_to_brain=cfg.crop_to_brain,
+                        skip_bad_cases=cfg.skip_bad_cases)
+    split = cache.split()
+
+    def of(domain, ids):
+        return [c for c in ids if domain == "ALL" or cache.domain(c) == domain]
+
+    train_ids = of(cfg.domain, split["train"])
+    if not train_ids:
+        raise TrainingError(f"no training cases of domain {cfg.domain} in {cfg.data_dir}")
+    eval_sets = {}
+    for domain in cfg.eval_domains:
+        trained_on = cfg.domain in (domain, "ALL")
+        ids = of(domain, split["val"] if trained_on else cache.case_ids)
+        if ids:
+            eval_sets[domain] = ids
+    return cache, train_ids, eval_sets
+
+
+def base_sha(cfg: TrainConfig) -> str:
+    return base_weights_sha256(cfg.sam_weights) if cfg.sam_weights else f"random-init-seed-{cfg.seed}"
+
+
+def build(cfg: TrainConfig):
+    """The adapted model, split into (graphdef, trainable, frozen)."""
+    adaptation = adaptation_config(cfg)
+    model = build_model(model_config(cfg), adaptation, sam_weights=cfg.sam_weights or None,
+                        rngs=nnx.Rngs(cfg.seed))
+    if cfg.init_adapter:
+        load_adapter(model, cfg.init_adapter, adaptation, base_sha(cfg), strict=False)
+    return partition(model, adaptation.trainable)
+
+
+def optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    if cfg.schedule == "constant":
+        lr = cfg.learning_rate
+    elif cfg.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, max(total_steps, 1))
+    else:
+        raise TrainingError(f"--schedule {cfg.schedule}: expected constant or cosine")
+    return optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(lr)
+
+
+def train_and_evaluate(cfg: TrainConfig) -> dict:
+    """Train (or resume) in `cfg.workdir`; returns the final per-domain scores (also in workdir/summary.json)."""
+    if cfg.distributed:
+        jax.distributed.initialize()
+    check_inputs(cfg)
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved = workdir / "config.json"
+    if saved.exists() and TrainConfig.from_json(saved.read_text()) != cfg:
+        logging.warning("%s differs from this run's flags; resuming with the flags given now", saved)
+    saved.write_text(cfg.to_json())
+
+    cache, train_ids, eval_sets = prepare_data(cfg)
+    adaptation = adaptation_config(cfg)
+    train_data = make_dataset(cache, train_ids, z=cfg.slices, slice_policy=cfg.slice_policy,
+                              empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy,
+                              modalities=adaptation.modalities, batch_size=cfg.batch_size, seed=cfg.seed,
+                              drop_remainder=True)
+    steps_per_epoch = max(len(train_data), 1) if cfg.steps <= 0 else None
+    total_steps = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    iterator = make_iterator(train_data, num_workers=cfg.num_workers)
+
+    graphdef, trainable, frozen = build(cfg)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    dtype = jnp.dtype(cfg.precision)
+    frozen = jax.device_put(cast_floats(frozen, dtype), replicated)  # stays on the device for the whole run
+    tx = optimizer(cfg, total_steps)
+    state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": 0,
+             "rng": jax.random.key_data(jax.random.key(cfg.seed))}
+    mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
+    restored = checkpoint.restore_latest(mngr, state, iterator)
+    if restored is not None:
+        state = restored
+        logging.info("resumed from step %d in %s", int(state["step"]), workdir)
+    state = jax.device_put(state, replicated)
+    step_cfg = StepConfig(image_size=cfg.image_size, loss=cfg.loss, multimask=cfg.multimask,
+                          prompt_rounds=cfg.prompt_rounds, compute_dtype=cfg.precision)
+    train_step = make_train_step(graphdef, tx, step_cfg)
+    eval_forward = make_eval_forward(graphdef, step_cfg)
+
+    def put(batch):
+        return jax.device_put({k: v for k, v in batch.items() if k not in ("case_index", "slice_index")},
+                              batch_sharding)
+
+    def validate(trainable_now):
+        if cfg.domain == "ALL" or cfg.domain not in eval_sets:
+            return None
+        preds = low_res_predictions(lambda b, r: eval_forward(trainable_now, frozen, b, r), cache,
+                                    eval_sets[cfg.domain], modalities=adaptation.modalities, slices=cfg.slices,
+                                    batch_size=cfg.batch_size, seed=cfg.seed, max_slices=cfg.eval_max_slices,
+                                    put=put)
+        return paper_dice(preds)["mean"]
+
+    trainable, opt_state = state["trainable"], state["opt_state"]
+    step, key = int(state["step"]), jax.random.wrap_key_data(state["rng"])
+    eval_every = cfg.eval_every or cfg.checkpoint_every
+    metrics_file = open(workdir / "metrics.jsonl", "a")
+    last_good = mngr.latest_step()
+    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    tick, samples = time.perf_counter(), 0
+    try:
+        while step < total_steps:
+            batch = next(iterator)
+            trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, put(batch),
+                                                       jax.random.fold_in(key, step))
+            step += 1
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                raise TrainingError(f"the loss became {loss} at step {step}; training stopped. The last good "
+                                    f"checkpoint is step {last_good} in {workdir / 'checkpoints'}"
+                                    if last_good is not None else
+                                    f"the loss became {loss} at step {step}, before any checkpoint was saved")
+            samples += cfg.batch_size * cfg.slices
+            elapsed = time.perf_counter() - tick
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", slices_per_s=f"{samples / max(elapsed, 1e-9):.1f}")
+            record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+            if step % eval_every == 0 or step == total_steps:
+                record["val_dice"] = validate(trainable)
+            if step % cfg.log_every == 0 or "val_dice" in record:
+                record["slices_per_s"] = samples / max(elapsed, 1e-9)
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            if step % cfg.checkpoint_every == 0 or step == total_steps:
+                val = record.get("val_dice")
+                checkpoint.save(mngr, step, {"trainable": trainable, "opt_state": opt_state, "step": step,
+                                             "rng": jax.random.key_data(key)}, iterator,
+                                metrics=None if val is None else {checkpoint.BEST_METRIC: val})
+                last_good = step
+    finally:
+        progress.close()
+        metrics_file.close()
+        mngr.wait_until_finished()
+        mngr.close()
+
+    save_adapter(workdir / "adapter.safetensors", jax.device_get(trainable), adaptation, base_sha(cfg))
+    scores = {}
+    for domain, ids in eval_sets.items():
+        preds = low_res_predictions(lambda b, r: eval_forward(trainable, frozen, b, r), cache, ids,
+                                    modalities=adaptation.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
+                                    seed=cfg.seed, put=put)
+        scores[domain] = paper_dice(preds)
+    summary = {"steps": step, "paper_dice": {d: s["mean"] for d, s in scores.items()},
+               "per_case": {d: s["per_case"] for d, s in scores.items()}}
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
