@@ -2,7 +2,7 @@
 into the page cache. Without --data_dir it writes and caches a small phantom in a temporary directory first.
 
 Usage: python -m sam_jax.data.bench [--data_dir DIR] [--cache_dir DIR] [--batch_size 32] [--z 1]
-       [--num_workers 0] [--num_threads 2] [--batches 200]"""
+       [--num_workers 0] [--num_threads 2] [--batches 400]"""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--z", type=int, default=1)
   parser.add_argument("--num_workers", type=int, default=0)
   parser.add_argument("--num_threads", type=int, default=2)
-  parser.add_argument("--batches", type=int, default=200)
+  parser.add_argument("--batches", type=int, default=400)
   parser.add_argument("--slice_policy", default="all")
   args = parser.parse_args(argv)
   with tempfile.TemporaryDirectory() as scratch:

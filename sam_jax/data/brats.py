@@ -19,12 +19,12 @@ from sam_jax.data.errors import BadCaseError, CaseFault
 MODALITIES = ("t1n", "t1c", "t2w", "t2f")
 DOMAINS = ("GLI", "MEN", "PED", "SSA")
 LABELS = {1: "NCR", 2: "ED", 3: "ET"}
-TUMOUR_CORE_LABELS = (1, 3)
-ENHANCING_LABELS = (3,)
+REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}  # BraTS sub-regions as label sets, for reports
 
 _NAME_2023 = re.compile(r"^(BraTS-(GLI|MEN|PED|SSA)-\d{5}-\d{3})-(t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$")
 _NAME_2021 = re.compile(r"^(BraTS2021_\d{5})_(t1|t1ce|t2|flair|seg)\.nii(\.gz)?$")
 _MODALITY_2021 = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
+_SUFFIX_2021 = {ours: theirs for theirs, ours in _MODALITY_2021.items()}
 _AFFINE_TOLERANCE = 1e-3  # mm; headers written by different tools differ in float rounding only
 
 
@@ -46,9 +46,9 @@ class CaseFiles:
   def expected_path(self, modality: str) -> Path:
     """The file a missing modality should have been, for error messages."""
     folder = next(iter(self.images.values()), self.seg).parent
-    suffix = modality if self.naming == "2023" else {v: k for k, v in _MODALITY_2021.items()}[modality]
-    sep = "-" if self.naming == "2023" else "_"
-    return folder / f"{self.case_id}{sep}{suffix}.nii.gz"
+    if self.naming == "2023":
+      return folder / f"{self.case_id}-{modality}.nii.gz"
+    return folder / f"{self.case_id}_{_SUFFIX_2021[modality]}.nii.gz"
 
 
 @dataclasses.dataclass
