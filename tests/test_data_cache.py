@@ -101,6 +101,12 @@ def test_interrupted_build_leaves_no_half_written_case(tmp_path, write_tiny_case
   assert (tmp_path / "cache" / "cases" / "BraTS-SSA-00001-000" / "image.npy").stat().st_mtime_ns == first
   assert not (tmp_path / "cache" / "tmp").exists() or not any((tmp_path / "cache" / "tmp").iterdir())
 
+  monkeypatch.setattr(cache_module.np, "save", crash_on_second_case)
+  with pytest.raises(KeyboardInterrupt):  # a rebuild with new settings, interrupted half way
+    build_cache(tmp_path / "data", tmp_path / "cache", normalisation="none")
+  with pytest.raises(CacheError, match="other settings"):
+    Cache.open(tmp_path / "cache")
+
 
 def test_bad_cases_raise_or_are_skipped(tmp_path, write_tiny_case):
   write_tiny_case(tmp_path / "data", "BraTS-GLI-00001-000")

@@ -112,7 +112,10 @@ class Cache:
       raise CacheError(f"{cache_dir}: no valid manifest.json (build it with build_cache)")
     entries = {cid: _read_json(cache_dir / "cases" / cid / "meta.json") for cid in manifest["cases"]}
     if missing := [cid for cid, meta in entries.items() if meta is None]:
-      raise CacheError(f"{cache_dir}: cases listed in the manifest are missing: {missing[:5]}")
+      raise CacheError(f"{cache_dir}: cases listed in the manifest are missing: {missing[:5]}; rerun build_cache")
+    if mixed := [cid for cid, meta in entries.items() if meta["settings"] != manifest["settings"]]:
+      raise CacheError(f"{cache_dir}: cases {mixed[:5]} were built with other settings than the manifest's "
+                       "(an interrupted rebuild); rerun build_cache")
     return cls(cache_dir, manifest["settings"], entries, manifest.get("skipped", {}))
 
   @property
