@@ -1,0 +1,123 @@
+"""Reading BraTS cases: discovery by name, both namings, and every kind of bad case reported with file and fault."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sam_jax.data.brats import find_cases, load_case, save_prediction
+from sam_jax.data.errors import BadCaseError
+from sam_jax.data.validate import main as validate_main
+from sam_jax.data.validate import validate
+
+
+def test_find_cases_recursively_with_domains_and_patients(tmp_path, write_tiny_case):
+    write_tiny_case(tmp_path / "MEN" / "nested", "BraTS-MEN-00002-000")
+    write_tiny_case(tmp_path / "GLI_V2", "BraTS-GLI-00001-001")
+    (tmp_path / "notes.txt").write_text("not a case")
+    cases = find_cases(tmp_path)
+    assert [c.case_id for c in cases] == ["BraTS-GLI-00001-001", "BraTS-MEN-00002-000"]
+    assert [c.domain for c in cases] == ["GLI", "MEN"]
+    assert cases[0].patient_id == "BraTS-GLI-00001"
+    assert sorted(cases[1].images) == ["t1c", "t1n", "t2f", "t2w"] and cases[1].seg is not None
+    assert [c.case_id for c in find_cases(tmp_path, domain="MEN")] == ["BraTS-MEN-00002-000"]
+
+
+def test_load_case_keeps_geometry_and_labels(tmp_path, write_tiny_case):
+    affine = np.array([[-1.0, 0, 0, 5], [0, -1, 0, 7], [0, 0, 1, -3], [0, 0, 0, 1]])
+    write_tiny_case(tmp_path, affine=affine)
+    case = load_case(find_cases(tmp_path)[0])
+    assert case.images["t2f"].dtype == np.float32 and case.images["t2f"].shape == (12, 10, 6)
+    np.testing.assert_allclose(case.affine, affine)
+    assert set(np.unique(case.seg)) == {0, 2, 3}
+    assert case.whole_tumour.sum() == 8  # the 2x2x2 block
+
+
+def test_brats_2021_names_and_label_4(tmp_path):
+    folder = tmp_path / "BraTS2021_00005"
+    folder.mkdir()
+    seg = np.zeros((4, 4, 4), np.uint8)
+    seg[1, 1, 1], seg[2, 2, 2] = 4, 1
+    for suffix in ("t1", "t1ce", "t2", "flair", "seg"):
+        data = seg if suffix == "seg" else np.ones((4, 4, 4), np.float32)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), folder / f"BraTS2021_00005_{suffix}.nii.gz")
+    (case_files,) = find_cases(tmp_path, domain="SSA")
+    assert case_files.domain == "SSA" and set(case_files.images) == {"t1n", "t1c", "t2w", "t2f"}
+    case = load_case(case_files)
+    assert case.seg[1, 1, 1] == 3 and case.seg[2, 2, 2] == 1  # ET is 3 whatever the release
+
+
+def _single_fault(tmp_path, case_id="BraTS-GLI-00001-000"):
+    with pytest.raises(BadCaseError) as caught:
+        load_case(find_cases(tmp_path)[0])
+    assert caught.value.case_id == case_id
+    return caught.value.faults
+
+
+def test_missing_modality(tmp_path, write_tiny_case):
+    write_tiny_case(tmp_path, modalities=("t1n", "t1c", "t2w", "seg"))
+    (fault,) = _single_fault(tmp_path)
+    assert "missing modality t2f" in fault.fault and fault.path.name == "BraTS-GLI-00001-000-t2f.nii.gz"
+
+
+def test_shape_and_affine_mismatch(tmp_path, write_tiny_case):
+    folder = write_tiny_case(tmp_path)
+    nib.save(nib.Nifti1Image(np.ones((12, 10, 5), np.float32), np.eye(4)), folder / "BraTS-GLI-00001-000-t1c.nii.gz")
+    shifted = np.eye(4)
+    shifted[0, 3] = 2.0
+    nib.save(nib.Nifti1Image(np.ones((12, 10, 6), np.float32), shifted), folder / "BraTS-GLI-00001-000-t2w.nii.gz")
+    faults = _single_fault(tmp_path)
+    by_file = {f.path.name: f.fault for f in faults}
+    assert "shape (12, 10, 5)" in by_file["BraTS-GLI-00001-000-t1c.nii.gz"]
+    assert "affine differs" in by_file["BraTS-GLI-00001-000-t2w.nii.gz"]
+
+
+def test_nan_and_unknown_labels(tmp_path, write_tiny_case):
+    images = {m: np.ones((12, 10, 6), np.float32) for m in ("t1n", "t1c", "t2w", "t2f")}
+    images["t1n"][3, 3, 3] = np.nan
+    seg = np.zeros((12, 10, 6), np.uint8)
+    seg[1, 1, 1] = 5
+    write_tiny_case(tmp_path, images=images, seg=seg)
+    by_file = {f.path.name: f.fault for f in _single_fault(tmp_path)}
+    assert "1 non-finite" in by_file["BraTS-GLI-00001-000-t1n.nii.gz"]
+    assert "unexpected labels [5]" in by_file["BraTS-GLI-00001-000-seg.nii.gz"]
+
+
+def test_truncated_and_non_nifti_files(tmp_path, write_tiny_case):
+    folder = write_tiny_case(tmp_path)
+    t1c = folder / "BraTS-GLI-00001-000-t1c.nii.gz"
+    t1c.write_bytes(t1c.read_bytes()[:200])
+    (folder / "BraTS-GLI-00001-000-t2w.nii.gz").write_bytes(gzip.compress(b"this is not an image" * 30))
+    by_file = {f.path.name: f.fault for f in _single_fault(tmp_path)}
+    assert by_file["BraTS-GLI-00001-000-t1c.nii.gz"].startswith("unreadable")
+    assert by_file["BraTS-GLI-00001-000-t2w.nii.gz"].startswith("unreadable")
+
+
+def test_error_message_names_file_and_fault(tmp_path, write_tiny_case):
+    write_tiny_case(tmp_path, modalities=("t1n", "t1c", "t2w", "seg"))
+    with pytest.raises(BadCaseError, match=r"BraTS-GLI-00001-000-t2f\.nii\.gz: missing modality t2f"):
+        load_case(find_cases(tmp_path)[0])
+
+
+def test_validate_reports_every_fault_in_one_pass(tmp_path, write_tiny_case, capsys):
+    write_tiny_case(tmp_path, "BraTS-PED-00001-000")
+    write_tiny_case(tmp_path, "BraTS-PED-00002-000", modalities=("t1n", "t2w", "t2f", "seg"))
+    bad_seg = np.full((12, 10, 6), 9, np.uint8)
+    write_tiny_case(tmp_path, "BraTS-PED-00003-000", seg=bad_seg, modalities=("t1n", "t1c", "t2w", "seg"))
+    count, bad = validate(tmp_path)
+    assert count == 3 and sorted(bad) == ["BraTS-PED-00002-000", "BraTS-PED-00003-000"]
+    assert len(bad["BraTS-PED-00003-000"]) == 2  # missing t2f and label 9, both found
+    assert validate_main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "missing modality t1c" in out and "unexpected labels [9]" in out and "3 cases, 1 valid, 2 with faults" in out
+
+
+def test_prediction_written_in_case_geometry(tmp_path, write_tiny_case):
+    affine = np.diag([-1.0, 1.0, 2.0, 1.0])
+    write_tiny_case(tmp_path / "in", affine=affine)
+    case = load_case(find_cases(tmp_path / "in")[0])
+    save_prediction(case, case.whole_tumour, tmp_path / "pred.nii.gz")
+    written = nib.load(tmp_path / "pred.nii.gz")
+    np.testing.assert_allclose(written.affine, affine)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), case.whole_tumour)
