@@ -139,6 +139,10 @@ class Cache:
     def canvas_size(self) -> int:
         return max(max(m["volume_shape"][:2]) for m in self.entries.values())
 
+    def domain(self, case_id: str) -> str:
+        """GLI, MEN, PED or SSA."""
+        return self.entries[case_id]["domain"]
+
     def num_slices(self, case_id: str) -> int:
         return len(self.entries[case_id]["tumour_area"])
 
