@@ -3,9 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
-from sam_jax.adaptation import AdaptationConfig, adapt
+from sam_jax.adaptation import AdaptationConfig, AdaptationError, adapt, build_model
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
 
@@ -48,3 +49,11 @@ def test_rgb_mean_embeds_equal_channels_as_sam_embeds_the_image_repeated():
     ours = adapted.image_encoder.patch_embed(jnp.repeat(gray, 4, axis=-1))
     sams = sam.image_encoder.patch_embed(jnp.repeat(gray, 3, axis=-1))
     np.testing.assert_allclose(ours, sams, rtol=0, atol=1e-5 * float(jnp.abs(sams).max()))
+
+
+def test_only_a_plain_three_channel_sam_is_adapted():
+    with pytest.raises(AdaptationError, match="3-channel config"):
+        build_model(CONFIG.replace(in_chans=4), AdaptationConfig(), rngs=nnx.Rngs(0))
+    model = adapt(_sam_with_bias(), AdaptationConfig(lora_rank=0), rngs=nnx.Rngs(1))
+    with pytest.raises(AdaptationError, match="plain 3-channel SAM"):
+        adapt(model, AdaptationConfig(lora_rank=0), rngs=nnx.Rngs(1))

@@ -56,7 +56,10 @@ def load_adapter(model: nnx.Module, path, adaptation_config: AdaptationConfig, b
         raise AdapterFileError(f"{path}: not an adapter file (kind {metadata.get('kind')!r})")
     if metadata.get("base_sha256") != base_sha256:
         raise AdapterFileError(f"{path}: made on base weights {metadata.get('base_sha256')}, not on {base_sha256}")
-    stored = AdaptationConfig.from_metadata(metadata)
+    try:
+        stored = AdaptationConfig.from_metadata(metadata)
+    except AdaptationError as e:
+        raise AdapterFileError(f"{path}: {e}") from None
     if stored != adaptation_config:
         differ = {k: (v, adaptation_config.to_metadata()[k]) for k, v in stored.to_metadata().items()
                   if v != adaptation_config.to_metadata()[k]}
