@@ -73,10 +73,11 @@ class Block(nnx.Module):
         self.attn = Attention(dim, config.encoder_num_heads, window_size or config.grid_size, rngs=rngs)
         self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
         self.mlp = MLPBlock(dim, int(dim * config.mlp_ratio), gelu, rngs=rngs)
+        # Attention across the slices of a volume, attached by `sam_jax.adaptation.cross_slice`; None in SAM.
+        self.cross_slice = nnx.data(None)
 
     def spatial_attention(self, x):
-        """norm1 → (windowed) attention, without the residual."""
-        x = self.norm1(x)
+        """(Windowed) attention of the normalised x, without the residual."""
         if self.window_size:
             hw = x.shape[1:3]
             x = window_unpartition(self.attn(window_partition(x, self.window_size)), self.window_size, hw)
@@ -84,8 +85,13 @@ class Block(nnx.Module):
             x = self.attn(x)
         return x
 
-    def __call__(self, x):
-        x = x + self.spatial_attention(x)
+    def __call__(self, x, slices: int = 1):
+        """x: (B·slices, h, w, C), each sample's slices contiguous; `slices` matters only with `cross_slice`."""
+        normed = self.norm1(x)
+        update = self.spatial_attention(normed)
+        if self.cross_slice is not None:
+            update = update + self.cross_slice(self.attn, normed, slices)
+        x = x + update
         return x + self.mlp(self.norm2(x))
 
 
@@ -106,9 +112,13 @@ class ImageEncoderViT(nnx.Module):
             layer_norm_2d(out, rngs=rngs),
         )
 
-    def __call__(self, x):
-        """x: normalised image (B, S, S, in_chans) → embedding (B, S/16, S/16, prompt_embed_dim)."""
+    def __call__(self, x, slices: int = 1):
+        """x: normalised image (B, S, S, in_chans) → embedding (B, S/16, S/16, prompt_embed_dim).
+
+        `slices` (static): the batch is B/slices samples of `slices` contiguous slices each, for blocks with a
+        cross-slice branch; without one it changes nothing.
+        """
         x = self.patch_embed(x) + self.pos_embed[...]
         for block in self.blocks:
-            x = block(x)
+            x = block(x, slices)
         return apply_sequential(self.neck, x)

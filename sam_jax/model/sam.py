@@ -22,9 +22,12 @@ class Sam(nnx.Module):
         self.prompt_encoder = PromptEncoder(config, rngs=rngs)
         self.mask_decoder = MaskDecoder(config, rngs=rngs)
 
-    def encode_image(self, images):
-        """Normalised, padded images (B, S, S, in_chans) → embeddings (B, g, g, C)."""
-        return self.image_encoder(images)
+    def encode_image(self, images, slices: int = 1):
+        """Normalised, padded images (B, S, S, in_chans) → embeddings (B, g, g, C).
+
+        `slices` (static): B holds B/slices volumes of that many contiguous slices (see `ImageEncoderViT`).
+        """
+        return self.image_encoder(images, slices)
 
     def decode(self, image_embeddings, point_coords=None, point_labels=None, boxes=None, mask_inputs=None,
                multimask_output: bool = False):

@@ -1,0 +1,77 @@
+"""Adapter files: the trainable parameters alone (safetensors, dot-joined paths), tied to their base SAM weights.
+
+The header holds the adaptation config and the sha256 of the base weights the adapter was trained on, so an
+adapter is never applied to another base or to a model adapted differently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+
+from sam_jax.adaptation.config import AdaptationConfig
+from sam_jax.adaptation.errors import AdaptationError
+from sam_jax.adaptation.trainable_rules import parameter_paths, trainable_paths
+from sam_jax.weights.io import assign, read_arrays, save_arrays
+
+KIND = "sam_jax_adapter"
+
+
+class AdapterFileError(AdaptationError):
+    """An adapter file that does not belong to the base weights or to the adapted model."""
+
+
+def base_weights_sha256(path) -> str:
+    """The identity of a converted SAM file: its `source_sha256` metadata if present, else the file's own sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterFileError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), "np") as f:
+            source = (f.metadata() or {}).get("source_sha256")
+    except Exception as e:  # safetensors raises several types for a file that is not its format
+        raise AdapterFileError(f"{path}: not a readable safetensors file ({e})") from None
+    if source:
+        return source
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_adapter(path, trainable_state: nnx.State, adaptation_config: AdaptationConfig, base_sha256: str) -> None:
+    arrays = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(trainable_state)}
+    save_arrays(path, arrays, {"kind": KIND, "base_sha256": base_sha256, **adaptation_config.to_metadata()})
+
+
+def load_adapter(model: nnx.Module, path, adaptation_config: AdaptationConfig, base_sha256: str) -> dict:
+    """Write an adapter into `model` (already built and adapted with `adaptation_config`); returns its metadata."""
+    arrays, metadata = read_arrays(path)
+    if metadata.get("kind") != KIND:
+        raise AdapterFileError(f"{path}: not an adapter file (kind {metadata.get('kind')!r})")
+    if metadata.get("base_sha256") != base_sha256:
+        raise AdapterFileError(f"{path}: made on base weights {metadata.get('base_sha256')}, not on {base_sha256}")
+    try:
+        stored = AdaptationConfig.from_metadata(metadata)
+    except AdaptationError as e:
+        raise AdapterFileError(f"{path}: {e}") from None
+    if stored != adaptation_config:
+        differ = {k: (v, adaptation_config.to_metadata()[k]) for k, v in stored.to_metadata().items()
+                  if v != adaptation_config.to_metadata()[k]}
+        raise AdapterFileError(f"{path}: made with another adaptation; file vs requested: {differ}")
+    shapes = parameter_paths(model)
+    expected = {p for p, trains in trainable_paths(model, adaptation_config.trainable).items() if trains}
+    problems = [f"missing {p!r}" for p in sorted(expected - set(arrays))]
+    problems += [f"unexpected {p!r}" for p in sorted(set(arrays) - expected)]
+    problems += [f"{p!r} has shape {tuple(a.shape)}, the model needs {shapes[p]}"
+                 for p, a in sorted(arrays.items()) if p in expected and tuple(a.shape) != shapes[p]]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise AdapterFileError(f"{path}: does not fit the adapted model: {shown}")
+    assign(model, arrays)
+    return metadata

@@ -1,0 +1,91 @@
+"""What adaptation to apply to a SAM: input modalities, LoRA, cross-slice attention, which parameters train.
+
+Defaults are the paper's method (`-mod sam_lora -four_chan True`): four modalities through a new randomly
+initialised patch embedding, LoRA rank 4 / alpha 1 on q, v, lin1, lin2, no cross-slice attention, and LoRA + patch
+embedding + mask decoder trained. The config is a frozen dataclass stored as string metadata in adapter files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, Mapping, Tuple
+
+from sam_jax.adaptation.errors import AdaptationError
+from sam_jax.adaptation.modalities import LAYOUTS, check_modalities, parse_modalities
+from sam_jax.adaptation.trainable_rules import PRESETS
+
+LORA_TARGETS = ("q", "k", "v", "proj", "lin1", "lin2")
+PATCH_EMBED_INITS = ("random", "rgb_mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptationConfig:
+    modalities: Tuple[str, ...] = LAYOUTS["all4"]  # a layout name or comma-separated names are accepted too
+    patch_embed_init: str = "random"  # for a channel count other than 3: "random" (the paper) or "rgb_mean"
+    lora_rank: int = 4  # 0: no LoRA
+    lora_alpha: float = 1.0  # LoRA's update is scaled by alpha / rank
+    lora_targets: Tuple[str, ...] = ("q", "v", "lin1", "lin2")
+    cross_slice: bool = False  # attention across the slices of a volume in every encoder block
+    trainable: str = "lora"  # a preset of `sam_jax.adaptation.trainable_rules.PRESETS`
+
+    def __post_init__(self):
+        modalities = (parse_modalities(self.modalities) if isinstance(self.modalities, str)
+                      else check_modalities(self.modalities))
+        object.__setattr__(self, "modalities", modalities)
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.patch_embed_init not in PATCH_EMBED_INITS:
+            raise AdaptationError(f"patch_embed_init {self.patch_embed_init!r}: expected one of {PATCH_EMBED_INITS}")
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise AdaptationError(f"lora_rank {self.lora_rank!r}: expected an integer ≥ 0 (0 turns LoRA off)")
+        if not (isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise AdaptationError(f"lora_alpha {self.lora_alpha!r}: expected a finite number > 0")
+        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if unknown:
+            raise AdaptationError(f"unknown LoRA targets {unknown}; expected names among {LORA_TARGETS}")
+        if len(set(self.lora_targets)) != len(self.lora_targets):
+            raise AdaptationError(f"LoRA targets {self.lora_targets} name one layer twice")
+        if self.lora_rank and not self.lora_targets:
+            raise AdaptationError(f"lora_rank {self.lora_rank} with no LoRA targets; set lora_rank=0 for no LoRA")
+        if self.trainable not in PRESETS:
+            raise AdaptationError(f"unknown trainable preset {self.trainable!r}; expected one of {sorted(PRESETS)}")
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+    def replace(self, **changes) -> "AdaptationConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_metadata(self) -> Dict[str, str]:
+        """Every field as a string, for a safetensors header."""
+        return {
+            "modalities": ",".join(self.modalities),
+            "patch_embed_init": self.patch_embed_init,
+            "lora_rank": str(self.lora_rank),
+            "lora_alpha": repr(float(self.lora_alpha)),
+            "lora_targets": ",".join(self.lora_targets),
+            "cross_slice": str(self.cross_slice).lower(),
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> "AdaptationConfig":
+        """Inverse of `to_metadata`; other keys of the header are ignored."""
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in metadata]
+        if missing:
+            raise AdaptationError(f"adaptation metadata lacks {missing}")
+        try:
+            rank, alpha = int(metadata["lora_rank"]), float(metadata["lora_alpha"])
+        except ValueError as e:
+            raise AdaptationError(f"adaptation metadata has a malformed LoRA rank or alpha ({e})") from None
+        if metadata["cross_slice"] not in ("true", "false"):
+            raise AdaptationError(f"adaptation metadata: cross_slice {metadata['cross_slice']!r} is not true/false")
+        split = lambda s: tuple(p for p in s.split(",") if p)  # noqa: E731
+        return cls(modalities=split(metadata["modalities"]), patch_embed_init=metadata["patch_embed_init"],
+                   lora_rank=rank, lora_alpha=alpha, lora_targets=split(metadata["lora_targets"]),
+                   cross_slice=metadata["cross_slice"] == "true", trainable=metadata["trainable"])

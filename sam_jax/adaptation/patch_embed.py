@@ -1,0 +1,35 @@
+"""A patch embedding for a channel count other than SAM's three (e.g. four MRI modalities).
+
+With three channels SAM's embedding is kept as is. Otherwise the 16×16 convolution is replaced, keeping SAM's bias:
+`random` (the paper) draws a new kernel as PyTorch's Conv2d does; `rgb_mean` gives every channel the mean of SAM's
+three RGB filters × 3/C_in, so an input whose channels are all equal embeds exactly as SAM embeds that image
+repeated ×3.
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from sam_jax.adaptation.errors import AdaptationError
+from sam_jax.adaptation.init import kaiming_uniform_sqrt5
+
+
+def adapt_patch_embed(model, in_chans: int, init: str, *, rngs: nnx.Rngs) -> None:
+    """Give `model` (a 3-channel Sam) an `in_chans`-channel patch embedding, in place."""
+    old = model.image_encoder.patch_embed.proj
+    kh, kw, rgb, dim = old.kernel.shape
+    if rgb != 3:
+        raise AdaptationError(f"the model's patch embedding already takes {rgb} channels; adapt a 3-channel SAM")
+    if in_chans == 3:
+        return
+    if init == "random":
+        kernel_init = lambda key, shape, dtype: kaiming_uniform_sqrt5(key, shape, in_chans * kh * kw, dtype)  # noqa: E731
+    elif init == "rgb_mean":
+        mean = old.kernel[...].mean(axis=2, keepdims=True) * (3 / in_chans)
+        kernel_init = lambda key, shape, dtype: mean.repeat(in_chans, axis=2).astype(dtype)  # noqa: E731
+    else:
+        raise AdaptationError(f"patch embedding init {init!r}: expected 'random' or 'rgb_mean'")
+    bias = old.bias[...]
+    model.image_encoder.patch_embed.proj = nnx.Conv(
+        in_chans, dim, (kh, kw), strides=old.strides, padding=old.padding, kernel_init=kernel_init,
+        bias_init=lambda key, shape, dtype: bias.astype(dtype), rngs=rngs)
