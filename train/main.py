@@ -22,15 +22,18 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
+    # Our INFO lines (trainable counts, resume) stay; the libraries' chatter goes.
+    logging.get_absl_handler().addFilter(lambda r: not any(s in r.pathname for s in ("/orbax/", "/jax/", "/grain/")))
     config = config_from_flags(TrainConfig)
     try:
         summary = train_and_evaluate(config)
     except (TrainingError, DataError, AdaptationError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"\nPaper-protocol Dice after {summary['steps']} steps (workdir {config.workdir}):")
+    print(f"\nDice after {summary['steps']} steps (workdir {config.workdir}):")
+    print("  domain  paper protocol  tumour slices")
     for domain, dice in summary["paper_dice"].items():
-        print(f"  {domain}: {100 * dice:5.1f}")
+        print(f"  {domain:6s}  {100 * dice:14.1f}  {100 * summary['tumour_slice_dice'][domain]:13.1f}")
     return 0
 
 

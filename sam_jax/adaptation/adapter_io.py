@@ -75,3 +75,21 @@ def load_adapter(model: nnx.Module, path, adaptation_config: AdaptationConfig, b
         raise AdapterFileError(f"{path}: does not fit the adapted model: {shown}")
     assign(model, arrays)
     return metadata
+
+
+def init_from_adapter(model: nnx.Module, path, base_sha256: str) -> dict:
+    """Start from another run's adapter whatever its trainable preset (step 2 of the two-step ablation takes the
+    patch embedding of step 1): every array in the file must exist in `model` with the same shape."""
+    arrays, metadata = read_arrays(path)
+    if metadata.get("kind") != KIND:
+        raise AdapterFileError(f"{path}: not an adapter file (kind {metadata.get('kind')!r})")
+    if metadata.get("base_sha256") != base_sha256:
+        raise AdapterFileError(f"{path}: made on base weights {metadata.get('base_sha256')}, not on {base_sha256}")
+    shapes = parameter_paths(model)
+    problems = [f"{p!r} is not in the model" if p not in shapes else
+                f"{p!r} has shape {tuple(a.shape)}, the model needs {shapes[p]}"
+                for p, a in sorted(arrays.items()) if shapes.get(p) != tuple(a.shape)]
+    if problems:
+        raise AdapterFileError(f"{path}: cannot initialise this model from it: " + "; ".join(problems[:8]))
+    assign(model, arrays)
+    return metadata

@@ -17,7 +17,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from sam_jax.adaptation import AdaptationConfig, base_weights_sha256, build_model, load_adapter, partition, save_adapter
+from sam_jax.adaptation import AdaptationConfig, base_weights_sha256, build_model, partition, save_adapter
+from sam_jax.adaptation.adapter_io import init_from_adapter
 from sam_jax.config import sam_config
 from sam_jax.data.brats import find_cases
 from sam_jax.data.cache import build_cache
@@ -69,7 +70,7 @@ def check_inputs(cfg: TrainConfig) -> None:
         problems.append(str(e))
     if not cfg.data_dir:
         problems.append("--data_dir is required")
-    elif not find_cases(cfg.data_dir) and cfg.phantom_cases_per_domain <= 0:
+    elif cfg.phantom_cases_per_domain <= 0 and not (Path(cfg.data_dir).is_dir() and find_cases(cfg.data_dir)):
         problems.append(f"--data_dir {cfg.data_dir}: no BraTS cases found (files like "
                         f"BraTS-GLI-00000-000-t1n.nii.gz, searched recursively)")
     if problems:
@@ -93,7 +94,7 @@ def model_config(cfg: TrainConfig):
 
 def prepare_data(cfg: TrainConfig):
     """The cache (built or reused), the training cases and the evaluation cases of each domain."""
-    if cfg.phantom_cases_per_domain > 0 and not find_cases(cfg.data_dir):
+    if cfg.phantom_cases_per_domain > 0 and not (Path(cfg.data_dir).is_dir() and find_cases(cfg.data_dir)):
         logging.info("writing %d phantom cases per domain to %s", cfg.phantom_cases_per_domain, cfg.data_dir)
         write_phantom(cfg.data_dir, cfg.phantom_cases_per_domain, seed=cfg.seed)
     cache = build_cache(cfg.data_dir, cfg.cache_dir or Path(cfg.data_dir) / ".sam_jax_cache",
@@ -126,7 +127,7 @@ def build(cfg: TrainConfig):
     model = build_model(model_config(cfg), adaptation, sam_weights=cfg.sam_weights or None,
                         rngs=nnx.Rngs(cfg.seed))
     if cfg.init_adapter:
-        load_adapter(model, cfg.init_adapter, adaptation, base_sha(cfg), strict=False)
+        init_from_adapter(model, cfg.init_adapter, base_sha(cfg))
     return partition(model, adaptation.trainable)
 
 
@@ -134,7 +135,8 @@ def optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformatio
     if cfg.schedule == "constant":
         lr = cfg.learning_rate
     elif cfg.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, max(total_steps, 1))
+        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
+                                                max(total_steps, cfg.warmup_steps + 1))
     else:
         raise TrainingError(f"--schedule {cfg.schedule}: expected constant or cosine")
     return optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(lr)
@@ -200,7 +202,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
     eval_every = cfg.eval_every or cfg.checkpoint_every
     metrics_file = open(workdir / "metrics.jsonl", "a")
     last_good = mngr.latest_step()
-    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
     tick, samples = time.perf_counter(), 0
     try:
         while step < total_steps:
@@ -245,6 +247,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
                                     seed=cfg.seed, put=put)
         scores[domain] = paper_dice(preds)
     summary = {"steps": step, "paper_dice": {d: s["mean"] for d, s in scores.items()},
+               "tumour_slice_dice": {d: s["tumour_slice_dice"] for d, s in scores.items()},
                "per_case": {d: s["per_case"] for d, s in scores.items()}}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

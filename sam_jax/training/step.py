@@ -88,7 +88,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: Step
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, batch, rng)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        return trainable, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+        return trainable, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
 
     return jax.jit(step, donate_argnums=(0, 1))
 

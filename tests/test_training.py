@@ -1,0 +1,128 @@
+"""The training app on phantom data in a tiny config: steps, partition, resume, data parallel, refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sam_jax.training.config import TrainConfig
+from sam_jax.training.loop import TrainingError, build, check_inputs, train_and_evaluate
+from sam_jax.weights.io import read_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base_config(phantom_dir, tmp_path_factory):
+    return TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), domain="ALL",
+                       eval_domains=("GLI", "MEN", "PED", "SSA"), model_type="tiny", image_size=128, modalities="all4", trainable="lora",
+                       lora_rank=2, batch_size=2, steps=4, learning_rate=1e-3, loss="bce_dice",
+                       slice_policy="tumour", checkpoint_every=2, eval_max_slices=8, log_every=1, seed=3)
+
+
+def _adapter(workdir):
+    return read_arrays(Path(workdir) / "adapter.safetensors")[0]
+
+
+def test_steps_train_exactly_the_trainable_leaves(base_config, tmp_path):
+    cfg = base_config.replace(workdir=str(tmp_path / "run"))
+    _, initial_trainable, initial_frozen = build(cfg)
+    summary = train_and_evaluate(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in lines)
+    # Trained on all domains, each is scored on its validation cases: one phantom case of the four is held out.
+    assert len(summary["paper_dice"]) == 1 and all(0.0 <= d <= 1.0 for d in summary["paper_dice"].values())
+
+    trained = _adapter(tmp_path / "run")
+    flat_initial = {".".join(map(str, p)): np.asarray(v[...]) for p, v in initial_trainable.flat_state()}
+    assert set(trained) == set(flat_initial)
+    assert any(".lora_" in p for p in trained) and any(p.startswith("mask_decoder.") for p in trained)
+    unchanged = {p for p in trained if np.array_equal(trained[p], flat_initial[p])}
+    # Everything on the single-mask path moves; the IoU head and the three multimask heads get no gradient.
+    off_path = {p for p in trained if p.startswith(("mask_decoder.iou_prediction_head.",
+                                                     "mask_decoder.output_hypernetworks_mlps.1.",
+                                                     "mask_decoder.output_hypernetworks_mlps.2.",
+                                                     "mask_decoder.output_hypernetworks_mlps.3."))}
+    assert unchanged == off_path
+    # Frozen leaves never reach the adapter file, and nothing frozen is in the trainable set.
+    assert not any(p.startswith(("prompt_encoder.", "image_encoder.blocks.0.attn.qkv.kernel")) for p in trained)
+
+
+def test_resumed_run_ends_with_the_same_parameters(base_config, tmp_path):
+    cfg = base_config.replace(steps=6, eval_every=100)
+    train_and_evaluate(cfg.replace(workdir=str(tmp_path / "straight")))
+    train_and_evaluate(cfg.replace(workdir=str(tmp_path / "resumed"), steps=4))  # "interrupted" after step 4
+    train_and_evaluate(cfg.replace(workdir=str(tmp_path / "resumed")))  # the same command again: resumes at 4
+    straight, resumed = _adapter(tmp_path / "straight"), _adapter(tmp_path / "resumed")
+    assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
+
+
+def _command(cfg_flags, workdir, env=None):
+    args = [sys.executable, "-m", "train.main", *cfg_flags, f"--workdir={workdir}"]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return args, full_env
+
+
+def _flags(cfg: TrainConfig, **changes):
+    values = {**json.loads(cfg.replace(**changes).to_json())}
+    return [f"--{k}={','.join(v) if isinstance(v, list) else v}" for k, v in values.items() if k != "workdir"]
+
+
+def test_killed_run_resumes_to_the_same_parameters(base_config, tmp_path):
+    """SIGKILL after the first checkpoint, then the same command: the result equals an uninterrupted run."""
+    flags = _flags(base_config, steps=40, checkpoint_every=5, eval_every=1000, schedule="cosine", warmup_steps=3)
+    args, env = _command(flags, tmp_path / "straight")
+    assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True).returncode == 0
+    args, env = _command(flags, tmp_path / "killed")
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (checkpoints.exists() and any(
+            p.name.isdigit() for p in checkpoints.iterdir())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "adapter.safetensors").exists(), "the run ended before it could be killed"
+    assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True).returncode == 0
+    straight, resumed = _adapter(tmp_path / "straight"), _adapter(tmp_path / "killed")
+    assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_two_devices_give_the_same_losses(base_config, tmp_path):
+    """Data parallel over 2 forced CPU devices vs 1 device: same losses within float tolerance."""
+    flags = _flags(base_config, steps=3, eval_every=1000)
+    losses = {}
+    for devices in (1, 2):
+        args, env = _command(flags, tmp_path / f"d{devices}",
+                             {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+        result = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = (tmp_path / f"d{devices}" / "metrics.jsonl").read_text().splitlines()
+        losses[devices] = [json.loads(line)["loss"] for line in lines]
+    np.testing.assert_allclose(losses[1], losses[2], rtol=1e-4, atol=1e-5)
+
+
+def test_nan_loss_stops_with_the_step_named(base_config, tmp_path):
+    cfg = base_config.replace(workdir=str(tmp_path / "nan"), steps=50, learning_rate=1e38, checkpoint_every=1,
+                              eval_every=1000)
+    with pytest.raises(TrainingError, match=r"the loss became nan at step \d+.*last good checkpoint is step \d+"):
+        train_and_evaluate(cfg)
+    assert not (tmp_path / "nan" / "adapter.safetensors").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(sam_weights="/nonexistent/sam.safetensors"), "no such file"),
+    (dict(data_dir="/nonexistent"), "no BraTS cases found"),
+    (dict(trainable="lora_frozen_patch"), "need a trained patch embedding"),
+    (dict(modalities="t1n,flair"), "flair"),
+    (dict(batch_size=3, steps=0, epochs=0), "nothing to train"),
+])
+def test_contradictions_fail_before_compute(base_config, change, message):
+    with pytest.raises(TrainingError, match=message):
+        check_inputs(base_config.replace(**change))
