@@ -11,18 +11,10 @@ from sam_jax.adaptation import AdaptationConfig, AdaptationError, adapt, build_m
 from sam_jax.adaptation.cross_slice import depth_attention
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
+from test_adaptation_lora import ALL_TARGETS, randomise
 
 CONFIG = sam_config("tiny")  # grid 8, window 3: windowed blocks pad 8 → 9
-ALL_TARGETS = ("q", "k", "v", "proj", "lin1", "lin2")
 SLICES = 3
-
-
-def _randomise(model, variable_type, seed, scale=0.1):
-    state = nnx.state(model, variable_type)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    nnx.update(model, jax.tree.unflatten(treedef, [scale * jax.random.normal(k, x.shape)
-                                                   for k, x in zip(keys, leaves)]))
 
 
 def _set_gates(model, value):
@@ -34,7 +26,7 @@ def _set_gates(model, value):
 def model():
     """LoRA on every target with random B (so the branch's use of LoRA is checked) and random non-zero gates."""
     model = build_model(CONFIG, AdaptationConfig(lora_targets=ALL_TARGETS, cross_slice=True), rngs=nnx.Rngs(0))
-    _randomise(model, nnx.LoRAParam, seed=1)
+    randomise(model, nnx.LoRAParam, seed=1)
     for i, block in enumerate(model.image_encoder.blocks):
         block.cross_slice.gate[...] = jax.random.uniform(jax.random.key(10 + i), (CONFIG.encoder_embed_dim,), minval=0.5)
     return model

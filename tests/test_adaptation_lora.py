@@ -21,7 +21,7 @@ def _forward(model, images, coords, labels, slices):
     return model.decode(model.encode_image(images, slices), coords, labels, multimask_output=True)
 
 
-def _randomise(model, variable_type, seed, scale=0.1):
+def randomise(model, variable_type, seed, scale=0.1):
     """Random values for every `variable_type` leaf (LoRA's zero B or the cross-slice gates would hide bugs)."""
     state = nnx.state(model, variable_type)
     leaves, treedef = jax.tree.flatten(state)
@@ -71,7 +71,7 @@ def test_adapted_model_equals_sam_exactly_at_step_zero():
 def test_lora_linear_computes_the_low_rank_update_on_its_sections():
     base = nnx.Linear(6, 9, rngs=nnx.Rngs(0))
     layer = LoRALinear(base, sections=("q", "k", "v"), targets=("q", "v"), rank=2, scale=0.5, rngs=nnx.Rngs(1))
-    _randomise(layer, nnx.LoRAParam, seed=3, scale=1.0)
+    randomise(layer, nnx.LoRAParam, seed=3, scale=1.0)
     x = np.random.default_rng(4).normal(size=(5, 6)).astype(np.float32)
     w, b = np.asarray(base.kernel[...]), np.asarray(base.bias[...])
     expected = x @ w + b
@@ -86,7 +86,8 @@ def test_lora_a_is_kaiming_uniform_and_b_zero():
     a = np.stack([np.asarray(block.mlp.lin2.lora_a[...]) for block in model.image_encoder.blocks])
     bound = 1 / np.sqrt(a.shape[1])  # U(±1/√in_features)
     assert np.abs(a).max() <= bound and abs(a.std() - bound / np.sqrt(3)) < 0.05 * bound
-    assert not any(np.any(b) for b in jax.tree.leaves(nnx.state(model, nnx.LoRAParam)) if b.shape[0] == 4)
+    b = [v[...] for p, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)) if p[-1].endswith("_b")]
+    assert len(b) == 4 * CONFIG.encoder_depth and not any(np.any(x) for x in b)
 
 
 def test_fold_gives_plain_sam_layers_with_the_same_outputs():
@@ -94,7 +95,7 @@ def test_fold_gives_plain_sam_layers_with_the_same_outputs():
     images = jax.random.normal(jax.random.key(2), (2, CONFIG.image_size, CONFIG.image_size, 4))
     coords, labels = _prompts(2)
     base_out = _forward(model, images, coords, labels, 1)
-    _randomise(model, nnx.LoRAParam, seed=1)
+    randomise(model, nnx.LoRAParam, seed=1)
     folded = fold(nnx.clone(model))
     assert not nnx.state(folded, nnx.LoRAParam)
     assert {k: v.shape for k, v in model_arrays(folded).items()} == model_shapes(CONFIG.replace(in_chans=4))

@@ -11,6 +11,7 @@ from flax import nnx
 from sam_jax.adaptation import AdaptationConfig, PRESETS, build_model, count_parameters, partition
 from sam_jax.adaptation.trainable_rules import TrainableRulesError
 from sam_jax.config import sam_config
+from test_adaptation_lora import randomise
 
 CONFIG = sam_config("tiny")
 SLICES = 2
@@ -38,8 +39,7 @@ def test_vit_b_lora_preset_counts_the_papers_5_36_million(cross_slice):
 def model():
     model = build_model(CONFIG, AdaptationConfig(cross_slice=True), rngs=nnx.Rngs(0))
     # Non-zero LoRA B and gates: at zero they would (correctly) block the gradients of LoRA A and of the branch.
-    for i, (_, variable) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))):
-        variable[...] = 0.1 * jax.random.normal(jax.random.key(i), variable.shape)
+    randomise(model, nnx.LoRAParam, seed=1)
     for block in model.image_encoder.blocks:
         block.cross_slice.gate[...] = jnp.full(block.cross_slice.gate.shape, 0.5)
     return model

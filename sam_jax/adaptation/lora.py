@@ -76,7 +76,7 @@ class LoRALinear(nnx.Module):
 
 
 def lora_sites(model) -> Iterator[Tuple[nnx.Module, str, Tuple[str, ...]]]:
-    """(parent module, attribute, output sections) of every linear layer LoRA may target in the image encoder."""
+    """(parent module, attribute, target names of its output sections) of every encoder layer LoRA may target."""
     for block in model.image_encoder.blocks:
         yield block.attn, "qkv", QKV_SECTIONS
         yield block.attn, "proj", ("proj",)
@@ -89,13 +89,13 @@ def apply_lora(model, *, rank: int, alpha: float, targets: Tuple[str, ...], rngs
     if rank == 0:
         return
     for parent, name, sections in lora_sites(model):
-        if not set(sections) & set(targets):
+        wanted = tuple(s for s in sections if s in targets)
+        if not wanted:
             continue
-        # A single-section layer's leaves are plain `lora_a`/`lora_b`: its section name is the layer's own.
-        plain = len(sections) == 1
-        wrapped = LoRALinear(getattr(parent, name), sections=("",) if plain else sections,
-                             targets=("",) if plain else targets, rank=rank, scale=alpha / rank, rngs=rngs)
-        setattr(parent, name, wrapped)
+        if len(sections) == 1:  # one whole output: its leaves are plain `lora_a`, `lora_b`
+            sections = wanted = ("",)
+        setattr(parent, name, LoRALinear(getattr(parent, name), sections=sections, targets=wanted, rank=rank,
+                                         scale=alpha / rank, rngs=rngs))
 
 
 def fold(model):
