@@ -1,0 +1,61 @@
+"""The training step's parts, pinned by hand-worked cases: model-frame transform, error clicks, losses."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sam_jax.training.frame import clicks_to_model_frame, target_to_low_res, to_model_frame
+from sam_jax.training.losses import mask_loss, multimask_loss
+from sam_jax.training.prompts import click_in_error
+
+
+def test_model_frame_keeps_aspect_and_clears_padding():
+    images = np.zeros((1, 8, 8, 1), np.float32)
+    images[0, :4, :8] = 1.0  # a 4×8 valid region (rows × cols)
+    images[0, 4:, :] = 99.0  # padding beyond valid_hw must not leak in
+    out, scale = to_model_frame(jnp.asarray(images), jnp.array([[4, 8]]), 16)
+    assert float(scale[0]) == 2.0  # longest side 8 → 16
+    out = np.asarray(out[0, ..., 0])
+    assert np.allclose(out[:7, :], 1.0, atol=1e-6) and np.allclose(out[9:, :], 0.0, atol=1e-6)
+    # (x, y) clicks scale like SAM's ResizeLongestSide: both coordinates by the same factor
+    np.testing.assert_allclose(clicks_to_model_frame(jnp.array([[[3.0, 1.0]]]), scale), [[[6.0, 2.0]]])
+
+
+def test_low_res_target_is_a_soft_downsampling():
+    masks = np.zeros((1, 16, 16), np.uint8)
+    masks[0, :8, :8] = 1  # a quarter of the 16×16 slice; the model frame is 16, its low-res grid 4×4
+    low = np.asarray(target_to_low_res(jnp.asarray(masks), jnp.array([[16, 16]]), 16))[0]
+    assert low.shape == (4, 4)
+    assert abs(low[0, 0] - 1.0) < 1e-6  # inside, far from the edge
+    np.testing.assert_allclose(low[3, :], 0.0, atol=1e-6)  # outside, far from the edge
+    np.testing.assert_allclose(low[:, 3], 0.0, atol=1e-6)
+    assert 0.0 < low[1, 1] < 1.0  # soft at the edge
+    assert abs(low.sum() - 64 / 16) < 1e-4  # the antialiasing filter keeps the area
+
+
+def test_click_in_error_goes_to_the_larger_error_with_the_right_label():
+    truth = np.zeros((2, 8, 8), np.float32)
+    logits = -np.ones((2, 8, 8), np.float32)
+    truth[0, 2:6, 2:6] = 1  # sample 0: a 16-pixel miss and a 1-pixel false alarm → positive click in the miss
+    logits[0, 0, 7] = 1
+    truth[1] = 1
+    logits[1] = 1  # sample 1: perfect → padding click
+    coords, labels = click_in_error(jax.random.PRNGKey(0), jnp.asarray(logits), jnp.asarray(truth))
+    assert labels.tolist() == [[1], [-1]]
+    col, row = (np.asarray(coords[0, 0]) / 4 - 0.5).astype(int)  # model-frame pixels → low-res cell
+    assert 2 <= row < 6 and 2 <= col < 6
+    # false alarm larger than the miss → negative click on the false alarm
+    coords, labels = click_in_error(jax.random.PRNGKey(1), jnp.asarray(-logits[:1]), jnp.asarray(truth[:1]))
+    col, row = (np.asarray(coords[0, 0]) / 4 - 0.5).astype(int)
+    assert labels.tolist() == [[0]] and not (2 <= row < 6 and 2 <= col < 6)
+
+
+def test_losses_on_hand_worked_masks():
+    target = jnp.array([[[1.0, 0.0]]])
+    confident = jnp.array([[[20.0, -20.0]]])
+    assert float(mask_loss("bce", confident, target)[0]) < 1e-8
+    assert abs(float(mask_loss("bce", jnp.zeros((1, 1, 2)), target)[0]) - np.log(2)) < 1e-6
+    assert float(mask_loss("dice", confident, target)[0]) < 1e-6
+    # multimask: only the best of the candidates counts
+    candidates = jnp.stack([-confident, confident, jnp.zeros_like(confident)], axis=1)
+    assert float(multimask_loss("bce", candidates, target)[0]) < 1e-8
