@@ -126,3 +126,15 @@ def test_nan_loss_stops_with_the_step_named(base_config, tmp_path):
 def test_contradictions_fail_before_compute(base_config, change, message):
     with pytest.raises(TrainingError, match=message):
         check_inputs(base_config.replace(**change))
+
+
+def test_iterative_prompts_multimask_and_cross_slice_train(base_config, tmp_path):
+    """The less common paths together: 3 click rounds, SAM's multimask rule, 3-slice stacks with cross-slice."""
+    cfg = base_config.replace(workdir=str(tmp_path / "run"), steps=2, prompt_rounds=3, multimask=True, slices=3,
+                              cross_slice=True, eval_every=1000)
+    train_and_evaluate(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(np.isfinite(r["loss"]) for r in lines)
+    trained = _adapter(tmp_path / "run")
+    assert any(p.endswith("cross_slice.gate") for p in trained)
+    assert all(np.abs(v).sum() > 0 for p, v in trained.items() if p.endswith("cross_slice.gate"))
