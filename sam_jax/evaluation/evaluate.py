@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sam_jax.data import DataError, load_case
+from sam_jax.data import DataError, load_case, save_prediction
+from sam_jax.evaluation import figures
 from sam_jax.evaluation.errors import EvaluationError
 from sam_jax.evaluation.interactive import ritm_dice_curves
 from sam_jax.evaluation.paper_protocol import run_paper_protocol
@@ -46,14 +47,15 @@ def interactive_scores(segmenter, embeddings, tumour, max_clicks: int, feed_back
     return scores
 
 
-def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks: int) -> dict:
+def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks: int):
+    """(row of scores, the case, its native-grid prediction or None without the volumetric protocol)."""
     case = load_case(case_files)
     cfg = trained.config
     volume = prepare_volume(case, trained.adaptation.modalities, cfg.normalisation, cfg.crop_to_brain,
                             sam_rgb=trained.sam_rgb_input)
     truth = volume.native_tumour()
     embeddings = segmenter.encode(volume.slices)
-    row = {}
+    row, prediction = {}, None
     if "paper" in protocols:
         row.update(run_paper_protocol(segmenter, embeddings, volume.tumour, case_rng(seed, case.case_id)))
     if "volumetric" in protocols:
@@ -62,7 +64,7 @@ def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks:
         row.update(volumetric_scores(prediction, truth, spacing, case_files.domain))
     if "interactive" in protocols:
         row.update(interactive_scores(segmenter, embeddings, volume.tumour, max_clicks, cfg.prompt_rounds > 1))
-    return row
+    return row, case, prediction
 
 
 def columns(protocols, max_clicks: int) -> list[str]:
@@ -75,8 +77,10 @@ def columns(protocols, max_clicks: int) -> list[str]:
 
 
 def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCOLS, seed: int = 0,
-                   max_clicks: int = NOC_MAX_CLICKS) -> list[dict]:
-    """Rows (one per case) also written to `out_dir/cases.csv` as they come."""
+                   max_clicks: int = NOC_MAX_CLICKS, save_predictions: bool = False, overlays: int = 0) -> list[dict]:
+    """Rows (one per case) also written to `out_dir/cases.csv` as they come. With the volumetric protocol,
+    `save_predictions` writes `predictions/<case>.nii.gz` in each case's geometry and `overlays` writes PNGs of the
+    first that many scored cases to `overlays/`."""
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise EvaluationError(f"unknown protocols {unknown}; expected some of {PROTOCOLS}")
@@ -91,7 +95,11 @@ def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCO
             tick = time.perf_counter()
             row = {"case": case_files.case_id, "domain": case_files.domain}
             try:
-                row.update(score_case(segmenter, trained, case_files, protocols, seed, max_clicks), status="ok")
+                scores, case, prediction = score_case(segmenter, trained, case_files, protocols, seed, max_clicks)
+                row.update(scores, status="ok")
+                if prediction is not None:
+                    _write_outputs(out_dir, case, prediction, save_predictions,
+                                   overlays > sum(r["status"] == "ok" for r in rows))
             except (DataError, EvaluationError, MetricInputError, OSError) as e:
                 row.update(status="failed", error=str(e).replace("\n", " | "))
             row["seconds"] = round(time.perf_counter() - tick, 2)
@@ -99,6 +107,16 @@ def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCO
             f.flush()
             rows.append(row)
     return rows
+
+
+def _write_outputs(out_dir: Path, case, prediction, save_prediction_file: bool, overlay: bool) -> None:
+    if save_prediction_file:
+        (out_dir / "predictions").mkdir(exist_ok=True)
+        save_prediction(case, prediction, out_dir / "predictions" / f"{case.case_id}.nii.gz")
+    if overlay:
+        (out_dir / "overlays").mkdir(exist_ok=True)
+        figures.overlay(case.images, case.whole_tumour, prediction, out_dir / "overlays" / f"{case.case_id}.png",
+                        title=case.case_id)
 
 
 def summarise(rows, protocols, **about) -> dict:

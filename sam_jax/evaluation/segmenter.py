@@ -60,11 +60,11 @@ class SliceSegmenter:
         """(N, H, W, C) slices → embeddings (N, g, g, D), kept on the device."""
         n, h, w, c = slices.shape
         s = max(h, w)
-        canvas = np.zeros((self.batch_size, s, s, c), np.float32)
         valid_hw = np.tile(np.array([[h, w]], np.int32), (self.batch_size, 1))
         out = []
         for start, stop in _padded_batches(n, self.batch_size):
-            canvas[:] = 0
+            # A fresh buffer each batch: on CPU, JAX may alias a NumPy input instead of copying it.
+            canvas = np.zeros((self.batch_size, s, s, c), np.float32)
             canvas[:stop - start, :h, :w] = slices[start:stop]
             out.append(self._encode(self.state, canvas, valid_hw)[:stop - start])
         return jnp.concatenate(out)
