@@ -3,7 +3,7 @@
 Each slice (H, W, C) sits top-left in an S×S canvas (S = max(H, W)) and goes through the training's on-device
 transform (`sam_jax.training.frame.to_model_frame`); the decoder's low-resolution logits come back through SAM's
 postprocess (`sam_jax.predictor.postprocess_masks`: upsample to the input frame, crop the valid part, resize to
-(H, W)). Everything is jitted with static shapes: batches are padded to `batch_size`.
+(H, W)). Everything is jitted with static shapes: batches are padded (see `_compiled_size`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ from sam_jax.training.frame import to_model_frame
 def _padded_batches(n: int, batch_size: int):
     for start in range(0, n, batch_size):
         yield start, min(start + batch_size, n)
+
+
+def _compiled_size(n: int, batch_size: int) -> int:
+    """Batches of fewer than `batch_size` are padded to a power of two: few compilations, little waste (a
+    slice-by-slice propagation decodes batches of one)."""
+    return batch_size if n >= batch_size else min(batch_size, 1 << (n - 1).bit_length())
 
 
 def _pad_to(array, size: int):
@@ -60,11 +66,12 @@ class SliceSegmenter:
         """(N, H, W, C) slices → embeddings (N, g, g, D), kept on the device."""
         n, h, w, c = slices.shape
         s = max(h, w)
-        valid_hw = np.tile(np.array([[h, w]], np.int32), (self.batch_size, 1))
+        compiled = _compiled_size(n, self.batch_size)
+        valid_hw = np.tile(np.array([[h, w]], np.int32), (compiled, 1))
         out = []
         for start, stop in _padded_batches(n, self.batch_size):
             # A fresh buffer each batch: on CPU, JAX may alias a NumPy input instead of copying it.
-            canvas = np.zeros((self.batch_size, s, s, c), np.float32)
+            canvas = np.zeros((compiled, s, s, c), np.float32)
             canvas[:stop - start, :h, :w] = slices[start:stop]
             out.append(self._encode(self.state, canvas, valid_hw)[:stop - start])
         return jnp.concatenate(out)
@@ -76,13 +83,14 @@ class SliceSegmenter:
         """
         n = len(coords)
         coords = np.asarray(coords, np.float32) * self.scale(hw)
+        compiled = _compiled_size(n, self.batch_size)
+        pad = functools.partial(_pad_to, size=compiled)
         out = []
         for start, stop in _padded_batches(n, self.batch_size):
-            pad = functools.partial(_pad_to, size=self.batch_size)
             masks = None if mask_input is None else pad(np.asarray(mask_input[start:stop]))[..., None]
             emb = embeddings[start:stop]
-            if stop - start < self.batch_size:
-                emb = jnp.concatenate([emb, jnp.repeat(emb[-1:], self.batch_size - (stop - start), axis=0)])
+            if stop - start < compiled:
+                emb = jnp.concatenate([emb, jnp.repeat(emb[-1:], compiled - (stop - start), axis=0)])
             logits = self._decode(self.state, emb, pad(coords[start:stop]), pad(np.asarray(labels[start:stop])),
                                   masks)
             out.append(np.asarray(logits[:stop - start]))
