@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
 from sam_jax.evaluation.errors import EvaluationError
 
@@ -48,4 +49,6 @@ def separation(features: np.ndarray, labels: np.ndarray, k: int = 5) -> dict:
 
 def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
     perplexity = float(min(30.0, max(1.0, (len(features) - 1) / 3)))
-    return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(features)
+    # Beside XLA's threads, t-SNE's OpenMP/BLAS pools spin for ~45 s on 60 points; one thread takes 0.1 s.
+    with threadpool_limits(1):
+        return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(features)

@@ -18,6 +18,7 @@ import numpy as np
 from sam_jax.evaluation.errors import EvaluationError
 from sam_jax.weights.io import read_arrays
 
+TARGET_ORDER = ("q", "k", "v", "proj", "lin1", "lin2")
 _LEAF = re.compile(r"^image_encoder\.blocks\.(\d+)\.(?:attn\.qkv\.lora_(q|k|v)|attn\.(proj)\.lora|mlp\.(lin1|lin2)\.lora)"
                    r"_(a|b)$")
 
@@ -59,7 +60,7 @@ def difference_norm(first, second) -> float:
 
 def discrepancy(first: dict, second: dict) -> list[dict]:
     """Per (block, target) present in both: the Weyl bound and the exact spectral distance."""
-    shared = sorted(set(first) & set(second))
+    shared = sorted(set(first) & set(second), key=lambda key: (key[0], TARGET_ORDER.index(key[1])))
     if not shared:
         raise EvaluationError("the two adapters share no LoRA layer (different targets or depths)")
     rows = []
@@ -86,7 +87,7 @@ def pairwise(factors: list[dict], value: str = "weyl_bound") -> np.ndarray:
 def as_heatmap(rows: list[dict], value: str) -> tuple[np.ndarray, list[int], list[str]]:
     """(blocks × targets) array of `value`, with the block and target labels."""
     blocks = sorted({r["block"] for r in rows})
-    targets = [t for t in ("q", "k", "v", "proj", "lin1", "lin2") if any(r["target"] == t for r in rows)]
+    targets = [t for t in TARGET_ORDER if any(r["target"] == t for r in rows)]
     out = np.full((len(blocks), len(targets)), np.nan)
     for r in rows:
         out[blocks.index(r["block"]), targets.index(r["target"])] = r[value]
