@@ -3,7 +3,10 @@ failing case, on a tiny model trained for two steps on the phantom."""
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -13,13 +16,17 @@ import pytest
 from flax import nnx
 
 from sam_jax.data import find_cases, load_case
-from sam_jax.evaluation import CheckpointError, load_trained
+from sam_jax.config import sam_config
+from sam_jax.evaluation import CheckpointError, load_trained, load_zero_shot
 from sam_jax.evaluation.evaluate import evaluate_cases
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.training.loop import build
 from sam_jax.training.step import StepConfig, forward
-from sam_jax.weights.io import read_arrays
+from sam_jax.model import Sam
+from sam_jax.weights.io import model_arrays, read_arrays, save_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +139,41 @@ def test_a_bad_case_is_recorded_and_the_others_are_scored(trained, small_data, t
         scored["paper_dice"])
     assert (tmp_path / "out" / "predictions" / f"{good.case_id}.nii.gz").is_file()
     assert (tmp_path / "out" / "overlays" / f"{good.case_id}.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def tiny_sam_file(tmp_path_factory):
+    """Plain tiny SAM weights in the converted-file format, standing in for sam_vit_b."""
+    path = tmp_path_factory.mktemp("sam") / "tiny_sam.safetensors"
+    model = Sam(sam_config("tiny"), rngs=nnx.Rngs(7))
+    save_arrays(path, {k: np.asarray(v) for k, v in model_arrays(model).items()}, {})
+    return path
+
+
+def test_zero_shot_is_plain_sam_on_three_channels(tiny_sam_file, small_data):
+    zero_shot = load_zero_shot(str(tiny_sam_file), "tiny", 128)
+    stored, _ = read_arrays(tiny_sam_file)
+    loaded = _flat(nnx.state(zero_shot.model))
+    assert set(loaded) == set(stored) and all(np.array_equal(loaded[k], v) for k, v in stored.items())
+    case = load_case(find_cases(small_data, "GLI")[0])
+    volume = prepare_volume(case, zero_shot.adaptation.modalities, "none", False, sam_rgb=True)
+    # The brain's 99.5th percentile of T1 becomes 255 before SAM's normalisation of the red channel.
+    brain = case.images["t1n"] != 0
+    top = (np.percentile(case.images["t1n"][brain], 99.5) >= case.images["t1n"]) & brain
+    red = volume.slices[..., 0].transpose(2, 1, 0)
+    assert volume.slices.shape[-1] == 3 and red[top].max() <= (255 - 123.675) / 58.395 + 1e-4
+    with pytest.raises(CheckpointError, match="3 channels"):
+        load_zero_shot(str(tiny_sam_file), "tiny", 128, modalities="all4")
+
+
+def test_eval_app_writes_csv_summary_and_table(tiny_sam_file, small_data, tmp_path):
+    out = tmp_path / "men"
+    result = subprocess.run(
+        [sys.executable, "-m", "eval.main", "--flagfile=eval/meningioma.flags", "--zero_shot",
+         f"--sam_weights={tiny_sam_file}", "--model_type=tiny", "--image_size=128", f"--data_dir={small_data}",
+         f"--output_dir={out}", "--protocols=paper,volumetric", "--overlays=0", "--model_name=tiny zero-shot"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["column"], summary["split"], summary["scored"]) == ("VD2", "all", 1)
+    assert "| tiny zero-shot |  | " in result.stdout and (out / "cases.csv").read_text().count("\n") == 2
