@@ -1,6 +1,9 @@
 """Score a model on a list of cases, case by case: each case's encoder embeddings are computed once and shared by
 the protocols (`paper`, `volumetric`, `interactive`); each case's row is appended to the CSV as soon as it is done,
-and a case that cannot be read or scored is recorded as failed with its reason while the others go on."""
+and a case that cannot be read or scored is recorded as failed with its reason while the others go on. The
+volumetric protocol scores the mask `eval.predict` writes: one ground-truth click per 26-connected tumour component,
+propagated slice by slice (`sam_jax.evaluation.prediction`); the interactive one runs on the tumour slices and
+reports per-slice NoC and Dice-after-k averaged over the volume's tumour slices."""
 
 from __future__ import annotations
 
