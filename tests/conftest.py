@@ -90,3 +90,18 @@ def phantom_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("phantom")
     write_phantom(out, cases_per_domain=1, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(phantom_dir, tmp_path_factory):
+    """A tiny LoRA model trained for two steps on the phantom: its workdir (config.json + adapter.safetensors)."""
+    from sam_jax.training.config import TrainConfig
+    from sam_jax.training.loop import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    cfg = TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path_factory.mktemp("tiny_cache")), domain="ALL",
+                      eval_domains=(), model_type="tiny", image_size=128, trainable="lora", lora_rank=2,
+                      batch_size=2, steps=2, learning_rate=1e-2, slice_policy="tumour", checkpoint_every=2,
+                      eval_max_slices=2, seed=5, workdir=str(workdir))
+    train_and_evaluate(cfg)
+    return workdir

@@ -1,0 +1,41 @@
+"""What the evaluation apps share: loading a trained run or zero-shot SAM from flags, and printing errors."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+from sam_jax.adaptation import AdaptationError
+from sam_jax.data import DataError
+from sam_jax.evaluation import EvaluationError, load_trained, load_zero_shot
+from sam_jax.metrics import MetricInputError
+from sam_jax.weights.params import WeightsError
+
+EXPECTED_ERRORS = (EvaluationError, DataError, AdaptationError, WeightsError, MetricInputError)
+
+
+def define_model_flags():
+    flags.DEFINE_string("checkpoint", "", "Training workdir (config.json + adapter.safetensors).")
+    flags.DEFINE_string("sam_weights", None, "Converted SAM weights; overrides the path in config.json, and is the "
+                                             "model itself with --zero_shot.")
+    flags.DEFINE_bool("zero_shot", False, "Plain SAM, no adapter (Table 1): needs --sam_weights.")
+    flags.DEFINE_string("model_type", "vit_b", "Zero-shot only: SAM size.")
+    flags.DEFINE_integer("image_size", 1024, "Zero-shot only: model input size.")
+    flags.DEFINE_string("modalities", "t1n_t2w_t2f", "Zero-shot only: a 3-channel layout (t1n_t2w_t2f, t2f_x3, …).")
+    flags.DEFINE_integer("batch_size", 8, "Slices per encoder/decoder call.")
+
+
+def load_model(f=flags.FLAGS):
+    if f.zero_shot:
+        if not f.sam_weights:
+            raise EvaluationError("--zero_shot needs --sam_weights (converted SAM weights)")
+        return load_zero_shot(f.sam_weights, f.model_type, f.image_size, f.modalities)
+    if not f.checkpoint:
+        raise EvaluationError("--checkpoint WORKDIR is required (or --zero_shot with --sam_weights)")
+    return load_trained(f.checkpoint, f.sam_weights)
+
+
+def fail(error: Exception) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 1

@@ -1,0 +1,64 @@
+"""Embedding map by domain (Figure 9): `python -m eval.embedding_map --checkpoint WORKDIR [--data_dir D]
+[--cases_per_domain 4 --slices_per_case 16] --output_dir O`.
+
+Encoder embeddings of sampled tumour slices, pooled per slice, → t-SNE scatter (O/embedding_map.png), and the
+separation in numbers (O/separation.json: silhouette, leave-one-out k-NN domain accuracy vs chance)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+from tqdm import tqdm
+
+from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
+from sam_jax.data import find_cases, load_case
+from sam_jax.data.brats import DOMAINS
+from sam_jax.evaluation.embeddings import pooled_embeddings, sample_tumour_slices, separation, tsne
+from sam_jax.evaluation.figures import scatter_by_domain
+from sam_jax.evaluation.segmenter import SliceSegmenter
+from sam_jax.evaluation.volume import prepare_volume
+
+define_model_flags()
+flags.DEFINE_string("data_dir", "", "BraTS cases of several domains; default: the run's training data_dir.")
+flags.DEFINE_integer("cases_per_domain", 4, "Cases sampled per domain (the first ones by id).")
+flags.DEFINE_integer("slices_per_case", 16, "Tumour slices sampled per case.")
+flags.DEFINE_integer("seed", 0, "Seed of the slice sample and t-SNE.")
+flags.DEFINE_string("output_dir", "embedding_map", "Where the PNG and JSON go.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    try:
+        trained = load_model()
+        cfg = trained.config
+        segmenter = SliceSegmenter(trained, FLAGS.batch_size)
+        rng = np.random.default_rng(FLAGS.seed)
+        features, domains = [], []
+        cases = [c for d in DOMAINS for c in find_cases(FLAGS.data_dir or cfg.data_dir, d)[:FLAGS.cases_per_domain]]
+        for case_files in tqdm(cases, desc="embeddings", unit="case"):
+            volume = prepare_volume(load_case(case_files), trained.adaptation.modalities, cfg.normalisation,
+                                    cfg.crop_to_brain, sam_rgb=trained.sam_rgb_input)
+            if volume.tumour is None:
+                continue
+            chosen = sample_tumour_slices(volume.tumour, FLAGS.slices_per_case, rng)
+            if chosen.size:
+                features.append(pooled_embeddings(segmenter, volume.slices[chosen]))
+                domains += [case_files.domain] * chosen.size
+        features = np.concatenate(features) if features else np.zeros((0, 1))
+        scores = separation(features, np.asarray(domains))
+        out = Path(FLAGS.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        scatter_by_domain(tsne(features, FLAGS.seed), domains, out / "embedding_map.png",
+                          f"t-SNE of encoder embeddings ({trained.name})")
+        (out / "separation.json").write_text(json.dumps(scores, indent=2))
+    except EXPECTED_ERRORS as e:
+        return fail(e)
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,67 @@
+"""Score a model on one domain with every protocol: `python -m eval.main --flagfile=eval/adult.flags
+--checkpoint WORKDIR [--data_dir D] [--output_dir O]`. Writes O/cases.csv (one row per case, failures included),
+O/summary.json, and prints the row in the paper's layout. Default O: WORKDIR/eval/<domain>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import app, flags
+
+from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
+from sam_jax.evaluation.cases import COLUMNS, SPLITS, resolve_split, select_cases
+from sam_jax.evaluation.evaluate import PROTOCOLS, evaluate_cases, summarise, write_summary
+from sam_jax.evaluation.segmenter import SliceSegmenter
+from sam_jax.evaluation.tables import markdown
+from sam_jax.metrics import NOC_MAX_CLICKS
+
+define_model_flags()
+flags.DEFINE_enum("domain", "GLI", list(COLUMNS), "Domain to score.")
+flags.DEFINE_enum("split", "auto", list(SPLITS), "val: held-out cases of the saved split; all: every case; auto: "
+                                                 "val for the training domain, all for the others.")
+flags.DEFINE_string("data_dir", "", "BraTS cases; default: the run's training data_dir.")
+flags.DEFINE_string("cache_dir", "", "Where the saved split lives; default: the run's cache (or <data_dir>/"
+                                     ".sam_jax_cache).")
+flags.DEFINE_string("output_dir", "", "Default: <checkpoint>/eval/<domain> (zero-shot: eval_runs/sam_zero_shot/…).")
+flags.DEFINE_list("protocols", list(PROTOCOLS), "Any of paper, volumetric, interactive.")
+flags.DEFINE_integer("seed", 0, "Seed of the paper protocol's clicks.")
+flags.DEFINE_integer("max_clicks", NOC_MAX_CLICKS, "Interactive protocol: clicks per slice.")
+flags.DEFINE_bool("save_predictions", False, "Write each case's native-grid mask to O/predictions/.")
+flags.DEFINE_integer("overlays", 2, "PNG overlays (Figure 7) of the first N cases in O/overlays/.")
+flags.DEFINE_string("model_name", "", "Row label in tables; default: the workdir's name.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        trained = load_model()
+        cfg = trained.config
+        data_dir = FLAGS.data_dir or cfg.data_dir
+        same_data = Path(data_dir).resolve() == Path(cfg.data_dir or ".").resolve()
+        cache_dir = FLAGS.cache_dir or (cfg.cache_dir if same_data else "")
+        split = resolve_split(FLAGS.split, FLAGS.domain, None if FLAGS.zero_shot else cfg.domain)
+        cases = select_cases(data_dir, FLAGS.domain, split, cache_dir)
+        name = FLAGS.model_name or trained.name
+        out_dir = Path(FLAGS.output_dir or (Path(FLAGS.checkpoint) / "eval" / FLAGS.domain if not FLAGS.zero_shot
+                                            else Path("eval_runs") / name / FLAGS.domain))
+        rows = evaluate_cases(SliceSegmenter(trained, FLAGS.batch_size), trained, cases, out_dir,
+                              protocols=tuple(FLAGS.protocols), seed=FLAGS.seed, max_clicks=FLAGS.max_clicks,
+                              save_predictions=FLAGS.save_predictions, overlays=FLAGS.overlays)
+    except EXPECTED_ERRORS as e:
+        return fail(e)
+    summary = summarise(rows, tuple(FLAGS.protocols), model=name, domain=FLAGS.domain, column=COLUMNS[FLAGS.domain],
+                        split=split, data_dir=str(data_dir), seed=FLAGS.seed, checkpoint=FLAGS.checkpoint)
+    write_summary(summary, out_dir)
+    for metric, scale in (("paper_dice", 100), ("dice_3d", 100), ("lesion_dice", 100), ("noc90", 1)):
+        value = summary["means"].get(metric)
+        if value is not None:
+            print(markdown(metric, {name: {COLUMNS[FLAGS.domain]: value * scale}}))
+    print(f"{summary['scored']} of {summary['cases']} cases scored; {len(summary['failed'])} failed; "
+          f"per-case scores in {out_dir / 'cases.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,62 @@
+"""Segment one case into a NIfTI mask that overlays in ITK-SNAP or 3D Slicer:
+`python -m eval.predict --checkpoint WORKDIR --case_dir CASE --output pred.nii.gz [--clicks "x,y,z;..."]`.
+
+One click per tumour (voxel indices, x, y, z as the viewer shows them); the clicked slice is segmented and the
+mask propagated slice by slice. Without --clicks the case's ground truth supplies one per tumour (benchmarking)."""
+
+from __future__ import annotations
+
+import time
+
+from absl import app, flags
+
+from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
+from sam_jax.data import find_cases, load_case, save_prediction
+from sam_jax.evaluation import EvaluationError
+from sam_jax.evaluation.figures import overlay
+from sam_jax.evaluation.prediction import parse_clicks, predict_volume
+from sam_jax.evaluation.segmenter import SliceSegmenter
+from sam_jax.evaluation.volume import prepare_volume
+from sam_jax.metrics import dice_3d
+
+define_model_flags()
+flags.DEFINE_string("case_dir", None, "Folder of one case (BraTS file names).")
+flags.DEFINE_string("output", None, "Output mask (.nii.gz), in the case's geometry.")
+flags.DEFINE_string("clicks", "", "'x,y,z;x,y,z': one voxel inside each tumour. Empty: from the ground truth.")
+flags.DEFINE_string("overlay", "", "Also write a PNG of the four modalities with the contours here.")
+flags.mark_flags_as_required(["case_dir", "output"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        found = find_cases(FLAGS.case_dir)
+        if len(found) != 1:
+            raise EvaluationError(f"{FLAGS.case_dir}: expected the files of one case, found {len(found)} cases")
+        trained = load_model()
+        case = load_case(found[0])
+        tick = time.perf_counter()
+        clicks = parse_clicks(FLAGS.clicks) if FLAGS.clicks else None
+        if clicks is None and case.seg is None:
+            raise EvaluationError(f"{FLAGS.case_dir}: no --clicks and no segmentation to take them from")
+        cfg = trained.config
+        volume = prepare_volume(case, trained.adaptation.modalities, cfg.normalisation, cfg.crop_to_brain,
+                                sam_rgb=trained.sam_rgb_input)
+        mask, used = predict_volume(SliceSegmenter(trained, FLAGS.batch_size), volume, clicks)
+        seconds = time.perf_counter() - tick
+        save_prediction(case, mask, FLAGS.output)
+        if FLAGS.overlay:
+            overlay(case.images, case.whole_tumour if case.seg is not None else None, mask, FLAGS.overlay,
+                    title=case.case_id)
+    except EXPECTED_ERRORS as e:
+        return fail(e)
+    print(f"{FLAGS.output}: {int(mask.sum())} tumour voxels from clicks {used.tolist()} in {seconds:.1f} s")
+    if case.seg is not None:
+        print(f"whole-tumour Dice against the case's segmentation: {100 * dice_3d(mask, case.seg > 0):.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

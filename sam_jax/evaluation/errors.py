@@ -1,0 +1,17 @@
+"""Errors of the evaluation layer; each message names the file, case or value at fault."""
+
+
+class EvaluationError(ValueError):
+    """Base class: an evaluation that cannot run as asked."""
+
+
+class CheckpointError(EvaluationError):
+    """A trained workdir that is missing files or does not fit its own config or base weights."""
+
+
+class ClickError(EvaluationError):
+    """A click outside the volume or in an unreadable form."""
+
+
+class CaseError(EvaluationError):
+    """A case that cannot be scored (no brain, no ground truth); recorded as failed, the others go on."""

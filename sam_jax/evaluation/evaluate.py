@@ -1,0 +1,141 @@
+"""Score a model on a list of cases, case by case: each case's encoder embeddings are computed once and shared by
+the protocols (`paper`, `volumetric`, `interactive`); each case's row is appended to the CSV as soon as it is done,
+and a case that cannot be read or scored is recorded as failed with its reason while the others go on. The
+volumetric protocol scores the mask `eval.predict` writes: one ground-truth click per 26-connected tumour component,
+propagated slice by slice (`sam_jax.evaluation.prediction`); the interactive one runs on the tumour slices and
+reports per-slice NoC and Dice-after-k averaged over the volume's tumour slices."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sam_jax.data import DataError, load_case, save_prediction
+from sam_jax.evaluation import figures
+from sam_jax.evaluation.errors import EvaluationError
+from sam_jax.evaluation.interactive import ritm_dice_curves
+from sam_jax.evaluation.paper_protocol import run_paper_protocol
+from sam_jax.evaluation.prediction import predict_volume
+from sam_jax.evaluation.volume import prepare_volume
+from sam_jax.evaluation.volumetric import volumetric_scores
+from sam_jax.metrics import NOC_MAX_CLICKS, MetricInputError, clicks_to_reach
+
+PROTOCOLS = ("paper", "volumetric", "interactive")
+SCORE_COLUMNS = {
+    "paper": ("paper_dice", "tumour_slice_dice"),
+    "volumetric": ("dice_3d", "hd95", "lesion_dice", "lesion_hd95", "lesions_tp", "lesions_fn", "lesions_fp"),
+    "interactive": ("noc85", "noc90"),
+}
+
+
+def case_rng(seed: int, case_id: str) -> np.random.Generator:
+    """Clicks depend on (seed, case) only, not on which other cases are scored or in what order."""
+    return np.random.default_rng([seed, zlib.crc32(case_id.encode())])
+
+
+def interactive_scores(segmenter, embeddings, tumour, max_clicks: int, feed_back_mask: bool) -> dict:
+    has_tumour = np.flatnonzero(tumour.any(axis=(1, 2)))
+    if has_tumour.size == 0:
+        return {}
+    curves = ritm_dice_curves(segmenter, embeddings[has_tumour], tumour[has_tumour], max_clicks, feed_back_mask)
+    scores = {f"noc{p}": float(np.mean([clicks_to_reach(c, p / 100, max_clicks) for c in curves]))
+              for p in (85, 90)}
+    scores.update({f"dice_after_{k + 1}": float(v) for k, v in enumerate(curves.mean(axis=0))})
+    return scores
+
+
+def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks: int):
+    """(row of scores, the case, its native-grid prediction or None without the volumetric protocol)."""
+    case = load_case(case_files)
+    cfg = trained.config
+    volume = prepare_volume(case, trained.adaptation.modalities, cfg.normalisation, cfg.crop_to_brain,
+                            sam_rgb=trained.sam_rgb_input)
+    truth = volume.native_tumour()
+    embeddings = segmenter.encode(volume.slices)
+    row, prediction = {}, None
+    if "paper" in protocols:
+        row.update(run_paper_protocol(segmenter, embeddings, volume.tumour, case_rng(seed, case.case_id)))
+    if "volumetric" in protocols:
+        prediction, _ = predict_volume(segmenter, volume, embeddings=embeddings)
+        spacing = tuple(float(z) for z in case.header.get_zooms()[:3])
+        row.update(volumetric_scores(prediction, truth, spacing, case_files.domain))
+    if "interactive" in protocols:
+        row.update(interactive_scores(segmenter, embeddings, volume.tumour, max_clicks, cfg.prompt_rounds > 1))
+    return row, case, prediction
+
+
+def columns(protocols, max_clicks: int) -> list[str]:
+    out = ["case", "domain", "status", "error", "seconds"]
+    for p in protocols:
+        out += SCORE_COLUMNS[p]
+    if "interactive" in protocols:
+        out += [f"dice_after_{k}" for k in range(1, max_clicks + 1)]
+    return out
+
+
+def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCOLS, seed: int = 0,
+                   max_clicks: int = NOC_MAX_CLICKS, save_predictions: bool = False, overlays: int = 0) -> list[dict]:
+    """Rows (one per case) also written to `out_dir/cases.csv` as they come. With the volumetric protocol,
+    `save_predictions` writes `predictions/<case>.nii.gz` in each case's geometry and `overlays` writes PNGs of the
+    first that many scored cases to `overlays/`."""
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise EvaluationError(f"unknown protocols {unknown}; expected some of {PROTOCOLS}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = columns(protocols, max_clicks)
+    rows = []
+    with open(out_dir / "cases.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, names, restval="")
+        writer.writeheader()
+        for case_files in tqdm(case_files, desc="cases", unit="case", dynamic_ncols=True):
+            tick = time.perf_counter()
+            row = {"case": case_files.case_id, "domain": case_files.domain}
+            try:
+                scores, case, prediction = score_case(segmenter, trained, case_files, protocols, seed, max_clicks)
+                row.update(scores, status="ok")
+                if prediction is not None:
+                    _write_outputs(out_dir, case, prediction, save_predictions,
+                                   overlays > sum(r["status"] == "ok" for r in rows))
+            except (DataError, EvaluationError, MetricInputError, OSError) as e:
+                row.update(status="failed", error=str(e).replace("\n", " | "))
+            row["seconds"] = round(time.perf_counter() - tick, 2)
+            writer.writerow(row)
+            f.flush()
+            rows.append(row)
+    return rows
+
+
+def _write_outputs(out_dir: Path, case, prediction, save_prediction_file: bool, overlay: bool) -> None:
+    if save_prediction_file:
+        (out_dir / "predictions").mkdir(exist_ok=True)
+        save_prediction(case, prediction, out_dir / "predictions" / f"{case.case_id}.nii.gz")
+    if overlay:
+        (out_dir / "overlays").mkdir(exist_ok=True)
+        figures.overlay(case.images, case.whole_tumour, prediction, out_dir / "overlays" / f"{case.case_id}.png",
+                        title=case.case_id)
+
+
+def summarise(rows, protocols, **about) -> dict:
+    """Means over the cases that were scored (NaN-free), with the failed cases and why."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    metrics = [c for p in protocols for c in SCORE_COLUMNS[p]]
+    means = {}
+    for m in metrics + sorted({k for r in ok for k in r if k.startswith("dice_after_")},
+                              key=lambda k: int(k.rsplit("_", 1)[1])):
+        values = [float(r[m]) for r in ok if m in r and np.isfinite(float(r[m]))]
+        means[m] = float(np.mean(values)) if values else None
+    return {**about, "protocols": list(protocols), "cases": len(rows), "scored": len(ok),
+            "failed": {r["case"]: r["error"] for r in rows if r["status"] != "ok"}, "means": means}
+
+
+def write_summary(summary: dict, out_dir) -> Path:
+    path = Path(out_dir) / "summary.json"
+    path.write_text(json.dumps(summary, indent=2))
+    return path

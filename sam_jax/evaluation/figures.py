@@ -1,0 +1,58 @@
+"""PNG figures: modality overlays with ground-truth and predicted contours (Figure 7), the LoRA discrepancy heatmap
+(Figure 8) and the embedding map by domain (Figure 9). Matplotlib's Agg backend: no display needed."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sam_jax.data.brats import MODALITIES  # noqa: E402
+
+_TITLES = {"t1n": "T1", "t1c": "T1Gd", "t2w": "T2", "t2f": "FLAIR"}
+
+
+def overlay(images: dict, truth: np.ndarray | None, prediction: np.ndarray, path, title: str = "") -> int:
+    """Four modalities at the axial slice with most tumour (truth, else prediction), contours: truth green,
+    prediction red. Volumes are (X, Y, Z); shown with Y down the rows. Returns the slice shown."""
+    reference = truth if truth is not None and truth.any() else prediction
+    z = int(np.argmax(reference.sum(axis=(0, 1)))) if reference.any() else reference.shape[2] // 2
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
+    for ax, m in zip(axes, MODALITIES):
+        ax.imshow(images[m][:, :, z].T, cmap="gray", origin="lower")
+        for mask, colour in ((truth, "lime"), (prediction, "red")):
+            if mask is not None and mask[:, :, z].any():
+                ax.contour(mask[:, :, z].T.astype(float), levels=[0.5], colors=colour, linewidths=1)
+        ax.set_title(_TITLES[m])
+        ax.axis("off")
+    fig.suptitle(f"{title} slice z={z}  (green: ground truth, red: prediction)")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return z
+
+
+def heatmap(values: np.ndarray, rows, columns, path, title: str, row_label: str = "block") -> None:
+    fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2, 0.35 * len(rows) + 1.5))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_ylabel(row_label)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def scatter_by_domain(points: np.ndarray, domains, path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    domains = np.asarray(domains)
+    for d in sorted(set(domains.tolist())):
+        ax.scatter(*points[domains == d].T, s=8, label=d)
+    ax.legend()
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)

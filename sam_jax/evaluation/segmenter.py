@@ -1,0 +1,106 @@
+"""Slices in, native-grid logits out, with the encoder run once per slice and the decoder rerun per prompt.
+
+Each slice (H, W, C) sits top-left in an S×S canvas (S = max(H, W)) and goes through the training's on-device
+transform (`sam_jax.training.frame.to_model_frame`); the decoder's low-resolution logits come back through SAM's
+postprocess (`sam_jax.predictor.postprocess_masks`: upsample to the input frame, crop the valid part, resize to
+(H, W)). Everything is jitted with static shapes: batches are padded (see `_compiled_size`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sam_jax.evaluation.trained import TrainedModel
+from sam_jax.predictor import postprocess_masks, resized_shape
+from sam_jax.training.frame import to_model_frame
+
+
+def _padded_batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield start, min(start + batch_size, n)
+
+
+def _compiled_size(n: int, batch_size: int) -> int:
+    """Batches of fewer than `batch_size` are padded to a power of two: few compilations, little waste (a
+    slice-by-slice propagation decodes batches of one)."""
+    return batch_size if n >= batch_size else min(batch_size, 1 << (n - 1).bit_length())
+
+
+def _pad_to(array, size: int):
+    if len(array) == size:
+        return array
+    return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
+
+
+class SliceSegmenter:
+    def __init__(self, trained: TrainedModel, batch_size: int = 8):
+        self.size = trained.image_size
+        self.batch_size = batch_size
+        graphdef, self.state = nnx.split(trained.model)
+        size = self.size
+
+        @jax.jit
+        def encode(state, images, valid_hw):
+            model = nnx.merge(graphdef, state)
+            frame, _ = to_model_frame(images, valid_hw, size)
+            return model.encode_image(frame)
+
+        @jax.jit
+        def decode(state, embeddings, coords, labels, mask_input):
+            model = nnx.merge(graphdef, state)
+            logits, _ = model.decode(embeddings, coords, labels, mask_inputs=mask_input)
+            return logits[:, 0]
+
+        self._encode, self._decode = encode, decode
+
+    def scale(self, hw) -> float:
+        """Slice pixels → model-frame pixels (SAM's ResizeLongestSide factor)."""
+        return self.size / max(hw)
+
+    def encode(self, slices: np.ndarray):
+        """(N, H, W, C) slices → embeddings (N, g, g, D), kept on the device."""
+        n, h, w, c = slices.shape
+        s = max(h, w)
+        compiled = _compiled_size(n, self.batch_size)
+        valid_hw = np.tile(np.array([[h, w]], np.int32), (compiled, 1))
+        out = []
+        for start, stop in _padded_batches(n, self.batch_size):
+            # A fresh buffer each batch: on CPU, JAX may alias a NumPy input instead of copying it.
+            canvas = np.zeros((compiled, s, s, c), np.float32)
+            canvas[:stop - start, :h, :w] = slices[start:stop]
+            out.append(self._encode(self.state, canvas, valid_hw)[:stop - start])
+        return jnp.concatenate(out)
+
+    def decode(self, embeddings, coords: np.ndarray, labels: np.ndarray, hw, mask_input=None):
+        """Clicks (N, K, 2) in slice (x, y) pixels with labels (N, K) → low-res logits (N, 4g, 4g).
+
+        `mask_input`: optional (N, 4g, 4g) logits of a previous round, as SAM's interactive loop feeds them back.
+        """
+        n = len(coords)
+        coords = np.asarray(coords, np.float32) * self.scale(hw)
+        compiled = _compiled_size(n, self.batch_size)
+        pad = functools.partial(_pad_to, size=compiled)
+        out = []
+        for start, stop in _padded_batches(n, self.batch_size):
+            masks = None if mask_input is None else pad(np.asarray(mask_input[start:stop]))[..., None]
+            emb = embeddings[start:stop]
+            if stop - start < compiled:
+                emb = jnp.concatenate([emb, jnp.repeat(emb[-1:], compiled - (stop - start), axis=0)])
+            logits = self._decode(self.state, emb, pad(coords[start:stop]), pad(np.asarray(labels[start:stop])),
+                                  masks)
+            out.append(np.asarray(logits[:stop - start]))
+        return np.concatenate(out)
+
+    def to_slice_grid(self, low_res: np.ndarray, hw) -> np.ndarray:
+        """(N, 4g, 4g) low-res logits → (N, H, W) logits at the slice's own size."""
+        return np.asarray(_postprocess(jnp.asarray(low_res), resized_shape(*hw, self.size), tuple(hw), self.size))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _postprocess(low_res, input_hw, original_hw, size):
+    return postprocess_masks(low_res, input_hw, original_hw, size)

@@ -1,0 +1,108 @@
+"""The paper's analyses: LoRA discrepancy (singular values and spectral distances from small factors, checked
+against full SVDs), domain separation of embeddings (hand-worked k-NN), and the figures."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sam_jax.evaluation import EvaluationError
+from sam_jax.evaluation.embeddings import knn_accuracy, separation, tsne
+from sam_jax.evaluation.figures import heatmap, overlay, scatter_by_domain
+from sam_jax.evaluation.lora_discrepancy import (as_heatmap, check_files, difference_norm, discrepancy, lora_factors,
+                                                 pairwise, update_singular_values)
+from sam_jax.weights.io import save_arrays
+
+
+def _factors(rng, n_in=48, n_out=40, rank=3):
+    return rng.normal(size=(n_in, rank)), rng.normal(size=(rank, n_out))
+
+
+def test_singular_values_and_distance_match_full_svd():
+    rng = np.random.default_rng(0)
+    first, second = _factors(rng), _factors(rng)
+    full_1, full_2 = first[0] @ first[1], second[0] @ second[1]
+    np.testing.assert_allclose(update_singular_values(*first), np.linalg.svd(full_1, compute_uv=False)[:3])
+    exact = np.linalg.norm(full_1 - full_2, 2)
+    assert difference_norm(first, second) == pytest.approx(exact)
+    bound = np.max(np.abs(update_singular_values(*first) - update_singular_values(*second)))
+    assert bound <= exact + 1e-9  # Weyl
+
+
+def _adapter(path, rng, blocks=2, rank=2, alpha=1.0):
+    arrays = {}
+    for b in range(blocks):
+        for section in ("q", "v"):
+            arrays[f"image_encoder.blocks.{b}.attn.qkv.lora_{section}_a"] = rng.normal(size=(16, rank))
+            arrays[f"image_encoder.blocks.{b}.attn.qkv.lora_{section}_b"] = rng.normal(size=(rank, 16))
+        arrays[f"image_encoder.blocks.{b}.mlp.lin1.lora_a"] = rng.normal(size=(16, rank))
+        arrays[f"image_encoder.blocks.{b}.mlp.lin1.lora_b"] = rng.normal(size=(rank, 64))
+    arrays["mask_decoder.iou_token.embedding"] = rng.normal(size=(1, 8))
+    save_arrays(path, {k: v.astype(np.float32) for k, v in arrays.items()},
+                {"kind": "sam_jax_adapter", "lora_rank": str(rank), "lora_alpha": repr(alpha)})
+    return arrays
+
+
+def test_adapter_files_give_per_block_and_target_discrepancies(tmp_path):
+    rng = np.random.default_rng(1)
+    raw = _adapter(tmp_path / "a.safetensors", rng, alpha=4.0)  # scale alpha / rank = 2
+    _adapter(tmp_path / "b.safetensors", rng)
+    a, b = lora_factors(tmp_path / "a.safetensors"), lora_factors(tmp_path / "b.safetensors")
+    assert sorted(a) == [(0, "lin1"), (0, "q"), (0, "v"), (1, "lin1"), (1, "q"), (1, "v")]
+    delta = 2 * raw["image_encoder.blocks.1.mlp.lin1.lora_a"] @ raw["image_encoder.blocks.1.mlp.lin1.lora_b"]
+    np.testing.assert_allclose(a[(1, "lin1")][0] @ a[(1, "lin1")][1], delta, rtol=1e-5)
+    rows = discrepancy(a, b)
+    assert all(0 <= r["weyl_bound"] <= r["spectral_distance"] + 1e-9 for r in rows)
+    grid, blocks, targets = as_heatmap(rows, "weyl_bound")
+    assert grid.shape == (2, 3) and targets == ["q", "v", "lin1"] and blocks == [0, 1]
+    assert discrepancy(a, a)[0]["spectral_distance"] == pytest.approx(0, abs=1e-9)
+    matrix = pairwise([a, b, a])
+    assert matrix[0, 2] == pytest.approx(0, abs=1e-9) and matrix[0, 1] > 0
+    assert matrix[0, 1] == pytest.approx(matrix[1, 2]) and matrix[1, 0] == matrix[0, 1]
+
+
+def test_real_adapter_names_are_recognised(tiny_trained_run):
+    factors = lora_factors(Path(tiny_trained_run) / "adapter.safetensors")
+    assert set(factors) == {(b, t) for b in (0, 1) for t in ("q", "v", "lin1", "lin2")}  # tiny: 2 blocks
+
+
+def test_bad_adapter_inputs_are_refused(tmp_path):
+    with pytest.raises(EvaluationError, match="at least two"):
+        check_files([tmp_path / "a"])
+    with pytest.raises(EvaluationError, match="no such adapter files"):
+        check_files([tmp_path / "a", tmp_path / "b"])
+    save_arrays(tmp_path / "plain.safetensors", {"x": np.zeros(2, np.float32)}, {"lora_rank": "0"})
+    with pytest.raises(EvaluationError, match="plain.safetensors"):
+        lora_factors(tmp_path / "plain.safetensors")
+
+
+def test_knn_accuracy_hand_worked():
+    points = np.array([[0.0], [1.0], [3.0], [6.0]])
+    # k = 1: 0→1 (a, right), 1→0 (a, right), 3→1 (a, wrong), 6→3 (b, right).
+    assert knn_accuracy(points, np.array(["a", "a", "b", "b"]), k=1) == pytest.approx(3 / 4)
+
+
+def test_separated_domains_score_high_and_mixed_ones_near_chance():
+    rng = np.random.default_rng(0)
+    apart = np.concatenate([rng.normal(0, 1, (30, 8)), rng.normal(20, 1, (30, 8))])
+    labels = np.array(["GLI"] * 30 + ["MEN"] * 30)
+    scores = separation(apart, labels)
+    assert scores["knn_accuracy"] == 1.0 and scores["silhouette"] > 0.8 and scores["chance"] == 0.5
+    mixed = separation(rng.normal(0, 1, (60, 8)), labels)
+    assert mixed["knn_accuracy"] < 0.75 and abs(mixed["silhouette"]) < 0.1
+    with pytest.raises(EvaluationError, match="two domains"):
+        separation(apart[:30], labels[:30])
+    assert tsne(apart, seed=0).shape == (60, 2)
+
+
+def test_figures_are_written(tmp_path):
+    shape = (20, 16, 8)
+    images = {m: np.random.default_rng(0).random(shape) for m in ("t1n", "t1c", "t2w", "t2f")}
+    truth, prediction = np.zeros(shape, bool), np.zeros(shape, bool)
+    truth[5:9, 5:9, 2:6] = True
+    truth[5:12, 5:12, 4] = True  # most tumour on slice 4
+    prediction[6:10, 5:9, 3:5] = True
+    assert overlay(images, truth, prediction, tmp_path / "o.png") == 4
+    heatmap(np.arange(6.0).reshape(3, 2), [0, 1, 2], ["q", "v"], tmp_path / "h.png", "t")
+    scatter_by_domain(np.random.default_rng(0).random((6, 2)), ["GLI"] * 3 + ["MEN"] * 3, tmp_path / "s.png", "t")
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("o.png", "h.png", "s.png"))

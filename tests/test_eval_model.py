@@ -1,0 +1,179 @@
+"""Loading a trained run, native-grid inference against the training path, and case-by-case evaluation with a
+failing case, on a tiny model trained for two steps on the phantom."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+from flax import nnx
+
+from sam_jax.data import find_cases, load_case
+from sam_jax.config import sam_config
+from sam_jax.evaluation import CheckpointError, load_trained, load_zero_shot
+from sam_jax.evaluation.evaluate import evaluate_cases
+from sam_jax.evaluation.segmenter import SliceSegmenter
+from sam_jax.evaluation.volume import prepare_volume
+from sam_jax.training.loop import build
+from sam_jax.training.step import StepConfig, forward
+from sam_jax.model import Sam
+from sam_jax.weights.io import model_arrays, read_arrays, save_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_trained_run):
+    return load_trained(tiny_trained_run)
+
+
+@pytest.fixture(scope="module")
+def small_data(phantom_dir, tmp_path_factory):
+    """The phantom's GLI and MEN cases cut to a 64×56×12 box around their tumour: quick to score."""
+    out = tmp_path_factory.mktemp("small")
+    for domain in ("GLI", "MEN"):
+        files = find_cases(phantom_dir, domain)[0]
+        seg = nib.load(files.seg).get_fdata() > 0
+        centre = [int(np.mean(idx)) for idx in np.nonzero(seg)]
+        box = tuple(slice(max(c - n // 2, 0), max(c - n // 2, 0) + n) for c, n in zip(centre, (64, 56, 12)))
+        (out / files.case_id).mkdir()
+        for path in [*files.images.values(), files.seg]:
+            image = nib.load(path)
+            nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[box], image.affine), out / files.case_id / path.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gli_volume(trained, small_data):
+    case = load_case(find_cases(small_data, "GLI")[0])
+    cfg = trained.config
+    return prepare_volume(case, trained.adaptation.modalities, cfg.normalisation, cfg.crop_to_brain)
+
+
+def _flat(state):
+    return {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
+
+
+def test_loaded_run_is_the_trained_adapter_on_the_same_random_base(trained, tiny_trained_run):
+    loaded = _flat(nnx.state(trained.model))
+    adapter, _ = read_arrays(Path(tiny_trained_run) / "adapter.safetensors")
+    assert all(np.array_equal(loaded[k], v) for k, v in adapter.items())
+    # The frozen base is rebuilt from the run's seed: identical to the one training started from.
+    _, _, frozen = build(trained.config)
+    frozen = _flat(frozen)
+    assert frozen and all(np.array_equal(loaded[k], v) for k, v in frozen.items())
+
+
+def test_bad_checkpoints_are_refused_by_name(tiny_trained_run, tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_trained(tmp_path)
+    broken = tmp_path / "run"
+    shutil.copytree(tiny_trained_run, broken, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "lora_rank": 3}))
+    with pytest.raises(CheckpointError, match="adapter.safetensors.*another adaptation"):
+        load_trained(broken)
+    (broken / "config.json").write_text(json.dumps({**config, "sam_weights": "/nowhere/sam.safetensors"}))
+    with pytest.raises(CheckpointError, match="/nowhere/sam.safetensors.*--sam_weights"):
+        load_trained(broken)
+    (broken / "adapter.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="adapter.safetensors: no such file"):
+        load_trained(broken)
+
+
+def test_encoding_does_not_depend_on_the_batch_size(trained, gli_volume):
+    slices = gli_volume.slices[2:7]
+    one = np.asarray(SliceSegmenter(trained, batch_size=2).encode(slices))
+    other = np.asarray(SliceSegmenter(trained, batch_size=4).encode(slices))
+    np.testing.assert_allclose(one, other, atol=1e-5)
+
+
+def test_segmenter_matches_the_training_forward_pass(trained, gli_volume):
+    k = int(np.argmax(gli_volume.tumour.sum(axis=(1, 2))))
+    rows, cols = np.nonzero(gli_volume.tumour[k])
+    click = np.array([[[cols[0], rows[0]]]], np.float32)
+    segmenter = SliceSegmenter(trained, batch_size=1)
+    ours = segmenter.decode(segmenter.encode(gli_volume.slices[k:k + 1]), click, np.ones((1, 1), np.int32),
+                            gli_volume.slices.shape[1:3])
+    h, w = gli_volume.slices.shape[1:3]
+    canvas = np.zeros((1, 1, max(h, w), max(h, w), 4), np.float32)  # training's square canvas, slice top-left
+    canvas[0, 0, :h, :w] = gli_volume.slices[k]
+    batch = {"image": canvas, "mask": np.zeros(canvas.shape[:-1], np.uint8),
+             "valid_hw": np.array([[h, w]], np.int32), "point_coords": click[None],
+             "point_labels": np.ones((1, 1, 1), np.int32)}
+    graphdef, state = nnx.split(trained.model)
+    run = jax.jit(lambda s, b: forward(nnx.merge(graphdef, s), b, jax.random.key(0),
+                                       StepConfig(image_size=trained.image_size)))
+    logits, _, _ = run(state, batch)
+    np.testing.assert_allclose(ours, np.asarray(logits[:, 0]), atol=1e-4)
+    native = segmenter.to_slice_grid(ours, gli_volume.slices.shape[1:3])
+    assert native.shape == (1,) + gli_volume.slices.shape[1:3]
+
+
+def test_a_bad_case_is_recorded_and_the_others_are_scored(trained, small_data, tmp_path):
+    data = tmp_path / "data"
+    good = find_cases(small_data, "MEN")[0]
+    shutil.copytree(good.images["t1n"].parent, data / good.case_id)
+    bad = data / "BraTS-MEN-00099-000"
+    shutil.copytree(good.images["t1n"].parent, bad)
+    for path in bad.iterdir():
+        path.rename(bad / path.name.replace(good.case_id, bad.name))
+    (bad / f"{bad.name}-t2w.nii.gz").write_bytes(b"not a nifti")
+    rows = evaluate_cases(SliceSegmenter(trained, batch_size=4), trained, find_cases(data), tmp_path / "out",
+                          max_clicks=2, save_predictions=True, overlays=1)
+    by_case = {r["case"]: r for r in rows}
+    assert by_case[bad.name]["status"] == "failed" and "t2w.nii.gz: unreadable" in by_case[bad.name]["error"]
+    scored = by_case[good.case_id]
+    assert scored["status"] == "ok" and 0 <= scored["paper_dice"] <= 1 and 0 <= scored["dice_3d"] <= 1
+    assert 1 <= scored["noc90"] <= 2
+    with open(tmp_path / "out" / "cases.csv") as f:
+        written = {r["case"]: r for r in csv.DictReader(f)}
+    assert written[bad.name]["status"] == "failed" and float(written[good.case_id]["paper_dice"]) == pytest.approx(
+        scored["paper_dice"])
+    assert (tmp_path / "out" / "predictions" / f"{good.case_id}.nii.gz").is_file()
+    assert (tmp_path / "out" / "overlays" / f"{good.case_id}.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def tiny_sam_file(tmp_path_factory):
+    """Plain tiny SAM weights in the converted-file format, standing in for sam_vit_b."""
+    path = tmp_path_factory.mktemp("sam") / "tiny_sam.safetensors"
+    model = Sam(sam_config("tiny"), rngs=nnx.Rngs(7))
+    save_arrays(path, {k: np.asarray(v) for k, v in model_arrays(model).items()}, {})
+    return path
+
+
+def test_zero_shot_is_plain_sam_on_three_channels(tiny_sam_file, small_data):
+    zero_shot = load_zero_shot(str(tiny_sam_file), "tiny", 128)
+    stored, _ = read_arrays(tiny_sam_file)
+    loaded = _flat(nnx.state(zero_shot.model))
+    assert set(loaded) == set(stored) and all(np.array_equal(loaded[k], v) for k, v in stored.items())
+    case = load_case(find_cases(small_data, "GLI")[0])
+    volume = prepare_volume(case, zero_shot.adaptation.modalities, "none", False, sam_rgb=True)
+    # The brain's 99.5th percentile of T1 becomes 255 before SAM's normalisation of the red channel.
+    brain = case.images["t1n"] != 0
+    top = (np.percentile(case.images["t1n"][brain], 99.5) >= case.images["t1n"]) & brain
+    red = volume.slices[..., 0].transpose(2, 1, 0)
+    assert volume.slices.shape[-1] == 3 and red[top].max() <= (255 - 123.675) / 58.395 + 1e-4
+    with pytest.raises(CheckpointError, match="3 channels"):
+        load_zero_shot(str(tiny_sam_file), "tiny", 128, modalities="all4")
+
+
+def test_eval_app_writes_csv_summary_and_table(tiny_sam_file, small_data, tmp_path):
+    out = tmp_path / "men"
+    result = subprocess.run(
+        [sys.executable, "-m", "eval.main", "--flagfile=eval/meningioma.flags", "--zero_shot",
+         f"--sam_weights={tiny_sam_file}", "--model_type=tiny", "--image_size=128", f"--data_dir={small_data}",
+         f"--output_dir={out}", "--protocols=paper,volumetric", "--overlays=0", "--model_name=tiny zero-shot"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["column"], summary["split"], summary["scored"]) == ("VD2", "all", 1)
+    assert "| tiny zero-shot |  | " in result.stdout and (out / "cases.csv").read_text().count("\n") == 2

@@ -1,0 +1,87 @@
+"""Predictions on the native grid: the NIfTI round trip keeps an oblique, non-RAS affine and puts every voxel back
+where it came from; clicks outside the volume or brain, empty cases and cases without ground truth are refused."""
+
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sam_jax.adaptation import AdaptationConfig
+from sam_jax.data import find_cases, load_case, save_prediction
+from sam_jax.evaluation import CaseError, ClickError
+from sam_jax.evaluation.evaluate import evaluate_cases
+from sam_jax.evaluation.prediction import parse_clicks, predict_volume
+from sam_jax.evaluation.volume import prepare_volume
+from sam_jax.training.config import TrainConfig
+from test_eval_protocols import ComponentSegmenter
+
+MODALITIES = ("t1n", "t1c", "t2w", "t2f")
+
+
+def _oblique_lps_affine():
+    angle = np.deg2rad(25)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-1.0, -1.2, 2.0])  # x and y flipped (LPS-like), anisotropic voxels
+    affine[:3, 3] = [90.0, 126.0, -72.0]
+    return affine
+
+
+@pytest.fixture
+def oblique_case(write_tiny_case, tmp_path):
+    seg = np.zeros((12, 10, 6), np.uint8)
+    seg[4:7, 3:5, 2:4] = 2  # one tumour, asymmetric in x and y so a transposed write-back would show
+    seg[5, 3, 2] = 3
+    write_tiny_case(tmp_path, seg=seg, affine=_oblique_lps_affine())
+    return load_case(find_cases(tmp_path)[0])
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_round_trip_keeps_the_oblique_affine_and_every_voxel(oblique_case, tmp_path, crop):
+    volume = prepare_volume(oblique_case, MODALITIES, "zscore", crop)
+    assert volume.slices.shape[1:3] == (volume.box[1][1] - volume.box[1][0], volume.box[0][1] - volume.box[0][0])
+    # A perfect stand-in model: what comes back must be the truth, voxel for voxel, from one click per tumour.
+    mask, clicks = predict_volume(ComponentSegmenter(volume.tumour), volume, embeddings=np.arange(len(volume.slices)))
+    assert len(clicks) == 1
+    save_prediction(oblique_case, mask, tmp_path / "pred.nii.gz")
+    written = nib.load(tmp_path / "pred.nii.gz")
+    np.testing.assert_allclose(written.affine, _oblique_lps_affine(), atol=1e-5)
+    assert nib.aff2axcodes(written.affine) == nib.aff2axcodes(_oblique_lps_affine())
+    assert np.array_equal(np.asarray(written.dataobj) > 0, oblique_case.seg > 0)
+
+
+def test_user_clicks_in_voxel_indices(oblique_case):
+    volume = prepare_volume(oblique_case, MODALITIES, "zscore", True)
+    mask, _ = predict_volume(ComponentSegmenter(volume.tumour), volume, parse_clicks("6,4,3"),
+                             embeddings=np.arange(len(volume.slices)))
+    assert np.array_equal(mask, oblique_case.seg > 0)
+
+
+def test_bad_clicks_are_refused_with_the_reason(oblique_case):
+    volume = prepare_volume(oblique_case, MODALITIES, "zscore", True)
+    segmenter, embeddings = ComponentSegmenter(volume.tumour), np.arange(len(volume.slices))
+    with pytest.raises(ClickError, match=r"\(12, 4, 3\) lies outside .* shape \(12, 10, 6\)"):
+        predict_volume(segmenter, volume, np.array([[12, 4, 3]]), embeddings=embeddings)
+    with pytest.raises(ClickError, match=r"\(0, 4, 3\) lies outside the brain .* x 2–9"):
+        predict_volume(segmenter, volume, np.array([[0, 4, 3]]), embeddings=embeddings)
+    for text, fault in (("1,2", "three integers"), ("a,b,c", "three integers"), (" ; ", "no clicks")):
+        with pytest.raises(ClickError, match=fault):
+            parse_clicks(text)
+
+
+def test_empty_case_is_refused(write_tiny_case, tmp_path):
+    zeros = {m: np.zeros((12, 10, 6), np.float32) for m in MODALITIES}
+    write_tiny_case(tmp_path, images=zeros)
+    with pytest.raises(CaseError, match="BraTS-GLI-00001-000.*no brain"):
+        prepare_volume(load_case(find_cases(tmp_path)[0]), MODALITIES, "zscore", False)
+
+
+def test_cases_without_ground_truth_or_brain_are_recorded_as_failed(write_tiny_case, tmp_path):
+    write_tiny_case(tmp_path / "data", "BraTS-PED-00001-000", modalities=MODALITIES)
+    write_tiny_case(tmp_path / "data", "BraTS-PED-00002-000",
+                    images={m: np.zeros((12, 10, 6), np.float32) for m in MODALITIES})
+    trained = SimpleNamespace(config=TrainConfig(), adaptation=AdaptationConfig(), sam_rgb_input=False)
+    rows = evaluate_cases(None, trained, find_cases(tmp_path / "data"), tmp_path / "out", protocols=("paper",))
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "no segmentation" in rows[0]["error"] and "no brain" in rows[1]["error"]
