@@ -375,13 +375,13 @@ def main(argv=None):
     parser.add_argument("--preset", choices=("cpu", "gpu"), required=True)
     parser.add_argument("--output", default="results.json")
     parser.add_argument("--budget_s", type=float, default=None, help="Stop starting cases after this many seconds "
-                        "(default 570 cpu, 450 gpu).")
+                        "(default 570 cpu, 400 gpu).")
     parser.add_argument("--worker", nargs=3, metavar=("CASES", "LINES", "DEADLINE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return run_worker(args.worker[0], args.worker[1], float(args.worker[2]))
     start = time.time()
-    deadline = start + (args.budget_s or (570 if args.preset == "cpu" else 450))
+    deadline = start + (args.budget_s or (570 if args.preset == "cpu" else 400))
     output = Path(args.output)
     hardware = _hardware()
     print(f"hardware: {hardware}", flush=True)
