@@ -2,13 +2,52 @@
 
 Layout is head-major, (batch, heads, tokens, head_dim): on CPU XLA runs these batched matmuls about twice as fast
 as the (batch, tokens, heads, head_dim) einsum form (../shared/reference.md §1), and GPU kernels want it too.
-Performance work swaps the kernel here without touching the blocks.
+The kernel is a performance lever chosen by `attention_options` around the code being traced (the training step
+sets it from its config), so the blocks never change: `plain` adds SAM's decomposed relative-position bias to the
+logits; `folded` puts that bias into longer query and key vectors instead, q' = [q/√d, rel_h, rel_w] and
+k' = [k, onehot(row), onehot(col)], so that q'·k' is exactly the biased logit and no N×N bias exists; `cudnn` runs
+the folded vectors through cuDNN's flash attention (GPU, bf16/fp16). `remat` recomputes the attention core in the
+backward pass instead of keeping its N×N probabilities.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("plain", "folded", "cudnn")
+
+
+class AttentionConfigError(ValueError):
+    """An unknown attention implementation."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+    implementation: str = "plain"
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.implementation not in IMPLEMENTATIONS:
+            raise AttentionConfigError(f"attention implementation {self.implementation!r}: expected one of "
+                                       f"{IMPLEMENTATIONS}")
+
+
+_OPTIONS = contextvars.ContextVar("attention_options", default=AttentionOptions())
+
+
+@contextlib.contextmanager
+def attention_options(implementation: str = "plain", remat: bool = False):
+    """Within this context (while tracing), `attend` uses this kernel and remat setting."""
+    token = _OPTIONS.set(AttentionOptions(implementation, remat))
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
 
 
 def attend(q, k, v, rel_h=None, rel_w=None):
@@ -18,15 +57,58 @@ def attend(q, k, v, rel_h=None, rel_w=None):
     (`decomposed_rel_pos`) for keys laid out on a kh×kw grid; the bias they stand for is
     rel_h[..., i, None] + rel_w[..., None, j] at key (i, j).
     """
-    scale = q.shape[-1] ** -0.5
+    options = _OPTIONS.get()
+    core = {"plain": _plain, "folded": _folded, "cudnn": _cudnn}[options.implementation]
+    if options.remat:
+        core = jax.checkpoint(core)
+    return core(q, k, v, rel_h, rel_w)
+
+
+def _softmax_attention(q, k, v, scale, bias_fn=None):
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k)
-    if rel_h is not None:
+    if bias_fn is not None:
+        logits = bias_fn(logits)
+    weights = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+
+
+def _plain(q, k, v, rel_h, rel_w):
+    def add_rel_pos(logits):
         b, h, nq, kh = rel_h.shape
         kw = rel_w.shape[-1]
         logits = logits.reshape(b, h, nq, kh, kw) + rel_h[..., :, None] + rel_w[..., None, :]
-        logits = logits.reshape(b, h, nq, kh * kw)
-    weights = jax.nn.softmax(logits, axis=-1)
-    return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+        return logits.reshape(b, h, nq, kh * kw)
+
+    return _softmax_attention(q, k, v, q.shape[-1] ** -0.5, None if rel_h is None else add_rel_pos)
+
+
+def fold_rel_pos(q, k, rel_h, rel_w):
+    """(q', k') with q'·k' = q·k/√d + rel_h[row(key)] + rel_w[col(key)]; keys are row-major on the kh×kw grid."""
+    scaled = q * q.shape[-1] ** -0.5
+    if rel_h is None:
+        return scaled, k
+    kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+    keys = jnp.arange(kh * kw)
+    rows = jax.nn.one_hot(keys // kw, kh, dtype=k.dtype)
+    cols = jax.nn.one_hot(keys % kw, kw, dtype=k.dtype)
+    position = jnp.broadcast_to(jnp.concatenate([rows, cols], -1), k.shape[:2] + (kh * kw, kh + kw))
+    return (jnp.concatenate([scaled, rel_h.astype(q.dtype), rel_w.astype(q.dtype)], -1),
+            jnp.concatenate([k, position], -1))
+
+
+def _folded(q, k, v, rel_h, rel_w):
+    q, k = fold_rel_pos(q, k, rel_h, rel_w)
+    return _softmax_attention(q, k, v, 1.0)
+
+
+def _cudnn(q, k, v, rel_h, rel_w):
+    q, k = fold_rel_pos(q, k, rel_h, rel_w)
+    d, width = v.shape[-1], q.shape[-1]
+    width += -width % 8  # cuDNN wants head dims in multiples of 8, and v as wide as q and k
+    pad = lambda x: jnp.pad(x, ((0, 0),) * 3 + ((0, width - x.shape[-1]),))  # noqa: E731
+    to_bthd = lambda x: pad(x).transpose(0, 2, 1, 3)  # noqa: E731
+    out = jax.nn.dot_product_attention(to_bthd(q), to_bthd(k), to_bthd(v), scale=1.0, implementation="cudnn")
+    return out[..., :d].transpose(0, 2, 1, 3)
 
 
 def relative_position_index(q_size: int, k_size: int):

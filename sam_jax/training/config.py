@@ -63,6 +63,10 @@ class TrainConfig:
     multimask: bool = _field(False, "SAM's ambiguity rule: three masks, only the best is penalised.")
     prompt_rounds: int = _field(1, "Click rounds per sample; > 1 adds clicks in the model's own errors.")
     precision: str = _field("float32", "Compute dtype: float32 (paper) or bfloat16 (frozen base stored in bf16).")
+    attention: str = _field("folded", "Attention kernel: plain (bias added to the logits, as SAM), folded (the "
+                                      "bias folded into longer q/k vectors; same maths, faster on CPU), cudnn "
+                                      "(folded through cuDNN flash attention; GPU with bfloat16).")
+    remat_attention: bool = _field(False, "Recompute attention probabilities in the backward pass (less memory).")
     seed: int = _field(0, "Seed for initialisation, data order and clicks.")
     # bookkeeping
     workdir: str = _field("workdir", "Checkpoints, metrics.jsonl, config.json, adapter.safetensors.")

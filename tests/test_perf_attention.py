@@ -1,0 +1,138 @@
+"""Attention levers: the folded relative-position form and remat compute what SAM's plain attention computes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from flax import nnx
+
+from sam_jax.adaptation import AdaptationConfig, adapt, partition
+from sam_jax.config import sam_config
+from sam_jax.model import Sam
+from sam_jax.model.attention import AttentionConfigError, attend, attention_options, fold_rel_pos
+from sam_jax.training.step import StepConfig, make_train_step
+from torch_reference import assert_close, flax_twin, torch_sam
+
+CONFIG = sam_config("tiny")
+
+
+def _inputs(kh=3, kw=4, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (2, 3, kh * kw, d)
+    q, k, v = (rng.normal(size=shape) for _ in range(3))
+    rel_h, rel_w = rng.normal(size=shape[:3] + (kh,)), rng.normal(size=shape[:3] + (kw,))
+    return q, k, v, rel_h, rel_w
+
+
+def _reference(q, k, v, rel_h, rel_w):
+    """Explicit loops over key positions in float64: logit = q·k/√d + rel_h[row] + rel_w[col]."""
+    kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+    logits = np.einsum("bhqd,bhkd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    for key in range(kh * kw):
+        logits[..., key] += rel_h[..., key // kw] + rel_w[..., key % kw]
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bhkd->bhqd", weights, v)
+
+
+def test_folded_vectors_give_the_biased_logits():
+    q, k, v, rel_h, rel_w = _inputs()
+    q2, k2 = fold_rel_pos(*(jnp.asarray(x, jnp.float32) for x in (q, k, rel_h, rel_w)))
+    kw = rel_w.shape[-1]
+    expected = np.einsum("bhqd,bhkd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    expected += np.stack([rel_h[..., j // kw] + rel_w[..., j % kw] for j in range(k.shape[2])], -1)
+    np.testing.assert_allclose(np.einsum("bhqd,bhkd->bhqk", q2, k2), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["plain", "folded"])
+@pytest.mark.parametrize("remat", [False, True])
+def test_attention_matches_the_explicit_reference(implementation, remat):
+    inputs = _inputs()
+    with attention_options(implementation, remat):
+        out = attend(*(jnp.asarray(x, jnp.float32) for x in inputs))
+    np.testing.assert_allclose(out, _reference(*inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_folded_without_relative_positions_is_plain_attention():
+    q, k, v, _, _ = _inputs()
+    args = [jnp.asarray(x, jnp.float32) for x in (q, k, v)]
+    with attention_options("folded"):
+        folded = attend(*args)
+    np.testing.assert_allclose(folded, attend(*args), rtol=1e-6, atol=1e-6)
+
+
+def _gradients(implementation, remat):
+    inputs = [jnp.asarray(x, jnp.float32) for x in _inputs(seed=1)]
+    weights = jnp.asarray(np.random.default_rng(2).normal(size=inputs[0].shape), jnp.float32)
+
+    def loss(*args):
+        with attention_options(implementation, remat):
+            return (attend(*args) * weights).sum()
+
+    return jax.grad(loss, argnums=range(5))(*inputs)
+
+
+@pytest.mark.parametrize("implementation", ["plain", "folded"])
+def test_remat_gives_identical_gradients(implementation):
+    for kept, recomputed in zip(_gradients(implementation, False), _gradients(implementation, True)):
+        np.testing.assert_allclose(recomputed, kept, rtol=1e-6, atol=1e-7)
+
+
+def test_folded_gradients_match_plain():
+    for folded, plain in zip(_gradients("folded", False), _gradients("plain", False)):
+        np.testing.assert_allclose(folded, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_implementation_is_refused():
+    with pytest.raises(AttentionConfigError, match="flash"):
+        with attention_options("flash"):
+            pass
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["windowed", "global"])
+def test_folded_blocks_keep_parity_with_pytorch_sam(index):
+    ref = torch_sam(CONFIG)
+    ours = flax_twin(CONFIG, ref)
+    x = np.random.default_rng(1).normal(size=(2, CONFIG.grid_size, CONFIG.grid_size, CONFIG.encoder_embed_dim))
+    x = x.astype(np.float32)
+    with attention_options("folded"):
+        out = ours.image_encoder.blocks[index](jnp.asarray(x))
+    assert_close(out, ref.image_encoder.blocks[index](torch.from_numpy(x)).detach().numpy())
+
+
+def _one_step(attention, remat):
+    model = adapt(Sam(CONFIG, rngs=nnx.Rngs(0)), AdaptationConfig(lora_rank=2, cross_slice=True), rngs=nnx.Rngs(1))
+    graphdef, trainable, frozen = partition(model, "lora")
+    # A non-zero LoRA B and gate, so that gradients reach every leaf.
+    trainable = jax.tree.map(lambda x: x + 0.01, trainable)
+    tx = optax.sgd(1.0)
+    step = make_train_step(graphdef, tx, StepConfig(image_size=CONFIG.image_size, loss="bce", attention=attention,
+                                                    remat_attention=remat))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(1, 2, 40, 40, 4)).astype(np.float32),
+             "mask": (rng.random((1, 2, 40, 40)) > 0.5).astype(np.uint8),
+             "valid_hw": np.array([[40, 36]], np.int32),
+             "point_coords": rng.uniform(0, 36, (1, 2, 1, 2)).astype(np.float32),
+             "point_labels": np.ones((1, 2, 1), np.int32)}
+    before = jax.tree.map(jnp.copy, trainable)
+    after, _, metrics = step(trainable, tx.init(trainable), frozen, batch, jax.random.key(0))
+    return metrics["loss"], jax.tree.map(lambda a, b: a - b, after, before)
+
+
+def test_train_step_with_folded_attention_and_remat_matches_plain():
+    plain_loss, plain_update = _one_step("plain", False)
+    loss, update = _one_step("folded", True)
+    np.testing.assert_allclose(loss, plain_loss, rtol=1e-5)
+    for got, expected in zip(jax.tree.leaves(update), jax.tree.leaves(plain_update)):
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_matches_plain_in_bfloat16():
+    q, k, v, rel_h, rel_w = _inputs(kh=8, kw=8, d=64)
+    args = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v, rel_h, rel_w)]
+    with attention_options("cudnn"):
+        out = attend(*args)
+    np.testing.assert_allclose(np.asarray(out, np.float32), _reference(q, k, v, rel_h, rel_w), atol=3e-2)
