@@ -56,7 +56,7 @@ def cpu_groups():
 
 def gpu_groups():
     bf16 = dict(dtype="bfloat16", steps=10)
-    main = [_case("jax", "train", 1024, [48, 32, 16, 8], attention="cudnn", **bf16),
+    main = [_case("jax", "train", 1024, [32, 16, 8], attention="cudnn", **bf16),
             _case("jax", "volume", 1024, 32, attention="cudnn", dtype="bfloat16", steps=2),
             _case("jax", "encode", 1024, 32, attention="cudnn", **bf16)]
     torch = [_case("torch", "train", 1024, 2, steps=5), _case("torch", "train", 1024, 4, dtype="bfloat16", steps=5),
