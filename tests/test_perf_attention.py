@@ -136,3 +136,12 @@ def test_cudnn_matches_plain_in_bfloat16():
     with attention_options("cudnn"):
         out = attend(*args)
     np.testing.assert_allclose(np.asarray(out, np.float32), _reference(q, k, v, rel_h, rel_w), atol=3e-2)
+
+
+def test_cudnn_setting_leaves_fp32_attention_to_xla():
+    """cuDNN's kernel takes 16-bit inputs only; fp32 calls (the decoder under bf16 training) take the folded path."""
+    q, k, v, rel_h, rel_w = _inputs()
+    args = [jnp.asarray(x, jnp.float32) for x in (q, k, v, rel_h, rel_w)]
+    with attention_options("cudnn"):
+        out = attend(*args)
+    np.testing.assert_allclose(np.asarray(out), _reference(q, k, v, rel_h, rel_w), atol=1e-5)

@@ -389,7 +389,9 @@ def main(argv=None):
               "date": datetime.date.today().isoformat(), "hardware": hardware, "results": [],
               "memory_note": "CPU: process peak RSS (imports included); GPU: JAX compiled step memory, "
                              "torch max_memory_allocated."}
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     groups = cpu_groups() if args.preset == "cpu" else gpu_groups()
     for i, group in enumerate(groups):
         cases_file, lines_file = output.with_suffix(f".cases{i}.json"), output.with_suffix(f".lines{i}.jsonl")

@@ -102,6 +102,10 @@ def _folded(q, k, v, rel_h, rel_w):
 
 
 def _cudnn(q, k, v, rel_h, rel_w):
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+        # cuDNN's flash kernel takes 16-bit inputs only. The decoder stays in fp32 under bf16 training (its prompt
+        # tokens carry fp32 Fourier features of pixel coordinates), and it is small: XLA runs it.
+        return _folded(q, k, v, rel_h, rel_w)
     q, k = fold_rel_pos(q, k, rel_h, rel_w)
     d, width = v.shape[-1], q.shape[-1]
     width += -width % 8  # cuDNN wants head dims in multiples of 8, and v as wide as q and k
