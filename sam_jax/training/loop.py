@@ -19,7 +19,11 @@ from tqdm import tqdm
 
 from sam_jax.adaptation import AdaptationConfig, base_weights_sha256, build_model, partition, save_adapter
 from sam_jax.adaptation.adapter_io import init_from_adapter
-from sam_jax.config import sam_config
+from sam_jax.config import PRESETS, sam_config
+from sam_jax.data.clicks import CLICK_POLICIES
+from sam_jax.data.pipeline import SLICE_POLICIES
+from sam_jax.model.attention import IMPLEMENTATIONS
+from sam_jax.training.losses import LOSSES
 from sam_jax.data.brats import find_cases
 from sam_jax.data.cache import build_cache
 from sam_jax.data.phantom import write_phantom
@@ -59,6 +63,12 @@ def check_inputs(cfg: TrainConfig) -> None:
         problems.append(f"--slices {cfg.slices}: must be ≥ 1")
     if cfg.image_size % 16:
         problems.append(f"--image_size {cfg.image_size}: must be a multiple of 16")
+    choices = {"model_type": tuple(PRESETS), "loss": LOSSES, "schedule": ("constant", "cosine"),
+               "precision": ("float32", "bfloat16"), "attention": IMPLEMENTATIONS, "slice_policy": SLICE_POLICIES,
+               "click_policy": CLICK_POLICIES, "normalisation": ("zscore", "none")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            problems.append(f"--{name}={getattr(cfg, name)}: expected one of {', '.join(allowed)}")
     try:
         adaptation = adaptation_config(cfg)
         if (adaptation.in_chans != 3 and cfg.trainable in ("lora_frozen_patch", "decoder_only", "none")
