@@ -6,7 +6,7 @@ interrupted run from its last checkpoint in the workdir.
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, logging
 
 from sam_jax.adaptation import AdaptationError
 from sam_jax.data import DataError

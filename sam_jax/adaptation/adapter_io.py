@@ -17,6 +17,7 @@ from sam_jax.adaptation.config import AdaptationConfig
 from sam_jax.adaptation.errors import AdaptationError
 from sam_jax.adaptation.trainable_rules import parameter_paths, trainable_paths
 from sam_jax.weights.io import assign, read_arrays, save_arrays
+from sam_jax.weights.params import summarise_problems
 
 KIND = "sam_jax_adapter"
 
@@ -71,8 +72,7 @@ def load_adapter(model: nnx.Module, path, adaptation_config: AdaptationConfig, b
     problems += [f"{p!r} has shape {tuple(a.shape)}, the model needs {shapes[p]}"
                  for p, a in sorted(arrays.items()) if p in expected and tuple(a.shape) != shapes[p]]
     if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise AdapterFileError(f"{path}: does not fit the adapted model: {shown}")
+        raise AdapterFileError(f"{path}: does not fit the adapted model: {summarise_problems(problems)}")
     assign(model, arrays)
     return metadata
 
@@ -90,6 +90,6 @@ def init_from_adapter(model: nnx.Module, path, base_sha256: str) -> dict:
                 f"{p!r} has shape {tuple(a.shape)}, the model needs {shapes[p]}"
                 for p, a in sorted(arrays.items()) if shapes.get(p) != tuple(a.shape)]
     if problems:
-        raise AdapterFileError(f"{path}: cannot initialise this model from it: " + "; ".join(problems[:8]))
+        raise AdapterFileError(f"{path}: cannot initialise this model from it: {summarise_problems(problems)}")
     assign(model, arrays)
     return metadata

@@ -15,7 +15,6 @@ from sam_jax.adaptation import AdaptationConfig, AdaptationError, build_model, l
 from sam_jax.model import Sam
 from sam_jax.evaluation.errors import CheckpointError
 from sam_jax.training.config import TrainConfig
-from sam_jax.training.loop import adaptation_config, base_sha, model_config
 from sam_jax.weights.params import WeightsError
 
 ZERO_SHOT_MODALITIES = "t1n_t2w_t2f"  # SAM's RGB slots take T1, T2, FLAIR (reference.md §2)
@@ -50,11 +49,11 @@ def load_trained(workdir, sam_weights: str | None = None) -> TrainedModel:
     if cfg.sam_weights and not Path(cfg.sam_weights).is_file():
         raise CheckpointError(f"{workdir}/config.json names SAM weights {cfg.sam_weights}, which do not exist; "
                               f"pass --sam_weights with their new path")
-    adaptation = adaptation_config(cfg)
+    adaptation = cfg.adaptation()
     try:
-        model = build_model(model_config(cfg), adaptation, sam_weights=cfg.sam_weights or None,
+        model = build_model(cfg.sam_config(), adaptation, sam_weights=cfg.sam_weights or None,
                             rngs=nnx.Rngs(cfg.seed))
-        load_adapter(model, adapter, adaptation, base_sha(cfg))
+        load_adapter(model, adapter, adaptation, cfg.base_sha256())
     except (AdaptationError, WeightsError, ValueError) as e:
         raise CheckpointError(f"{workdir}: the adapter does not fit the run's config: {e}") from None
     return TrainedModel(model, cfg, adaptation, name=workdir.name)
@@ -67,11 +66,11 @@ def load_zero_shot(sam_weights: str, model_type: str = "vit_b", image_size: int 
         raise CheckpointError(f"--sam_weights {sam_weights}: no such file")
     cfg = TrainConfig(model_type=model_type, image_size=image_size, sam_weights=sam_weights, modalities=modalities,
                       lora_rank=0, trainable="none", normalisation="none")
-    adaptation = adaptation_config(cfg)
+    adaptation = cfg.adaptation()
     if adaptation.in_chans != 3:
         raise CheckpointError(f"zero-shot SAM takes 3 channels; --modalities {modalities} gives {adaptation.in_chans}")
     try:
-        model = build_model(model_config(cfg), adaptation, sam_weights=sam_weights, rngs=nnx.Rngs(0))
+        model = build_model(cfg.sam_config(), adaptation, sam_weights=sam_weights, rngs=nnx.Rngs(0))
     except (AdaptationError, WeightsError, ValueError) as e:
         raise CheckpointError(f"{sam_weights}: {e}") from None
     return TrainedModel(model, cfg, adaptation, name="sam_zero_shot", sam_rgb_input=True)

@@ -92,3 +92,23 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    def adaptation(self):
+        """The AdaptationConfig these flags describe."""
+        from sam_jax.adaptation import AdaptationConfig
+
+        return AdaptationConfig(modalities=self.modalities, patch_embed_init=self.patch_embed_init,
+                                lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, lora_targets=self.lora_targets,
+                                cross_slice=self.cross_slice, trainable=self.trainable)
+
+    def sam_config(self):
+        """SAM's 3-channel config at this run's input size."""
+        from sam_jax.config import sam_config
+
+        return sam_config(self.model_type, image_size=self.image_size)
+
+    def base_sha256(self) -> str:
+        """Identity of the base weights an adapter of this run is tied to."""
+        from sam_jax.adaptation import base_weights_sha256
+
+        return base_weights_sha256(self.sam_weights) if self.sam_weights else f"random-init-seed-{self.seed}"

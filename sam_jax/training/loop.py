@@ -17,9 +17,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from sam_jax.adaptation import AdaptationConfig, base_weights_sha256, build_model, partition, save_adapter
+from sam_jax.adaptation import build_model, partition, save_adapter
 from sam_jax.adaptation.adapter_io import init_from_adapter
-from sam_jax.config import PRESETS, sam_config
+from sam_jax.config import PRESETS
 from sam_jax.data.clicks import CLICK_POLICIES
 from sam_jax.data.pipeline import SLICE_POLICIES
 from sam_jax.model.attention import IMPLEMENTATIONS
@@ -70,7 +70,7 @@ def check_inputs(cfg: TrainConfig) -> None:
         if getattr(cfg, name) not in allowed:
             problems.append(f"--{name}={getattr(cfg, name)}: expected one of {', '.join(allowed)}")
     try:
-        adaptation = adaptation_config(cfg)
+        adaptation = cfg.adaptation()
         if (adaptation.in_chans != 3 and cfg.trainable in ("lora_frozen_patch", "decoder_only", "none")
                 and not cfg.init_adapter):
             problems.append(f"{adaptation.in_chans} input channels need a trained patch embedding, but "
@@ -90,16 +90,6 @@ def check_inputs(cfg: TrainConfig) -> None:
                         "Convert sam_vit_b_01ec64.pth with convert/sam_weights.py for real results.")
     if cfg.cross_slice and cfg.slices == 1:
         logging.warning("--cross_slice with --slices=1: the depth branch sees one slice and adds nothing useful")
-
-
-def adaptation_config(cfg: TrainConfig) -> AdaptationConfig:
-    return AdaptationConfig(modalities=cfg.modalities, patch_embed_init=cfg.patch_embed_init,
-                            lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
-                            cross_slice=cfg.cross_slice, trainable=cfg.trainable)
-
-
-def model_config(cfg: TrainConfig):
-    return sam_config(cfg.model_type, image_size=cfg.image_size)
 
 
 def prepare_data(cfg: TrainConfig):
@@ -127,17 +117,13 @@ def prepare_data(cfg: TrainConfig):
     return cache, train_ids, eval_sets
 
 
-def base_sha(cfg: TrainConfig) -> str:
-    return base_weights_sha256(cfg.sam_weights) if cfg.sam_weights else f"random-init-seed-{cfg.seed}"
-
-
 def build(cfg: TrainConfig):
     """The adapted model, split into (graphdef, trainable, frozen)."""
-    adaptation = adaptation_config(cfg)
-    model = build_model(model_config(cfg), adaptation, sam_weights=cfg.sam_weights or None,
+    adaptation = cfg.adaptation()
+    model = build_model(cfg.sam_config(), adaptation, sam_weights=cfg.sam_weights or None,
                         rngs=nnx.Rngs(cfg.seed))
     if cfg.init_adapter:
-        init_from_adapter(model, cfg.init_adapter, base_sha(cfg))
+        init_from_adapter(model, cfg.init_adapter, cfg.base_sha256())
     return partition(model, adaptation.trainable)
 
 
@@ -165,7 +151,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
     saved.write_text(cfg.to_json())
 
     cache, train_ids, eval_sets = prepare_data(cfg)
-    adaptation = adaptation_config(cfg)
+    adaptation = cfg.adaptation()
     train_data = make_dataset(cache, train_ids, z=cfg.slices, slice_policy=cfg.slice_policy,
                               empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy,
                               modalities=adaptation.modalities, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -250,7 +236,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
         mngr.wait_until_finished()
         mngr.close()
 
-    save_adapter(workdir / "adapter.safetensors", jax.device_get(trainable), adaptation, base_sha(cfg))
+    save_adapter(workdir / "adapter.safetensors", jax.device_get(trainable), adaptation, cfg.base_sha256())
     scores = {}
     for domain, ids in eval_sets.items():
         preds = low_res_predictions(lambda b, r: eval_forward(trainable, frozen, b, r), cache, ids,

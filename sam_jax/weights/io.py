@@ -14,11 +14,10 @@ from typing import Dict, Iterable, Mapping, Tuple
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
-from safetensors import safe_open
 
-from sam_jax.weights.params import WeightsError
+from sam_jax.weights.params import WeightsError, summarise_problems
 from sam_jax.weights.resize import fit_to_image_size
 
 FORMAT_VERSION = "1"
@@ -92,8 +91,7 @@ def load_sam_weights(model: nnx.Module, path, *, keep_initialised: Iterable[str]
         elif tuple(v.shape) != shapes[k]:
             problems.append(f"{k!r} has shape {tuple(v.shape)}, the model needs {shapes[k]}")
     if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise WeightsError(f"{path}: weights do not fit the model ({metadata.get('model_type', 'unknown type')}): "
-                           f"{shown}")
+                           f"{summarise_problems(problems)}")
     assign(model, arrays)
     return metadata

@@ -48,6 +48,12 @@ class WeightsError(ValueError):
     """A checkpoint or converted weights file does not fit the model."""
 
 
+def summarise_problems(problems, shown: int = 8) -> str:
+    """The first `shown` problems joined, and how many more there are."""
+    more = len(problems) - shown
+    return "; ".join(problems[:shown]) + (f"; and {more} more" if more > 0 else "")
+
+
 def flax_path(torch_key: str) -> str:
     for pattern, replacement, _ in CONVERSION_RULES:
         if re.match(pattern, torch_key):
@@ -99,8 +105,7 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], expected_shapes: Mapping
     missing = sorted(set(expected_shapes) - {flax_path(k) for k in state_dict})
     problems += [f"missing {p!r}" for p in missing]
     if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise WeightsError(f"the state dict does not fit the model: {shown}")
+        raise WeightsError(f"the state dict does not fit the model: {summarise_problems(problems)}")
     return converted
 
 
