@@ -116,7 +116,7 @@ def test_one_slice_attends_to_itself_alone(model):
     attn = model.image_encoder.blocks[1].attn
     x = jax.random.normal(jax.random.key(6), (2, CONFIG.grid_size, CONFIG.grid_size, CONFIG.encoder_embed_dim))
     v = jnp.split(attn.qkv(x), 3, axis=-1)[2]
-    np.testing.assert_allclose(depth_attention(attn, x, 1), attn.proj(v), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(depth_attention(attn, attn.qkv(x), 1), attn.proj(v), rtol=1e-5, atol=1e-5)
 
 
 def test_batch_must_hold_whole_samples(model):

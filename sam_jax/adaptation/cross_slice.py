@@ -2,7 +2,7 @@
 
 A sample is Z contiguous slices, so the encoder sees (B·Z, h, w, C). Beside each block's spatial attention a depth
 branch attends across the Z slices at every token position and is added through a per-channel gate g:
-x ← x + Attn_spatial(LN₁(x)) + g ⊙ Attn_depth(LN₁(x)). The branch reuses the block's own qkv and proj (LoRA
+x ← x + Attn_spatial(LN₁(x)) + g ⊙ Attn_depth(LN₁(x)). The branch reuses the block's own qkv output and proj (LoRA
 included, so LoRA adapts both) with no relative positions, and runs on the full token grid before any window
 partition: in windowed blocks it attends across slices at one position, never across the windows of one slice (the
 bug of the adapter code the paper builds on). Any Z works. g starts at zero, so the adapted model equals the base
@@ -19,16 +19,17 @@ from sam_jax.adaptation.errors import AdaptationError
 from sam_jax.model.attention import attend, merge_heads, split_heads
 
 
-def depth_attention(attn, x, slices: int):
-    """Attention across slices at each position with `attn`'s projections: x (B·Z, h, w, C) → same shape."""
-    n, h, w, c = x.shape
+def depth_attention(attn, qkv, slices: int):
+    """Attention across slices at each position, from the block's projected tokens qkv (B·Z, h, w, 3C) through
+    `attn.proj` → (B·Z, h, w, C)."""
+    n, h, w, c3 = qkv.shape
     if slices < 1 or n % slices:
         raise AdaptationError(f"a batch of {n} slices does not split into samples of {slices} slices")
     b = n // slices
-    tokens = x.reshape(b, slices, h, w, c).transpose(0, 2, 3, 1, 4).reshape(b * h * w, slices, c)
-    q, k, v = (split_heads(t, attn.num_heads) for t in jnp.split(attn.qkv(tokens), 3, axis=-1))
+    tokens = qkv.reshape(b, slices, h, w, c3).transpose(0, 2, 3, 1, 4).reshape(b * h * w, slices, c3)
+    q, k, v = (split_heads(t, attn.num_heads) for t in jnp.split(tokens, 3, axis=-1))
     out = attn.proj(merge_heads(attend(q, k, v)))
-    return out.reshape(b, h, w, slices, c).transpose(0, 3, 1, 2, 4).reshape(n, h, w, c)
+    return out.reshape(b, h, w, slices, c3 // 3).transpose(0, 3, 1, 2, 4).reshape(n, h, w, c3 // 3)
 
 
 class CrossSlice(nnx.Module):
@@ -37,8 +38,8 @@ class CrossSlice(nnx.Module):
     def __init__(self, dim: int):
         self.gate = nnx.Param(jnp.zeros((dim,)))
 
-    def __call__(self, attn, x, slices: int):
-        return self.gate[...] * depth_attention(attn, x, slices)
+    def __call__(self, attn, qkv, slices: int):
+        return self.gate[...] * depth_attention(attn, qkv, slices)
 
 
 def add_cross_slice(model) -> None:

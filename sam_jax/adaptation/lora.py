@@ -6,10 +6,16 @@ second and third thirds of the output features (`lora_q_a` (in, r), `lora_q_b` (
 `lora_a`, `lora_b`. A starts kaiming-uniform(a=√5) and B at zero, as in the paper's code, so an adapted model
 computes exactly what the base model does until B moves. Folding W + s·A·B is for inference only (`fold`): while
 training it would make the gradient of the full weight.
+
+The update s·(x·A)·B has its own backward (`low_rank_update`): left to autodiff, XLA on CPU forms dA = xᵀ·(g·Bᵀ) by
+writing a transposed copy of the whole activation x (for lin2, the GELU output, recomputed in transposed order),
+which cost more than the layer's own matmuls. Contracting the token axes with the rank-r factor in front gives the
+same numbers from x as it lies.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator, Tuple
 
 import jax
@@ -19,6 +25,31 @@ from flax import nnx
 from sam_jax.adaptation.init import kaiming_uniform_sqrt5
 
 QKV_SECTIONS = ("q", "k", "v")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def low_rank_update(x, a, b, scale: float):
+    """scale·(x·A)·B for x (…, in), A (in, r), B (r, out)."""
+    return scale * ((x @ a) @ b)
+
+
+def _low_rank_fwd(x, a, b, scale):
+    h = x @ a
+    return scale * (h @ b), (x, a, b, h)
+
+
+def _low_rank_bwd(scale, residuals, g):
+    x, a, b, h = residuals
+    tokens = tuple(range(x.ndim - 1))
+    contract_tokens = ((tokens, tokens), ((), ()))
+    gb = scale * (g @ b.T)  # (…, r)
+    dx = gb @ a.T
+    da = jax.lax.dot_general(gb, x, contract_tokens).T  # (r, in) first: x is read in its own layout
+    db = scale * jax.lax.dot_general(h, g, contract_tokens)
+    return dx, da.astype(a.dtype), db.astype(b.dtype)
+
+
+low_rank_update.defvjp(_low_rank_fwd, _low_rank_bwd)
 
 
 def _leaf_names(section: str) -> Tuple[str, str]:
@@ -61,7 +92,7 @@ class LoRALinear(nnx.Module):
         for i, section in enumerate(self.sections):
             if section in self.targets:
                 a, b = self.factors(section)
-                parts[i] = parts[i] + self.scale * ((x @ a) @ b)
+                parts[i] = parts[i] + low_rank_update(x, a, b, self.scale)
         return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
     def folded_kernel(self):

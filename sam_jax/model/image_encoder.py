@@ -35,19 +35,26 @@ class Attention(nnx.Module):
         self.rel_pos_w = nnx.Param(jnp.zeros((2 * grid - 1, head_dim)))
 
     def __call__(self, x):
-        b, h, w, c = x.shape
-        qkv = self.qkv(x.reshape(b, h * w, c))
-        q, k, v = (split_heads(t, self.num_heads) for t in jnp.split(qkv, 3, axis=-1))
+        """(B, h, w, C) → (B, h, w, C), attending over the whole grid."""
+        return self.proj(self.mix(self.qkv(x)))
+
+    def mix(self, qkv):
+        """Multi-head attention of projected tokens (B, h, w, 3C) → (B, h, w, C), before `proj`."""
+        b, h, w, c3 = qkv.shape
+        q, k, v = (split_heads(t, self.num_heads) for t in jnp.split(qkv.reshape(b, h * w, c3), 3, axis=-1))
         rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h[...], self.rel_pos_w[...], (h, w))
-        out = merge_heads(attend(q, k, v, rel_h, rel_w))
-        return self.proj(out).reshape(b, h, w, c)
+        return merge_heads(attend(q, k, v, rel_h, rel_w)).reshape(b, h, w, c3 // 3)
 
 
-def window_partition(x, window: int):
-    """(B, H, W, C) → (B·nH·nW, window, window, C), zero-padding H and W up to multiples of `window`."""
+def window_partition(x, window: int, fill=None):
+    """(B, H, W, C) → (B·nH·nW, window, window, C), padding H and W up to multiples of `window` with zeros, or with
+    the per-channel vector `fill` (C,)."""
     b, h, w, c = x.shape
     ph, pw = -h % window, -w % window
     x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    if fill is not None and (ph or pw):
+        real = (jnp.arange(h + ph) < h)[:, None] & (jnp.arange(w + pw) < w)[None, :]
+        x = jnp.where(real[None, :, :, None], x, fill)
     nh, nw = (h + ph) // window, (w + pw) // window
     x = x.reshape(b, nh, window, nw, window, c).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b * nh * nw, window, window, c)
@@ -78,19 +85,24 @@ class Block(nnx.Module):
 
     def spatial_attention(self, x):
         """(Windowed) attention of the normalised x, without the residual."""
-        if self.window_size:
-            hw = x.shape[1:3]
-            x = window_unpartition(self.attn(window_partition(x, self.window_size)), self.window_size, hw)
-        else:
-            x = self.attn(x)
-        return x
+        return self.attn.proj(self._spatial_mix(self.attn.qkv(x)))
+
+    def _spatial_mix(self, qkv):
+        if not self.window_size:
+            return self.attn.mix(qkv)
+        # SAM zero-pads x before its per-token qkv, so a padded token's q, k, v are qkv(0). Cutting the windows from
+        # qkv with that fill, and cropping before proj, gives the same numbers while projecting only the real
+        # tokens: at 256² input the padding makes 784 tokens of 256.
+        fill = self.attn.qkv(jnp.zeros((1, qkv.shape[-1] // 3), qkv.dtype))[0]
+        windows = window_partition(qkv, self.window_size, fill)
+        return window_unpartition(self.attn.mix(windows), self.window_size, qkv.shape[1:3])
 
     def __call__(self, x, slices: int = 1):
         """x: (B·slices, h, w, C), each sample's slices contiguous; `slices` matters only with `cross_slice`."""
-        normed = self.norm1(x)
-        update = self.spatial_attention(normed)
+        qkv = self.attn.qkv(self.norm1(x))  # one per-token projection serves the spatial and the depth branch
+        update = self.attn.proj(self._spatial_mix(qkv))
         if self.cross_slice is not None:
-            update = update + self.cross_slice(self.attn, normed, slices)
+            update = update + self.cross_slice(self.attn, qkv, slices)
         x = x + update
         return x + self.mlp(self.norm2(x))
 
