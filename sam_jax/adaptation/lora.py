@@ -44,7 +44,9 @@ def _low_rank_bwd(scale, residuals, g):
     contract_tokens = ((tokens, tokens), ((), ()))
     gb = scale * (g @ b.T)  # (…, r)
     dx = gb @ a.T
-    da = jax.lax.dot_general(gb, x, contract_tokens).T  # (r, in) first: x is read in its own layout
+    # (r, in) first, so that x is read in its own layout; the barrier keeps XLA from folding the transpose back into
+    # the product, which it then runs as a slow (in, r) loop (17× slower on CPU).
+    da = jax.lax.optimization_barrier(jax.lax.dot_general(gb, x, contract_tokens)).T
     db = scale * jax.lax.dot_general(h, g, contract_tokens)
     return dx, da.astype(a.dtype), db.astype(b.dtype)
 
