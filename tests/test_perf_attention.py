@@ -10,7 +10,7 @@ from flax import nnx
 
 from sam_jax.adaptation import AdaptationConfig, adapt, partition
 from sam_jax.config import sam_config
-from sam_jax.model import Sam
+from sam_jax.model import Sam, attention
 from sam_jax.model.attention import AttentionConfigError, attend, attention_options, fold_rel_pos
 from sam_jax.training.step import StepConfig, make_train_step
 from torch_reference import assert_close, flax_twin, torch_sam
@@ -100,6 +100,21 @@ def test_gradients_match_autodiff_of_the_explicit_softmax(implementation):
     expected = jax.grad(explicit, argnums=range(5))(*inputs)
     for ours, ref in zip(_gradients(implementation, False), expected):
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["plain", "folded"])
+def test_query_blocks_give_the_same_attention_and_gradients(monkeypatch, implementation):
+    """On CPU long attentions go a block of queries at a time; force blocks of 3 queries on the small inputs."""
+    whole = _gradients(implementation, False)
+    inputs = [jnp.asarray(x, jnp.float32) for x in _inputs()]
+    with attention_options(implementation):
+        expected = attend(*inputs)
+    monkeypatch.setattr(attention, "CPU_LOGITS_BLOCK_BYTES", 1000)
+    assert attention._query_blocks(inputs[0], inputs[1]) == 4
+    with attention_options(implementation):
+        np.testing.assert_allclose(attend(*inputs), expected, rtol=1e-6, atol=1e-6)
+    for blocked, ref in zip(_gradients(implementation, False), whole):
+        np.testing.assert_allclose(blocked, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_implementation_is_refused():
