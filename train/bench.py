@@ -9,7 +9,8 @@ growing memory, so the process's peak RSS after a case is that case's peak (CPU)
 compiled step's memory (arguments + temporaries + outputs, from XLA's memory analysis) and PyTorch's is
 `torch.cuda.max_memory_allocated` reset per case. A failing case (e.g. out of memory) is recorded with its error
 and the rest still run; results are written after every group (JSON, and a markdown table beside it), so a time-out
-keeps what was done. Both sides get synthetic batches: JAX the host's 240² slices, resized on the device by the step
+keeps what was done. `--repeat N` runs all groups N times in turn and reports each case's median round: a shared
+machine's speed drifts by several per cent over minutes, and the rounds spread that over both frameworks. Both sides get synthetic batches: JAX the host's 240² slices, resized on the device by the step
 as in training; PyTorch images already resized to the model size (the paper's code resizes on the host), so the
 PyTorch side is spared that work. ViT-B weights are random: speed does not depend on them.
 """
@@ -355,9 +356,40 @@ def markdown(report):
                     f"{fmt('x_torch_float32', '.2f')} | {fmt('x_torch_bfloat16', '.2f')} | "
                     f"{fmt('model_tflops_per_s', '.3f')} | {fmt('mfu', '.1%')} |")
     head = (f"Benchmark `{report['command']}`, {report['date']}, {report['hardware']}. Steps timed after warm-up "
-            f"(median); for volume rows the time is for {VOLUME_SLICES} slices end to end "
+            f"(median; with --repeat, each case's median round); for volume rows the time is for {VOLUME_SLICES} slices end to end "
             f"(host slices in, logits out; on CPU extrapolated from {CPU_VOLUME_SLICES}). Memory: {report['memory_note']}")
     return head + "\n\n" + "\n".join(rows) + "\n"
+
+
+def _run_group(group, stem, preset, env, deadline):
+    """The group's cases in one fresh worker process; cases it did not finish come back with an error."""
+    cases_file, lines_file = stem.with_suffix(".cases.json"), stem.with_suffix(".lines.jsonl")
+    cases_file.write_text(json.dumps(group))
+    lines_file.unlink(missing_ok=True)
+    try:
+        subprocess.run([sys.executable, "-m", "train.bench", "--preset", preset, "--worker", str(cases_file),
+                        str(lines_file), str(deadline)], env=env, timeout=max(deadline - time.time() + 60, 1))
+    except subprocess.TimeoutExpired:
+        print("  group timed out", flush=True)
+    done = [json.loads(x) for x in lines_file.read_text().splitlines()] if lines_file.exists() else []
+    cases_file.unlink()
+    lines_file.unlink(missing_ok=True)
+    return done + [dict(c, error="not run: the group crashed or timed out") for c in group[len(done):]]
+
+
+def _median_round(rounds):
+    """Per case, the round with the median time (the lower middle for an even count), listing every round's time."""
+    merged = []
+    for i, first in enumerate(rounds[0]):
+        runs = [r[i] for r in rounds if i < len(r)]
+        timed = sorted((r for r in runs if "slices_per_s" in r), key=lambda r: r["slices_per_s"], reverse=True)
+        if not timed:
+            merged.append(first)
+            continue
+        pick = dict(timed[(len(timed) - 1) // 2])
+        pick["slices_per_s_rounds"] = [r.get("slices_per_s") for r in runs]
+        merged.append(pick)
+    return merged
 
 
 def _hardware():
@@ -376,16 +408,19 @@ def main(argv=None):
     parser.add_argument("--output", default="results.json")
     parser.add_argument("--budget_s", type=float, default=None, help="Stop starting cases after this many seconds "
                         "(default 570 cpu, 400 gpu).")
+    parser.add_argument("--repeat", type=int, default=1, help="Run every group this many times, interleaved, and "
+                        "report each case's median round (a shared machine's speed drifts).")
     parser.add_argument("--worker", nargs=3, metavar=("CASES", "LINES", "DEADLINE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return run_worker(args.worker[0], args.worker[1], float(args.worker[2]))
     start = time.time()
-    deadline = start + (args.budget_s or (570 if args.preset == "cpu" else 400))
+    deadline = start + (args.budget_s or (570 if args.preset == "cpu" else 400) * args.repeat)
     output = Path(args.output)
     hardware = _hardware()
     print(f"hardware: {hardware}", flush=True)
-    report = {"command": f"python -m train.bench --preset {args.preset} --output {args.output}",
+    repeat = f" --repeat {args.repeat}" if args.repeat > 1 else ""
+    report = {"command": f"python -m train.bench --preset {args.preset}{repeat} --output {args.output}",
               "date": datetime.date.today().isoformat(), "hardware": hardware, "results": [],
               "memory_note": "CPU: process peak RSS (imports included); GPU: JAX compiled step memory, "
                              "torch max_memory_allocated."}
@@ -393,26 +428,16 @@ def main(argv=None):
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     groups = cpu_groups() if args.preset == "cpu" else gpu_groups()
-    for i, group in enumerate(groups):
-        cases_file, lines_file = output.with_suffix(f".cases{i}.json"), output.with_suffix(f".lines{i}.jsonl")
-        cases_file.write_text(json.dumps(group))
-        lines_file.unlink(missing_ok=True)
-        print(f"group {i + 1}/{len(groups)}: {len(group)} cases", flush=True)
-        try:
-            subprocess.run([sys.executable, "-m", "train.bench", "--preset", args.preset, "--worker",
-                            str(cases_file), str(lines_file), str(deadline)], env=env,
-                           timeout=max(deadline - time.time() + 60, 1))
-        except subprocess.TimeoutExpired:
-            print("  group timed out", flush=True)
-        done = [json.loads(x) for x in lines_file.read_text().splitlines()] if lines_file.exists() else []
-        done += [dict(c, error="not run: the group crashed or timed out") for c in group[len(done):]]
-        report["results"] += done
-        cases_file.unlink()
-        lines_file.unlink(missing_ok=True)
-        report["results"] = _annotate(report["results"], hardware)
-        report["wall_s"] = time.time() - start
-        output.write_text(json.dumps(report, indent=1))
-        output.with_suffix(".md").write_text(markdown(report))
+    rounds = []  # each round runs every group once, so slow spells of a shared machine hit both frameworks
+    for r in range(args.repeat):
+        rounds.append([])
+        for i, group in enumerate(groups):
+            print(f"round {r + 1}/{args.repeat}, group {i + 1}/{len(groups)}: {len(group)} cases", flush=True)
+            rounds[-1] += _run_group(group, output.with_suffix(f".group{i}"), args.preset, env, deadline)
+            report["results"] = _annotate(_median_round(rounds), hardware)
+            report["wall_s"] = time.time() - start
+            output.write_text(json.dumps(report, indent=1))
+            output.with_suffix(".md").write_text(markdown(report))
     print(markdown(report), flush=True)
 
 

@@ -76,7 +76,7 @@ def _query_blocks(q, k) -> int:
     if jax.default_backend() != "cpu":
         return 1
     b, h, nq, _ = q.shape
-    logits_bytes = b * h * nq * k.shape[2] * 4
+    logits_bytes = b * h * nq * k.shape[2] * q.dtype.itemsize
     return next(n for n in range(1, nq + 1) if nq % n == 0 and logits_bytes <= n * CPU_LOGITS_BLOCK_BYTES)
 
 
