@@ -1,7 +1,7 @@
 """Our jitted LoRA train step against the paper's PyTorch step, side by side: median step time, slices/s, peak memory,
 model FLOPs and MFU; encoder inference and whole-volume (155-slice) inference too.
 
-    python -m train.bench --preset cpu --output results.json   # 2 CPU cores, ViT-B at 256 and 512, < 10 minutes
+    python -m train.bench --preset cpu --output results.json   # 2 CPU cores, ViT-B at 256 and 512 (+1024 inference), ~5 min
     python -m train.bench --preset gpu --output results.json   # one H100, ViT-B at 1024, < 8 minutes
 
 Each group of cases runs in a fresh subprocess, one framework and one image size per group, cases in order of
@@ -52,7 +52,10 @@ def cpu_groups():
     plain256 = [_case("jax", "train", 256, 4, attention="plain"), _case("jax", "encode", 256, 4, attention="plain")]
     jax512 = [_case("jax", "train", 512, 1), _case("jax", "encode", 512, 1)]
     torch512 = [_case("torch", "train", 512, 1), _case("torch", "encode", 512, 1)]
-    return [jax256, torch256, plain256, jax512, torch512, [dict(framework="host", kind="pipeline", batch=4, z=1)]]
+    # SAM's own input size, inference only (a 1024² train step takes most of a minute on 2 cores)
+    jax1024, torch1024 = [_case("jax", "encode", 1024, 1)], [_case("torch", "encode", 1024, 1)]
+    return [jax256, torch256, plain256, jax512, torch512, jax1024, torch1024,
+            [dict(framework="host", kind="pipeline", batch=4, z=1)]]
 
 
 def gpu_groups():
