@@ -1,18 +1,19 @@
 """Our jitted LoRA train step against the paper's PyTorch step, side by side: median step time, slices/s, peak memory,
 model FLOPs and MFU; encoder inference and whole-volume (155-slice) inference too.
 
-    python -m train.bench --preset cpu --output results.json   # 2 CPU cores, ViT-B at 256 and 512 (+1024 inference), ~5 min
+    python -m train.bench --preset cpu --output results.json   # 2 CPU cores, ViT-B 256/512 (+1024 inference), ~5 min
     python -m train.bench --preset gpu --output results.json   # one H100, ViT-B at 1024, < 8 minutes
 
 Each group of cases runs in a fresh subprocess, one framework and one image size per group, cases in order of
 growing memory, so the process's peak RSS after a case is that case's peak (CPU). On GPU, JAX's figure is the
 compiled step's memory (arguments + temporaries + outputs, from XLA's memory analysis) and PyTorch's is
-`torch.cuda.max_memory_allocated` reset per case. A failing case (e.g. out of memory) is recorded with its error
-and the rest still run; results are written after every group (JSON, and a markdown table beside it), so a time-out
+`torch.cuda.max_memory_allocated` reset per case. A failing case (e.g. out of memory) is recorded with its error and
+the rest still run; results are written after every group (JSON, and a markdown table beside it), so a time-out
 keeps what was done. `--repeat N` runs all groups N times in turn and reports each case's median round: a shared
-machine's speed drifts by several per cent over minutes, and the rounds spread that over both frameworks. Both sides get synthetic batches: JAX the host's 240² slices, resized on the device by the step
-as in training; PyTorch images already resized to the model size (the paper's code resizes on the host), so the
-PyTorch side is spared that work. ViT-B weights are random: speed does not depend on them.
+machine's speed drifts by several per cent over minutes, and the rounds spread that over both frameworks. Both sides
+get synthetic batches: JAX the host's 240² slices, resized on the device by the step as in training; PyTorch images
+already resized to the model size (the paper's code resizes on the host), so the PyTorch side is spared that work.
+ViT-B weights are random: speed does not depend on them.
 """
 
 from __future__ import annotations
