@@ -12,7 +12,7 @@ from sam_jax.adaptation import AdaptationConfig, adapt, partition
 from sam_jax.config import sam_config
 from sam_jax.model import Sam, attention
 from sam_jax.model.attention import AttentionConfigError, attend, attention_options, fold_rel_pos
-from sam_jax.training.step import StepConfig, make_train_step
+from sam_jax.training.step import StepConfig, cast_floats, make_train_step
 from torch_reference import assert_close, flax_twin, torch_sam
 
 CONFIG = sam_config("tiny")
@@ -134,14 +134,15 @@ def test_folded_blocks_keep_parity_with_pytorch_sam(index):
     assert_close(out, ref.image_encoder.blocks[index](torch.from_numpy(x)).detach().numpy())
 
 
-def _one_step(attention, remat):
+def _one_step(attention, remat, dtype="float32"):
     model = adapt(Sam(CONFIG, rngs=nnx.Rngs(0)), AdaptationConfig(lora_rank=2, cross_slice=True), rngs=nnx.Rngs(1))
     graphdef, trainable, frozen = partition(model, "lora")
     # A non-zero LoRA B and gate, so that gradients reach every leaf.
     trainable = jax.tree.map(lambda x: x + 0.01, trainable)
     tx = optax.sgd(1.0)
     step = make_train_step(graphdef, tx, StepConfig(image_size=CONFIG.image_size, loss="bce", attention=attention,
-                                                    remat_attention=remat))
+                                                    remat_attention=remat, compute_dtype=dtype))
+    frozen = cast_floats(frozen, dtype)
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(1, 2, 40, 40, 4)).astype(np.float32),
              "mask": (rng.random((1, 2, 40, 40)) > 0.5).astype(np.uint8),
@@ -159,6 +160,18 @@ def test_train_step_with_folded_attention_and_remat_matches_plain():
     np.testing.assert_allclose(loss, plain_loss, rtol=1e-5)
     for got, expected in zip(jax.tree.leaves(update), jax.tree.leaves(plain_update)):
         np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["plain", "folded"])
+def test_bfloat16_step_follows_float32(attention):
+    """The GPU configuration's precision, through every hand-written backward (LoRA, softmax·v), on CPU."""
+    loss32, update32 = _one_step("plain", False)
+    loss16, update16 = _one_step(attention, True, "bfloat16")
+    np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
+    flat32, flat16 = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(u)]) for u in (update32, update16))
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(update16))  # trainable leaves stay fp32
+    cosine = flat16 @ flat32 / (np.linalg.norm(flat16) * np.linalg.norm(flat32))
+    assert cosine > 0.99, cosine
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
