@@ -360,7 +360,8 @@ def markdown(report):
                     f"{fmt('x_torch_float32', '.2f')} | {fmt('x_torch_bfloat16', '.2f')} | "
                     f"{fmt('model_tflops_per_s', '.3f')} | {fmt('mfu', '.1%')} |")
     head = (f"Benchmark `{report['command']}`, {report['date']}, {report['hardware']}. Steps timed after warm-up "
-            f"(median; with --repeat, each case's median round); for volume rows the time is for {VOLUME_SLICES} slices end to end "
+            f"(median; with --repeat, each case's median round); for volume rows the time is for {VOLUME_SLICES} "
+            f"slices end to end "
             f"(host slices in, logits out; on CPU extrapolated from {CPU_VOLUME_SLICES}). Memory: {report['memory_note']}")
     return head + "\n\n" + "\n".join(rows) + "\n"
 
@@ -382,7 +383,7 @@ def _run_group(group, stem, preset, env, deadline):
 
 
 def _median_round(rounds):
-    """Per case, the round with the median time (the lower middle for an even count), listing every round's time."""
+    """Per case, the round with the median time (the faster middle one for an even count), with every round's rate."""
     merged = []
     for i, first in enumerate(rounds[0]):
         runs = [r[i] for r in rounds if i < len(r)]

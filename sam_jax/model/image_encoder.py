@@ -24,7 +24,11 @@ class PatchEmbed(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention over a (B, h, w, C) grid with decomposed relative positions."""
+    """Multi-head self-attention over a (B, h, w, C) grid with decomposed relative positions.
+
+    The block calls its parts (`qkv`, `mix`, `proj`) itself: windows are cut between qkv and mix, and the depth
+    branch shares the qkv output.
+    """
 
     def __init__(self, dim: int, num_heads: int, grid: int, *, rngs: nnx.Rngs):
         self.num_heads = num_heads
@@ -33,10 +37,6 @@ class Attention(nnx.Module):
         self.proj = nnx.Linear(dim, dim, rngs=rngs)
         self.rel_pos_h = nnx.Param(jnp.zeros((2 * grid - 1, head_dim)))
         self.rel_pos_w = nnx.Param(jnp.zeros((2 * grid - 1, head_dim)))
-
-    def __call__(self, x):
-        """(B, h, w, C) → (B, h, w, C), attending over the whole grid."""
-        return self.proj(self.mix(self.qkv(x)))
 
     def mix(self, qkv):
         """Multi-head attention of projected tokens (B, h, w, 3C) → (B, h, w, C), before `proj`."""
