@@ -417,6 +417,8 @@ def main(argv=None):
                         "report each case's median round (a shared machine's speed drifts).")
     parser.add_argument("--worker", nargs=3, metavar=("CASES", "LINES", "DEADLINE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: must be at least 1")
     if args.worker:
         return run_worker(args.worker[0], args.worker[1], float(args.worker[2]))
     start = time.time()

@@ -30,7 +30,7 @@ QKV_SECTIONS = ("q", "k", "v")
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def low_rank_update(x, a, b, scale: float):
     """scale·(x·A)·B for x (…, in), A (in, r), B (r, out)."""
-    return scale * ((x @ a) @ b)
+    return _low_rank_fwd(x, a, b, scale)[0]
 
 
 def _low_rank_fwd(x, a, b, scale):

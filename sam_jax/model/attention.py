@@ -100,7 +100,7 @@ def _softmax_attention(q, k, v, scale, rel=()):
 @jax.custom_vjp
 def softmax_times_v(logits, v):
     """softmax(logits)·v over the last axis of logits (B, H, Nq, Nk), v (B, H, Nk, D)."""
-    return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), v)
+    return _softmax_times_v_fwd(logits, v)[0]
 
 
 def _softmax_times_v_fwd(logits, v):
