@@ -35,6 +35,18 @@ def test_vit_b_lora_preset_counts_the_papers_5_36_million(cross_slice):
     assert count_parameters(frozen) == sam_without_embedding - mask_decoder + 2 * 128
 
 
+@pytest.mark.parametrize("modalities", ["t1n_x3", "t1n_t2w_t2f"])
+def test_lora_keeps_sams_rgb_patch_embedding_frozen(modalities):
+    """The paper's 3-channel baselines (§4.3) train LoRA and the decoder; SAM's own embedding stays as it is."""
+    abstract = nnx.eval_shape(lambda: build_model(sam_config("vit_b"), AdaptationConfig(modalities=modalities),
+                                                  rngs=nnx.Rngs(0)))
+    _, trainable, _ = partition(abstract, "lora")
+    assert not any(path[:2] == ("image_encoder", "patch_embed") for path, _ in nnx.to_flat_state(trainable))
+    assert count_parameters(trainable) == 516_096 + 4_058_340  # LoRA + mask decoder, reference.md §2
+    _, trainable, _ = partition(abstract, "patch_embed_only")  # asked for by name, it still trains
+    assert count_parameters(trainable) == 3 * 16 * 16 * 768 + 768
+
+
 @pytest.fixture(scope="module")
 def model():
     model = build_model(CONFIG, AdaptationConfig(cross_slice=True), rngs=nnx.Rngs(0))

@@ -26,7 +26,9 @@ _GATES = r".*\.cross_slice\.gate"
 _EVERYTHING = r".*"
 
 PRESETS: Dict[str, Tuple[Tuple[str, str], ...]] = {
-    # The paper's method: LoRA, the new patch embedding and the whole mask decoder; prompt encoder frozen.
+    # The paper's method: LoRA, the new patch embedding and the whole mask decoder; prompt encoder frozen. On a
+    # 3-channel model the embedding is SAM's own RGB one, which the paper keeps unmodified (§4.3, its code froze
+    # it): see `_rules`.
     "lora": ((_LORA, TRAIN), (_PATCH_EMBED, TRAIN), (_MASK_DECODER, TRAIN), (_GATES, TRAIN), (_EVERYTHING, FREEZE)),
     # The paper's two-step ablation: first the patch embedding alone, then LoRA (and decoder) with it frozen.
     "patch_embed_only": ((_PATCH_EMBED, TRAIN), (_EVERYTHING, FREEZE)),
@@ -41,10 +43,12 @@ class TrainableRulesError(AdaptationError):
     """Rules that are malformed or leave a parameter unmatched."""
 
 
-def _rules(rules: Union[str, Rules]) -> Rules:
+def _rules(rules: Union[str, Rules], in_chans: int) -> Rules:
     if isinstance(rules, str):
         if rules not in PRESETS:
             raise TrainableRulesError(f"unknown trainable preset {rules!r}; expected one of {sorted(PRESETS)}")
+        if rules == "lora" and in_chans == 3:
+            return ((_PATCH_EMBED, FREEZE),) + PRESETS[rules]
         return PRESETS[rules]
     for rule in rules:
         if len(rule) != 2 or rule[1] not in (TRAIN, FREEZE):
@@ -59,7 +63,8 @@ def parameter_paths(model: nnx.Module) -> Dict[str, tuple]:
 
 def trainable_paths(model: nnx.Module, rules: Union[str, Rules]) -> Dict[str, bool]:
     """Parameter path → whether it trains under `rules` (a preset name or a rule list)."""
-    compiled = [(re.compile(pattern), action) for pattern, action in _rules(rules)]
+    in_chans = model.image_encoder.patch_embed.proj.in_features
+    compiled = [(re.compile(pattern), action) for pattern, action in _rules(rules, in_chans)]
     decided, unmatched = {}, []
     for path in parameter_paths(model):
         action = next((a for pattern, a in compiled if pattern.fullmatch(path)), None)
