@@ -1,11 +1,14 @@
-"""absl flags generated from a config dataclass, so every option is defined once, with its help text."""
+"""absl flags generated from a config dataclass, so every option is defined once, with its help text; and the apps'
+flagfiles found wherever the user stands."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
+from pathlib import Path
 
-from absl import flags
+from absl import app, flags
 
 
 def define_flags(config_cls, flag_values=flags.FLAGS) -> None:
@@ -30,3 +33,61 @@ def config_from_flags(config_cls, flag_values=flags.FLAGS, **overrides):
         value = flag_values[field.name].value
         values[field.name] = tuple(value) if isinstance(value, list) else value
     return config_cls(**{**values, **overrides})
+
+
+class FlagfileError(ValueError):
+    """A --flagfile that cannot be found or read."""
+
+
+def _flagfile_candidates(name: str, app_dir: Path, including_dir: Path | None) -> list[Path]:
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return [path]
+    # As given (relative to the working directory), then beside the flagfile that names it, then in the app's own
+    # folder and the repository above it: `--flagfile=adult.flags` and a nested `--flagfile=train/adult.flags` work
+    # from any working directory.
+    places = [Path.cwd()] + ([including_dir] if including_dir else []) + [app_dir, app_dir.parent]
+    return list(dict.fromkeys(place / path for place in places))
+
+
+def expand_flagfiles(argv, app_dir, _including_dir=None, _seen=()) -> list[str]:
+    """argv with every `--flagfile=F` replaced by F's flags (recursively, in order, so later flags still override
+    earlier ones). F is looked up where `_flagfile_candidates` says; the error lists every place tried."""
+    app_dir = Path(app_dir)
+    out = []
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--flagfile", "-flagfile"):
+            arg = f"--flagfile={next(args, '')}"
+        if not arg.startswith(("--flagfile=", "-flagfile=")):
+            out.append(arg)
+            continue
+        name = arg.split("=", 1)[1]
+        candidates = _flagfile_candidates(name, app_dir, _including_dir)
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FlagfileError(f"--flagfile={name}: not found; looked in " + ", ".join(map(str, candidates)))
+        found = found.resolve()
+        if found in _seen:
+            raise FlagfileError(f"--flagfile={name}: {found} includes itself")
+        try:
+            lines = found.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise FlagfileError(f"--flagfile={name}: cannot read {found} ({e})") from None
+        lines = [line.strip() for line in lines]
+        lines = [line for line in lines if line and not line.startswith(("#", "//"))]
+        out += expand_flagfiles(lines, app_dir, found.parent, (*_seen, found))
+    return out
+
+
+def run_app(main, app_file) -> None:
+    """`absl.app.run(main)` with flagfiles looked up beside the app (`--flagfile=adult.flags` from anywhere)."""
+    def parse(argv):
+        try:
+            expanded = [argv[0], *expand_flagfiles(argv[1:], Path(app_file).resolve().parent)]
+        except FlagfileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return app.parse_flags_with_usage(expanded)
+
+    app.run(main, flags_parser=parse)

@@ -10,7 +10,7 @@ from absl import app, logging
 
 from sam_jax.adaptation import AdaptationError
 from sam_jax.data import DataError
-from sam_jax.flags_util import config_from_flags, define_flags
+from sam_jax.flags_util import config_from_flags, define_flags, run_app
 from sam_jax.training.config import TrainConfig
 from sam_jax.training.loop import TrainingError, train_and_evaluate
 from sam_jax.weights.params import WeightsError
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, __file__)
