@@ -74,6 +74,6 @@ def tiny_trained_run(phantom_dir, tmp_path_factory):
     cfg = TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path_factory.mktemp("tiny_cache")), domain="ALL",
                       eval_domains=(), model_type="tiny", image_size=128, trainable="lora", lora_rank=2,
                       batch_size=2, steps=2, learning_rate=1e-2, slice_policy="tumour", checkpoint_every=2,
-                      eval_max_slices=2, seed=5, workdir=str(workdir))
+                      val_slices=2, seed=5, workdir=str(workdir))
     train_and_evaluate(cfg)
     return workdir

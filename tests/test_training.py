@@ -23,7 +23,7 @@ def base_config(phantom_dir, tmp_path_factory):
     return TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), domain="ALL",
                        eval_domains=("GLI", "MEN", "PED", "SSA"), model_type="tiny", image_size=128, modalities="all4", trainable="lora",
                        lora_rank=2, batch_size=2, steps=4, learning_rate=1e-3, loss="bce_dice",
-                       slice_policy="tumour", checkpoint_every=2, eval_max_slices=8, log_every=1, seed=3)
+                       slice_policy="tumour", checkpoint_every=2, val_slices=8, log_every=1, seed=3)
 
 
 def _adapter(workdir):
@@ -32,7 +32,7 @@ def _adapter(workdir):
 
 def test_steps_train_exactly_the_trainable_leaves(base_config, tmp_path):
     cfg = base_config.replace(workdir=str(tmp_path / "run"))
-    _, initial_trainable, initial_frozen = build(cfg)
+    _, initial_trainable, initial_frozen, _ = build(cfg)
     summary = train_and_evaluate(cfg)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in lines)

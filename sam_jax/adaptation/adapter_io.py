@@ -1,13 +1,16 @@
-"""Adapter files: the trainable parameters alone (safetensors, dot-joined paths), tied to their base SAM weights.
+"""Adapter files: every parameter that differs from the base SAM weights (safetensors, dot-joined paths).
 
-The header holds the adaptation config and the sha256 of the base weights the adapter was trained on, so an
-adapter is never applied to another base or to a model adapted differently.
+That is the trainable parameters, plus the frozen ones a run inherited from a parent adapter (`--init_adapter`:
+step 2 of the two-step ablation keeps step 1's patch embedding frozen), listed in the header as `inherited` with the
+parent file's sha256. The header also holds the adaptation config and the sha256 of the base weights, so an adapter
+is never applied to another base or to a model adapted differently, and one file rebuilds the trained model.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from flax import nnx
@@ -36,8 +39,10 @@ def base_weights_sha256(path) -> str:
             source = (f.metadata() or {}).get("source_sha256")
     except Exception as e:  # safetensors raises several types for a file that is not its format
         raise AdapterFileError(f"{path}: not a readable safetensors file ({e})") from None
-    if source:
-        return source
+    return source or file_sha256(path)
+
+
+def file_sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -45,9 +50,17 @@ def base_weights_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def save_adapter(path, trainable_state: nnx.State, adaptation_config: AdaptationConfig, base_sha256: str) -> None:
+def save_adapter(path, trainable_state: nnx.State, adaptation_config: AdaptationConfig, base_sha256: str,
+                 inherited: Mapping[str, np.ndarray] | None = None, parent_sha256: str = "") -> None:
+    """`inherited`: frozen parameters that came from the parent adapter (`init_from_adapter`), path → array."""
     arrays = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(trainable_state)}
-    save_arrays(path, arrays, {"kind": KIND, "base_sha256": base_sha256, **adaptation_config.to_metadata()})
+    inherited = {p: np.asarray(a) for p, a in (inherited or {}).items()}
+    if overlap := sorted(set(arrays) & set(inherited)):
+        raise AdapterFileError(f"{path}: parameters both trained and inherited: {overlap[:5]}")
+    metadata = {"kind": KIND, "base_sha256": base_sha256, **adaptation_config.to_metadata()}
+    if inherited:
+        metadata.update(inherited=",".join(sorted(inherited)), parent_sha256=parent_sha256)
+    save_arrays(path, {**arrays, **inherited}, metadata)
 
 
 def load_adapter(model: nnx.Module, path, adaptation_config: AdaptationConfig, base_sha256: str) -> dict:
@@ -67,6 +80,7 @@ def load_adapter(model: nnx.Module, path, adaptation_config: AdaptationConfig, b
         raise AdapterFileError(f"{path}: made with another adaptation; file vs requested: {differ}")
     shapes = parameter_paths(model)
     expected = {p for p, trains in trainable_paths(model, adaptation_config.trainable).items() if trains}
+    expected |= {p for p in metadata.get("inherited", "").split(",") if p}
     problems = [f"missing {p!r}" for p in sorted(expected - set(arrays))]
     problems += [f"unexpected {p!r}" for p in sorted(set(arrays) - expected)]
     problems += [f"{p!r} has shape {tuple(a.shape)}, the model needs {shapes[p]}"
@@ -79,7 +93,8 @@ def load_adapter(model: nnx.Module, path, adaptation_config: AdaptationConfig, b
 
 def init_from_adapter(model: nnx.Module, path, base_sha256: str) -> dict:
     """Start from another run's adapter whatever its trainable preset (step 2 of the two-step ablation takes the
-    patch embedding of step 1): every array in the file must exist in `model` with the same shape."""
+    patch embedding of step 1): every array in the file must exist in `model` with the same shape. Returns the
+    arrays written, path → array."""
     arrays, metadata = read_arrays(path)
     if metadata.get("kind") != KIND:
         raise AdapterFileError(f"{path}: not an adapter file (kind {metadata.get('kind')!r})")
@@ -92,4 +107,4 @@ def init_from_adapter(model: nnx.Module, path, base_sha256: str) -> dict:
     if problems:
         raise AdapterFileError(f"{path}: cannot initialise this model from it: {summarise_problems(problems)}")
     assign(model, arrays)
-    return metadata
+    return arrays

@@ -118,6 +118,18 @@ class LoadBatch(grain.transforms.RandomMap):
         return out
 
 
+def select_slices(cache: Cache, case_ids, slice_policy: str = "all", empty_fraction: float = 0.1,
+                  click_policy: str = "negative_on_empty", seed: int = 0) -> np.ndarray:
+    """The (case index, slice) rows one epoch visits once each: `slice_table`'s choice, less the tumour-free centre
+    slices under 'skip_empty' (so every element has a clicked centre slice)."""
+    table = slice_table(cache, case_ids, slice_policy, empty_fraction, seed)
+    if click_policy == "skip_empty" and len(table):
+        table = table[np.array([cache.tumour_area(cache.case_ids[c])[k] > 0 for c, k in table], bool)]
+    if len(table) == 0:
+        raise ValueError(f"no slices selected from {len(case_ids)} cases with slice_policy={slice_policy!r}")
+    return table
+
+
 def make_dataset(
     cache: Cache,
     case_ids,
@@ -134,14 +146,9 @@ def make_dataset(
     drop_remainder: bool = False,
 ) -> grain.MapDataset:
     """A batched `grain.MapDataset` of slice stacks of `case_ids` (see the module docstring for the elements);
-    `num_epochs=None` repeats forever. 'skip_empty' also leaves tumour-free centre slices out of the index, so every
-    element has a clicked centre slice. Deterministic given `seed`; pass it to `make_iterator` to prefetch."""
-    table = slice_table(cache, case_ids, slice_policy, empty_fraction, seed)
-    if click_policy == "skip_empty":
-        has_tumour = np.array([cache.tumour_area(cache.case_ids[c])[k] > 0 for c, k in table], bool)
-        table = table[has_tumour] if len(table) else table
-    if len(table) == 0:
-        raise ValueError(f"no slices selected from {len(case_ids)} cases with slice_policy={slice_policy!r}")
+    `num_epochs=None` repeats forever (one epoch is `select_slices`' rows). Deterministic given `seed`; pass it to
+    `make_iterator` to prefetch."""
+    table = select_slices(cache, case_ids, slice_policy, empty_fraction, click_policy, seed)
     dataset = grain.MapDataset.source(table)
     if shuffle:
         dataset = dataset.shuffle(seed=seed)

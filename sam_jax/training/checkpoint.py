@@ -2,7 +2,7 @@
 
 Saves are asynchronous and atomic (orbax finalises a step directory only once it is complete), so a run killed at
 any moment resumes from its last finished checkpoint. The latest `keep` steps are kept, plus the best one by
-validation Dice.
+validation Dice (every validation pass is checkpointed with its score).
 """
 
 from __future__ import annotations
@@ -40,3 +40,14 @@ def restore_latest(mngr: ocp.CheckpointManager, state_like: dict, data_iterator)
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state_like), data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return restored["state"]
+
+
+def best_step(mngr: ocp.CheckpointManager) -> int | None:
+    """The kept step with the highest validation Dice, or None if no checkpoint carries one."""
+    scored = [(m[BEST_METRIC], s) for s in mngr.all_steps() if (m := mngr.metrics(s)) and m.get(BEST_METRIC) is not None]
+    return max(scored, key=lambda t: (t[0], -t[1]))[1] if scored else None  # ties: the earliest
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, state_like: dict) -> dict:
+    """One step's state (shaped like `state_like`), leaving the data iterator alone."""
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state_like)))["state"]

@@ -53,7 +53,8 @@ class TrainConfig:
     init_adapter: str = _field("", "Start from this adapter file (e.g. step 1 of the two-step ablation).")
     # optimisation
     batch_size: int = _field(1, "Samples (slice stacks) per step, over all devices.")
-    epochs: float = _field(25.0, "Epochs over the training slices (ignored when steps > 0).")
+    epochs: float = _field(25.0, "Epochs over the training slices: one epoch visits every selected slice once "
+                                 "(ignored when steps > 0).")
     steps: int = _field(0, "Total steps; > 0 overrides epochs.")
     learning_rate: float = _field(1e-4, "Peak learning rate (Adam).")
     schedule: str = _field("constant", "constant (paper) or cosine (with warm-up).")
@@ -72,8 +73,10 @@ class TrainConfig:
     workdir: str = _field("workdir", "Checkpoints, metrics.jsonl, config.json, adapter.safetensors.")
     checkpoint_every: int = _field(500, "Steps between checkpoints.")
     keep_checkpoints: int = _field(2, "Latest checkpoints kept (the best by validation Dice is kept too).")
-    eval_every: int = _field(0, "Steps between validation passes (0: at checkpoints).")
-    eval_max_slices: int = _field(512, "Validation slices per pass (0: all).")
+    eval_every: int = _field(0, "Steps between validation passes (0: once per epoch, as the paper). Each pass is "
+                                "checkpointed with its Dice; the best becomes adapter_best.safetensors.")
+    val_slices: int = _field(0, "Slices per validation pass (0: the whole held-out split, as the paper; a budget "
+                                "for big runs).")
     log_every: int = _field(10, "Steps between metric lines in metrics.jsonl.")
     distributed: bool = _field(False, "Call jax.distributed.initialize() for multi-host training.")
 

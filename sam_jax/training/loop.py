@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from sam_jax.adaptation import build_model, partition, save_adapter
-from sam_jax.adaptation.adapter_io import init_from_adapter
+from sam_jax.adaptation.adapter_io import file_sha256, init_from_adapter
 from sam_jax.config import PRESETS
 from sam_jax.data.clicks import CLICK_POLICIES
 from sam_jax.data.pipeline import SLICE_POLICIES
@@ -27,7 +27,7 @@ from sam_jax.training.losses import LOSSES
 from sam_jax.data.brats import find_cases
 from sam_jax.data.cache import build_cache
 from sam_jax.data.phantom import write_phantom
-from sam_jax.data.pipeline import make_dataset, make_iterator
+from sam_jax.data.pipeline import make_dataset, make_iterator, select_slices
 from sam_jax.training import checkpoint
 from sam_jax.training.config import TrainConfig
 from sam_jax.training.step import StepConfig, cast_floats, make_eval_forward, make_train_step
@@ -57,8 +57,10 @@ def check_inputs(cfg: TrainConfig) -> None:
         problems.append(f"--domain {cfg.domain}: expected one of {DOMAINS + ('ALL',)}")
     if cfg.batch_size % jax.device_count():
         problems.append(f"--batch_size {cfg.batch_size} does not split over {jax.device_count()} devices")
-    if cfg.steps <= 0 and cfg.epochs <= 0:
-        problems.append("nothing to train: --steps and --epochs are both 0")
+    if cfg.steps < 0:
+        problems.append(f"--steps {cfg.steps}: must be ≥ 0 (0: train for --epochs)")
+    elif cfg.steps == 0 and not cfg.epochs > 0:
+        problems.append(f"nothing to train: --steps=0 and --epochs={cfg.epochs} (need epochs > 0 or steps > 0)")
     if cfg.slices < 1:
         problems.append(f"--slices {cfg.slices}: must be ≥ 1")
     if cfg.image_size % 16:
@@ -93,7 +95,8 @@ def check_inputs(cfg: TrainConfig) -> None:
 
 
 def prepare_data(cfg: TrainConfig):
-    """The cache (built or reused), the training cases and the evaluation cases of each domain."""
+    """The cache (built or reused), the training cases, the held-out cases of the training domain (validation) and
+    the evaluation cases of each domain."""
     if cfg.phantom_cases_per_domain > 0 and not (Path(cfg.data_dir).is_dir() and find_cases(cfg.data_dir)):
         logging.info("writing %d phantom cases per domain to %s", cfg.phantom_cases_per_domain, cfg.data_dir)
         write_phantom(cfg.data_dir, cfg.phantom_cases_per_domain, seed=cfg.seed)
@@ -108,23 +111,28 @@ def prepare_data(cfg: TrainConfig):
     train_ids = of(cfg.domain, split["train"])
     if not train_ids:
         raise TrainingError(f"no training cases of domain {cfg.domain} in {cfg.data_dir}")
+    val_ids = of(cfg.domain, split["val"])
+    if not val_ids:
+        logging.warning("no held-out case of domain %s in the split: no validation, no best checkpoint", cfg.domain)
     eval_sets = {}
     for domain in cfg.eval_domains:
         trained_on = cfg.domain in (domain, "ALL")
         ids = of(domain, split["val"] if trained_on else cache.case_ids)
         if ids:
             eval_sets[domain] = ids
-    return cache, train_ids, eval_sets
+    return cache, train_ids, val_ids, eval_sets
 
 
 def build(cfg: TrainConfig):
-    """The adapted model, split into (graphdef, trainable, frozen)."""
+    """The adapted model split into (graphdef, trainable, frozen), and the frozen parameters it inherited from
+    `--init_adapter` (path → array), which its adapter file must carry too."""
     adaptation = cfg.adaptation()
     model = build_model(cfg.sam_config(), adaptation, sam_weights=cfg.sam_weights or None,
                         rngs=nnx.Rngs(cfg.seed))
-    if cfg.init_adapter:
-        init_from_adapter(model, cfg.init_adapter, cfg.base_sha256())
-    return partition(model, adaptation.trainable)
+    from_parent = init_from_adapter(model, cfg.init_adapter, cfg.base_sha256()) if cfg.init_adapter else {}
+    graphdef, trainable, frozen = partition(model, adaptation.trainable)
+    trained = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable)}
+    return graphdef, trainable, frozen, {p: a for p, a in from_parent.items() if p not in trained}
 
 
 def optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
@@ -150,17 +158,29 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
         logging.warning("%s differs from this run's flags; resuming with the flags given now", saved)
     saved.write_text(cfg.to_json())
 
-    cache, train_ids, eval_sets = prepare_data(cfg)
+    cache, train_ids, val_ids, eval_sets = prepare_data(cfg)
     adaptation = cfg.adaptation()
-    train_data = make_dataset(cache, train_ids, z=cfg.slices, slice_policy=cfg.slice_policy,
-                              empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy,
-                              modalities=adaptation.modalities, batch_size=cfg.batch_size, seed=cfg.seed,
-                              drop_remainder=True)
-    steps_per_epoch = max(len(train_data), 1) if cfg.steps <= 0 else None
-    total_steps = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    selection = dict(slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy,
+                     seed=cfg.seed)
+    # One epoch visits every selected slice once; the stream repeats forever and batches run across epoch ends.
+    slices_per_epoch = len(select_slices(cache, train_ids, **selection))
+    total_steps = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * slices_per_epoch / cfg.batch_size)
+    train_data = make_dataset(cache, train_ids, z=cfg.slices, modalities=adaptation.modalities,
+                              batch_size=cfg.batch_size, drop_remainder=True, **selection)
     iterator = make_iterator(train_data, num_workers=cfg.num_workers)
+    logging.info("%d training slices per epoch, %d steps of %d", slices_per_epoch, total_steps, cfg.batch_size)
 
-    graphdef, trainable, frozen = build(cfg)
+    def epoch(step):
+        return step * cfg.batch_size // slices_per_epoch
+
+    def validates_at(step):
+        if not val_ids:
+            return False
+        if step == total_steps:
+            return True
+        return step % cfg.eval_every == 0 if cfg.eval_every else epoch(step) > epoch(step - 1)
+
+    graphdef, trainable, frozen, inherited = build(cfg)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
@@ -186,17 +206,13 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
                               batch_sharding)
 
     def validate(trainable_now):
-        if cfg.domain == "ALL" or cfg.domain not in eval_sets:
-            return None
-        preds = low_res_predictions(lambda b, r: eval_forward(trainable_now, frozen, b, r), cache,
-                                    eval_sets[cfg.domain], modalities=adaptation.modalities, slices=cfg.slices,
-                                    batch_size=cfg.batch_size, seed=cfg.seed, max_slices=cfg.eval_max_slices,
-                                    put=put)
+        preds = low_res_predictions(lambda b, r: eval_forward(trainable_now, frozen, b, r), cache, val_ids,
+                                    modalities=adaptation.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
+                                    seed=cfg.seed, max_slices=cfg.val_slices, put=put)
         return paper_dice(preds)["mean"]
 
     trainable, opt_state = state["trainable"], state["opt_state"]
     step, key = int(state["step"]), jax.random.wrap_key_data(state["rng"])
-    eval_every = cfg.eval_every or cfg.checkpoint_every
     metrics_file = open(workdir / "metrics.jsonl", "a")
     last_good = mngr.latest_step()
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -217,33 +233,46 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
             elapsed = time.perf_counter() - tick
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}", slices_per_s=f"{samples / max(elapsed, 1e-9):.1f}")
-            record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-            if step % eval_every == 0 or step == total_steps:
+            record = {"step": step, "epoch": step * cfg.batch_size / slices_per_epoch,
+                      **{k: float(v) for k, v in metrics.items()}}
+            if validates_at(step):
                 record["val_dice"] = validate(trainable)
             if step % cfg.log_every == 0 or "val_dice" in record:
                 record["slices_per_s"] = samples / max(elapsed, 1e-9)
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
-            if step % cfg.checkpoint_every == 0 or step == total_steps:
+            if step % cfg.checkpoint_every == 0 or step == total_steps or "val_dice" in record:
                 val = record.get("val_dice")
                 checkpoint.save(mngr, step, {"trainable": trainable, "opt_state": opt_state, "step": step,
                                              "rng": jax.random.key_data(key)}, iterator,
                                 metrics=None if val is None else {checkpoint.BEST_METRIC: val})
                 last_good = step
+        mngr.wait_until_finished()
+        best = checkpoint.best_step(mngr)
+        if best is not None:
+            best_val_dice = float(mngr.metrics(best)[checkpoint.BEST_METRIC])
+            best_state = checkpoint.restore_state(mngr, best, {"trainable": trainable, "opt_state": opt_state,
+                                                               "step": step, "rng": jax.random.key_data(key)})
     finally:
         progress.close()
         metrics_file.close()
         mngr.wait_until_finished()
         mngr.close()
 
-    save_adapter(workdir / "adapter.safetensors", jax.device_get(trainable), adaptation, cfg.base_sha256())
+    lineage = dict(inherited=inherited, parent_sha256=file_sha256(cfg.init_adapter) if inherited else "")
+    save_adapter(workdir / "adapter.safetensors", jax.device_get(trainable), adaptation, cfg.base_sha256(), **lineage)
+    if best is not None:  # the model the paper reports: best validation Dice
+        save_adapter(workdir / "adapter_best.safetensors", jax.device_get(best_state["trainable"]), adaptation,
+                     cfg.base_sha256(), **lineage)
     scores = {}
     for domain, ids in eval_sets.items():
         preds = low_res_predictions(lambda b, r: eval_forward(trainable, frozen, b, r), cache, ids,
                                     modalities=adaptation.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
                                     seed=cfg.seed, put=put)
         scores[domain] = paper_dice(preds)
-    summary = {"steps": step, "paper_dice": {d: s["mean"] for d, s in scores.items()},
+    summary = {"steps": step, "epochs": step * cfg.batch_size / slices_per_epoch, "best_step": best,
+               "best_val_dice": None if best is None else best_val_dice,
+               "paper_dice": {d: s["mean"] for d, s in scores.items()},
                "tumour_slice_dice": {d: s["tumour_slice_dice"] for d, s in scores.items()},
                "per_case": {d: s["per_case"] for d, s in scores.items()}}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
