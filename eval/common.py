@@ -23,6 +23,8 @@ def define_model_flags():
     flags.DEFINE_string("model_type", "vit_b", "Zero-shot only: SAM size.")
     flags.DEFINE_integer("image_size", 1024, "Zero-shot only: model input size.")
     flags.DEFINE_string("modalities", "t1n_t2w_t2f", "Zero-shot only: a 3-channel layout (t1n_t2w_t2f, t2f_x3, …).")
+    flags.DEFINE_enum("select", "final", ["final", "best"], "Which model of the run: its last step, or its best "
+                      "validation Dice (adapter_best.safetensors; what the paper reported).")
     flags.DEFINE_integer("batch_size", 8, "Slices per encoder/decoder call.")
 
 
@@ -33,7 +35,7 @@ def load_model(f=flags.FLAGS):
         return load_zero_shot(f.sam_weights, f.model_type, f.image_size, f.modalities)
     if not f.checkpoint:
         raise EvaluationError("--checkpoint WORKDIR is required (or --zero_shot with --sam_weights)")
-    return load_trained(f.checkpoint, f.sam_weights)
+    return load_trained(f.checkpoint, f.sam_weights, f.select)
 
 
 def fail(error: Exception) -> int:

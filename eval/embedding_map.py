@@ -45,7 +45,7 @@ def main(argv):
                 continue
             chosen = sample_tumour_slices(volume.tumour, FLAGS.slices_per_case, rng)
             if chosen.size:
-                features.append(pooled_embeddings(segmenter, volume.slices[chosen]))
+                features.append(pooled_embeddings(segmenter, volume.slices, chosen))
                 domains += [case_files.domain] * chosen.size
         features = np.concatenate(features) if features else np.zeros((0, 1))
         scores = separation(features, np.asarray(domains))

@@ -13,6 +13,7 @@ from sam_jax.evaluation.cases import COLUMNS, SPLITS, resolve_split, select_case
 from sam_jax.evaluation.evaluate import PROTOCOLS, evaluate_cases, summarise, write_summary
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.tables import markdown
+from sam_jax.flags_util import run_app
 from sam_jax.metrics import NOC_MAX_CLICKS
 
 define_model_flags()
@@ -22,7 +23,8 @@ flags.DEFINE_enum("split", "auto", list(SPLITS), "val: held-out cases of the sav
 flags.DEFINE_string("data_dir", "", "BraTS cases; default: the run's training data_dir.")
 flags.DEFINE_string("cache_dir", "", "Where the saved split lives; default: the run's cache (or <data_dir>/"
                                      ".sam_jax_cache).")
-flags.DEFINE_string("output_dir", "", "Default: <checkpoint>/eval/<domain> (zero-shot: eval_runs/sam_zero_shot/…).")
+flags.DEFINE_string("output_dir", "", "Default: <checkpoint>/eval/<domain>[_best]; zero-shot: "
+                                      "workdir/<model name>/eval/<domain>, beside the trained runs.")
 flags.DEFINE_list("protocols", list(PROTOCOLS), "Any of paper, volumetric, interactive.")
 flags.DEFINE_integer("seed", 0, "Seed of the paper protocol's clicks.")
 flags.DEFINE_integer("max_clicks", NOC_MAX_CLICKS, "Interactive protocol: clicks per slice.")
@@ -44,8 +46,9 @@ def main(argv):
         split = resolve_split(FLAGS.split, FLAGS.domain, None if FLAGS.zero_shot else cfg.domain)
         cases = select_cases(data_dir, FLAGS.domain, split, cache_dir)
         name = FLAGS.model_name or trained.name
-        out_dir = Path(FLAGS.output_dir or (Path(FLAGS.checkpoint) / "eval" / FLAGS.domain if not FLAGS.zero_shot
-                                            else Path("eval_runs") / name / FLAGS.domain))
+        run_dir = Path("workdir") / trained.name if FLAGS.zero_shot else Path(FLAGS.checkpoint)
+        selected = "_best" if FLAGS.select == "best" and not FLAGS.zero_shot else ""
+        out_dir = Path(FLAGS.output_dir or run_dir / "eval" / f"{FLAGS.domain}{selected}")
         rows = evaluate_cases(SliceSegmenter(trained, FLAGS.batch_size), trained, cases, out_dir,
                               protocols=tuple(FLAGS.protocols), seed=FLAGS.seed, max_clicks=FLAGS.max_clicks,
                               save_predictions=FLAGS.save_predictions, overlays=FLAGS.overlays)
@@ -64,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, __file__)

@@ -13,9 +13,10 @@ from threadpoolctl import threadpool_limits
 from sam_jax.evaluation.errors import EvaluationError
 
 
-def pooled_embeddings(segmenter, slices: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) slices → (N, D) spatial means of the encoder's output."""
-    return np.asarray(segmenter.encode(slices).mean(axis=(1, 2)))
+def pooled_embeddings(segmenter, slices: np.ndarray, which) -> np.ndarray:
+    """(N, H, W, C) slices of a volume → (len(which), D) spatial means of the encoder's output for slices `which`
+    (a cross-slice model sees their neighbours too)."""
+    return np.asarray(segmenter.encode(slices, which).mean(axis=(1, 2)))
 
 
 def sample_tumour_slices(tumour: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

@@ -4,6 +4,10 @@ Each slice (H, W, C) sits top-left in an S×S canvas (S = max(H, W)) and goes th
 transform (`sam_jax.training.frame.to_model_frame`); the decoder's low-resolution logits come back through SAM's
 postprocess (`sam_jax.predictor.postprocess_masks`: upsample to the input frame, crop the valid part, resize to
 (H, W)). Everything is jitted with static shapes: batches are padded (see `_compiled_size`).
+
+A cross-slice model trained on stacks of Z slices is run as it was trained and validated: each slice is encoded as
+the centre of its own stack of Z contiguous slices (zeros beyond the volume), a sliding window that scores every
+slice once and costs Z encoder passes per slice.
 """
 
 from __future__ import annotations
@@ -41,14 +45,15 @@ class SliceSegmenter:
     def __init__(self, trained: TrainedModel, batch_size: int = 8):
         self.size = trained.image_size
         self.batch_size = batch_size
+        self.stack = trained.config.slices if trained.adaptation.cross_slice else 1
         graphdef, self.state = nnx.split(trained.model)
-        size = self.size
+        size, stack = self.size, self.stack
 
         @jax.jit
         def encode(state, images, valid_hw):
             model = nnx.merge(graphdef, state)
             frame, _ = to_model_frame(images, valid_hw, size)
-            return model.encode_image(frame)
+            return model.encode_image(frame, slices=stack)[stack // 2::stack]
 
         @jax.jit
         def decode(state, embeddings, coords, labels, mask_input):
@@ -62,18 +67,24 @@ class SliceSegmenter:
         """Slice pixels → model-frame pixels (SAM's ResizeLongestSide factor)."""
         return self.size / max(hw)
 
-    def encode(self, slices: np.ndarray):
-        """(N, H, W, C) slices → embeddings (N, g, g, D), kept on the device."""
+    def encode(self, slices: np.ndarray, which=None):
+        """(N, H, W, C) slices of a volume → embeddings (len(which), g, g, D) of the slices `which` (default: all),
+        kept on the device. A cross-slice model sees each in its stack of neighbours (see the module docstring)."""
         n, h, w, c = slices.shape
-        s = max(h, w)
-        compiled = _compiled_size(n, self.batch_size)
-        valid_hw = np.tile(np.array([[h, w]], np.int32), (compiled, 1))
+        which = np.arange(n) if which is None else np.asarray(which)
+        s, z = max(h, w), self.stack
+        per_call = max(1, self.batch_size // z)  # stacks per encoder call: batch_size slices at most
+        compiled = _compiled_size(len(which), per_call)
+        valid_hw = np.tile(np.array([[h, w]], np.int32), (compiled * z, 1))
         out = []
-        for start, stop in _padded_batches(n, self.batch_size):
+        for start, stop in _padded_batches(len(which), per_call):
             # A fresh buffer each batch: on CPU, JAX may alias a NumPy input instead of copying it.
-            canvas = np.zeros((compiled, s, s, c), np.float32)
-            canvas[:stop - start, :h, :w] = slices[start:stop]
-            out.append(self._encode(self.state, canvas, valid_hw)[:stop - start])
+            canvas = np.zeros((compiled, z, s, s, c), np.float32)
+            for i, centre in enumerate(which[start:stop]):
+                first = centre - z // 2
+                lo, hi = max(first, 0), min(first + z, n)
+                canvas[i, lo - first:hi - first, :h, :w] = slices[lo:hi]
+            out.append(self._encode(self.state, canvas.reshape(compiled * z, s, s, c), valid_hw)[:stop - start])
         return jnp.concatenate(out)
 
     def decode(self, embeddings, coords: np.ndarray, labels: np.ndarray, hw, mask_input=None):

@@ -12,12 +12,14 @@ from pathlib import Path
 from flax import nnx
 
 from sam_jax.adaptation import AdaptationConfig, AdaptationError, build_model, load_adapter
+from sam_jax.adaptation.modalities import LAYOUTS
 from sam_jax.model import Sam
 from sam_jax.evaluation.errors import CheckpointError
 from sam_jax.training.config import TrainConfig
 from sam_jax.weights.params import WeightsError
 
 ZERO_SHOT_MODALITIES = "t1n_t2w_t2f"  # SAM's RGB slots take T1, T2, FLAIR (reference.md §2)
+ADAPTERS = {"final": "adapter.safetensors", "best": "adapter_best.safetensors"}  # --select: which model of a run
 
 
 @dataclasses.dataclass
@@ -35,13 +37,19 @@ class TrainedModel:
         return self.config.image_size
 
 
-def load_trained(workdir, sam_weights: str | None = None) -> TrainedModel:
-    """The model trained in `workdir`; `sam_weights` overrides the base weights path stored in config.json."""
+def load_trained(workdir, sam_weights: str | None = None, select: str = "final") -> TrainedModel:
+    """The model trained in `workdir`: its last step (`final`) or its best validation Dice (`best`, what the paper
+    reported); `sam_weights` overrides the base weights path stored in config.json."""
     workdir = Path(workdir)
     if not (workdir / "config.json").is_file():
         raise CheckpointError(f"{workdir}: no config.json; is this a training workdir?")
-    adapter = workdir / "adapter.safetensors"
+    if select not in ADAPTERS:
+        raise CheckpointError(f"--select {select}: expected one of {', '.join(ADAPTERS)}")
+    adapter = workdir / ADAPTERS[select]
     if not adapter.is_file():
+        if select == "best" and (workdir / ADAPTERS["final"]).is_file():
+            raise CheckpointError(f"{adapter}: no such file; the run had no validation split for its domain, so it "
+                                  f"has no best checkpoint: use --select final")
         raise CheckpointError(f"{adapter}: no such file; training writes it at the end of a run")
     cfg = TrainConfig.load(workdir)
     if sam_weights is not None:
@@ -56,7 +64,7 @@ def load_trained(workdir, sam_weights: str | None = None) -> TrainedModel:
         load_adapter(model, adapter, adaptation, cfg.base_sha256())
     except (AdaptationError, WeightsError, ValueError) as e:
         raise CheckpointError(f"{workdir}: the adapter does not fit the run's config: {e}") from None
-    return TrainedModel(model, cfg, adaptation, name=workdir.name)
+    return TrainedModel(model, cfg, adaptation, name=workdir.name if select == "final" else f"{workdir.name}_{select}")
 
 
 def load_zero_shot(sam_weights: str, model_type: str = "vit_b", image_size: int = 1024,
@@ -73,4 +81,7 @@ def load_zero_shot(sam_weights: str, model_type: str = "vit_b", image_size: int 
         model = build_model(cfg.sam_config(), adaptation, sam_weights=sam_weights, rngs=nnx.Rngs(0))
     except (AdaptationError, WeightsError, ValueError) as e:
         raise CheckpointError(f"{sam_weights}: {e}") from None
-    return TrainedModel(model, cfg, adaptation, name="sam_zero_shot", sam_rgb_input=True)
+    layout = next((name for name, chans in LAYOUTS.items() if chans == adaptation.modalities),
+                  "_".join(adaptation.modalities))
+    size = "" if image_size == 1024 else f"_{image_size}"
+    return TrainedModel(model, cfg, adaptation, name=f"sam_{model_type}_zero_shot_{layout}{size}", sam_rgb_input=True)
