@@ -59,3 +59,23 @@ def test_losses_on_hand_worked_masks():
     # multimask: only the best of the candidates counts
     candidates = jnp.stack([-confident, confident, jnp.zeros_like(confident)], axis=1)
     assert float(multimask_loss("bce", candidates, target)[0]) < 1e-8
+
+
+def test_the_best_validation_checkpoint_is_kept_and_found(tmp_path):
+    """Scores 0.2, 0.9, 0.1, 0.4 with one latest checkpoint kept: step 2 survives as the best and restores as saved
+    (orbax writes a step's metrics only when the manager tracks a best metric)."""
+    import grain
+
+    from sam_jax.training import checkpoint
+
+    iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+    mngr = checkpoint.manager(tmp_path, keep=1)
+    for step, dice in enumerate([0.2, 0.9, 0.1, 0.4], start=1):
+        state = {"trainable": {"w": jnp.full((3,), float(step))}, "step": step}
+        checkpoint.save(mngr, step, state, iterator, metrics={checkpoint.BEST_METRIC: dice})
+    mngr.wait_until_finished()
+    assert sorted(mngr.all_steps()) == [2, 4]
+    assert checkpoint.best_step(mngr) == 2
+    restored = checkpoint.restore_state(mngr, 2, state)
+    np.testing.assert_array_equal(restored["trainable"]["w"], np.full(3, 2.0))
+    mngr.close()

@@ -21,7 +21,9 @@ def manager(workdir, keep: int) -> ocp.CheckpointManager:
         ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
                                       keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+    # best_fn is what makes orbax write a step's metrics at all (without it BestN has nothing to rank).
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC],
+                                           best_mode="max", create=True)
     return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
                                  item_names=("state", "data"))
 
