@@ -9,14 +9,15 @@ import sys
 
 from absl import app, flags
 
+from sam_jax.config import PRESETS
 from sam_jax.weights.convert import convert_checkpoint
 from sam_jax.weights.params import WeightsError
 from sam_jax.weights.torch_checkpoint import CheckpointError
 
 flags.DEFINE_string("checkpoint", None, "PyTorch SAM checkpoint (.pth), e.g. sam_vit_b_01ec64.pth.", required=True)
 flags.DEFINE_string("output", None, "Where to write the safetensors file.", required=True)
-flags.DEFINE_enum("model_type", "auto", ["auto", "vit_b", "vit_l", "vit_h"],
-                  "SAM size; auto detects it from the tensor shapes.")
+flags.DEFINE_enum("model_type", "auto", ["auto", *PRESETS],
+                  "SAM size; auto detects it from the tensor shapes (the small presets are for tests and demos).")
 FLAGS = flags.FLAGS
 
 

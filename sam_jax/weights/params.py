@@ -69,15 +69,15 @@ def convert_array(torch_key: str, array: np.ndarray) -> np.ndarray:
 
 
 def detect_model_type(state_dict: Mapping[str, np.ndarray]) -> str:
-    """vit_b / vit_l / vit_h from the patch embedding's width and the number of encoder blocks."""
+    """The preset (vit_b, vit_l, vit_h, or a small one: tiny, demo) from the patch embedding's width and the number
+    of encoder blocks."""
     key = "image_encoder.patch_embed.proj.weight"
     if key not in state_dict:
         raise WeightsError(f"not a SAM state dict: it has no {key!r} (keys start with "
                            f"{sorted(state_dict)[:3]})")
     width = state_dict[key].shape[0]
     depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
-    for name in ("vit_b", "vit_l", "vit_h"):
-        c = PRESETS[name]
+    for name, c in PRESETS.items():
         if (c.encoder_embed_dim, c.encoder_depth) == (width, depth):
             return name
     raise WeightsError(f"no SAM model has an encoder of width {width} and depth {depth}")
