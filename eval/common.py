@@ -20,7 +20,7 @@ def define_model_flags():
     flags.DEFINE_string("sam_weights", None, "Converted SAM weights; overrides the path in config.json, and is the "
                                              "model itself with --zero_shot.")
     flags.DEFINE_bool("zero_shot", False, "Plain SAM, no adapter (Table 1): needs --sam_weights.")
-    flags.DEFINE_string("model_type", "vit_b", "Zero-shot only: SAM size.")
+    flags.DEFINE_string("model_type", "auto", "Zero-shot only: SAM size; auto: the one the weights file holds.")
     flags.DEFINE_integer("image_size", 1024, "Zero-shot only: model input size.")
     flags.DEFINE_string("modalities", "t1n_t2w_t2f", "Zero-shot only: a 3-channel layout (t1n_t2w_t2f, t2f_x3, …).")
     flags.DEFINE_enum("select", "final", ["final", "best"], "Which model of the run: its last step, or its best "

@@ -16,6 +16,7 @@ from sam_jax.adaptation.modalities import LAYOUTS
 from sam_jax.model import Sam
 from sam_jax.evaluation.errors import CheckpointError
 from sam_jax.training.config import TrainConfig
+from sam_jax.weights.io import read_metadata
 from sam_jax.weights.params import WeightsError
 
 ZERO_SHOT_MODALITIES = "t1n_t2w_t2f"  # SAM's RGB slots take T1, T2, FLAIR (reference.md §2)
@@ -67,11 +68,19 @@ def load_trained(workdir, sam_weights: str | None = None, select: str = "final")
     return TrainedModel(model, cfg, adaptation, name=workdir.name if select == "final" else f"{workdir.name}_{select}")
 
 
-def load_zero_shot(sam_weights: str, model_type: str = "vit_b", image_size: int = 1024,
+def load_zero_shot(sam_weights: str, model_type: str = "auto", image_size: int = 1024,
                    modalities: str = ZERO_SHOT_MODALITIES) -> TrainedModel:
-    """Plain SAM on a 3-channel layout of the modalities (Table 1's zero-shot row)."""
+    """Plain SAM on a 3-channel layout of the modalities (Table 1's zero-shot row); `auto`: the size the converted
+    file says it holds."""
     if not Path(sam_weights).is_file():
         raise CheckpointError(f"--sam_weights {sam_weights}: no such file")
+    if model_type == "auto":
+        try:
+            model_type = read_metadata(sam_weights).get("model_type", "")
+        except WeightsError as e:
+            raise CheckpointError(str(e)) from None
+        if not model_type:
+            raise CheckpointError(f"{sam_weights}: its header names no model type; pass --model_type")
     cfg = TrainConfig(model_type=model_type, image_size=image_size, sam_weights=sam_weights, modalities=modalities,
                       lora_rank=0, trainable="none", normalisation="none")
     adaptation = cfg.adaptation()

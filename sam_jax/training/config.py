@@ -96,6 +96,12 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
+    def with_absolute_paths(self) -> "TrainConfig":
+        """Paths made absolute, so the saved config rebuilds the run from any working directory."""
+        absolute = lambda p: str(Path(p).expanduser().absolute()) if p else p  # noqa: E731
+        return self.replace(**{name: absolute(getattr(self, name)) for name in
+                               ("data_dir", "cache_dir", "sam_weights", "init_adapter", "workdir")})
+
     def adaptation(self):
         """The AdaptationConfig these flags describe."""
         from sam_jax.adaptation import AdaptationConfig

@@ -151,6 +151,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
     if cfg.distributed:
         jax.distributed.initialize()
     check_inputs(cfg)
+    cfg = cfg.with_absolute_paths()
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     saved = workdir / "config.json"

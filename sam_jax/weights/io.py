@@ -37,18 +37,26 @@ def save_arrays(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, s
             os.unlink(tmp)
 
 
-def read_arrays(path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+def _read(path, arrays: bool):
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     try:
         with safe_open(str(path), "np") as f:
             metadata = dict(f.metadata() or {})
-        arrays = load_file(str(path))
+        return (load_file(str(path)) if arrays else None), metadata
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({e}). Convert a PyTorch checkpoint with "
                            f"`python convert/sam_weights.py`.") from None
-    return arrays, metadata
+
+
+def read_arrays(path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    return _read(path, arrays=True)
+
+
+def read_metadata(path) -> Dict[str, str]:
+    """The header alone (model type, source sha256, …), without reading the tensors."""
+    return _read(path, arrays=False)[1]
 
 
 def model_arrays(model: nnx.Module) -> Dict[str, jnp.ndarray]:
