@@ -1,0 +1,253 @@
+"""Every documented command, run as a user types it: the README's commands (convert, data, train, eval, zero-shot,
+table, predict, analyses) and every training flagfile (paper runs, ablations, two-step chain, cross-slice, demo),
+each trained run evaluated. Only model size, input size, data and run length are overridden (a tiny SAM converted
+from a random PyTorch SAM, 64² input, a small BraTS-layout phantom, one epoch). Numbers are checked against
+references outside the code under test: epoch lengths counted from the NIfTI files, the best step read from the
+run's own log, the predicted mask's Dice recomputed with NumPy, two-step scores recomputed through the training's
+path on the model evaluation rebuilds."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import glob
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sam_jax.config import sam_config
+from sam_jax.data.brats import find_cases
+from sam_jax.data.phantom import write_case
+from sam_jax.weights.io import read_arrays
+from torch_reference import torch_sam
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERRIDES = {"train.main": ["--model_type=tiny", "--image_size=64", "--steps=0", "--epochs=1"],
+             "eval.main": ["--max_clicks=3", "--image_size=64"]}  # the input size is the zero-shot model's
+# GLI 3 cases and MEN 2: the saved split (seed 0) then holds out one of each, so both paper runs validate.
+PHANTOM_CASES = {"GLI": 3, "MEN": 2, "PED": 1, "SSA": 2}
+BOX = (48, 40, 8)  # voxels kept around each tumour's centre
+
+
+def _small_phantom(out: Path, raw: Path) -> None:
+    for domain, count in PHANTOM_CASES.items():
+        for index in range(count):
+            write_case(raw, domain, index, seed=0)
+    for files in find_cases(raw):
+        seg = np.asarray(nib.load(files.seg).dataobj) > 0
+        centre = [int(np.mean(i)) for i in np.nonzero(seg)]
+        box = tuple(slice(max(c - n // 2, 0), max(c - n // 2, 0) + n) for c, n in zip(centre, BOX))
+        (out / files.case_id).mkdir(parents=True)
+        for path in [*files.images.values(), files.seg]:
+            image = nib.load(path)
+            nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[box], image.affine, image.header),
+                     out / files.case_id / path.name)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A user's folder: a random tiny SAM checkpoint, the phantom, and where every command runs."""
+    cwd = tmp_path_factory.mktemp("user")
+    _small_phantom(cwd / "brats", tmp_path_factory.mktemp("raw"))
+    torch.save(torch_sam(sam_config("tiny")).state_dict(), cwd / "sam_tiny.pth")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           # The runs share programs (the ×3 ablations compile the same step): compile each once.
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return cwd, env
+
+
+def _run(line: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    args = shlex.split(line)
+    args = [a for pattern in args for a in (sorted(glob.glob(pattern, root_dir=cwd)) or [pattern])]  # the shell's *
+    app = args[2] if args[1] == "-m" else args[1]
+    if args[1] != "-m":  # a script path, written from the repository root
+        args[1] = str(ROOT / args[1])
+    args = [sys.executable, *args[1:], *OVERRIDES.get(app, [])]
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{line}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def readme_commands() -> list[str]:
+    """The python commands of the README's bash blocks, continuations joined, comments and pytest left out."""
+    text = (ROOT / "README.md").read_text()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            command = line.split("&&")[-1].strip()
+            if command.startswith("python") and "pytest" not in command:
+                lines.append(command)
+    return lines
+
+
+def _slices_per_epoch(cwd: Path, domain: str) -> int:
+    """Brain slices of the domain's training cases, counted from the NIfTI files (slice policy `all`, brain crop)."""
+    split = json.loads((cwd / "brats" / ".sam_jax_cache" / "split.json").read_text())
+    total = 0
+    for files in find_cases(cwd / "brats", domain):
+        if files.case_id in split["train"]:
+            brain = sum(np.asarray(nib.load(p).dataobj) != 0 for p in files.images.values())
+            total += int(brain.any(axis=(0, 1)).sum())
+    return total
+
+
+def _check_training(workdir: Path, expected_steps: int | None) -> dict:
+    summary = json.loads((workdir / "summary.json").read_text())
+    if expected_steps is not None:
+        assert summary["steps"] == expected_steps
+    log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    validated = [r for r in log if "val_dice" in r]
+    if validated:  # once per epoch: one pass, at the last step; it is the best and exported as such
+        assert [r["step"] for r in validated] == [summary["steps"]]
+        best = max(validated, key=lambda r: r["val_dice"])
+        assert summary["best_step"] == best["step"] and summary["best_val_dice"] == pytest.approx(best["val_dice"])
+        final, _ = read_arrays(workdir / "adapter.safetensors")
+        best_arrays, _ = read_arrays(workdir / "adapter_best.safetensors")
+        assert all(np.array_equal(final[k], best_arrays[k]) for k in final)
+    return summary
+
+
+def _check_eval(out_dir: Path, cases: int) -> dict:
+    with open(out_dir / "cases.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == cases and all(r["status"] == "ok" for r in rows), rows
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["means"]["paper_dice"] == pytest.approx(np.mean([float(r["paper_dice"]) for r in rows]))
+    return summary
+
+
+def test_readme_commands_run_as_written(workspace):
+    cwd, env = workspace
+    case = find_cases(cwd / "brats", "GLI")[0]
+    seg = np.asarray(nib.load(case.seg).dataobj) > 0
+    click = ",".join(map(str, np.argwhere(seg)[len(np.argwhere(seg)) // 2]))
+    substitutions = {"sam_vit_b_01ec64.pth": "sam_tiny.pth", "sam_vit_b.safetensors": "sam_tiny.safetensors",
+                     "/data/BraTS-GLI-00001-000": str(cwd / "brats" / case.case_id), "/data/BraTS2023": str(cwd / "brats"),
+                     "120,98,77": click, "--cases_per_domain 4": "--cases_per_domain 1",
+                     "/tmp/cache": str(cwd / "bench_cache")}
+    commands = readme_commands()
+    assert len(commands) >= 15, commands
+    outputs = {}
+    for line in commands:
+        for old, new in substitutions.items():
+            line = line.replace(old, new)
+        if "train/demo.flags" in line:
+            line += " --phantom_cases_per_domain=1"  # the demo's own phantom, one case per domain
+        outputs[line] = _run(line, cwd, env).stdout
+
+    for name in ("adult", "meningioma"):
+        domain = "GLI" if name == "adult" else "MEN"
+        summary = _check_training(cwd / "workdir" / name, _slices_per_epoch(cwd, domain))
+        assert summary["best_step"] is not None
+    assert (cwd / "workdir" / "demo" / "adapter.safetensors").is_file()
+    for domain, cases in (("GLI", 1), ("MEN", 2), ("PED", 1), ("SSA", 2)):
+        _check_eval(cwd / "workdir" / "adult" / "eval" / f"{domain}_best", cases)
+    zero_shot = cwd / "workdir" / "sam_tiny_zero_shot_t1n_t2w_t2f_64" / "eval" / "GLI"
+    assert _check_eval(zero_shot, 1)["model"] == zero_shot.parent.parent.name
+    table = (cwd / "tables" / "tables.md").read_text()
+    assert "| adult_best |" in table and "| sam_tiny_zero_shot_t1n_t2w_t2f_64 |" in table
+
+    # The predicted mask lies on the case's grid, and the Dice the command prints is the mask's Dice.
+    mask_image, seg_image = nib.load(cwd / "pred.nii.gz"), nib.load(case.seg)
+    np.testing.assert_array_equal(mask_image.affine, seg_image.affine)
+    mask = np.asarray(mask_image.dataobj) > 0
+    dice = 2 * (mask & seg).sum() / (mask.sum() + seg.sum())
+    printed = next(v for k, v in outputs.items() if "eval.predict" in k)
+    assert f"{100 * dice:.1f}" in printed.splitlines()[-1]
+    assert (cwd / "pred.png").is_file()
+
+    # Figure 8: the exact spectral distance of one layer, recomputed from the two adapters' LoRA factors.
+    with open(next((cwd / "lora_discrepancy").glob("*.csv"))) as f:
+        row = next(csv.DictReader(f))
+    deltas = []
+    for name in ("adult", "meningioma"):
+        arrays, meta = read_arrays(cwd / "workdir" / name / "adapter.safetensors")
+        block, target = row["block"], row["target"]
+        layer = {"q": "attn.qkv.lora_q", "k": "attn.qkv.lora_k", "v": "attn.qkv.lora_v", "proj": "attn.proj.lora",
+                 "lin1": "mlp.lin1.lora", "lin2": "mlp.lin2.lora"}[target]
+        a, b = (arrays[f"image_encoder.blocks.{block}.{layer}_{f}"].astype(np.float64) for f in "ab")
+        deltas.append(float(meta["lora_alpha"]) / int(meta["lora_rank"]) * a @ b)
+    assert float(row["spectral_distance"]) == pytest.approx(np.linalg.norm(deltas[0] - deltas[1], 2), rel=1e-4)
+    assert json.loads((cwd / "embedding_map" / "separation.json").read_text())["slices"] > 0
+
+
+def _flagfiles_outside_readme() -> list[str]:
+    in_readme = {m for line in readme_commands() for m in re.findall(r"--flagfile=train/(\S+)", line)}
+    every = sorted(str(p.relative_to(ROOT / "train")) for p in (ROOT / "train").rglob("*.flags"))
+    assert in_readme <= set(every)
+    # Two-step's step 1 before step 2, which starts from step 1's adapter.
+    return sorted(set(every) - in_readme, key=lambda n: (n.endswith("two_step_2.flags"), n))
+
+
+def test_every_training_flagfile_trains_and_is_evaluated(workspace):
+    """Each flagfile the README does not run, named as users may (relative to train/), then eval/adult.flags on it;
+    two runs at a time (two cores), step 2 of two-step after step 1."""
+    cwd, env = workspace
+    _run("python convert/sam_weights.py --checkpoint sam_tiny.pth --output sam_tiny.safetensors", cwd, env)
+    flagfiles = _flagfiles_outside_readme()
+    assert "ablations/two_step_2.flags" in flagfiles and len(flagfiles) >= 10
+
+    def train_and_evaluate(name):
+        _run(f"python -m train.main --flagfile={name} --data_dir={cwd / 'brats'} --sam_weights=sam_tiny.safetensors",
+             cwd, env)
+        workdir = cwd / "workdir" / next(line.split("=", 1)[1].split("/")[-1]
+                                          for line in (ROOT / "train" / name).read_text().splitlines()
+                                          if line.startswith("--workdir="))
+        # One epoch of the GLI training cases' slices, one step each (batch 1); cross-slice runs take a stack
+        # around each centre slice, which still counts once.
+        _check_training(workdir, _slices_per_epoch(cwd, "GLI"))
+        _run(f"python -m eval.main --flagfile=eval/adult.flags --checkpoint {workdir} --data_dir {cwd / 'brats'}", cwd,
+             env)
+        _check_eval(workdir / "eval" / "GLI_best", 1)
+        return workdir
+
+    alone, *first, last = flagfiles
+    train_and_evaluate(alone)  # builds the shared preprocessing cache before two runs could race for it
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        done = {name: pool.submit(train_and_evaluate, name) for name in first}
+        step1 = done["ablations/two_step_1.flags"].result()
+        step2 = pool.submit(train_and_evaluate, last).result()
+        for future in done.values():
+            future.result()
+    _check_two_step(step1, step2)
+
+
+def _check_two_step(step1: Path, step2: Path) -> None:
+    """Step 2's adapter carries step 1's frozen patch embedding, so the model evaluation rebuilds is the trained one:
+    the training loop's own score equals the score of that rebuilt model through the training's scoring path."""
+    from flax import nnx
+
+    from sam_jax.data.cache import Cache
+    from sam_jax.evaluation import load_trained
+    from sam_jax.training.step import StepConfig, make_eval_forward
+    from sam_jax.training.validate import low_res_predictions, paper_dice
+
+    first, _ = read_arrays(step1 / "adapter.safetensors")
+    second, metadata = read_arrays(step2 / "adapter.safetensors")
+    embedding = [p for p in first if p.startswith("image_encoder.patch_embed.")]
+    assert embedding and all(np.array_equal(first[p], second[p]) for p in embedding)
+    assert set(metadata["inherited"].split(",")) == set(embedding)
+
+    trained = load_trained(step2)
+    cfg = trained.config
+    graphdef, params, rest = nnx.split(trained.model, nnx.Param, ...)
+    forward = make_eval_forward(graphdef, StepConfig(image_size=cfg.image_size, loss=cfg.loss))
+    cache = Cache.open(Path(cfg.data_dir) / ".sam_jax_cache")
+    summary = json.loads((step2 / "summary.json").read_text())
+    for domain, expected in summary["paper_dice"].items():
+        ids = summary["per_case"][domain]
+        predictions = low_res_predictions(lambda b, r: forward(params, rest, b, r), cache, list(ids),
+                                          modalities=trained.adaptation.modalities, slices=cfg.slices,
+                                          batch_size=cfg.batch_size, seed=cfg.seed)
+        assert paper_dice(predictions)["mean"] == pytest.approx(expected, abs=1e-6)
