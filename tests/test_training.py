@@ -122,6 +122,8 @@ def test_nan_loss_stops_with_the_step_named(base_config, tmp_path):
     (dict(trainable="lora_frozen_patch"), "need a trained patch embedding"),
     (dict(modalities="t1n,flair"), "flair"),
     (dict(batch_size=3, steps=0, epochs=0), "nothing to train"),
+    (dict(steps=0, epochs=-1.0), "nothing to train: --steps=0 and --epochs=-1.0"),
+    (dict(steps=-3), "--steps -3: must be ≥ 0"),
     (dict(loss="l2"), "--loss=l2: expected one of bce, dice, bce_dice, focal"),
     (dict(precision="float16"), "--precision=float16"),
 ])

@@ -1,0 +1,44 @@
+"""Flagfiles are found wherever the user stands: as given, beside the flagfile that names them, in the app's folder,
+or in the repository above it; nested ones expand in order, so later flags still win."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sam_jax.flags_util import FlagfileError, expand_flagfiles
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_flagfiles_expand_in_order_from_the_apps_folder(tmp_path, monkeypatch):
+    app = tmp_path / "repo" / "train"
+    (app / "ablations").mkdir(parents=True)
+    (app / "base.flags").write_text("# the paper\n--epochs=25\n--lr=1\n\n")
+    (app / "ablations" / "x.flags").write_text("--flagfile=base.flags\n// a comment\n--lr=2\n")
+    monkeypatch.chdir(tmp_path)  # neither file is reachable from here as written
+    assert expand_flagfiles(["--flagfile=ablations/x.flags", "--epochs=1"], app) == [
+        "--epochs=25", "--lr=1", "--lr=2", "--epochs=1"]
+    # The repository-relative form works too, from anywhere.
+    assert expand_flagfiles(["--flagfile", "train/base.flags"], app) == ["--epochs=25", "--lr=1"]
+
+
+def test_a_missing_or_looping_flagfile_is_named_with_every_place_tried(tmp_path, monkeypatch):
+    app = tmp_path / "train"
+    app.mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FlagfileError, match=rf"--flagfile=nope.flags: not found; looked in {tmp_path}/nope.flags, "
+                                            rf"{app}/nope.flags"):
+        expand_flagfiles(["--flagfile=nope.flags"], app)
+    (app / "loop.flags").write_text("--flagfile=loop.flags\n")
+    with pytest.raises(FlagfileError, match="includes itself"):
+        expand_flagfiles(["--flagfile=loop.flags"], app)
+
+
+def test_the_training_app_refuses_an_unknown_flagfile_cleanly(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "train.main", "--flagfile=adutl.flags"], cwd=tmp_path,
+                            capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: --flagfile=adutl.flags: not found; looked in {tmp_path}/adutl.flags" in result.stderr
+    assert f"{ROOT}/train/adutl.flags" in result.stderr
