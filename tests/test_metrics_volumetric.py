@@ -1,4 +1,5 @@
-"""Volumetric Dice and HD95 on hand-worked masks, with a brute-force cross-check of HD95."""
+"""Volumetric Dice and HD95. HD95 is pinned by hand-worked geometries and by an independent re-derivation of the
+BraTS 2023 evaluator's definition for masks made of boxes (`reference_hd95`), never by the library it calls."""
 
 import math
 
@@ -14,6 +15,56 @@ def cube(shape, corner, size):
     return mask
 
 
+def boxes_mask(shape, boxes):
+    mask = np.zeros(shape, bool)
+    for corner, size in boxes:
+        mask |= cube(shape, corner, size)
+    return mask
+
+
+def box_surfels(corner, size, spacing):
+    """Surface elements of one box of voxels, from geometry alone: the voxel-corner lattice points on the box's
+    boundary (corner-lattice point i lies between voxels i - 1 and i) and the area of the marching-cubes patch around
+    each. A face point carries a flat s_a·s_b rectangle, an edge point a 45° strip s_k·|(s_a, s_b)|/2, a corner
+    point the triangle through three half-edges, |(s_a·s_b, s_a·s_c, s_b·s_c)|/8."""
+    s = np.asarray(spacing, float)
+    lattice = np.stack(np.meshgrid(*[np.arange(n + 1) for n in size], indexing="ij"), -1).reshape(-1, 3)
+    extreme = (lattice == 0) | (lattice == np.asarray(size))
+    on_surface = extreme.any(axis=1)
+    lattice, extreme = lattice[on_surface], extreme[on_surface]
+    count = extreme.sum(axis=1)
+    face = np.prod(s) / (s * extreme).sum(axis=1)
+    edge = (s * ~extreme).sum(axis=1) * np.sqrt(((s * extreme) ** 2).sum(axis=1)) / 2
+    corner_area = np.linalg.norm(np.prod(s) / s) / 8
+    area = np.select([count == 1, count == 2], [face, edge], corner_area)
+    return (lattice + np.asarray(corner)) * s, area
+
+
+def reference_hd95(boxes_a, boxes_b, spacing):
+    """HD95 of two masks, each a union of boxes at least one empty voxel apart (so no 2×2×2 neighbourhood mixes two
+    boxes): per direction the smallest distance whose cumulative surfel area reaches 95 %; the larger direction."""
+    def surfels(boxes):
+        parts = [box_surfels(c, z, spacing) for c, z in boxes]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([a for _, a in parts])
+
+    def directed(source, target):
+        (points, area), (other, _) = source, target
+        nearest = np.sqrt(((points[:, None, :] - other[None, :, :]) ** 2).sum(-1)).min(axis=1)
+        order = np.argsort(nearest, kind="stable")
+        reached = np.cumsum(area[order]) / area.sum()
+        return nearest[order][min(np.searchsorted(reached, 0.95), len(order) - 1)]
+
+    a, b = surfels(boxes_a), surfels(boxes_b)
+    return max(directed(a, b), directed(b, a))
+
+
+def test_reference_surfel_areas_add_up_to_the_box_surface():
+    # Beveled edges and corners make the patch areas of a box a little less than its faces' area: a 3x3x3 box at
+    # 1 mm has 6 * 4 flat points, 12 * 2 edge points and 8 corners.
+    _, area = box_surfels((0, 0, 0), (3, 3, 3), (1.0, 1.0, 1.0))
+    assert area.sum() == pytest.approx(24 + 24 * math.sqrt(0.5) + 8 * math.sqrt(3) / 8)
+
+
 def test_dice_3d_empty_conventions_and_overlap():
     empty = np.zeros((8, 8, 8), bool)
     a = cube((8, 8, 8), (0, 0, 0), (2, 2, 2))  # 8 voxels
@@ -25,6 +76,7 @@ def test_dice_3d_empty_conventions_and_overlap():
 
 
 def test_hd95_empty_conventions():
+    # As the BraTS 2023 evaluator: both empty 0, one empty infinite, which it reports as 374.
     empty = np.zeros((8, 8, 8), bool)
     a = cube((8, 8, 8), (0, 0, 0), (2, 2, 2))
     assert hd95(empty, empty) == 0.0
@@ -33,9 +85,44 @@ def test_hd95_empty_conventions():
     assert math.isnan(hd95(a, empty, one_empty=float("nan")))
 
 
+def test_hd95_single_voxels_anisotropic():
+    # Each voxel has 8 corner surfels of equal area. The corner of a farthest from b is 2, 3 and 1 voxels short of
+    # b's nearest corner along the three axes: (1.0, 2.4, 2.5) mm; 1 of 8 equal areas (12.5 % > 5 %) lies there.
+    spacing = (0.5, 0.8, 2.5)
+    a = cube((6, 6, 4), (0, 0, 0), (1, 1, 1))
+    b = cube((6, 6, 4), (2, 3, 1), (1, 1, 1))
+    assert hd95(a, b, spacing) == pytest.approx(math.sqrt(1.0 ** 2 + 2.4 ** 2 + 2.5 ** 2))
+
+
+def test_hd95_concentric_cubes():
+    # gt 5^3, pred its centred 3^3 core, 1 mm. Every pred surfel is 1 mm from gt's surface. gt's surfels: 96 face
+    # points (1 mm² each) 1 mm away, 48 edge points (√½ mm² each, 33.9 in all) √2 mm away, 8 corners (1.7 mm²)
+    # √3 mm away: 98.7 % of the area is within √2, so HD95 = √2. (Counting surface voxels instead, the corner
+    # and edge voxels are 44 of 98 and HD95 was √3.)
+    gt = cube((7, 7, 7), (1, 1, 1), (5, 5, 5))
+    pred = cube((7, 7, 7), (2, 2, 2), (3, 3, 3))
+    assert hd95(pred, gt) == pytest.approx(math.sqrt(2))
+    assert hd95(pred, gt) == pytest.approx(reference_hd95([((2, 2, 2), (3, 3, 3))], [((1, 1, 1), (5, 5, 5))],
+                                                          (1.0, 1.0, 1.0)))
+
+
+@pytest.mark.parametrize("gap", [5, 25])
+def test_hd95_missed_27_voxel_lesion_beside_a_large_one(gap):
+    # gt: an 11^3 lesion and a 3x3x3 one `gap` empty columns beyond it, facing it; pred: the large lesion only.
+    # Surfel areas: large 686.6 mm², small 42.7 mm² (5.9 % > 5 %), so the 95th percentile of gt → pred falls on
+    # the small lesion's facing side, `gap` mm away. (Counting surface voxels, the small lesion had 26 of 628,
+    # 4.1 % < 5 %, and HD95 was 0.)
+    shape = (40, 40, 64)
+    large, small = ((10, 10, 10), (11, 11, 11)), ((14, 14, 21 + gap), (3, 3, 3))
+    gt, pred = boxes_mask(shape, [large, small]), boxes_mask(shape, [large])
+    assert hd95(pred, gt) == pytest.approx(float(gap))
+    assert hd95(gt, pred) == pytest.approx(float(gap))
+    assert reference_hd95([large], [large, small], (1.0, 1.0, 1.0)) == pytest.approx(float(gap))
+
+
 def test_hd95_diagonally_shifted_cubes_anisotropic():
-    # 2x2x2 cubes, all voxels on the surface, shifted by (3, 4, 0) voxels. The farthest voxel of either cube is 3
-    # slices and 4 rows from the other cube's nearest voxel; 2 of 8 voxels (25 % > 5 %) sit there, so HD95 = max.
+    # 2x2x2 cubes shifted by (3, 4, 0) voxels. a's corner column at (0, 0, ·) lies (3 * 2.0, 4 * 1.5) mm from b's
+    # nearest surface; its 3 surfels hold 1.44 of 27.76 mm² (5.2 % > 5 %), so HD95 is that distance.
     spacing = (2.0, 1.5, 0.5)
     a = cube((10, 10, 4), (0, 0, 0), (2, 2, 2))
     b = cube((10, 10, 4), (3, 4, 0), (2, 2, 2))
@@ -43,48 +130,68 @@ def test_hd95_diagonally_shifted_cubes_anisotropic():
 
 
 def test_hd95_cubes_shifted_along_the_coarse_axis():
-    # 4^3 cubes at x 0..3 and 6..9. The 56 surface voxels of each lie 3, 4, 5, 6 x-steps from the other's facing
-    # side (16, 12, 12, 16 voxels); the 95th percentile (rank 54 of 56) is 6 steps of 2.5 mm.
+    # 4^3 cubes at x 0..3 and 6..9, 2.5 mm along x. a's surfels lie on corner planes x = 0..4, 6 to 2 steps from
+    # b's facing side; the far face (x = 0) holds 27.0 of 165.2 mm² (16 % > 5 %): HD95 = 6 * 2.5 mm.
     a = cube((6, 6, 12), (1, 1, 0), (4, 4, 4))
     b = cube((6, 6, 12), (1, 1, 6), (4, 4, 4))
     assert hd95(a, b, (1.0, 1.0, 2.5)) == pytest.approx(15.0)
 
 
 def test_hd95_ignores_a_single_outlier_voxel():
-    # gt: 4^3 cube (56 surface voxels); pred adds one far voxel: 1 of 57 distances is large (< 5 %), so HD95 = 0
-    # while the plain Hausdorff distance would be 15·√3 ≈ 26 mm.
+    # gt: 4^3 cube (81.2 mm² of surfels); pred adds one far voxel (8 corner surfels, 1.7 mm², 2.1 % < 5 %), so
+    # HD95 = 0 while the plain Hausdorff distance would be about 26 mm.
     gt = cube((24, 24, 24), (2, 2, 2), (4, 4, 4))
     pred = gt.copy()
     pred[20, 20, 20] = True
     assert hd95(pred, gt) == 0.0
 
 
-def brute_force_hd95(a, b, spacing):
-    def surface_coords(mask):
-        padded = np.pad(mask, 1)
-        inner = padded[1:-1, 1:-1, 1:-1]
-        all_neighbours_in = np.ones_like(mask)
-        for axis in range(3):
-            for step in (-1, 1):
-                all_neighbours_in &= np.roll(padded, step, axis=axis)[1:-1, 1:-1, 1:-1]
-        return np.argwhere(inner & ~all_neighbours_in) * np.asarray(spacing)
+HARD_CASES = {
+    # name: (shape, boxes of a, boxes of b, spacing)
+    "tiny cubes shifted, (1, 1, 3) mm": ((8, 8, 10), [((1, 1, 2), (3, 3, 3))], [((2, 3, 3), (3, 3, 3))],
+                                         (1.0, 1.0, 3.0)),
+    "tiny cubes shifted, (0.5, 0.8, 2.5) mm": ((8, 8, 10), [((1, 1, 2), (3, 3, 3))], [((3, 2, 4), (3, 3, 3))],
+                                               (0.5, 0.8, 2.5)),
+    "touching the volume border": ((6, 7, 8), [((0, 0, 0), (3, 4, 2))], [((3, 4, 0), (3, 3, 8))],
+                                   (0.5, 0.8, 2.5)),
+    "thin slab vs bar at the border": ((5, 9, 9), [((0, 0, 0), (1, 9, 9))], [((2, 3, 3), (3, 2, 2))],
+                                       (1.0, 1.0, 3.0)),
+    "missed tiny lesion, (1, 1, 3) mm": ((23, 17, 22), [((2, 2, 2), (13, 13, 6))],
+                                         [((2, 2, 2), (13, 13, 6)), ((7, 7, 12), (3, 3, 3))], (1.0, 1.0, 3.0)),
+    "concentric, (0.5, 0.8, 2.5) mm": ((9, 9, 9), [((2, 2, 2), (3, 3, 3))], [((1, 1, 1), (6, 5, 7))],
+                                       (0.5, 0.8, 2.5)),
+}
 
-    def directed(p, q):
-        nearest = np.sqrt(((p[:, None, :] - q[None, :, :]) ** 2).sum(-1)).min(axis=1)
-        return np.sort(nearest)[math.ceil(0.95 * len(nearest)) - 1]
 
-    sa, sb = surface_coords(a), surface_coords(b)
-    return max(directed(sa, sb), directed(sb, sa))
+@pytest.mark.parametrize("name", sorted(HARD_CASES))
+def test_hd95_matches_the_reference_on_hard_cases(name):
+    shape, boxes_a, boxes_b, spacing = HARD_CASES[name]
+    a, b = boxes_mask(shape, boxes_a), boxes_mask(shape, boxes_b)
+    expected = reference_hd95(boxes_a, boxes_b, spacing)
+    assert hd95(a, b, spacing) == pytest.approx(expected, abs=1e-6)
+    assert hd95(b, a, spacing) == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_hd95_matches_brute_force_on_random_blobs(seed):
+def random_boxes(rng, shape):
+    """1 to 3 boxes, each in its own 8-column slot along the last axis and at most 7 wide there, so boxes stay an
+    empty voxel apart; boxes may touch any border of the volume."""
+    boxes = []
+    for slot in rng.choice(shape[2] // 8, size=int(rng.integers(1, 4)), replace=False):
+        size = tuple(int(rng.integers(1, n + 1)) for n in (shape[0], shape[1], 7))
+        corner = (int(rng.integers(0, shape[0] - size[0] + 1)), int(rng.integers(0, shape[1] - size[1] + 1)),
+                  8 * int(slot) + int(rng.integers(0, 8 - size[2])))
+        boxes.append((corner, size))
+    return boxes
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hd95_matches_the_reference_on_random_box_layouts(seed):
     rng = np.random.default_rng(seed)
-    spacing = (1.3, 0.7, 2.0)
-    a = rng.random((12, 12, 12)) < 0.3
-    b = rng.random((12, 12, 12)) < 0.3
-    a[:, :, :3] = False  # keep the masks unequal in extent, and off one border
-    assert hd95(a, b, spacing) == pytest.approx(brute_force_hd95(a, b, spacing))
+    shape = (9, 10, 32)
+    spacing = tuple(float(s) for s in rng.uniform(0.4, 3.0, 3))
+    boxes_a, boxes_b = random_boxes(rng, shape), random_boxes(rng, shape)
+    assert hd95(boxes_mask(shape, boxes_a), boxes_mask(shape, boxes_b), spacing) == pytest.approx(
+        reference_hd95(boxes_a, boxes_b, spacing), abs=1e-6)
 
 
 def test_bad_spacing_and_masks_raise_named_errors():
@@ -97,3 +204,7 @@ def test_bad_spacing_and_masks_raise_named_errors():
         dice_3d(np.zeros((4, 4, 4), np.float32), a)
     with pytest.raises(MetricInputError, match="shape"):
         dice_3d(a, np.zeros((4, 4, 5), bool))
+    with pytest.raises(MetricInputError, match="shape"):
+        hd95(a, np.zeros((4, 4, 5), bool))
+    with pytest.raises(MetricInputError, match="2-D or 3-D"):
+        hd95(np.ones((2, 2, 2, 2), bool), np.ones((2, 2, 2, 2), bool), (1.0,) * 4)

@@ -3,6 +3,7 @@ evaluator (rachitsaluja/BraTS-2023-Metrics): 26-connected lesions; ground-truth 
 reach merged into one; each ground-truth lesion scored against the union of the predicted lesions that touch its
 dilated mask; missed lesions and unmatched predicted lesions count as Dice 0, HD95 374; ground-truth lesions of
 at most the size threshold left out of the means (their predicted lesions are still not false positives).
+Per-lesion HD95 is `volumetric.hd95`, the evaluator's area-weighted surface-distance definition.
 """
 
 import dataclasses
