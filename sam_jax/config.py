@@ -2,13 +2,19 @@
 
 A config is a frozen dataclass, so it can be hashed, stored as checkpoint metadata and compared. The image size
 may differ from SAM's 1024: converted weights are resized to the new token grid when they are loaded
-(`sam_jax.weights.resize`).
+(`sam_jax.weights.resize`). The attention kernel is part of the config too: it changes no parameter, only how the
+model computes, and being static it is part of the traced model, so every jitted use (training, evaluation,
+prediction) runs the kernel its model was built with and compiles apart from a model built with another.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Tuple
+
+# Attention kernels (`sam_jax.model.attention`); the list lives here, where the config is validated, because this
+# module imports nothing of the package and the model's modules import it.
+ATTENTION_IMPLEMENTATIONS = ("plain", "folded", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +35,12 @@ class SamConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    attention: str = "plain"  # one of ATTENTION_IMPLEMENTATIONS; plain is SAM's own form
+    remat_attention: bool = False  # recompute attention probabilities in the backward pass instead of keeping them
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention {self.attention!r}: expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
 
     @property
     def grid_size(self) -> int:

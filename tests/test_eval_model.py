@@ -1,6 +1,7 @@
 """Loading a trained run, native-grid inference against the training path, and case-by-case evaluation with a
 failing case, on a tiny model trained for two steps on the phantom."""
 
+import collections
 import csv
 import json
 import os
@@ -23,7 +24,7 @@ from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.training.loop import build
 from sam_jax.training.step import StepConfig, forward
-from sam_jax.model import Sam
+from sam_jax.model import Sam, attention
 from sam_jax.weights.io import model_arrays, read_arrays, save_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +94,39 @@ def test_encoding_does_not_depend_on_the_batch_size(trained, gli_volume):
     one = np.asarray(SliceSegmenter(trained, batch_size=2).encode(slices))
     other = np.asarray(SliceSegmenter(trained, batch_size=4).encode(slices))
     np.testing.assert_allclose(one, other, atol=1e-5)
+
+
+@pytest.fixture
+def kernels_traced(monkeypatch):
+    """How many times each XLA attention kernel is traced (called while jit traces)."""
+    calls = collections.Counter()
+    for name in ("plain", "folded"):
+        def spy(*args, name=name, kernel=getattr(attention, f"_{name}")):
+            calls[name] += 1
+            return kernel(*args)
+
+        monkeypatch.setattr(attention, f"_{name}", spy)
+    return calls
+
+
+def test_evaluation_runs_the_kernel_the_run_was_trained_with(trained, gli_volume, kernels_traced):
+    assert trained.config.attention == "folded"  # as the run's config.json says
+    SliceSegmenter(trained, batch_size=2).encode(gli_volume.slices[:2])
+    assert kernels_traced["folded"] == trained.model.config.encoder_depth and not kernels_traced["plain"]
+
+
+def test_models_differing_only_in_kernel_compile_apart(trained, tiny_trained_run, tmp_path, kernels_traced):
+    workdir = shutil.copytree(tiny_trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((workdir / "config.json").read_text())
+    (workdir / "config.json").write_text(json.dumps({**config, "attention": "plain"}))
+    plain = load_trained(workdir).model
+    encode = nnx.jit(lambda model, images: model.encode_image(images))
+    images = np.random.default_rng(0).normal(size=(1, 128, 128, 4)).astype(np.float32)
+    folded_embedding, plain_embedding = encode(trained.model, images), encode(plain, images)
+    encode(trained.model, images)  # already compiled: traces nothing
+    depth = plain.config.encoder_depth
+    assert kernels_traced == {"folded": depth, "plain": depth}
+    np.testing.assert_allclose(folded_embedding, plain_embedding, atol=1e-4)
 
 
 def test_segmenter_matches_the_training_forward_pass(trained, gli_volume):

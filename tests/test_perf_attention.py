@@ -11,7 +11,7 @@ from flax import nnx
 from sam_jax.adaptation import AdaptationConfig, adapt, partition
 from sam_jax.config import sam_config
 from sam_jax.model import Sam, attention
-from sam_jax.model.attention import AttentionConfigError, attend, attention_options, fold_rel_pos
+from sam_jax.model.attention import attend, fold_rel_pos
 from sam_jax.training.step import StepConfig, cast_floats, make_train_step
 from torch_reference import assert_close, flax_twin, torch_sam
 
@@ -50,17 +50,14 @@ def test_folded_vectors_give_the_biased_logits():
 @pytest.mark.parametrize("remat", [False, True])
 def test_attention_matches_the_explicit_reference(implementation, remat):
     inputs = _inputs()
-    with attention_options(implementation, remat):
-        out = attend(*(jnp.asarray(x, jnp.float32) for x in inputs))
+    out = attend(*(jnp.asarray(x, jnp.float32) for x in inputs), kernel=implementation, remat=remat)
     np.testing.assert_allclose(out, _reference(*inputs), rtol=1e-5, atol=1e-5)
 
 
 def test_folded_without_relative_positions_is_plain_attention():
     q, k, v, _, _ = _inputs()
     args = [jnp.asarray(x, jnp.float32) for x in (q, k, v)]
-    with attention_options("folded"):
-        folded = attend(*args)
-    np.testing.assert_allclose(folded, attend(*args), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(attend(*args, kernel="folded"), attend(*args), rtol=1e-6, atol=1e-6)
 
 
 def _gradients(implementation, remat):
@@ -68,8 +65,7 @@ def _gradients(implementation, remat):
     weights = jnp.asarray(np.random.default_rng(2).normal(size=inputs[0].shape), jnp.float32)
 
     def loss(*args):
-        with attention_options(implementation, remat):
-            return (attend(*args) * weights).sum()
+        return (attend(*args, kernel=implementation, remat=remat) * weights).sum()
 
     return jax.grad(loss, argnums=range(5))(*inputs)
 
@@ -107,41 +103,37 @@ def test_query_blocks_give_the_same_attention_and_gradients(monkeypatch, impleme
     """On CPU long attentions go a block of queries at a time; force blocks of 3 queries on the small inputs."""
     whole = _gradients(implementation, False)
     inputs = [jnp.asarray(x, jnp.float32) for x in _inputs()]
-    with attention_options(implementation):
-        expected = attend(*inputs)
+    expected = attend(*inputs, kernel=implementation)
     monkeypatch.setattr(attention, "CPU_LOGITS_BLOCK_BYTES", 1000)
     assert attention._query_blocks(inputs[0], inputs[1]) == 4
-    with attention_options(implementation):
-        np.testing.assert_allclose(attend(*inputs), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(attend(*inputs, kernel=implementation), expected, rtol=1e-6, atol=1e-6)
     for blocked, ref in zip(_gradients(implementation, False), whole):
         np.testing.assert_allclose(blocked, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_unknown_implementation_is_refused():
-    with pytest.raises(AttentionConfigError, match="flash"):
-        with attention_options("flash"):
-            pass
+def test_unknown_kernel_is_refused_by_the_config():
+    with pytest.raises(ValueError, match="attention 'bogus': expected one of plain, folded, cudnn"):
+        sam_config("tiny", attention="bogus")
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["windowed", "global"])
 def test_folded_blocks_keep_parity_with_pytorch_sam(index):
     ref = torch_sam(CONFIG)
-    ours = flax_twin(CONFIG, ref)
+    ours = flax_twin(CONFIG.replace(attention="folded"), ref)
     x = np.random.default_rng(1).normal(size=(2, CONFIG.grid_size, CONFIG.grid_size, CONFIG.encoder_embed_dim))
     x = x.astype(np.float32)
-    with attention_options("folded"):
-        out = ours.image_encoder.blocks[index](jnp.asarray(x))
+    out = ours.image_encoder.blocks[index](jnp.asarray(x))
     assert_close(out, ref.image_encoder.blocks[index](torch.from_numpy(x)).detach().numpy())
 
 
 def _one_step(attention, remat, dtype="float32"):
-    model = adapt(Sam(CONFIG, rngs=nnx.Rngs(0)), AdaptationConfig(lora_rank=2, cross_slice=True), rngs=nnx.Rngs(1))
+    config = CONFIG.replace(attention=attention, remat_attention=remat)
+    model = adapt(Sam(config, rngs=nnx.Rngs(0)), AdaptationConfig(lora_rank=2, cross_slice=True), rngs=nnx.Rngs(1))
     graphdef, trainable, frozen = partition(model, "lora")
     # A non-zero LoRA B and gate, so that gradients reach every leaf.
     trainable = jax.tree.map(lambda x: x + 0.01, trainable)
     tx = optax.sgd(1.0)
-    step = make_train_step(graphdef, tx, StepConfig(image_size=CONFIG.image_size, loss="bce", attention=attention,
-                                                    remat_attention=remat, compute_dtype=dtype))
+    step = make_train_step(graphdef, tx, StepConfig(image_size=CONFIG.image_size, loss="bce", compute_dtype=dtype))
     frozen = cast_floats(frozen, dtype)
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(1, 2, 40, 40, 4)).astype(np.float32),
@@ -178,8 +170,7 @@ def test_bfloat16_step_follows_float32(attention):
 def test_cudnn_matches_plain_in_bfloat16():
     q, k, v, rel_h, rel_w = _inputs(kh=8, kw=8, d=64)
     args = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v, rel_h, rel_w)]
-    with attention_options("cudnn"):
-        out = attend(*args)
+    out = attend(*args, kernel="cudnn")
     np.testing.assert_allclose(np.asarray(out, np.float32), _reference(q, k, v, rel_h, rel_w), atol=3e-2)
 
 
@@ -187,6 +178,5 @@ def test_cudnn_setting_leaves_fp32_attention_to_xla():
     """cuDNN's kernel takes 16-bit inputs only; fp32 calls (the decoder under bf16 training) take the folded path."""
     q, k, v, rel_h, rel_w = _inputs()
     args = [jnp.asarray(x, jnp.float32) for x in (q, k, v, rel_h, rel_w)]
-    with attention_options("cudnn"):
-        out = attend(*args)
+    out = attend(*args, kernel="cudnn")
     np.testing.assert_allclose(np.asarray(out), _reference(q, k, v, rel_h, rel_w), atol=1e-5)

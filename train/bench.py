@@ -114,15 +114,14 @@ def _jax_case(case, batch):
 
     from sam_jax.adaptation import AdaptationConfig, build_model, partition
     from sam_jax.config import sam_config
-    from sam_jax.model.attention import attention_options
     from sam_jax.training.step import StepConfig, cast_floats, make_eval_forward, make_train_step
 
     size, z, dtype = case["image_size"], case["z"], jnp.dtype(case["dtype"])
-    model = build_model(sam_config("vit_b", image_size=size), AdaptationConfig(cross_slice=z > 1), rngs=nnx.Rngs(0))
+    config = sam_config("vit_b", image_size=size, attention=case["attention"], remat_attention=case["remat"])
+    model = build_model(config, AdaptationConfig(cross_slice=z > 1), rngs=nnx.Rngs(0))
     graphdef, trainable, frozen = partition(model, "lora")
     frozen = jax.device_put(cast_floats(frozen, dtype))
-    step_cfg = StepConfig(image_size=size, loss="bce", compute_dtype=case["dtype"], attention=case["attention"],
-                          remat_attention=case["remat"])
+    step_cfg = StepConfig(image_size=size, loss="bce", compute_dtype=case["dtype"])
     out = {}
     if case["kind"] == "train":
         tx = optax.adam(1e-4)
@@ -151,8 +150,7 @@ def _jax_case(case, batch):
 
         @jax.jit
         def encode(params, frozen, images):
-            with attention_options(case["attention"]):
-                return nnx.merge(graphdef, params, frozen).encode_image(images)
+            return nnx.merge(graphdef, params, frozen).encode_image(images)
 
         compiled = encode.lower(params, frozen, images).compile()
         out.update(_compiled_figures(compiled))

@@ -28,7 +28,7 @@ def depth_attention(attn, qkv, slices: int):
     b = n // slices
     tokens = qkv.reshape(b, slices, h, w, c3).transpose(0, 2, 3, 1, 4).reshape(b * h * w, slices, c3)
     q, k, v = (split_heads(t, attn.num_heads) for t in jnp.split(tokens, 3, axis=-1))
-    out = attn.proj(merge_heads(attend(q, k, v)))
+    out = attn.proj(merge_heads(attend(q, k, v, kernel=attn.attention_kernel, remat=attn.remat_attention)))
     return out.reshape(b, h, w, slices, c3 // 3).transpose(0, 3, 1, 2, 4).reshape(n, h, w, c3 // 3)
 
 

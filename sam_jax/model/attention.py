@@ -2,65 +2,34 @@
 
 Layout is head-major, (batch, heads, tokens, head_dim): on CPU XLA runs these batched matmuls about twice as fast
 as the (batch, tokens, heads, head_dim) einsum form (../shared/reference.md §1), and GPU kernels want it too.
-The kernel is a performance lever chosen by `attention_options` around the code being traced (the training step
-sets it from its config), so the blocks never change: `plain` adds SAM's decomposed relative-position bias to the
-logits; `folded` puts that bias into longer query and key vectors instead, q' = [q/√d, rel_h, rel_w] and
-k' = [k, onehot(row), onehot(col)], so that q'·k' is exactly the biased logit and no N×N bias exists; `cudnn` runs
-the folded vectors through cuDNN's flash attention (GPU, bf16/fp16). `remat` recomputes the attention core in the
-backward pass instead of keeping its N×N probabilities. The XLA paths share `softmax_times_v`, whose backward uses
-flash attention's row-sum identity, and on CPU they take long attentions a cache-sized block of queries at a time.
+The kernel is a performance lever the model's config chooses (`SamConfig.attention`), held by every module that
+attends as a static attribute, so the blocks never change and jit keys on it: `plain` adds SAM's decomposed
+relative-position bias to the logits; `folded` puts that bias into longer query and key vectors instead,
+q' = [q/√d, rel_h, rel_w] and k' = [k, onehot(row), onehot(col)], so that q'·k' is exactly the biased logit and no
+N×N bias exists; `cudnn` runs the folded vectors through cuDNN's flash attention (GPU, bf16/fp16). `remat`
+recomputes the attention core in the backward pass instead of keeping its N×N probabilities. The XLA paths share
+`softmax_times_v`, whose backward uses flash attention's row-sum identity, and on CPU they take long attentions a
+cache-sized block of queries at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("plain", "folded", "cudnn")
+from sam_jax.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS  # noqa: F401  (the names live in the config)
 
 
-class AttentionConfigError(ValueError):
-    """An unknown attention implementation."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionOptions:
-    implementation: str = "plain"
-    remat: bool = False
-
-    def __post_init__(self):
-        if self.implementation not in IMPLEMENTATIONS:
-            raise AttentionConfigError(f"attention implementation {self.implementation!r}: expected one of "
-                                       f"{IMPLEMENTATIONS}")
-
-
-_OPTIONS = contextvars.ContextVar("attention_options", default=AttentionOptions())
-
-
-@contextlib.contextmanager
-def attention_options(implementation: str = "plain", remat: bool = False):
-    """Within this context (while tracing), `attend` uses this kernel and remat setting."""
-    token = _OPTIONS.set(AttentionOptions(implementation, remat))
-    try:
-        yield
-    finally:
-        _OPTIONS.reset(token)
-
-
-def attend(q, k, v, rel_h=None, rel_w=None):
+def attend(q, k, v, rel_h=None, rel_w=None, *, kernel: str = "plain", remat: bool = False):
     """softmax(q·kᵀ/√d + bias)·v for q (B, H, Nq, D), k and v (B, H, Nk, D).
 
     `rel_h` (B, H, Nq, kh) and `rel_w` (B, H, Nq, kw) are SAM's decomposed relative-position terms
     (`decomposed_rel_pos`) for keys laid out on a kh×kw grid; the bias they stand for is
-    rel_h[..., i, None] + rel_w[..., None, j] at key (i, j).
+    rel_h[..., i, None] + rel_w[..., None, j] at key (i, j). `kernel` is one of `IMPLEMENTATIONS` and `remat`
+    recomputes the attention in the backward pass (see the module's docstring).
     """
-    options = _OPTIONS.get()
-    core = {"plain": _plain, "folded": _folded, "cudnn": _cudnn}[options.implementation]
-    if options.remat:
+    core = {"plain": _plain, "folded": _folded, "cudnn": _cudnn}[kernel]
+    if remat:
         core = jax.checkpoint(core)
     return core(q, k, v, rel_h, rel_w)
 

@@ -30,9 +30,11 @@ class Attention(nnx.Module):
     branch shares the qkv output.
     """
 
-    def __init__(self, dim: int, num_heads: int, grid: int, *, rngs: nnx.Rngs):
-        self.num_heads = num_heads
-        head_dim = dim // num_heads
+    def __init__(self, config: SamConfig, grid: int, *, rngs: nnx.Rngs):
+        dim, self.num_heads = config.encoder_embed_dim, config.encoder_num_heads
+        head_dim = dim // self.num_heads
+        # Static, so part of the graphdef: jit traces each kernel apart (the cross-slice branch uses them too).
+        self.attention_kernel, self.remat_attention = config.attention, config.remat_attention
         self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
         self.proj = nnx.Linear(dim, dim, rngs=rngs)
         self.rel_pos_h = nnx.Param(jnp.zeros((2 * grid - 1, head_dim)))
@@ -43,7 +45,8 @@ class Attention(nnx.Module):
         b, h, w, c3 = qkv.shape
         q, k, v = (split_heads(t, self.num_heads) for t in jnp.split(qkv.reshape(b, h * w, c3), 3, axis=-1))
         rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h[...], self.rel_pos_w[...], (h, w))
-        return merge_heads(attend(q, k, v, rel_h, rel_w)).reshape(b, h, w, c3 // 3)
+        out = attend(q, k, v, rel_h, rel_w, kernel=self.attention_kernel, remat=self.remat_attention)
+        return merge_heads(out).reshape(b, h, w, c3 // 3)
 
 
 def window_partition(x, window: int, fill=None):
@@ -77,7 +80,7 @@ class Block(nnx.Module):
         dim = config.encoder_embed_dim
         self.window_size = window_size
         self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
-        self.attn = Attention(dim, config.encoder_num_heads, window_size or config.grid_size, rngs=rngs)
+        self.attn = Attention(config, window_size or config.grid_size, rngs=rngs)
         self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
         self.mlp = MLPBlock(dim, int(dim * config.mlp_ratio), gelu, rngs=rngs)
         # Attention across the slices of a volume, attached by `sam_jax.adaptation.cross_slice`; None in SAM.

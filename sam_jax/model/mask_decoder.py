@@ -15,9 +15,10 @@ from sam_jax.model.layers import MLP, Gelu, MLPBlock, apply_sequential, layer_no
 class DecoderAttention(nnx.Module):
     """Attention with separate q/k/v projections that may shrink the width by `downsample_rate`."""
 
-    def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1, *, rngs: nnx.Rngs):
+    def __init__(self, config: SamConfig, downsample_rate: int = 1, *, rngs: nnx.Rngs):
+        dim, self.num_heads = config.prompt_embed_dim, config.decoder_num_heads
         inner = dim // downsample_rate
-        self.num_heads = num_heads
+        self.attention_kernel, self.remat_attention = config.attention, config.remat_attention  # static: see Attention
         self.q_proj = nnx.Linear(dim, inner, rngs=rngs)
         self.k_proj = nnx.Linear(dim, inner, rngs=rngs)
         self.v_proj = nnx.Linear(dim, inner, rngs=rngs)
@@ -25,7 +26,7 @@ class DecoderAttention(nnx.Module):
 
     def __call__(self, q, k, v):
         q, k, v = (split_heads(p(t), self.num_heads) for p, t in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
-        return self.out_proj(merge_heads(attend(q, k, v)))
+        return self.out_proj(merge_heads(attend(q, k, v, kernel=self.attention_kernel, remat=self.remat_attention)))
 
 
 def _norm(dim, rngs):
@@ -36,16 +37,16 @@ class TwoWayAttentionBlock(nnx.Module):
     """Token self-attention, token→image cross-attention, MLP on tokens, image→token cross-attention."""
 
     def __init__(self, config: SamConfig, skip_first_layer_pe: bool, *, rngs: nnx.Rngs):
-        dim, heads = config.prompt_embed_dim, config.decoder_num_heads
+        dim = config.prompt_embed_dim
         self.skip_first_layer_pe = skip_first_layer_pe
-        self.self_attn = DecoderAttention(dim, heads, rngs=rngs)
+        self.self_attn = DecoderAttention(config, rngs=rngs)
         self.norm1 = _norm(dim, rngs)
-        self.cross_attn_token_to_image = DecoderAttention(dim, heads, 2, rngs=rngs)
+        self.cross_attn_token_to_image = DecoderAttention(config, 2, rngs=rngs)
         self.norm2 = _norm(dim, rngs)
         self.mlp = MLPBlock(dim, config.decoder_mlp_dim, jax.nn.relu, rngs=rngs)
         self.norm3 = _norm(dim, rngs)
         self.norm4 = _norm(dim, rngs)
-        self.cross_attn_image_to_token = DecoderAttention(dim, heads, 2, rngs=rngs)
+        self.cross_attn_image_to_token = DecoderAttention(config, 2, rngs=rngs)
 
     def __call__(self, queries, keys, query_pe, key_pe):
         if self.skip_first_layer_pe:  # the first layer replaces the tokens: no positional term, no residual
@@ -66,7 +67,7 @@ class TwoWayTransformer(nnx.Module):
     def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
         dim = config.prompt_embed_dim
         self.layers = nnx.List([TwoWayAttentionBlock(config, i == 0, rngs=rngs) for i in range(config.decoder_depth)])
-        self.final_attn_token_to_image = DecoderAttention(dim, config.decoder_num_heads, 2, rngs=rngs)
+        self.final_attn_token_to_image = DecoderAttention(config, 2, rngs=rngs)
         self.norm_final_attn = _norm(dim, rngs)
 
     def __call__(self, image_embedding, image_pe, point_embedding):

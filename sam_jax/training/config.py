@@ -111,10 +111,11 @@ class TrainConfig:
                                 cross_slice=self.cross_slice, trainable=self.trainable)
 
     def sam_config(self):
-        """SAM's 3-channel config at this run's input size."""
+        """SAM's 3-channel config at this run's input size, with its attention kernel."""
         from sam_jax.config import sam_config
 
-        return sam_config(self.model_type, image_size=self.image_size)
+        return sam_config(self.model_type, image_size=self.image_size, attention=self.attention,
+                          remat_attention=self.remat_attention)
 
     def base_sha256(self) -> str:
         """Identity of the base weights an adapter of this run is tied to."""

@@ -197,8 +197,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
         logging.info("resumed from step %d in %s", int(state["step"]), workdir)
     state = jax.device_put(state, replicated)
     step_cfg = StepConfig(image_size=cfg.image_size, loss=cfg.loss, multimask=cfg.multimask,
-                          prompt_rounds=cfg.prompt_rounds, compute_dtype=cfg.precision,
-                          attention=cfg.attention, remat_attention=cfg.remat_attention)
+                          prompt_rounds=cfg.prompt_rounds, compute_dtype=cfg.precision)
     train_step = make_train_step(graphdef, tx, step_cfg)
     eval_forward = make_eval_forward(graphdef, step_cfg)
 

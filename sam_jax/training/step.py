@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from sam_jax.model.attention import attention_options
 from sam_jax.training.frame import clicks_to_model_frame, target_to_low_res, to_model_frame
 from sam_jax.training.losses import mask_loss, multimask_loss
 from sam_jax.training.prompts import click_in_error
@@ -28,8 +27,6 @@ class StepConfig:
     multimask: bool = False  # SAM's ambiguity rule: three candidates, the best one is penalised
     prompt_rounds: int = 1  # > 1: iterative clicks in the model's own errors, gradients through the last round only
     compute_dtype: str = "float32"
-    attention: str = "plain"  # plain, folded or cudnn: see `sam_jax.model.attention`
-    remat_attention: bool = False  # recompute attention probabilities in the backward pass instead of keeping them
 
 
 def flatten_slices(batch):
@@ -85,8 +82,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: Step
 
     def loss_fn(trainable, frozen, batch, rng):
         model = nnx.merge(graphdef, cast_floats(trainable, dtype), cast_floats(frozen, dtype))
-        with attention_options(cfg.attention, cfg.remat_attention):
-            return loss_and_metrics(model, batch, rng, cfg)
+        return loss_and_metrics(model, batch, rng, cfg)
 
     def step(trainable, opt_state, frozen, batch, rng):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, batch, rng)
@@ -102,7 +98,6 @@ def make_eval_forward(graphdef, cfg: StepConfig):
 
     def run(trainable, frozen, batch, rng):
         model = nnx.merge(graphdef, trainable, frozen)
-        with attention_options(cfg.attention):
-            return forward(model, batch, rng, cfg)
+        return forward(model, batch, rng, cfg)
 
     return jax.jit(run)
