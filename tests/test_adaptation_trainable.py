@@ -26,7 +26,7 @@ def test_vit_b_lora_preset_counts_the_papers_5_36_million(cross_slice):
     abstract = nnx.eval_shape(lambda: build_model(sam_config("vit_b"), AdaptationConfig(cross_slice=cross_slice),
                                                   rngs=nnx.Rngs(0)))
     _, trainable, frozen = partition(abstract, "lora")
-    lora, patch_embed, mask_decoder = 516_096, 4 * 16 * 16 * 768 + 768, 4_058_340  # reference.md §1–2
+    lora, patch_embed, mask_decoder = 516_096, 4 * 16 * 16 * 768 + 768, 4_058_340  # docs/reference.md §1, §4
     gates = 12 * 768 if cross_slice else 0
     assert count_parameters(nnx.state(abstract, nnx.LoRAParam)) == lora
     assert count_parameters(trainable) == lora + patch_embed + mask_decoder + gates
@@ -42,7 +42,7 @@ def test_lora_keeps_sams_rgb_patch_embedding_frozen(modalities):
                                                   rngs=nnx.Rngs(0)))
     _, trainable, _ = partition(abstract, "lora")
     assert not any(path[:2] == ("image_encoder", "patch_embed") for path, _ in nnx.to_flat_state(trainable))
-    assert count_parameters(trainable) == 516_096 + 4_058_340  # LoRA + mask decoder, reference.md §2
+    assert count_parameters(trainable) == 516_096 + 4_058_340  # LoRA + mask decoder, docs/reference.md §4
     _, trainable, _ = partition(abstract, "patch_embed_only")  # asked for by name, it still trains
     assert count_parameters(trainable) == 3 * 16 * 16 * 768 + 768
 

@@ -16,7 +16,7 @@ def test_one_global_block_by_hand():
 
 
 def test_vit_b_1024_is_about_0_97_tflop():
-    # ../shared/reference.md §1: ≈ 486 GMACs per 1024² image, forward.
+    # docs/reference.md §3: ≈ 486 GMACs per 1024² image, forward.
     assert encoder_forward_flops(sam_config("vit_b")) == pytest.approx(0.972e12, rel=0.01)
 
 

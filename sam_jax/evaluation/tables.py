@@ -1,5 +1,5 @@
 """Tables in the paper's layout (rows models, columns VD1 VD2 D3 D4) from evaluation summaries, with the paper's
-published rows (paper protocol Dice, reference.md §2) printed beside ours; markdown and CSV."""
+published rows (paper protocol Dice, docs/reference.md §7) printed beside ours; markdown and CSV."""
 
 from __future__ import annotations
 

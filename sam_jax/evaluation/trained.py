@@ -19,7 +19,7 @@ from sam_jax.training.config import TrainConfig
 from sam_jax.weights.io import read_metadata
 from sam_jax.weights.params import WeightsError
 
-ZERO_SHOT_MODALITIES = "t1n_t2w_t2f"  # SAM's RGB slots take T1, T2, FLAIR (reference.md §2)
+ZERO_SHOT_MODALITIES = "t1n_t2w_t2f"  # SAM's RGB slots take T1, T2, FLAIR (docs/reference.md §4)
 ADAPTERS = {"final": "adapter.safetensors", "best": "adapter_best.safetensors"}  # --select: which model of a run
 
 

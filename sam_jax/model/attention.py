@@ -1,7 +1,7 @@
 """Scaled dot-product attention: the one place every attention of the model goes through.
 
 Layout is head-major, (batch, heads, tokens, head_dim): on CPU XLA runs these batched matmuls about twice as fast
-as the (batch, tokens, heads, head_dim) einsum form (../shared/reference.md §1), and GPU kernels want it too.
+as the (batch, tokens, heads, head_dim) einsum form (docs/reference.md §3), and GPU kernels want it too.
 The kernel is a performance lever the model's config chooses (`SamConfig.attention`), held by every module that
 attends as a static attribute, so the blocks never change and jit keys on it: `plain` adds SAM's decomposed
 relative-position bias to the logits; `folded` puts that bias into longer query and key vectors instead,

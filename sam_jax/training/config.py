@@ -1,6 +1,6 @@
 """Everything a training run is: one frozen dataclass, saved as JSON in the workdir and turned into absl flags.
 
-Paper defaults (Diana-Albelda et al. 2024; ../shared/reference.md §2) are one flagfile away
+Paper defaults (Diana-Albelda et al. 2024; docs/reference.md §4) are one flagfile away
 (`train/adult.flags`): ViT-B, 1024 input, Adam lr 1e-4 constant, LoRA rank 4 alpha 1 on q, v, lin1, lin2, 25 epochs,
 batch 1, four channels, BCE, fp32. Our own defaults differ where documented in the field's help.
 """
