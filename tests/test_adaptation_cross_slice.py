@@ -11,6 +11,7 @@ from sam_jax.adaptation import AdaptationConfig, AdaptationError, adapt, build_m
 from sam_jax.adaptation.cross_slice import depth_attention
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
+from sam_jax.model.image_encoder import window_partition, window_unpartition
 from test_adaptation_lora import ALL_TARGETS, randomise
 
 CONFIG = sam_config("tiny")  # grid 8, window 3: windowed blocks pad 8 → 9
@@ -105,7 +106,11 @@ def test_windowed_block_attends_across_slices_at_each_position(model):
     x = jax.random.normal(jax.random.key(5), (2 * SLICES, CONFIG.grid_size, CONFIG.grid_size, CONFIG.encoder_embed_dim))
     normed = block.norm1(x)
     depth = _depth_reference(block.attn, np.asarray(normed), SLICES)
-    expected = x + block.spatial_attention(normed) + block.cross_slice.gate[...] * jnp.asarray(depth, jnp.float32)
+    # SAM's own order for the spatial part: zero-pad x, cut windows, then qkv, attention and proj per window.
+    windows = window_partition(normed, block.window_size)
+    spatial = window_unpartition(block.attn.proj(block.attn.mix(block.attn.qkv(windows))), block.window_size,
+                                 normed.shape[1:3])
+    expected = x + spatial + block.cross_slice.gate[...] * jnp.asarray(depth, jnp.float32)
     expected = expected + block.mlp(block.norm2(expected))
     got = block(x, SLICES)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * float(jnp.abs(expected).max()))

@@ -86,10 +86,6 @@ class Block(nnx.Module):
         # Attention across the slices of a volume, attached by `sam_jax.adaptation.cross_slice`; None in SAM.
         self.cross_slice = nnx.data(None)
 
-    def spatial_attention(self, x):
-        """(Windowed) attention of the normalised x, without the residual."""
-        return self.attn.proj(self._spatial_mix(self.attn.qkv(x)))
-
     def _spatial_mix(self, qkv):
         if not self.window_size:
             return self.attn.mix(qkv)

@@ -20,11 +20,6 @@ class Gelu(nnx.Module):
         return gelu(x)
 
 
-class Relu(nnx.Module):
-    def __call__(self, x):
-        return jax.nn.relu(x)
-
-
 def layer_norm_2d(channels: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """SAM's LayerNorm2d normalises over channels with eps 1e-6; channels-last makes it a plain LayerNorm."""
     return nnx.LayerNorm(channels, epsilon=1e-6, rngs=rngs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Tuple
+from typing import Dict, Mapping, Tuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -73,13 +73,11 @@ def assign(model: nnx.Module, arrays: Mapping[str, np.ndarray]) -> None:
     nnx.update(model, nnx.from_flat_state(flat))
 
 
-def load_sam_weights(model: nnx.Module, path, *, keep_initialised: Iterable[str] = ()) -> Dict[str, str]:
+def load_sam_weights(model: nnx.Module, path) -> Dict[str, str]:
     """Fill `model` from a converted SAM file; returns the file's metadata.
 
-    Every variable of the model must come from the file, except those whose path starts with one of
-    `keep_initialised` (parts the base SAM does not have, such as LoRA or a cross-slice branch); a weight of the
-    wrong shape or a weight the model lacks is an error. Position tables are resized when the model's input size
-    differs from the file's.
+    Every variable of the model must come from the file; a weight of the wrong shape or a weight the model lacks is
+    an error. Position tables are resized when the model's input size differs from the file's.
     """
     arrays, metadata = read_arrays(path)
     config = getattr(model, "config", None)
@@ -91,8 +89,7 @@ def load_sam_weights(model: nnx.Module, path, *, keep_initialised: Iterable[str]
                            f"{config.encoder_embed_dim} and depth {config.encoder_depth}")
     shapes = {k: tuple(v.shape) for k, v in model_arrays(model).items()}
     arrays = fit_to_image_size(arrays, shapes)
-    keep = tuple(keep_initialised)
-    problems = [f"missing {k!r}" for k in sorted(shapes) if k not in arrays and not k.startswith(keep)]
+    problems = [f"missing {k!r}" for k in sorted(shapes) if k not in arrays]
     for k, v in sorted(arrays.items()):
         if k not in shapes:
             problems.append(f"unexpected {k!r}")

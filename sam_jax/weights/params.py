@@ -109,12 +109,11 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], expected_shapes: Mapping
     return converted
 
 
-def model_shapes(config: SamConfig, model_cls=None) -> Dict[str, tuple]:
+def model_shapes(config: SamConfig) -> Dict[str, tuple]:
     """Our dot-joined path → shape for every variable of a model built from `config`, without allocating it."""
     from flax import nnx
 
     from sam_jax.model import Sam
 
-    cls = model_cls or Sam
-    abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
     return {".".join(map(str, path)): tuple(v.shape) for path, v in nnx.to_flat_state(nnx.state(abstract))}
