@@ -26,7 +26,8 @@ def test_singular_values_and_distance_match_full_svd():
     exact = np.linalg.norm(full_1 - full_2, 2)
     assert difference_norm(first, second) == pytest.approx(exact)
     bound = np.max(np.abs(update_singular_values(*first) - update_singular_values(*second)))
-    assert bound <= exact + 1e-9  # Weyl
+    full_bound = np.abs(np.linalg.svd(full_1, compute_uv=False) - np.linalg.svd(full_2, compute_uv=False)).max()
+    assert bound == pytest.approx(full_bound) and bound <= exact + 1e-9  # Weyl
 
 
 def _adapter(path, rng, blocks=2, rank=2, alpha=1.0):
@@ -43,21 +44,35 @@ def _adapter(path, rng, blocks=2, rank=2, alpha=1.0):
     return arrays
 
 
+def _update(raw, block, target, scale):
+    """s·A·B of one layer from an adapter's arrays as stored (float32)."""
+    layer = f"attn.qkv.lora_{target}_" if target in ("q", "v") else f"mlp.{target}.lora_"
+    a, b = (raw[f"image_encoder.blocks.{block}.{layer}{f}"].astype(np.float32).astype(np.float64) for f in "ab")
+    return scale * a @ b
+
+
 def test_adapter_files_give_per_block_and_target_discrepancies(tmp_path):
     rng = np.random.default_rng(1)
     raw = _adapter(tmp_path / "a.safetensors", rng, alpha=4.0)  # scale alpha / rank = 2
-    _adapter(tmp_path / "b.safetensors", rng)
+    raw_b = _adapter(tmp_path / "b.safetensors", rng)  # scale 1 / 2
     a, b = lora_factors(tmp_path / "a.safetensors"), lora_factors(tmp_path / "b.safetensors")
     assert sorted(a) == [(0, "lin1"), (0, "q"), (0, "v"), (1, "lin1"), (1, "q"), (1, "v")]
     delta = 2 * raw["image_encoder.blocks.1.mlp.lin1.lora_a"] @ raw["image_encoder.blocks.1.mlp.lin1.lora_b"]
     np.testing.assert_allclose(a[(1, "lin1")][0] @ a[(1, "lin1")][1], delta, rtol=1e-5)
     rows = discrepancy(a, b)
-    assert all(0 <= r["weyl_bound"] <= r["spectral_distance"] + 1e-9 for r in rows)
+    expected = {}  # (block, target) → (Weyl bound, spectral distance), from full SVDs of the two updates
+    for r in rows:
+        first, second = _update(raw, r["block"], r["target"], 2.0), _update(raw_b, r["block"], r["target"], 0.5)
+        sv = [np.linalg.svd(d, compute_uv=False) for d in (first, second)]
+        expected[r["block"], r["target"]] = (np.abs(sv[0] - sv[1]).max(), np.linalg.norm(first - second, 2))
+    assert {(r["block"], r["target"]): (r["weyl_bound"], r["spectral_distance"]) for r in rows} == {
+        k: (pytest.approx(w, rel=1e-6), pytest.approx(d, rel=1e-6)) for k, (w, d) in expected.items()}
     grid, blocks, targets = as_heatmap(rows, "weyl_bound")
     assert grid.shape == (2, 3) and targets == ["q", "v", "lin1"] and blocks == [0, 1]
     assert discrepancy(a, a)[0]["spectral_distance"] == pytest.approx(0, abs=1e-9)
     matrix = pairwise([a, b, a])
-    assert matrix[0, 2] == pytest.approx(0, abs=1e-9) and matrix[0, 1] > 0
+    mean_bound = np.mean([w for w, _ in expected.values()])
+    assert matrix[0, 2] == pytest.approx(0, abs=1e-9) and matrix[0, 1] == pytest.approx(mean_bound, rel=1e-6)
     assert matrix[0, 1] == pytest.approx(matrix[1, 2]) and matrix[1, 0] == matrix[0, 1]
 
 
@@ -82,14 +97,39 @@ def test_knn_accuracy_hand_worked():
     assert knn_accuracy(points, np.array(["a", "a", "b", "b"]), k=1) == pytest.approx(3 / 4)
 
 
+def _silhouette(points, labels):
+    """The silhouette by its definition, for two labels: mean over points of (b − a) / max(a, b), a the mean distance
+    to the other points of the point's label, b the mean distance to the points of the other label."""
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    same = labels[:, None] == labels[None]
+    a = (d * same).sum(1) / (same.sum(1) - 1)
+    b = (d * ~same).sum(1) / (~same).sum(1)
+    return np.mean((b - a) / np.maximum(a, b))
+
+
+def _knn_accuracy(points, labels, k=5):
+    """Leave-one-out k-NN by brute force: majority label of the k nearest other points, ties to the nearest."""
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    correct = 0
+    for i in range(len(points)):
+        votes = labels[np.argsort(d[i])[:k]]
+        counts = {v: int((votes == v).sum()) for v in votes}
+        correct += next(v for v in votes if counts[v] == max(counts.values())) == labels[i]
+    return correct / len(points)
+
+
 def test_separated_domains_score_high_and_mixed_ones_near_chance():
     rng = np.random.default_rng(0)
     apart = np.concatenate([rng.normal(0, 1, (30, 8)), rng.normal(20, 1, (30, 8))])
     labels = np.array(["GLI"] * 30 + ["MEN"] * 30)
     scores = separation(apart, labels)
-    assert scores["knn_accuracy"] == 1.0 and scores["silhouette"] > 0.8 and scores["chance"] == 0.5
-    mixed = separation(rng.normal(0, 1, (60, 8)), labels)
-    assert mixed["knn_accuracy"] < 0.75 and abs(mixed["silhouette"]) < 0.1
+    assert scores["knn_accuracy"] == 1.0 and scores["chance"] == 0.5
+    assert scores["silhouette"] == pytest.approx(_silhouette(apart, labels), rel=1e-6)
+    mixed_points = rng.normal(0, 1, (60, 8))
+    mixed = separation(mixed_points, labels)
+    assert mixed["knn_accuracy"] == _knn_accuracy(mixed_points, labels)
+    assert mixed["silhouette"] == pytest.approx(_silhouette(mixed_points, labels), rel=1e-6)
     with pytest.raises(EvaluationError, match="two domains"):
         separation(apart[:30], labels[:30])
     assert tsne(apart, seed=0).shape == (60, 2)

@@ -151,22 +151,53 @@ def test_segmenter_matches_the_training_forward_pass(trained, gli_volume):
     assert native.shape == (1,) + gli_volume.slices.shape[1:3]
 
 
-def test_a_bad_case_is_recorded_and_the_others_are_scored(trained, small_data, tmp_path):
+class TruthExceptOneSlice:
+    """A stand-in model whose scores are known: on slice k (its 'embedding' is k) it predicts the truth whatever the
+    clicks, except on slice `missed`, where it predicts nothing; logits live on the slice grid."""
+
+    def __init__(self, tumour, missed):
+        self.tumour, self.missed = tumour, missed
+
+    def encode(self, slices, which=None):
+        return np.arange(len(slices)) if which is None else np.asarray(which)
+
+    def decode(self, embeddings, coords, labels, hw, mask_input=None):
+        k = np.asarray(embeddings)
+        return np.where(self.tumour[k] & (k != self.missed)[:, None, None], 5.0, -5.0).astype(np.float32)
+
+    def to_slice_grid(self, low_res, hw):
+        return low_res
+
+
+def test_a_bad_case_is_recorded_and_the_others_are_scored(trained, small_data, gli_volume, tmp_path):
     data = tmp_path / "data"
-    good = find_cases(small_data, "MEN")[0]
+    good = find_cases(small_data, "GLI")[0]
     shutil.copytree(good.images["t1n"].parent, data / good.case_id)
-    bad = data / "BraTS-MEN-00099-000"
+    bad = data / "BraTS-GLI-00099-000"
     shutil.copytree(good.images["t1n"].parent, bad)
     for path in bad.iterdir():
         path.rename(bad / path.name.replace(good.case_id, bad.name))
     (bad / f"{bad.name}-t2w.nii.gz").write_bytes(b"not a nifti")
-    rows = evaluate_cases(SliceSegmenter(trained, batch_size=4), trained, find_cases(data), tmp_path / "out",
+    tumour = gli_volume.tumour
+    has_tumour = np.flatnonzero(tumour.any(axis=(1, 2)))
+    missed = int(has_tumour[-1])  # the last tumour slice: propagation from the clicks below reaches all the others
+    rows = evaluate_cases(TruthExceptOneSlice(tumour, missed), trained, find_cases(data), tmp_path / "out",
                           max_clicks=2, save_predictions=True, overlays=1)
     by_case = {r["case"]: r for r in rows}
     assert by_case[bad.name]["status"] == "failed" and "t2w.nii.gz: unreadable" in by_case[bad.name]["error"]
     scored = by_case[good.case_id]
-    assert scored["status"] == "ok" and 0 <= scored["paper_dice"] <= 1 and 0 <= scored["dice_3d"] <= 1
-    assert 1 <= scored["noc90"] <= 2
+    z, t = len(tumour), len(has_tumour)
+    assert scored["status"] == "ok" and t > 1
+    # Paper protocol: Dice 0 on the missed slice at every threshold, 1 on every other (empty/empty = 1).
+    assert scored["paper_dice"] == pytest.approx((z - 1) / z)
+    assert scored["tumour_slice_dice"] == pytest.approx((t - 1) / t)
+    # Volumetric: every tumour voxel but the missed slice's, back on the native grid, and nothing else.
+    native = (nib.load(good.seg).get_fdata() > 0).sum()
+    predicted = tumour.sum() - tumour[missed].sum()
+    assert scored["dice_3d"] == pytest.approx(2 * predicted / (native + predicted))
+    # Interactive: one click reaches Dice 1 on each tumour slice but the missed one, which counts as the cap (2).
+    assert scored["noc90"] == pytest.approx((t - 1 + 2) / t) and scored["noc85"] == scored["noc90"]
+    assert scored["dice_after_1"] == pytest.approx((t - 1) / t) and scored["dice_after_2"] == scored["dice_after_1"]
     with open(tmp_path / "out" / "cases.csv") as f:
         written = {r["case"]: r for r in csv.DictReader(f)}
     assert written[bad.name]["status"] == "failed" and float(written[good.case_id]["paper_dice"]) == pytest.approx(
