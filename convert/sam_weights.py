@@ -10,9 +10,8 @@ import sys
 from absl import app, flags
 
 from sam_jax.config import PRESETS
+from sam_jax.errors import SamJaxError
 from sam_jax.weights.convert import convert_checkpoint
-from sam_jax.weights.params import WeightsError
-from sam_jax.weights.torch_checkpoint import CheckpointError
 
 flags.DEFINE_string("checkpoint", None, "PyTorch SAM checkpoint (.pth), e.g. sam_vit_b_01ec64.pth.", required=True)
 flags.DEFINE_string("output", None, "Where to write the safetensors file.", required=True)
@@ -25,7 +24,7 @@ def main(argv):
     del argv
     try:
         metadata = convert_checkpoint(FLAGS.checkpoint, FLAGS.output, FLAGS.model_type)
-    except (CheckpointError, WeightsError) as e:
+    except SamJaxError as e:
         print(f"error: {e}\nNo output was written.", file=sys.stderr)
         return 1
     print(f"wrote {FLAGS.output}: {metadata['model_type']}, {int(metadata['num_parameters']):,} parameters, "

@@ -6,13 +6,10 @@ import sys
 
 from absl import flags
 
-from sam_jax.adaptation import AdaptationError
-from sam_jax.data import DataError
+from sam_jax.errors import SamJaxError
 from sam_jax.evaluation import EvaluationError, load_trained, load_zero_shot
-from sam_jax.metrics import MetricInputError
-from sam_jax.weights.params import WeightsError
 
-EXPECTED_ERRORS = (EvaluationError, DataError, AdaptationError, WeightsError, MetricInputError)
+EXPECTED_ERRORS = SamJaxError  # every fault in the user's input; anything else is a bug and keeps its traceback
 
 
 def define_model_flags():

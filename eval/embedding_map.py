@@ -33,14 +33,13 @@ FLAGS = flags.FLAGS
 def main(argv):
     try:
         trained = load_model()
-        cfg = trained.config
         segmenter = SliceSegmenter(trained, FLAGS.batch_size)
         rng = np.random.default_rng(FLAGS.seed)
         features, domains = [], []
-        cases = [c for d in DOMAINS for c in find_cases(FLAGS.data_dir or cfg.data_dir, d)[:FLAGS.cases_per_domain]]
+        data_dir = FLAGS.data_dir or trained.training.get("data_dir", "")
+        cases = [c for d in DOMAINS for c in find_cases(data_dir, d)[:FLAGS.cases_per_domain]]
         for case_files in tqdm(cases, desc="embeddings", unit="case"):
-            volume = prepare_volume(load_case(case_files), trained.adaptation.modalities, cfg.normalisation,
-                                    cfg.crop_to_brain, sam_rgb=trained.sam_rgb_input)
+            volume = prepare_volume(load_case(case_files), trained.spec)
             if volume.tumour is None:
                 continue
             chosen = sample_tumour_slices(volume.tumour, FLAGS.slices_per_case, rng)

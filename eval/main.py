@@ -39,11 +39,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         trained = load_model()
-        cfg = trained.config
-        data_dir = FLAGS.data_dir or cfg.data_dir
-        same_data = Path(data_dir).resolve() == Path(cfg.data_dir or ".").resolve()
-        cache_dir = FLAGS.cache_dir or (cfg.cache_dir if same_data else "")
-        split = resolve_split(FLAGS.split, FLAGS.domain, None if FLAGS.zero_shot else cfg.domain)
+        run = trained.training  # where and on what the run trained (empty for zero-shot SAM)
+        data_dir = FLAGS.data_dir or run.get("data_dir", "")
+        same_data = Path(data_dir).resolve() == Path(run.get("data_dir") or ".").resolve()
+        cache_dir = FLAGS.cache_dir or (run.get("cache_dir", "") if same_data else "")
+        split = resolve_split(FLAGS.split, FLAGS.domain, run.get("domain"))
         cases = select_cases(data_dir, FLAGS.domain, split, cache_dir)
         name = FLAGS.model_name or trained.name
         run_dir = Path("workdir") / trained.name if FLAGS.zero_shot else Path(FLAGS.checkpoint)

@@ -41,9 +41,7 @@ def main(argv):
         clicks = parse_clicks(FLAGS.clicks) if FLAGS.clicks else None
         if clicks is None and case.seg is None:
             raise EvaluationError(f"{FLAGS.case_dir}: no --clicks and no segmentation to take them from")
-        cfg = trained.config
-        volume = prepare_volume(case, trained.adaptation.modalities, cfg.normalisation, cfg.crop_to_brain,
-                                sam_rgb=trained.sam_rgb_input)
+        volume = prepare_volume(case, trained.spec)
         mask, used = predict_volume(SliceSegmenter(trained, FLAGS.batch_size), volume, clicks)
         seconds = time.perf_counter() - tick
         save_prediction(case, mask, FLAGS.output)

@@ -10,10 +10,16 @@ from pathlib import Path
 
 from absl import app, flags
 
+from sam_jax.errors import SamJaxError
+
+
+def _flag_fields(config_cls):
+    return [f for f in dataclasses.fields(config_cls) if f.metadata.get("flag", True)]
+
 
 def define_flags(config_cls, flag_values=flags.FLAGS) -> None:
     hints = typing.get_type_hints(config_cls)
-    for field in dataclasses.fields(config_cls):
+    for field in _flag_fields(config_cls):
         kind, default, help_text = hints[field.name], field.default, field.metadata.get("help", "")
         if kind is bool:
             flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
@@ -29,13 +35,13 @@ def define_flags(config_cls, flag_values=flags.FLAGS) -> None:
 
 def config_from_flags(config_cls, flag_values=flags.FLAGS, **overrides):
     values = {}
-    for field in dataclasses.fields(config_cls):
+    for field in _flag_fields(config_cls):
         value = flag_values[field.name].value
         values[field.name] = tuple(value) if isinstance(value, list) else value
     return config_cls(**{**values, **overrides})
 
 
-class FlagfileError(ValueError):
+class FlagfileError(SamJaxError, ValueError):
     """A --flagfile that cannot be found or read."""
 
 

@@ -4,44 +4,31 @@
     predictor.set_image(image)                      # (H, W, 3), RGB 0–255
     masks, scores, low_res = predictor.predict(np.array([[x, y]]), np.array([1]))
 
-The image is resized so its longest side is the model's input size (rounded half up), normalised with SAM's
-statistics and padded bottom/right; the decoder's low-resolution logits are upsampled to the input frame, cropped
-to the unpadded part, resized to the original size and thresholded at 0. Differs from segment_anything's predictor
-only in the image resize (bilinear with antialiasing in JAX instead of PIL's).
+The image is normalised with SAM's statistics and put into the model's frame (`sam_jax.model.frame`, as in
+training and evaluation: longest side to the input size, aspect kept, padded bottom/right; clicks scaled by the
+same factor); the decoder's low-resolution logits come back to the image's size by SAM's postprocess and are
+thresholded at 0. Differs from segment_anything's predictor in the resize (antialiased bilinear in JAX at the exact
+scale instead of PIL's to a rounded size).
 """
 
 from __future__ import annotations
 
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from sam_jax.model import Sam
+from sam_jax.model.frame import postprocess_masks, resized_shape, to_model_frame
 from sam_jax.model.sam import normalize_rgb
 
 
-def resized_shape(height: int, width: int, longest: int):
-    scale = longest / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def preprocess(image, size: int, normalize=normalize_rgb):
-    """(H, W, C) image → (size, size, C) model input, and the resized (unpadded) shape."""
+def preprocess(image, size: int):
+    """(H, W, 3) 0–255 image → (size, size, 3) model input, and the scale from image to model pixels."""
     h, w = image.shape[:2]
-    nh, nw = resized_shape(h, w, size)
-    resized = jax.image.resize(jnp.asarray(image, jnp.float32), (nh, nw, image.shape[2]), "bilinear")
-    x = normalize(resized)
-    return jnp.pad(x, ((0, size - nh), (0, size - nw), (0, 0))), (nh, nw)
-
-
-def postprocess_masks(low_res_logits, input_hw, original_hw, size: int):
-    """(..., M, 4g, 4g) logits → (..., M, H, W) logits at the original size (bilinear, as SAM)."""
-    lead = low_res_logits.shape[:-2]
-    x = jax.image.resize(low_res_logits, lead + (size, size), "bilinear")
-    x = x[..., :input_hw[0], :input_hw[1]]
-    return jax.image.resize(x, lead + tuple(original_hw), "bilinear")
+    canvas = np.zeros((max(h, w), max(h, w), image.shape[2]), np.float32)
+    canvas[:h, :w] = np.asarray(normalize_rgb(jnp.asarray(image, jnp.float32)))
+    frame, scale = to_model_frame(jnp.asarray(canvas)[None], jnp.array([[h, w]], jnp.int32), size)
+    return frame[0], float(scale[0])
 
 
 class SamPredictor:
@@ -59,7 +46,8 @@ class SamPredictor:
         if image.ndim != 3 or image.shape[2] != self.model.config.in_chans:
             raise ValueError(f"expected an image of shape (H, W, {self.model.config.in_chans}), got {image.shape}")
         self.original_hw = image.shape[:2]
-        x, self.input_hw = preprocess(image, self.size)
+        self.input_hw = resized_shape(*self.original_hw, self.size)
+        x, self.scale = preprocess(image, self.size)
         self.embedding = self._encode(self.model, x)
 
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True):
@@ -70,7 +58,7 @@ class SamPredictor:
         """
         if self.embedding is None:
             raise RuntimeError("call set_image() before predict()")
-        scale = np.array([self.input_hw[1] / self.original_hw[1], self.input_hw[0] / self.original_hw[0]], np.float32)
+        scale = np.float32(self.scale)
         coords = labels = boxes = masks = None
         if point_coords is not None:
             coords = jnp.asarray(np.asarray(point_coords, np.float32).reshape(1, -1, 2) * scale)
@@ -78,7 +66,7 @@ class SamPredictor:
             if labels.shape[1] != coords.shape[1]:
                 raise ValueError(f"{coords.shape[1]} points but {labels.shape[1]} labels")
         if box is not None:
-            boxes = jnp.asarray(np.asarray(box, np.float32).reshape(1, 4) * np.tile(scale, 2))
+            boxes = jnp.asarray(np.asarray(box, np.float32).reshape(1, 4) * scale)
         if mask_input is not None:
             masks = jnp.asarray(np.asarray(mask_input, np.float32).reshape(1, *np.shape(mask_input)[-2:], 1))
         low_res, iou = self._decode(self.model, self.embedding, coords, labels, boxes, masks,

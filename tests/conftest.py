@@ -1,16 +1,16 @@
 """Shared test set-up and fixtures.
 
 segment_anything imports torchvision, which does not load beside the CPU torch wheel: the stand-in of
-`train.torchvision_stand_in` is installed first.
+`torchvision_stand_in` (beside this file) is installed first.
 """
 
 import zlib
 from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
-
-from train import torchvision_stand_in
+import torchvision_stand_in
 
 torchvision_stand_in.install()
 

@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_adaptation_lora import ALL_TARGETS, randomise
 
 from sam_jax.adaptation import AdaptationConfig, AdaptationError, adapt, build_model
 from sam_jax.adaptation.cross_slice import depth_attention
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
 from sam_jax.model.image_encoder import window_partition, window_unpartition
-from test_adaptation_lora import ALL_TARGETS, randomise
 
 CONFIG = sam_config("tiny")  # grid 8, window 3: windowed blocks pad 8 → 9
 SLICES = 3
@@ -29,7 +29,8 @@ def model():
     model = build_model(CONFIG, AdaptationConfig(lora_targets=ALL_TARGETS, cross_slice=True), rngs=nnx.Rngs(0))
     randomise(model, nnx.LoRAParam, seed=1)
     for i, block in enumerate(model.image_encoder.blocks):
-        block.cross_slice.gate[...] = jax.random.uniform(jax.random.key(10 + i), (CONFIG.encoder_embed_dim,), minval=0.5)
+        block.cross_slice.gate[...] = jax.random.uniform(jax.random.key(10 + i), (CONFIG.encoder_embed_dim,),
+                                                         minval=0.5)
     return model
 
 

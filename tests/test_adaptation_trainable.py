@@ -7,11 +7,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from test_adaptation_lora import randomise
 
-from sam_jax.adaptation import AdaptationConfig, PRESETS, build_model, count_parameters, partition
+from sam_jax.adaptation import PRESETS, AdaptationConfig, build_model, count_parameters, partition
 from sam_jax.adaptation.trainable_rules import TrainableRulesError
 from sam_jax.config import sam_config
-from test_adaptation_lora import randomise
 
 CONFIG = sam_config("tiny")
 SLICES = 2

@@ -23,12 +23,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from torch_reference import torch_sam
 
 from sam_jax.config import sam_config
 from sam_jax.data.brats import find_cases
 from sam_jax.data.phantom import write_case
+from sam_jax.spec import RunSpec
+from sam_jax.training.config import TrainConfig
 from sam_jax.weights.io import read_arrays
-from torch_reference import torch_sam
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = {"train.main": ["--model_type=tiny", "--image_size=64", "--steps=0", "--epochs=1"],
@@ -108,6 +110,11 @@ def _check_training(workdir: Path, expected_steps: int | None) -> dict:
         assert summary["steps"] == expected_steps
     log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     validated = [r for r in log if "val_dice" in r]
+    # The logs people read: the training curve and TensorBoard events beside metrics.jsonl.
+    assert (workdir / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    # The adapter carries the run spec that config.json records.
+    assert TrainConfig.load(workdir).spec() == RunSpec.from_metadata(read_arrays(workdir / "adapter.safetensors")[1])
     if validated:  # once per epoch: one pass, at the last step; it is the best and exported as such
         assert [r["step"] for r in validated] == [summary["steps"]]
         best = max(validated, key=lambda r: r["val_dice"])
@@ -133,7 +140,8 @@ def test_readme_commands_run_as_written(workspace):
     seg = np.asarray(nib.load(case.seg).dataobj) > 0
     click = ",".join(map(str, np.argwhere(seg)[len(np.argwhere(seg)) // 2]))
     substitutions = {"sam_vit_b_01ec64.pth": "sam_tiny.pth", "sam_vit_b.safetensors": "sam_tiny.safetensors",
-                     "/data/BraTS-GLI-00001-000": str(cwd / "brats" / case.case_id), "/data/BraTS2023": str(cwd / "brats"),
+                     "/data/BraTS-GLI-00001-000": str(cwd / "brats" / case.case_id),
+                     "/data/BraTS2023": str(cwd / "brats"),
                      "120,98,77": click, "--cases_per_domain 4": "--cases_per_domain 1",
                      "/tmp/cache": str(cwd / "bench_cache")}
     commands = readme_commands()
@@ -230,7 +238,7 @@ def _check_two_step(step1: Path, step2: Path) -> None:
 
     from sam_jax.data.cache import Cache
     from sam_jax.evaluation import load_trained
-    from sam_jax.training.step import StepConfig, make_eval_forward
+    from sam_jax.training.step import make_eval_forward
     from sam_jax.training.validate import low_res_predictions, paper_dice
 
     first, _ = read_arrays(step1 / "adapter.safetensors")
@@ -240,14 +248,14 @@ def _check_two_step(step1: Path, step2: Path) -> None:
     assert set(metadata["inherited"].split(",")) == set(embedding)
 
     trained = load_trained(step2)
-    cfg = trained.config
+    cfg = TrainConfig.load(step2)
     graphdef, params, rest = nnx.split(trained.model, nnx.Param, ...)
-    forward = make_eval_forward(graphdef, StepConfig(image_size=cfg.image_size, loss=cfg.loss))
+    forward = make_eval_forward(graphdef, cfg)
     cache = Cache.open(Path(cfg.data_dir) / ".sam_jax_cache")
     summary = json.loads((step2 / "summary.json").read_text())
     for domain, expected in summary["paper_dice"].items():
         ids = summary["per_case"][domain]
         predictions = low_res_predictions(lambda b, r: forward(params, rest, b, r), cache, list(ids),
-                                          modalities=trained.adaptation.modalities, slices=cfg.slices,
+                                          modalities=trained.spec.modalities, slices=cfg.slices,
                                           batch_size=cfg.batch_size, seed=cfg.seed)
         assert paper_dice(predictions)["mean"] == pytest.approx(expected, abs=1e-6)

@@ -11,14 +11,13 @@ import pytest
 import torch
 from flax import nnx
 from segment_anything import sam_model_registry
+from torch_reference import assert_close, state_dict_numpy, to_numpy, torch_sam
 
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
 from sam_jax.model.sam import normalize_rgb
-from sam_jax.weights.convert import convert_checkpoint
 from sam_jax.weights.io import load_sam_weights, read_arrays, save_arrays
 from sam_jax.weights.params import WeightsError, model_shapes, torch_to_flax
-from torch_reference import assert_close, state_dict_numpy, to_numpy, torch_sam
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,15 @@ import pytest
 from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.embeddings import knn_accuracy, separation, tsne
 from sam_jax.evaluation.figures import heatmap, overlay, scatter_by_domain
-from sam_jax.evaluation.lora_discrepancy import (as_heatmap, check_files, difference_norm, discrepancy, lora_factors,
-                                                 pairwise, update_singular_values)
+from sam_jax.evaluation.lora_discrepancy import (
+    as_heatmap,
+    check_files,
+    difference_norm,
+    discrepancy,
+    lora_factors,
+    pairwise,
+    update_singular_values,
+)
 from sam_jax.weights.io import save_arrays
 
 

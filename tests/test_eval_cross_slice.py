@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_adaptation_lora import randomise
 
 from sam_jax.adaptation import build_model
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.trained import TrainedModel
 from sam_jax.training.config import TrainConfig
-from sam_jax.training.step import StepConfig, forward
-from test_adaptation_lora import randomise
+from sam_jax.training.step import forward
 
 Z = 3
 
@@ -22,11 +22,11 @@ Z = 3
 @pytest.fixture(scope="module")
 def trained():
     cfg = TrainConfig(model_type="tiny", image_size=64, cross_slice=True, slices=Z, lora_rank=2)
-    model = build_model(cfg.sam_config(), cfg.adaptation(), rngs=nnx.Rngs(0))
+    model = build_model(cfg.sam_config(), cfg, rngs=nnx.Rngs(0))
     randomise(model, nnx.LoRAParam, seed=1)
     for block in model.image_encoder.blocks:  # at zero the branch would change nothing and the test prove nothing
         block.cross_slice.gate[...] = jnp.full(block.cross_slice.gate.shape, 0.5)
-    return TrainedModel(model, cfg, cfg.adaptation(), name="cross_slice")
+    return TrainedModel(model, cfg.spec(), name="cross_slice", training=cfg.to_dict())
 
 
 def _stack_loop_logits(trained, slices, clicks):
@@ -34,8 +34,8 @@ def _stack_loop_logits(trained, slices, clicks):
     n, h, w, c = slices.shape
     s = max(h, w)
     graphdef, state = nnx.split(trained.model)
-    run = jax.jit(lambda st, b: forward(nnx.merge(graphdef, st), b, jax.random.key(0),
-                                        StepConfig(image_size=trained.image_size))[0])
+    cfg = TrainConfig(**trained.training)
+    run = jax.jit(lambda st, b: forward(nnx.merge(graphdef, st), b, jax.random.key(0), cfg)[0])
     out = []
     for k in range(n):
         image = np.zeros((1, Z, s, s, c), np.float32)
@@ -63,7 +63,7 @@ def test_each_slice_is_encoded_in_its_own_stack(trained):
                                np.asarray(segmenter.encode(slices))[[0, 3]], atol=1e-5)
 
     # The test can fail: one slice at a time (the old evaluation) gives other logits.
-    flat = dataclasses.replace(trained, config=trained.config.replace(slices=1))
+    flat = dataclasses.replace(trained, spec=trained.spec.replace(slices=1))
     alone = SliceSegmenter(flat, batch_size=4)
     single = alone.decode(alone.encode(slices), clicks, np.ones((5, 1), np.int32), (20, 17))
     assert np.abs(single - expected).max() > 1e-2

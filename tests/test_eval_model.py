@@ -16,15 +16,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sam_jax.data import find_cases, load_case
 from sam_jax.config import sam_config
+from sam_jax.data import find_cases, load_case
 from sam_jax.evaluation import CheckpointError, load_trained, load_zero_shot
 from sam_jax.evaluation.evaluate import evaluate_cases
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
-from sam_jax.training.loop import build
-from sam_jax.training.step import StepConfig, forward
 from sam_jax.model import Sam, attention
+from sam_jax.spec import RunSpec
+from sam_jax.training.config import TrainConfig
+from sam_jax.training.loop import build
+from sam_jax.training.step import forward
 from sam_jax.weights.io import model_arrays, read_arrays, save_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +56,7 @@ def small_data(phantom_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def gli_volume(trained, small_data):
     case = load_case(find_cases(small_data, "GLI")[0])
-    cfg = trained.config
-    return prepare_volume(case, trained.adaptation.modalities, cfg.normalisation, cfg.crop_to_brain)
+    return prepare_volume(case, trained.spec)
 
 
 def _flat(state):
@@ -67,21 +68,38 @@ def test_loaded_run_is_the_trained_adapter_on_the_same_random_base(trained, tiny
     adapter, _ = read_arrays(Path(tiny_trained_run) / "adapter.safetensors")
     assert all(np.array_equal(loaded[k], v) for k, v in adapter.items())
     # The frozen base is rebuilt from the run's seed: identical to the one training started from.
-    _, _, frozen, _ = build(trained.config)
+    _, _, frozen, _ = build(TrainConfig.load(tiny_trained_run))
     frozen = _flat(frozen)
     assert frozen and all(np.array_equal(loaded[k], v) for k, v in frozen.items())
 
 
+def _rewrite_spec(adapter: Path, **changes) -> None:
+    """The adapter file with its header's run spec changed (the arrays kept)."""
+    arrays, metadata = read_arrays(adapter)
+    spec = RunSpec.from_metadata(metadata).replace(**changes)
+    save_arrays(adapter, arrays, {**metadata, **spec.to_metadata()})
+
+
+def test_the_adapter_file_alone_rebuilds_the_model(trained, tiny_trained_run, tmp_path):
+    workdir = tmp_path / "moved"
+    workdir.mkdir()
+    shutil.copy(Path(tiny_trained_run) / "adapter.safetensors", workdir)
+    alone = load_trained(workdir)
+    assert alone.spec == trained.spec == TrainConfig.load(tiny_trained_run).spec() and alone.training == {}
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(nnx.state(alone.model)),
+                                                     jax.tree.leaves(nnx.state(trained.model))))
+
+
 def test_bad_checkpoints_are_refused_by_name(tiny_trained_run, tmp_path):
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match="adapter.safetensors: no such file"):
         load_trained(tmp_path)
     broken = tmp_path / "run"
     shutil.copytree(tiny_trained_run, broken, ignore=shutil.ignore_patterns("checkpoints"))
-    config = json.loads((broken / "config.json").read_text())
-    (broken / "config.json").write_text(json.dumps({**config, "lora_rank": 3}))
-    with pytest.raises(CheckpointError, match="adapter.safetensors.*another adaptation"):
+    _rewrite_spec(broken / "adapter.safetensors", lora_rank=3)
+    with pytest.raises(CheckpointError, match="adapter.safetensors.*does not fit"):
         load_trained(broken)
-    (broken / "config.json").write_text(json.dumps({**config, "sam_weights": "/nowhere/sam.safetensors"}))
+    shutil.copy(Path(tiny_trained_run) / "adapter.safetensors", broken)
+    _rewrite_spec(broken / "adapter.safetensors", sam_weights="/nowhere/sam.safetensors")
     with pytest.raises(CheckpointError, match="/nowhere/sam.safetensors.*--sam_weights"):
         load_trained(broken)
     (broken / "adapter.safetensors").unlink()
@@ -110,15 +128,14 @@ def kernels_traced(monkeypatch):
 
 
 def test_evaluation_runs_the_kernel_the_run_was_trained_with(trained, gli_volume, kernels_traced):
-    assert trained.config.attention == "folded"  # as the run's config.json says
+    assert trained.spec.attention == "folded"  # as the run's adapter says
     SliceSegmenter(trained, batch_size=2).encode(gli_volume.slices[:2])
     assert kernels_traced["folded"] == trained.model.config.encoder_depth and not kernels_traced["plain"]
 
 
 def test_models_differing_only_in_kernel_compile_apart(trained, tiny_trained_run, tmp_path, kernels_traced):
     workdir = shutil.copytree(tiny_trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
-    config = json.loads((workdir / "config.json").read_text())
-    (workdir / "config.json").write_text(json.dumps({**config, "attention": "plain"}))
+    _rewrite_spec(workdir / "adapter.safetensors", attention="plain")
     plain = load_trained(workdir).model
     encode = nnx.jit(lambda model, images: model.encode_image(images))
     images = np.random.default_rng(0).normal(size=(1, 128, 128, 4)).astype(np.float32)
@@ -129,7 +146,7 @@ def test_models_differing_only_in_kernel_compile_apart(trained, tiny_trained_run
     np.testing.assert_allclose(folded_embedding, plain_embedding, atol=1e-4)
 
 
-def test_segmenter_matches_the_training_forward_pass(trained, gli_volume):
+def test_segmenter_matches_the_training_forward_pass(trained, gli_volume, tiny_trained_run):
     k = int(np.argmax(gli_volume.tumour.sum(axis=(1, 2))))
     rows, cols = np.nonzero(gli_volume.tumour[k])
     click = np.array([[[cols[0], rows[0]]]], np.float32)
@@ -143,8 +160,8 @@ def test_segmenter_matches_the_training_forward_pass(trained, gli_volume):
              "valid_hw": np.array([[h, w]], np.int32), "point_coords": click[None],
              "point_labels": np.ones((1, 1, 1), np.int32)}
     graphdef, state = nnx.split(trained.model)
-    run = jax.jit(lambda s, b: forward(nnx.merge(graphdef, s), b, jax.random.key(0),
-                                       StepConfig(image_size=trained.image_size)))
+    cfg = TrainConfig.load(tiny_trained_run)
+    run = jax.jit(lambda s, b: forward(nnx.merge(graphdef, s), b, jax.random.key(0), cfg))
     logits, _, _ = run(state, batch)
     np.testing.assert_allclose(ours, np.asarray(logits[:, 0]), atol=1e-4)
     native = segmenter.to_slice_grid(ours, gli_volume.slices.shape[1:3])
@@ -221,7 +238,8 @@ def test_zero_shot_is_plain_sam_on_three_channels(tiny_sam_file, small_data):
     loaded = _flat(nnx.state(zero_shot.model))
     assert set(loaded) == set(stored) and all(np.array_equal(loaded[k], v) for k, v in stored.items())
     case = load_case(find_cases(small_data, "GLI")[0])
-    volume = prepare_volume(case, zero_shot.adaptation.modalities, "none", False, sam_rgb=True)
+    assert zero_shot.spec.normalisation == "sam_rgb"
+    volume = prepare_volume(case, zero_shot.spec)
     # The brain's 99.5th percentile of T1 becomes 255 before SAM's normalisation of the red channel.
     brain = case.images["t1n"] != 0
     top = (np.percentile(case.images["t1n"][brain], 99.5) >= case.images["t1n"]) & brain

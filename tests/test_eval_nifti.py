@@ -6,15 +6,14 @@ from types import SimpleNamespace
 import nibabel as nib
 import numpy as np
 import pytest
+from test_eval_protocols import ComponentSegmenter
 
-from sam_jax.adaptation import AdaptationConfig
 from sam_jax.data import find_cases, load_case, save_prediction
 from sam_jax.evaluation import CaseError, ClickError
 from sam_jax.evaluation.evaluate import evaluate_cases
 from sam_jax.evaluation.prediction import parse_clicks, predict_volume
 from sam_jax.evaluation.volume import prepare_volume
-from sam_jax.training.config import TrainConfig
-from test_eval_protocols import ComponentSegmenter
+from sam_jax.spec import RunSpec
 
 MODALITIES = ("t1n", "t1c", "t2w", "t2f")
 
@@ -39,7 +38,7 @@ def oblique_case(write_tiny_case, tmp_path):
 
 @pytest.mark.parametrize("crop", [False, True])
 def test_round_trip_keeps_the_oblique_affine_and_every_voxel(oblique_case, tmp_path, crop):
-    volume = prepare_volume(oblique_case, MODALITIES, "zscore", crop)
+    volume = prepare_volume(oblique_case, RunSpec(crop_to_brain=crop))
     assert volume.slices.shape[1:3] == (volume.box[1][1] - volume.box[1][0], volume.box[0][1] - volume.box[0][0])
     # A perfect stand-in model: what comes back must be the truth, voxel for voxel, from one click per tumour.
     mask, clicks = predict_volume(ComponentSegmenter(volume.tumour), volume, embeddings=np.arange(len(volume.slices)))
@@ -52,14 +51,14 @@ def test_round_trip_keeps_the_oblique_affine_and_every_voxel(oblique_case, tmp_p
 
 
 def test_user_clicks_in_voxel_indices(oblique_case):
-    volume = prepare_volume(oblique_case, MODALITIES, "zscore", True)
+    volume = prepare_volume(oblique_case, RunSpec(crop_to_brain=True))
     mask, _ = predict_volume(ComponentSegmenter(volume.tumour), volume, parse_clicks("6,4,3"),
                              embeddings=np.arange(len(volume.slices)))
     assert np.array_equal(mask, oblique_case.seg > 0)
 
 
 def test_bad_clicks_are_refused_with_the_reason(oblique_case):
-    volume = prepare_volume(oblique_case, MODALITIES, "zscore", True)
+    volume = prepare_volume(oblique_case, RunSpec(crop_to_brain=True))
     segmenter, embeddings = ComponentSegmenter(volume.tumour), np.arange(len(volume.slices))
     with pytest.raises(ClickError, match=r"\(12, 4, 3\) lies outside .* shape \(12, 10, 6\)"):
         predict_volume(segmenter, volume, np.array([[12, 4, 3]]), embeddings=embeddings)
@@ -74,14 +73,14 @@ def test_empty_case_is_refused(write_tiny_case, tmp_path):
     zeros = {m: np.zeros((12, 10, 6), np.float32) for m in MODALITIES}
     write_tiny_case(tmp_path, images=zeros)
     with pytest.raises(CaseError, match="BraTS-GLI-00001-000.*no brain"):
-        prepare_volume(load_case(find_cases(tmp_path)[0]), MODALITIES, "zscore", False)
+        prepare_volume(load_case(find_cases(tmp_path)[0]), RunSpec())
 
 
 def test_cases_without_ground_truth_or_brain_are_recorded_as_failed(write_tiny_case, tmp_path):
     write_tiny_case(tmp_path / "data", "BraTS-PED-00001-000", modalities=MODALITIES)
     write_tiny_case(tmp_path / "data", "BraTS-PED-00002-000",
                     images={m: np.zeros((12, 10, 6), np.float32) for m in MODALITIES})
-    trained = SimpleNamespace(config=TrainConfig(), adaptation=AdaptationConfig(), sam_rgb_input=False)
+    trained = SimpleNamespace(spec=RunSpec(), training={})
     rows = evaluate_cases(None, trained, find_cases(tmp_path / "data"), tmp_path / "out", protocols=("paper",))
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert "no segmentation" in rows[0]["error"] and "no brain" in rows[1]["error"]

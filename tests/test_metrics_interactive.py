@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from sam_jax.metrics import (MetricInputError, clicks_to_reach, mean_dice_after_clicks, mean_noc, noc_failures,
-                             noc_summary)
+from sam_jax.metrics import (
+    MetricInputError,
+    clicks_to_reach,
+    mean_dice_after_clicks,
+    mean_noc,
+    noc_failures,
+    noc_summary,
+)
 
 
 def test_clicks_to_reach_counts_from_one():

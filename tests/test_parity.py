@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from torch_reference import assert_close, flax_twin, to_numpy, torch_sam
 
 from sam_jax.config import sam_config
 from sam_jax.model.layers import apply_sequential
 from sam_jax.model.sam import normalize_rgb
-from torch_reference import assert_close, flax_twin, to_numpy, torch_sam
 
 CONFIG = sam_config("tiny")
 

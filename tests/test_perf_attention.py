@@ -7,13 +7,14 @@ import optax
 import pytest
 import torch
 from flax import nnx
+from torch_reference import assert_close, flax_twin, torch_sam
 
 from sam_jax.adaptation import AdaptationConfig, adapt, partition
 from sam_jax.config import sam_config
 from sam_jax.model import Sam, attention
 from sam_jax.model.attention import attend, fold_rel_pos
-from sam_jax.training.step import StepConfig, cast_floats, make_train_step
-from torch_reference import assert_close, flax_twin, torch_sam
+from sam_jax.training.config import TrainConfig
+from sam_jax.training.step import cast_floats, make_train_step
 
 CONFIG = sam_config("tiny")
 
@@ -133,7 +134,7 @@ def _one_step(attention, remat, dtype="float32"):
     # A non-zero LoRA B and gate, so that gradients reach every leaf.
     trainable = jax.tree.map(lambda x: x + 0.01, trainable)
     tx = optax.sgd(1.0)
-    step = make_train_step(graphdef, tx, StepConfig(image_size=CONFIG.image_size, loss="bce", compute_dtype=dtype))
+    step = make_train_step(graphdef, tx, TrainConfig(image_size=CONFIG.image_size, loss="bce", precision=dtype))
     frozen = cast_floats(frozen, dtype)
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(1, 2, 40, 40, 4)).astype(np.float32),

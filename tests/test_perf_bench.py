@@ -1,6 +1,6 @@
-"""The benchmark's bookkeeping (its figures come from `python -m train.bench`, never from a test)."""
+"""The benchmark's bookkeeping (its figures come from `python -m benchmarks.bench`, never from a test)."""
 
-from train.bench import _median_round
+from benchmarks.bench import _median_round
 
 
 def test_repeated_rounds_report_each_cases_median_round():

@@ -1,13 +1,15 @@
 """The predictor: SAM's pre/post-processing around the model, on a non-square image."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from torch_reference import assert_close, flax_twin, to_numpy, torch_sam
 
 from sam_jax.config import sam_config
+from sam_jax.model.sam import PIXEL_MEAN, PIXEL_STD
 from sam_jax.predictor import SamPredictor, postprocess_masks, preprocess, resized_shape
-from torch_reference import assert_close, flax_twin, to_numpy, torch_sam
 
 CONFIG = sam_config("tiny")
 
@@ -41,15 +43,23 @@ def test_predict_scales_clicks_and_returns_masks_at_image_size(pair):
     masks, scores, low_res = predictor.predict(np.array([[65.0, 50.0]]), np.array([1]), multimask_output=True)
     assert masks.shape == (3, 200, 130) and masks.dtype == bool and scores.shape == (3,)
 
-    # The same prediction by hand: the click scaled by 128/200 on both axes (x, y order), the padded input encoded.
-    x, input_hw = preprocess(image, CONFIG.image_size)
-    assert input_hw == (128, 83)
+    # The same prediction by hand: the image normalised, scaled by 128/200 (aspect kept) into the padded frame, the
+    # click scaled by the same factor on both axes (x, y order).
+    scale = 128 / 200
+    x, frame_scale = preprocess(image, CONFIG.image_size)
+    assert frame_scale == pytest.approx(scale)
+    canvas = np.zeros((200, 200, 3), np.float32)  # zero (the mean colour) right of the image, as SAM pads
+    canvas[:, :130] = (image - np.array(PIXEL_MEAN)) / np.array(PIXEL_STD)
+    resized = jax.image.scale_and_translate(jnp.asarray(canvas), (128, 128, 3), (0, 1),
+                                            jnp.array([scale, scale]), jnp.zeros(2), "linear", antialias=True)
+    np.testing.assert_allclose(x, resized, atol=1e-4)
+    assert not np.asarray(x)[:, 84:].any()  # 130·0.64 = 83.2 columns hold the image, the rest is padding
     embedding = model.encode_image(x[None])
-    expected_low, expected_iou = model.decode(embedding, jnp.array([[[65.0 * 83 / 130, 50.0 * 128 / 200]]]),
+    expected_low, expected_iou = model.decode(embedding, jnp.array([[[65.0 * scale, 50.0 * scale]]]),
                                               jnp.array([[1]]), multimask_output=True)
     np.testing.assert_allclose(low_res, expected_low[0], atol=1e-5)
     np.testing.assert_allclose(scores, expected_iou[0], atol=1e-5)
-    logits = postprocess_masks(expected_low[0], input_hw, (200, 130), CONFIG.image_size)
+    logits = postprocess_masks(expected_low[0], resized_shape(200, 130, 128), (200, 130), CONFIG.image_size)
     assert (masks == (np.asarray(logits) > 0)).mean() > 0.999
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam_jax.weights.torch_checkpoint import CheckpointError, read_torch_checkpoint
+from sam_jax.weights.torch_checkpoint import UnsafeCheckpointError, read_torch_checkpoint
 
 
 def saved(tmp_path, obj, name="ckpt", **kwargs):
@@ -173,7 +173,7 @@ def test_code_in_the_pickle_is_refused_without_running(tmp_path, function, comma
 
     marker = tmp_path / "must_not_exist"
     path = checkpoint_zip(tmp_path / "evil.pth", payload(marker))
-    with pytest.raises(CheckpointError) as error:
+    with pytest.raises(UnsafeCheckpointError) as error:
         read_torch_checkpoint(path)
     message = str(error.value)
     assert f"{function.__module__}.{function.__name__}" in message
@@ -185,7 +185,7 @@ def test_truncated_zip(tmp_path):
     whole = saved(tmp_path, {"weight": torch.randn(64, 64)}).read_bytes()
     path = tmp_path / "cut.pth"
     path.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt zip") as error:
+    with pytest.raises(UnsafeCheckpointError, match="truncated or corrupt zip") as error:
         read_torch_checkpoint(path)
     assert str(path) in str(error.value)
 
@@ -200,7 +200,7 @@ def test_corrupt_storage_bytes_fail_the_crc(tmp_path):
         int.from_bytes(local_header[28:30], "little")
     raw[data_start + 100] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match="ckpt/data/0 is corrupt"):
+    with pytest.raises(UnsafeCheckpointError, match="ckpt/data/0 is corrupt"):
         read_torch_checkpoint(path)
 
 
@@ -212,18 +212,18 @@ def test_corrupt_storage_bytes_fail_the_crc(tmp_path):
 def test_not_a_zip(tmp_path, content, fault):
     path = tmp_path / "weights.pth"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=fault):
+    with pytest.raises(UnsafeCheckpointError, match=fault):
         read_torch_checkpoint(path)
 
 
 def test_legacy_format_is_named_with_a_way_out(tmp_path):
     path = saved(tmp_path, {"weight": torch.ones(2)}, _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match=r"legacy \(pre-1.6\).*torch.save\(torch.load"):
+    with pytest.raises(UnsafeCheckpointError, match=r"legacy \(pre-1.6\).*torch.save\(torch.load"):
         read_torch_checkpoint(path)
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(CheckpointError, match="cannot open"):
+    with pytest.raises(UnsafeCheckpointError, match="cannot open"):
         read_torch_checkpoint(tmp_path / "absent.pth")
 
 
@@ -231,21 +231,21 @@ def test_zip_without_data_pkl(tmp_path):
     path = tmp_path / "other.pth"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("readme.txt", "hello")
-    with pytest.raises(CheckpointError, match="no <name>/data.pkl"):
+    with pytest.raises(UnsafeCheckpointError, match="no <name>/data.pkl"):
         read_torch_checkpoint(path)
 
 
 def test_missing_storage_record(tmp_path):
     source = saved(tmp_path, {"a": torch.ones(3), "b": torch.ones(4)})
     path = rewritten(source, tmp_path / "holed.pth", {"ckpt/data/1": None})
-    with pytest.raises(CheckpointError, match="storage record ckpt/data/1 is missing"):
+    with pytest.raises(UnsafeCheckpointError, match="storage record ckpt/data/1 is missing"):
         read_torch_checkpoint(path)
 
 
 def test_storage_record_shorter_than_declared(tmp_path):
     source = saved(tmp_path, {"a": torch.ones(8)})
     path = rewritten(source, tmp_path / "short.pth", {"ckpt/data/0": bytes(16)})
-    with pytest.raises(CheckpointError, match="holds 16 bytes but the pickle declares 32"):
+    with pytest.raises(UnsafeCheckpointError, match="holds 16 bytes but the pickle declares 32"):
         read_torch_checkpoint(path)
 
 
@@ -259,7 +259,7 @@ def test_tensor_reaching_past_its_storage(tmp_path, offset, size, stride):
     pickled = torch_like_pickle({"fits": FakeTensor(storage, 0, (2, 2), (2, 1)),
                                  "overruns": FakeTensor(storage, offset, size, stride)})
     path = checkpoint_zip(tmp_path / "overrun.pth", pickled, {"0": np.arange(4, dtype="<f4").tobytes()})
-    with pytest.raises(CheckpointError, match="tensor 'overruns'.*holds 4"):
+    with pytest.raises(UnsafeCheckpointError, match="tensor 'overruns'.*holds 4"):
         read_torch_checkpoint(path)
 
 
@@ -279,14 +279,14 @@ def test_hand_made_pickle_reads_like_torch(tmp_path):
     ([torch.ones(2)], "holds a list, not a state dict"),
 ], ids=["int", "list", "top-level list"])
 def test_non_tensor_leaves(tmp_path, tree, fault):
-    with pytest.raises(CheckpointError, match=fault):
+    with pytest.raises(UnsafeCheckpointError, match=fault):
         read_torch_checkpoint(saved(tmp_path, tree))
 
 
 def test_unknown_byteorder(tmp_path):
     source = saved(tmp_path, {"a": torch.ones(2)})
     path = rewritten(source, tmp_path / "odd.pth", {"ckpt/byteorder": b"middle"})
-    with pytest.raises(CheckpointError, match="unknown byte order b'middle'"):
+    with pytest.raises(UnsafeCheckpointError, match="unknown byte order b'middle'"):
         read_torch_checkpoint(path)
 
 

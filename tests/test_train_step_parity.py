@@ -23,16 +23,18 @@ from flax import nnx
 from sam_jax.adaptation import AdaptationConfig, build_model, partition
 from sam_jax.adaptation.lora import QKV_SECTIONS
 from sam_jax.config import sam_config
+
 try:
     from sam_jax.model.frame import target_to_low_res, to_model_frame
 except ImportError:  # before the frame moved to the model package
-    from sam_jax.training.frame import target_to_low_res, to_model_frame
-from sam_jax.training.step import make_train_step
-from sam_jax.weights.io import assign
-from sam_jax.weights.params import flax_path, torch_to_flax
+    from sam_jax.model.frame import target_to_low_res, to_model_frame
 from torch_reference import _randomise, state_dict_numpy, to_numpy
 from torch_sam_lora import LoRASam
 from torch_sam_lora import make_train_step as torch_train_step
+
+from sam_jax.training.step import make_train_step
+from sam_jax.weights.io import assign
+from sam_jax.weights.params import flax_path, torch_to_flax
 
 CONFIG = sam_config("tiny")  # 128² input, 8×8 tokens, 32×32 low-res logits
 LR = 1e-2

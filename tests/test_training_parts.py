@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.training.frame import clicks_to_model_frame, target_to_low_res, to_model_frame
+from sam_jax.model.frame import clicks_to_model_frame, target_to_low_res, to_model_frame
 from sam_jax.training.losses import mask_loss, multimask_loss
 from sam_jax.training.prompts import click_in_error
 

@@ -8,12 +8,10 @@ import sys
 
 from absl import app, logging
 
-from sam_jax.adaptation import AdaptationError
-from sam_jax.data import DataError
+from sam_jax.errors import SamJaxError
 from sam_jax.flags_util import config_from_flags, define_flags, run_app
 from sam_jax.training.config import TrainConfig
-from sam_jax.training.loop import TrainingError, train_and_evaluate
-from sam_jax.weights.params import WeightsError
+from sam_jax.training.loop import train_and_evaluate
 
 define_flags(TrainConfig)
 
@@ -24,10 +22,10 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     # Our INFO lines (trainable counts, resume) stay; the libraries' chatter goes.
     logging.get_absl_handler().addFilter(lambda r: not any(s in r.pathname for s in ("/orbax/", "/jax/", "/grain/")))
-    config = config_from_flags(TrainConfig)
     try:
+        config = config_from_flags(TrainConfig)
         summary = train_and_evaluate(config)
-    except (TrainingError, DataError, AdaptationError, WeightsError) as e:
+    except SamJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"\nDice after {summary['steps']} steps (workdir {config.workdir}):")

@@ -74,6 +74,7 @@ def load_adapter(model: nnx.Module, path, adaptation_config: AdaptationConfig, b
         stored = AdaptationConfig.from_metadata(metadata)
     except AdaptationError as e:
         raise AdapterFileError(f"{path}: {e}") from None
+    adaptation_config = adaptation_config.adaptation()  # a run spec's other fields are not the adapter's to check
     if stored != adaptation_config:
         differ = {k: (v, adaptation_config.to_metadata()[k]) for k, v in stored.to_metadata().items()
                   if v != adaptation_config.to_metadata()[k]}

@@ -12,8 +12,9 @@ import math
 from typing import Dict, Mapping, Tuple
 
 from sam_jax.adaptation.errors import AdaptationError
-from sam_jax.adaptation.modalities import LAYOUTS, check_modalities, parse_modalities
+from sam_jax.adaptation.modalities import LAYOUTS, parse_modalities
 from sam_jax.adaptation.trainable_rules import PRESETS
+from sam_jax.config import setting
 
 LORA_TARGETS = ("q", "k", "v", "proj", "lin1", "lin2")
 PATCH_EMBED_INITS = ("random", "rgb_mean")
@@ -21,17 +22,21 @@ PATCH_EMBED_INITS = ("random", "rgb_mean")
 
 @dataclasses.dataclass(frozen=True)
 class AdaptationConfig:
-    modalities: Tuple[str, ...] = LAYOUTS["all4"]  # a layout name or comma-separated names are accepted too
-    patch_embed_init: str = "random"  # for a channel count other than 3: "random" (the paper) or "rgb_mean"
-    lora_rank: int = 4  # 0: no LoRA
-    lora_alpha: float = 1.0  # LoRA's update is scaled by alpha / rank
-    lora_targets: Tuple[str, ...] = ("q", "v", "lin1", "lin2")
-    cross_slice: bool = False  # attention across the slices of a volume in every encoder block
-    trainable: str = "lora"  # a preset of `sam_jax.adaptation.trainable_rules.PRESETS`
+    modalities: Tuple[str, ...] = setting(LAYOUTS["all4"], "Input channels: a layout (all4, t1n_x3, t1c_x3, t2w_x3, "
+                                          "t2f_x3, t1n_t2w_t2f) or a comma list of t1n, t1c, t2w, t2f.")
+    patch_embed_init: str = setting("random", "New patch embedding for != 3 channels: random (the paper) or "
+                                              "rgb_mean.")
+    lora_rank: int = setting(4, "LoRA rank (0: no LoRA).")
+    lora_alpha: float = setting(1.0, "LoRA alpha; the update is scaled by alpha / rank.")
+    lora_targets: Tuple[str, ...] = setting(("q", "v", "lin1", "lin2"), "LoRA targets among q, k, v, proj, lin1, "
+                                                                         "lin2.")
+    cross_slice: bool = setting(False, "Cross-slice attention in every encoder block (needs slices > 1 to act).")
+    trainable: str = setting("lora", "Trainable preset: lora, patch_embed_only, lora_frozen_patch, full, "
+                                     "decoder_only, none.")
 
     def __post_init__(self):
-        modalities = (parse_modalities(self.modalities) if isinstance(self.modalities, str)
-                      else check_modalities(self.modalities))
+        named = self.modalities if isinstance(self.modalities, str) else ",".join(self.modalities)
+        modalities = parse_modalities(named)  # a layout name, or modality names (a flag gives a list)
         object.__setattr__(self, "modalities", modalities)
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.patch_embed_init not in PATCH_EMBED_INITS:
@@ -60,6 +65,10 @@ class AdaptationConfig:
 
     def replace(self, **changes) -> "AdaptationConfig":
         return dataclasses.replace(self, **changes)
+
+    def adaptation(self) -> "AdaptationConfig":
+        """The adaptation part alone (of a run spec or training config, which extend this class)."""
+        return AdaptationConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AdaptationConfig)})
 
     def to_metadata(self) -> Dict[str, str]:
         """Every field as a string, for a safetensors header."""

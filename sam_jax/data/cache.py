@@ -28,7 +28,7 @@ import numpy as np
 from sam_jax.data import split as split_lib
 from sam_jax.data.brats import MODALITIES, CaseFiles, find_cases, load_case
 from sam_jax.data.errors import BadCaseError, CacheError
-from sam_jax.data.preprocess import brain_box, brain_mask, normalise
+from sam_jax.data.preprocess import volume_slices
 
 FORMAT_VERSION = 2
 log = logging.getLogger(__name__)
@@ -64,25 +64,17 @@ def _quantise(image: np.ndarray, normalisation: str) -> tuple[np.ndarray, float]
 
 def _build_case(case_files: CaseFiles, target: Path, settings: dict, fingerprint: list) -> dict:
     case = load_case(case_files)
-    brain = brain_mask(case.images)
-    box = brain_box(brain) if settings["crop_to_brain"] else tuple((0, n) for n in brain.shape)
-    crop = tuple(slice(*b) for b in box)
-    # (X, Y, Z) -> (Z, Y, X): slices first, image rows along voxel Y, columns along voxel X.
-    image = np.stack(
-        [normalise(case.images[m], brain, settings["normalisation"])[crop].transpose(2, 1, 0) for m in MODALITIES],
-        axis=-1,
-    )
-    image, scale = _quantise(image, settings["normalisation"])
-    brain_slices = brain[crop].transpose(2, 1, 0)
-    labels = (case.seg if case.seg is not None else np.zeros(brain.shape, np.uint8))[crop].transpose(2, 1, 0)
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    prepared = volume_slices(case.images, case.seg, MODALITIES, settings["normalisation"], settings["crop_to_brain"])
+    image, scale = _quantise(prepared.images, settings["normalisation"])
+    brain_slices, box = prepared.brain, prepared.box
+    labels = prepared.labels if prepared.labels is not None else np.zeros(brain_slices.shape, np.uint8)
     meta = dict(
         case_id=case_files.case_id,
         domain=case_files.domain,
         patient_id=case_files.patient_id,
         fingerprint=fingerprint,
         settings=settings,
-        volume_shape=list(brain.shape),
+        volume_shape=list(case.images[MODALITIES[0]].shape),
         box=[list(b) for b in box],
         has_seg=case.seg is not None,
         tumour_area=(labels > 0).sum(axis=(1, 2)).tolist(),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sam_jax.errors import SamJaxError
 
-class DataError(Exception):
+
+class DataError(SamJaxError):
     """Base class for every data-layer error."""
 
 

@@ -144,7 +144,7 @@ def _bias_field(rng: np.random.Generator, strength: float) -> np.ndarray:
     coords = [np.linspace(-1, 1, n, dtype=np.float32) for n in SHAPE]
     grid = np.meshgrid(*coords, indexing="ij", sparse=True)
     linear, square = rng.uniform(-1, 1, size=3), rng.uniform(-0.5, 0.5, size=3)
-    log_field = sum(l * g + s * g * g for l, s, g in zip(linear, square, grid))
+    log_field = sum(a * g + b * g * g for a, b, g in zip(linear, square, grid))
     return np.exp(strength * log_field / 1.5).astype(np.float32)
 
 
@@ -169,7 +169,8 @@ def make_case(domain: str, index: int, seed: int) -> tuple[dict[str, np.ndarray]
     bbox = ndimage.find_objects(body.astype(np.int8))[0]
     labels_box, body_box = labels[bbox], body[bbox]
     # Partial-volume weights: tissue fractions fade where the tumour's smoothed label maps take over.
-    tumour_weight = {l: ndimage.gaussian_filter((labels_box == l).astype(np.float32), 0.7) for l in TUMOUR_CONTRAST}
+    tumour_weight = {label: ndimage.gaussian_filter((labels_box == label).astype(np.float32), 0.7)
+                     for label in TUMOUR_CONTRAST}
     remaining = np.clip(1 - sum(tumour_weight.values()), 0, 1)
     texture = 1 + 0.08 * _smooth_noise(labels_box.shape, rng, sigma=2)
     contrast = {**TUMOUR_CONTRAST, **_DOMAIN_CONTRAST.get(domain, {})}
@@ -177,7 +178,7 @@ def make_case(domain: str, index: int, seed: int) -> tuple[dict[str, np.ndarray]
     images = {}
     for m, modality in enumerate(MODALITIES):
         volume = sum(anat[t][bbox] * TISSUE_CONTRAST[t][m] for t in TISSUE_CONTRAST) * remaining
-        volume += sum(w * contrast[l][m] for l, w in tumour_weight.items()) * texture
+        volume += sum(w * contrast[label][m] for label, w in tumour_weight.items()) * texture
         if domain == "SSA":
             volume = _thick_slices(ndimage.gaussian_filter(volume * bias, 1.2), thickness=4)
         noise_std = _NOISE[domain] * TISSUE_CONTRAST["wm"][m]

@@ -1,13 +1,20 @@
-"""Per-case preprocessing before caching: a brain mask (any modality non-zero, the volumes being skull-stripped),
-per-modality normalisation over brain voxels ('zscore': clip to the 0.5/99.5 brain percentiles, then zero mean and
-unit variance, background kept at 0; 'none': the raw intensities the paper fed to SAM), and the brain's bounding box
-for the optional crop."""
+"""A case as the model sees it, for the training cache and for evaluation alike: a brain mask (any modality
+non-zero, the volumes being skull-stripped), per-modality normalisation over brain voxels ('zscore': clip to the
+0.5/99.5 brain percentiles, then zero mean and unit variance, background kept at 0; 'none': the raw intensities the
+paper fed to SAM; 'sam_rgb': the percentiles stretched to 0–255 and SAM's RGB statistics applied, zero-shot SAM's
+input), the brain's bounding box for the optional crop, and the axial slices.
+
+Slices are (Z', H, W, C) with rows along voxel Y and columns along voxel X: slice k' is
+`vol[x0:x1, y0:y1, z0 + k'].T` over the crop box, so a slice mask goes back as `vol[x0:x1, y0:y1, z0 + k'] = mask.T`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-NORMALISATIONS = ("zscore", "none")
+NORMALISATIONS = ("zscore", "none", "sam_rgb")
 CLIP_PERCENTILES = (0.5, 99.5)
 
 
@@ -24,6 +31,8 @@ def normalise(volume: np.ndarray, brain: np.ndarray, method: str) -> np.ndarray:
         return out
     values = out[brain]
     low, high = np.percentile(values, CLIP_PERCENTILES)
+    if method == "sam_rgb":
+        return np.clip((out - low) / max(high - low, 1e-6), 0, 1) * 255
     values = np.clip(values, low, high)
     std = values.std()
     out[:] = 0
@@ -40,3 +49,30 @@ def brain_box(brain: np.ndarray) -> tuple[tuple[int, int], ...]:
         present = np.flatnonzero(brain.any(axis=tuple(a for a in range(brain.ndim) if a != axis)))
         box.append((int(present[0]), int(present[-1]) + 1))
     return tuple(box)
+
+
+@dataclasses.dataclass
+class VolumeSlices:
+    images: np.ndarray  # (Z', H, W, C) float32, one channel per modality asked for
+    brain: np.ndarray  # (Z', H, W) bool
+    labels: np.ndarray | None  # (Z', H, W) uint8 BraTS labels; None without a segmentation
+    box: tuple[tuple[int, int], ...]  # (x, y, z) half-open ranges of the crop in the native volume
+
+
+def volume_slices(images: dict[str, np.ndarray], seg: np.ndarray | None, modalities, normalisation: str,
+                  crop_to_brain: bool) -> VolumeSlices:
+    """A case's volumes (X, Y, Z) → its axial slices, normalised and cropped as the run spec says."""
+    brain = brain_mask(images)
+    box = brain_box(brain) if crop_to_brain else tuple((0, n) for n in brain.shape)
+    crop = tuple(slice(*b) for b in box)
+    # (X, Y, Z) -> (Z, Y, X): slices first, image rows along voxel Y, columns along voxel X.
+    slices = np.stack([normalise(images[m], brain, normalisation)[crop].transpose(2, 1, 0) for m in modalities],
+                      axis=-1)
+    if normalisation == "sam_rgb":
+        from sam_jax.model.sam import PIXEL_MEAN, PIXEL_STD  # SAM's own statistics, for its RGB input only
+
+        if slices.shape[-1] != len(PIXEL_MEAN):
+            raise ValueError(f"normalisation sam_rgb needs {len(PIXEL_MEAN)} modalities, not {slices.shape[-1]}")
+        slices = (slices - np.asarray(PIXEL_MEAN, np.float32)) / np.asarray(PIXEL_STD, np.float32)
+    labels = None if seg is None else np.ascontiguousarray(seg[crop].transpose(2, 1, 0), dtype=np.uint8)
+    return VolumeSlices(slices.astype(np.float32), brain[crop].transpose(2, 1, 0), labels, box)

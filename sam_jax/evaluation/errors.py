@@ -1,7 +1,9 @@
 """Errors of the evaluation layer; each message names the file, case or value at fault."""
 
+from sam_jax.errors import SamJaxError
 
-class EvaluationError(ValueError):
+
+class EvaluationError(SamJaxError, ValueError):
     """Base class: an evaluation that cannot run as asked."""
 
 

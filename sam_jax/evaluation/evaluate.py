@@ -53,9 +53,7 @@ def interactive_scores(segmenter, embeddings, tumour, max_clicks: int, feed_back
 def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks: int):
     """(row of scores, the case, its native-grid prediction or None without the volumetric protocol)."""
     case = load_case(case_files)
-    cfg = trained.config
-    volume = prepare_volume(case, trained.adaptation.modalities, cfg.normalisation, cfg.crop_to_brain,
-                            sam_rgb=trained.sam_rgb_input)
+    volume = prepare_volume(case, trained.spec)
     truth = volume.native_tumour()
     embeddings = segmenter.encode(volume.slices)
     row, prediction = {}, None
@@ -66,7 +64,8 @@ def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks:
         spacing = tuple(float(z) for z in case.header.get_zooms()[:3])
         row.update(volumetric_scores(prediction, truth, spacing, case_files.domain))
     if "interactive" in protocols:
-        row.update(interactive_scores(segmenter, embeddings, volume.tumour, max_clicks, cfg.prompt_rounds > 1))
+        row.update(interactive_scores(segmenter, embeddings, volume.tumour, max_clicks,
+                                          trained.training.get("prompt_rounds", 1) > 1))
     return row, case, prediction
 
 

@@ -19,7 +19,8 @@ from sam_jax.evaluation.errors import EvaluationError
 from sam_jax.weights.io import read_arrays
 
 TARGET_ORDER = ("q", "k", "v", "proj", "lin1", "lin2")
-_LEAF = re.compile(r"^image_encoder\.blocks\.(\d+)\.(?:attn\.qkv\.lora_(q|k|v)|attn\.(proj)\.lora|mlp\.(lin1|lin2)\.lora)"
+_LEAF = re.compile(r"^image_encoder\.blocks\.(\d+)\."
+                   r"(?:attn\.qkv\.lora_(q|k|v)|attn\.(proj)\.lora|mlp\.(lin1|lin2)\.lora)"
                    r"_(a|b)$")
 
 

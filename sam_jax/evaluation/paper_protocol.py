@@ -8,21 +8,13 @@ from __future__ import annotations
 import numpy as np
 
 from sam_jax.data.clicks import slice_click
-from sam_jax.metrics import dice_per_slice, paper_slice_dice
+from sam_jax.metrics import paper_scores
 
 
 def paper_clicks(tumour: np.ndarray, rng: np.random.Generator):
     """(Z, H, W) tumour → coords (Z, 1, 2) in (x, y) and labels (Z, 1)."""
     drawn = [slice_click(t, rng, "paper") for t in tumour]
     return np.stack([p for p, _ in drawn])[:, None], np.array([[label] for _, label in drawn], np.int32)
-
-
-def paper_scores(logits: np.ndarray, tumour: np.ndarray) -> dict:
-    """The paper's volume score and, since empty slices dominate it, the Dice at logit 0 over tumour slices."""
-    has_tumour = tumour.any(axis=(1, 2))
-    tumour_dice = dice_per_slice(logits[has_tumour] > 0, tumour[has_tumour]) if has_tumour.any() else []
-    return {"paper_dice": float(paper_slice_dice(logits, tumour)),
-            "tumour_slice_dice": float(np.mean(tumour_dice)) if len(tumour_dice) else float("nan")}
 
 
 def run_paper_protocol(segmenter, embeddings, tumour: np.ndarray, rng: np.random.Generator) -> dict:

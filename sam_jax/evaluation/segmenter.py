@@ -1,9 +1,8 @@
 """Slices in, native-grid logits out, with the encoder run once per slice and the decoder rerun per prompt.
 
-Each slice (H, W, C) sits top-left in an S×S canvas (S = max(H, W)) and goes through the training's on-device
-transform (`sam_jax.training.frame.to_model_frame`); the decoder's low-resolution logits come back through SAM's
-postprocess (`sam_jax.predictor.postprocess_masks`: upsample to the input frame, crop the valid part, resize to
-(H, W)). Everything is jitted with static shapes: batches are padded (see `_compiled_size`).
+Each slice (H, W, C) sits top-left in an S×S canvas (S = max(H, W)) and goes into the model's frame and back by
+`sam_jax.model.frame`, the rules training uses. Everything is jitted with static shapes: batches are padded (see
+`_compiled_size`).
 
 A cross-slice model trained on stacks of Z slices is run as it was trained and validated: each slice is encoded as
 the centre of its own stack of Z contiguous slices (zeros beyond the volume), a sliding window that scores every
@@ -20,8 +19,7 @@ import numpy as np
 from flax import nnx
 
 from sam_jax.evaluation.trained import TrainedModel
-from sam_jax.predictor import postprocess_masks, resized_shape
-from sam_jax.training.frame import to_model_frame
+from sam_jax.model.frame import postprocess_masks, resized_shape, to_model_frame
 
 
 def _padded_batches(n: int, batch_size: int):
@@ -45,7 +43,7 @@ class SliceSegmenter:
     def __init__(self, trained: TrainedModel, batch_size: int = 8):
         self.size = trained.image_size
         self.batch_size = batch_size
-        self.stack = trained.config.slices if trained.adaptation.cross_slice else 1
+        self.stack = trained.spec.stack
         graphdef, self.state = nnx.split(trained.model)
         size, stack = self.size, self.stack
 

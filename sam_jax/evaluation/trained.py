@@ -1,4 +1,4 @@
-"""Load a trained run (its workdir's config.json + adapter.safetensors) or plain SAM for zero-shot, as one model.
+"""Load a trained run (its adapter file, whose header holds the run spec) or plain SAM for zero-shot, as one model.
 
 A random-init run rebuilds its base from the seed it was trained with (`random-init-seed-<seed>`); `build_model`
 draws parameters from `nnx.Rngs(seed)` in a fixed order, so the same seed gives the same base bit for bit.
@@ -7,17 +7,18 @@ draws parameters from `nnx.Rngs(seed)` in a fixed order, so the same seed gives 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from flax import nnx
 
-from sam_jax.adaptation import AdaptationConfig, AdaptationError, build_model, load_adapter
+from sam_jax.adaptation import build_model, load_adapter
 from sam_jax.adaptation.modalities import LAYOUTS
-from sam_jax.model import Sam
+from sam_jax.errors import SamJaxError
 from sam_jax.evaluation.errors import CheckpointError
-from sam_jax.training.config import TrainConfig
+from sam_jax.model import Sam
+from sam_jax.spec import METADATA_KEY, RunSpec
 from sam_jax.weights.io import read_metadata
-from sam_jax.weights.params import WeightsError
 
 ZERO_SHOT_MODALITIES = "t1n_t2w_t2f"  # SAM's RGB slots take T1, T2, FLAIR (docs/reference.md §4)
 ADAPTERS = {"final": "adapter.safetensors", "best": "adapter_best.safetensors"}  # --select: which model of a run
@@ -25,25 +26,31 @@ ADAPTERS = {"final": "adapter.safetensors", "best": "adapter_best.safetensors"} 
 
 @dataclasses.dataclass
 class TrainedModel:
-    """A model ready for inference and how its inputs must be prepared."""
+    """A model ready for inference, the spec its inputs follow, and how it was trained (the run directory's
+    config.json as recorded: data_dir, domain, prompt_rounds…; empty for zero-shot SAM)."""
 
     model: Sam
-    config: TrainConfig
-    adaptation: AdaptationConfig
+    spec: RunSpec
     name: str
-    sam_rgb_input: bool = False  # zero-shot: intensities mapped to 0–255 and SAM's RGB normalisation
+    training: dict = dataclasses.field(default_factory=dict)
 
     @property
     def image_size(self) -> int:
-        return self.config.image_size
+        return self.spec.image_size
+
+
+def _read_training(workdir: Path) -> dict:
+    path = workdir / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}); is {workdir} a training workdir?") from None
 
 
 def load_trained(workdir, sam_weights: str | None = None, select: str = "final") -> TrainedModel:
     """The model trained in `workdir`: its last step (`final`) or its best validation Dice (`best`, what the paper
-    reported); `sam_weights` overrides the base weights path stored in config.json."""
+    reported); `sam_weights` overrides the base weights path the run recorded."""
     workdir = Path(workdir)
-    if not (workdir / "config.json").is_file():
-        raise CheckpointError(f"{workdir}: no config.json; is this a training workdir?")
     if select not in ADAPTERS:
         raise CheckpointError(f"--select {select}: expected one of {', '.join(ADAPTERS)}")
     adapter = workdir / ADAPTERS[select]
@@ -51,21 +58,27 @@ def load_trained(workdir, sam_weights: str | None = None, select: str = "final")
         if select == "best" and (workdir / ADAPTERS["final"]).is_file():
             raise CheckpointError(f"{adapter}: no such file; the run had no validation split for its domain, so it "
                                   f"has no best checkpoint: use --select final")
-        raise CheckpointError(f"{adapter}: no such file; training writes it at the end of a run")
-    cfg = TrainConfig.load(workdir)
-    if sam_weights is not None:
-        cfg = cfg.replace(sam_weights=sam_weights)
-    if cfg.sam_weights and not Path(cfg.sam_weights).is_file():
-        raise CheckpointError(f"{workdir}/config.json names SAM weights {cfg.sam_weights}, which do not exist; "
-                              f"pass --sam_weights with their new path")
-    adaptation = cfg.adaptation()
+        raise CheckpointError(f"{adapter}: no such file; is {workdir} a finished training workdir? (training "
+                              f"writes it at the end of a run)")
     try:
-        model = build_model(cfg.sam_config(), adaptation, sam_weights=cfg.sam_weights or None,
-                            rngs=nnx.Rngs(cfg.seed))
-        load_adapter(model, adapter, adaptation, cfg.base_sha256())
-    except (AdaptationError, WeightsError, ValueError) as e:
-        raise CheckpointError(f"{workdir}: the adapter does not fit the run's config: {e}") from None
-    return TrainedModel(model, cfg, adaptation, name=workdir.name if select == "final" else f"{workdir.name}_{select}")
+        metadata = read_metadata(adapter)
+        # Adapters written before the spec was stored in them: the run directory's config.json has it.
+        spec = (RunSpec.from_metadata(metadata, str(adapter)) if METADATA_KEY in metadata
+                else RunSpec.load(workdir).with_base_identity())
+    except SamJaxError as e:
+        raise CheckpointError(str(e)) from None
+    if sam_weights is not None:
+        spec = spec.replace(sam_weights=sam_weights)
+    if spec.sam_weights and not Path(spec.sam_weights).is_file():
+        raise CheckpointError(f"{adapter} was trained on SAM weights {spec.sam_weights}, which do not exist; "
+                              f"pass --sam_weights with their new path")
+    try:
+        model = build_model(spec.sam_config(), spec, sam_weights=spec.sam_weights or None, rngs=nnx.Rngs(spec.seed))
+        load_adapter(model, adapter, spec, spec.base_sha256)
+    except SamJaxError as e:
+        raise CheckpointError(f"{workdir}: the adapter does not fit its run spec: {e}") from None
+    training = _read_training(workdir) if (workdir / "config.json").exists() else {}
+    return TrainedModel(model, spec, workdir.name if select == "final" else f"{workdir.name}_{select}", training)
 
 
 def load_zero_shot(sam_weights: str, model_type: str = "auto", image_size: int = 1024,
@@ -74,23 +87,16 @@ def load_zero_shot(sam_weights: str, model_type: str = "auto", image_size: int =
     file says it holds."""
     if not Path(sam_weights).is_file():
         raise CheckpointError(f"--sam_weights {sam_weights}: no such file")
-    if model_type == "auto":
-        try:
-            model_type = read_metadata(sam_weights).get("model_type", "")
-        except WeightsError as e:
-            raise CheckpointError(str(e)) from None
-        if not model_type:
-            raise CheckpointError(f"{sam_weights}: its header names no model type; pass --model_type")
-    cfg = TrainConfig(model_type=model_type, image_size=image_size, sam_weights=sam_weights, modalities=modalities,
-                      lora_rank=0, trainable="none", normalisation="none")
-    adaptation = cfg.adaptation()
-    if adaptation.in_chans != 3:
-        raise CheckpointError(f"zero-shot SAM takes 3 channels; --modalities {modalities} gives {adaptation.in_chans}")
     try:
-        model = build_model(cfg.sam_config(), adaptation, sam_weights=sam_weights, rngs=nnx.Rngs(0))
-    except (AdaptationError, WeightsError, ValueError) as e:
-        raise CheckpointError(f"{sam_weights}: {e}") from None
-    layout = next((name for name, chans in LAYOUTS.items() if chans == adaptation.modalities),
-                  "_".join(adaptation.modalities))
+        if model_type == "auto":
+            model_type = read_metadata(sam_weights).get("model_type", "")
+            if not model_type:
+                raise CheckpointError(f"{sam_weights}: its header names no model type; pass --model_type")
+        spec = RunSpec(model_type=model_type, image_size=image_size, sam_weights=sam_weights, modalities=modalities,
+                       lora_rank=0, trainable="none", normalisation="sam_rgb").with_base_identity()
+        model = build_model(spec.sam_config(), spec, sam_weights=sam_weights, rngs=nnx.Rngs(0))
+    except SamJaxError as e:
+        raise CheckpointError(f"zero-shot SAM from {sam_weights}: {e}") from None
+    layout = next((name for name, chans in LAYOUTS.items() if chans == spec.modalities), "_".join(spec.modalities))
     size = "" if image_size == 1024 else f"_{image_size}"
-    return TrainedModel(model, cfg, adaptation, name=f"sam_{model_type}_zero_shot_{layout}{size}", sam_rgb_input=True)
+    return TrainedModel(model, spec, name=f"sam_{model_type}_zero_shot_{layout}{size}")

@@ -1,6 +1,5 @@
-"""A case as the model sees it: its axial slices normalised and cropped as in training, and the way back to the
-native grid. Slices are (Z', H, W, C) with rows along voxel Y and columns along voxel X (the cache's convention,
-`sam_jax.data.cache`), so a slice mask goes back as `vol[x0:x1, y0:y1, z0 + k] = mask.T`."""
+"""A case as the model sees it: its axial slices prepared as in training (`sam_jax.data.preprocess`), and the way
+back to the native grid."""
 
 from __future__ import annotations
 
@@ -9,9 +8,8 @@ import dataclasses
 import numpy as np
 
 from sam_jax.data.brats import MODALITIES, Case
-from sam_jax.data.preprocess import brain_box, brain_mask, normalise
+from sam_jax.data.preprocess import brain_mask, volume_slices
 from sam_jax.evaluation.errors import CaseError
-from sam_jax.model.sam import normalize_rgb
 
 
 @dataclasses.dataclass
@@ -42,28 +40,11 @@ class CaseVolume:
         return self.case.seg > 0
 
 
-def _sam_rgb(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    # Zero-shot SAM expects 0–255 RGB: the brain's 0.5–99.5 percentiles are stretched to that range.
-    if not brain.any():
-        return volume
-    low, high = np.percentile(volume[brain], (0.5, 99.5))
-    return np.clip((volume - low) / max(high - low, 1e-6), 0, 1) * 255
-
-
-def prepare_volume(case: Case, modalities, normalisation: str, crop_to_brain: bool,
-                   sam_rgb: bool = False) -> CaseVolume:
-    """Normalise and crop as training did (`sam_jax.data.cache`); `sam_rgb` maps to SAM's RGB input instead."""
-    brain = brain_mask(case.images)
-    if not brain.any():
+def prepare_volume(case: Case, spec) -> CaseVolume:
+    """The case's slices as the run spec says the model takes them (`sam_jax.data.preprocess.volume_slices`, the
+    training cache's own preparation)."""
+    if not brain_mask(case.images).any():
         raise CaseError(f"case {case.case_id}: every modality is zero (no brain to segment)")
-    box = brain_box(brain) if crop_to_brain else tuple((0, n) for n in brain.shape)
-    crop = tuple(slice(*b) for b in box)
-    channels = []
-    for m in modalities:
-        volume = _sam_rgb(case.images[m], brain) if sam_rgb else normalise(case.images[m], brain, normalisation)
-        channels.append(volume[crop].transpose(2, 1, 0))
-    slices = np.stack(channels, axis=-1).astype(np.float32)
-    if sam_rgb:
-        slices = np.asarray(normalize_rgb(slices), np.float32)
-    tumour = None if case.seg is None else (case.seg[crop] > 0).transpose(2, 1, 0)
-    return CaseVolume(case, slices, tumour, box)
+    prepared = volume_slices(case.images, case.seg, spec.modalities, spec.normalisation, spec.crop_to_brain)
+    tumour = None if prepared.labels is None else prepared.labels > 0
+    return CaseVolume(case, prepared.images, tumour, prepared.box)

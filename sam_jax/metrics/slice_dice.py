@@ -49,3 +49,14 @@ def paper_slice_dice(logits, gt, thresholds=PAPER_LOGIT_THRESHOLDS) -> float:
         gt = as_mask(gt, "gt")
     per_threshold = [dice_per_slice(logits > t, gt > t if soft_gt else gt).mean() for t in thresholds]
     return float(np.mean(per_threshold))
+
+
+def paper_scores(logits, tumour) -> dict:
+    """One volume's paper score (`paper_slice_dice`) and, since empty slices (Dice 1 when nothing is predicted)
+    dominate it, the mean Dice at logit 0 over the slices that hold tumour (NaN when none does)."""
+    tumour = as_mask(tumour, "tumour")
+    has_tumour = tumour.any(axis=tuple(range(1, tumour.ndim)))
+    logits = np.asarray(logits)
+    tumour_dice = dice_per_slice(logits[has_tumour] > 0, tumour[has_tumour]) if has_tumour.any() else []
+    return {"paper_dice": paper_slice_dice(logits, tumour),
+            "tumour_slice_dice": float(np.mean(tumour_dice)) if len(tumour_dice) else float("nan")}

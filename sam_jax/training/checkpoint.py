@@ -46,7 +46,8 @@ def restore_latest(mngr: ocp.CheckpointManager, state_like: dict, data_iterator)
 
 def best_step(mngr: ocp.CheckpointManager) -> int | None:
     """The kept step with the highest validation Dice, or None if no checkpoint carries one."""
-    scored = [(m[BEST_METRIC], s) for s in mngr.all_steps() if (m := mngr.metrics(s)) and m.get(BEST_METRIC) is not None]
+    scored = [(m[BEST_METRIC], s) for s in mngr.all_steps()
+              if (m := mngr.metrics(s)) and m.get(BEST_METRIC) is not None]
     return max(scored, key=lambda t: (t[0], -t[1]))[1] if scored else None  # ties: the earliest
 
 

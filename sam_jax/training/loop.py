@@ -19,67 +19,37 @@ from tqdm import tqdm
 
 from sam_jax.adaptation import build_model, partition, save_adapter
 from sam_jax.adaptation.adapter_io import file_sha256, init_from_adapter
-from sam_jax.config import PRESETS
-from sam_jax.data.clicks import CLICK_POLICIES
-from sam_jax.data.pipeline import SLICE_POLICIES
-from sam_jax.model.attention import IMPLEMENTATIONS
-from sam_jax.training.losses import LOSSES
 from sam_jax.data.brats import find_cases
 from sam_jax.data.cache import build_cache
 from sam_jax.data.phantom import write_phantom
 from sam_jax.data.pipeline import make_dataset, make_iterator, select_slices
+from sam_jax.errors import SamJaxError
 from sam_jax.training import checkpoint
 from sam_jax.training.config import TrainConfig
-from sam_jax.training.step import StepConfig, cast_floats, make_eval_forward, make_train_step
+from sam_jax.training.run_log import RunLog
+from sam_jax.training.step import cast_floats, make_eval_forward, make_train_step
 from sam_jax.training.validate import low_res_predictions, paper_dice
-from sam_jax.weights.io import read_arrays
-
-DOMAINS = ("GLI", "MEN", "PED", "SSA")
+from sam_jax.weights.io import read_metadata
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SamJaxError, RuntimeError):
     """A run that cannot start or cannot go on; the message says why and what was kept."""
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """Contradictions and missing inputs, before any compute."""
+    """Missing inputs, before any compute (the settings themselves were checked when `cfg` was built)."""
     problems = []
     if cfg.sam_weights and not Path(cfg.sam_weights).is_file():
         problems.append(f"--sam_weights {cfg.sam_weights}: no such file")
     elif cfg.sam_weights:
         try:
-            read_arrays(cfg.sam_weights)
-        except ValueError as e:
+            read_metadata(cfg.sam_weights)  # the header only: a wrong file is refused without reading GBs
+        except SamJaxError as e:
             problems.append(str(e))
     if cfg.init_adapter and not Path(cfg.init_adapter).is_file():
         problems.append(f"--init_adapter {cfg.init_adapter}: no such file")
-    if cfg.domain != "ALL" and cfg.domain not in DOMAINS:
-        problems.append(f"--domain {cfg.domain}: expected one of {DOMAINS + ('ALL',)}")
     if cfg.batch_size % jax.device_count():
         problems.append(f"--batch_size {cfg.batch_size} does not split over {jax.device_count()} devices")
-    if cfg.steps < 0:
-        problems.append(f"--steps {cfg.steps}: must be ≥ 0 (0: train for --epochs)")
-    elif cfg.steps == 0 and not cfg.epochs > 0:
-        problems.append(f"nothing to train: --steps=0 and --epochs={cfg.epochs} (need epochs > 0 or steps > 0)")
-    if cfg.slices < 1:
-        problems.append(f"--slices {cfg.slices}: must be ≥ 1")
-    if cfg.image_size % 16:
-        problems.append(f"--image_size {cfg.image_size}: must be a multiple of 16")
-    choices = {"model_type": tuple(PRESETS), "loss": LOSSES, "schedule": ("constant", "cosine"),
-               "precision": ("float32", "bfloat16"), "attention": IMPLEMENTATIONS, "slice_policy": SLICE_POLICIES,
-               "click_policy": CLICK_POLICIES, "normalisation": ("zscore", "none")}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            problems.append(f"--{name}={getattr(cfg, name)}: expected one of {', '.join(allowed)}")
-    try:
-        adaptation = cfg.adaptation()
-        if (adaptation.in_chans != 3 and cfg.trainable in ("lora_frozen_patch", "decoder_only", "none")
-                and not cfg.init_adapter):
-            problems.append(f"{adaptation.in_chans} input channels need a trained patch embedding, but "
-                            f"--trainable={cfg.trainable} freezes a new random one; train it first "
-                            f"(--trainable=patch_embed_only) and pass --init_adapter")
-    except ValueError as e:
-        problems.append(str(e))
     if not cfg.data_dir:
         problems.append("--data_dir is required")
     elif cfg.phantom_cases_per_domain <= 0 and not (Path(cfg.data_dir).is_dir() and find_cases(cfg.data_dir)):
@@ -126,11 +96,9 @@ def prepare_data(cfg: TrainConfig):
 def build(cfg: TrainConfig):
     """The adapted model split into (graphdef, trainable, frozen), and the frozen parameters it inherited from
     `--init_adapter` (path → array), which its adapter file must carry too."""
-    adaptation = cfg.adaptation()
-    model = build_model(cfg.sam_config(), adaptation, sam_weights=cfg.sam_weights or None,
-                        rngs=nnx.Rngs(cfg.seed))
-    from_parent = init_from_adapter(model, cfg.init_adapter, cfg.base_sha256()) if cfg.init_adapter else {}
-    graphdef, trainable, frozen = partition(model, adaptation.trainable)
+    model = build_model(cfg.sam_config(), cfg, sam_weights=cfg.sam_weights or None, rngs=nnx.Rngs(cfg.seed))
+    from_parent = init_from_adapter(model, cfg.init_adapter, cfg.base_sha256) if cfg.init_adapter else {}
+    graphdef, trainable, frozen = partition(model, cfg.trainable)
     trained = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable)}
     return graphdef, trainable, frozen, {p: a for p, a in from_parent.items() if p not in trained}
 
@@ -155,18 +123,17 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     saved = workdir / "config.json"
-    if saved.exists() and TrainConfig.from_json(saved.read_text()) != cfg:
+    if saved.exists() and TrainConfig.from_json(saved.read_text(), str(saved)) != cfg:
         logging.warning("%s differs from this run's flags; resuming with the flags given now", saved)
     saved.write_text(cfg.to_json())
 
     cache, train_ids, val_ids, eval_sets = prepare_data(cfg)
-    adaptation = cfg.adaptation()
     selection = dict(slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy,
                      seed=cfg.seed)
     # One epoch visits every selected slice once; the stream repeats forever and batches run across epoch ends.
     slices_per_epoch = len(select_slices(cache, train_ids, **selection))
     total_steps = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * slices_per_epoch / cfg.batch_size)
-    train_data = make_dataset(cache, train_ids, z=cfg.slices, modalities=adaptation.modalities,
+    train_data = make_dataset(cache, train_ids, z=cfg.slices, modalities=cfg.modalities,
                               batch_size=cfg.batch_size, drop_remainder=True, **selection)
     iterator = make_iterator(train_data, num_workers=cfg.num_workers)
     logging.info("%d training slices per epoch, %d steps of %d", slices_per_epoch, total_steps, cfg.batch_size)
@@ -196,10 +163,8 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
         state = restored
         logging.info("resumed from step %d in %s", int(state["step"]), workdir)
     state = jax.device_put(state, replicated)
-    step_cfg = StepConfig(image_size=cfg.image_size, loss=cfg.loss, multimask=cfg.multimask,
-                          prompt_rounds=cfg.prompt_rounds, compute_dtype=cfg.precision)
-    train_step = make_train_step(graphdef, tx, step_cfg)
-    eval_forward = make_eval_forward(graphdef, step_cfg)
+    train_step = make_train_step(graphdef, tx, cfg)
+    eval_forward = make_eval_forward(graphdef, cfg)
 
     def put(batch):
         return jax.device_put({k: v for k, v in batch.items() if k not in ("case_index", "slice_index")},
@@ -207,13 +172,13 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
 
     def validate(trainable_now):
         preds = low_res_predictions(lambda b, r: eval_forward(trainable_now, frozen, b, r), cache, val_ids,
-                                    modalities=adaptation.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
+                                    modalities=cfg.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
                                     seed=cfg.seed, max_slices=cfg.val_slices, put=put)
         return paper_dice(preds)["mean"]
 
     trainable, opt_state = state["trainable"], state["opt_state"]
     step, key = int(state["step"]), jax.random.wrap_key_data(state["rng"])
-    metrics_file = open(workdir / "metrics.jsonl", "a")
+    run_log = RunLog(workdir)
     last_good = mngr.latest_step()
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
     tick, samples = time.perf_counter(), 0
@@ -239,8 +204,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
                 record["val_dice"] = validate(trainable)
             if step % cfg.log_every == 0 or "val_dice" in record:
                 record["slices_per_s"] = samples / max(elapsed, 1e-9)
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+                run_log.write(step, record)
             if step % cfg.checkpoint_every == 0 or step == total_steps or "val_dice" in record:
                 val = record.get("val_dice")
                 checkpoint.save(mngr, step, {"trainable": trainable, "opt_state": opt_state, "step": step,
@@ -255,19 +219,20 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
                                                                "step": step, "rng": jax.random.key_data(key)})
     finally:
         progress.close()
-        metrics_file.close()
+        run_log.close()
         mngr.wait_until_finished()
         mngr.close()
 
     lineage = dict(inherited=inherited, parent_sha256=file_sha256(cfg.init_adapter) if inherited else "")
-    save_adapter(workdir / "adapter.safetensors", jax.device_get(trainable), adaptation, cfg.base_sha256(), **lineage)
+    spec = cfg.spec()
+    save_adapter(workdir / "adapter.safetensors", jax.device_get(trainable), spec, cfg.base_sha256, **lineage)
     if best is not None:  # the model the paper reports: best validation Dice
-        save_adapter(workdir / "adapter_best.safetensors", jax.device_get(best_state["trainable"]), adaptation,
-                     cfg.base_sha256(), **lineage)
+        save_adapter(workdir / "adapter_best.safetensors", jax.device_get(best_state["trainable"]), spec,
+                     cfg.base_sha256, **lineage)
     scores = {}
     for domain, ids in eval_sets.items():
         preds = low_res_predictions(lambda b, r: eval_forward(trainable, frozen, b, r), cache, ids,
-                                    modalities=adaptation.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
+                                    modalities=cfg.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
                                     seed=cfg.seed, put=put)
         scores[domain] = paper_dice(preds)
     summary = {"steps": step, "epochs": step * cfg.batch_size / slices_per_epoch, "best_step": best,

@@ -8,39 +8,31 @@ click scaling, the iterative prompt rounds, the decoder.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from sam_jax.training.frame import clicks_to_model_frame, target_to_low_res, to_model_frame
+from sam_jax.model.frame import clicks_to_model_frame, target_to_low_res, to_model_frame
 from sam_jax.training.losses import mask_loss, multimask_loss
 from sam_jax.training.prompts import click_in_error
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    image_size: int
-    loss: str = "bce_dice"
-    multimask: bool = False  # SAM's ambiguity rule: three candidates, the best one is penalised
-    prompt_rounds: int = 1  # > 1: iterative clicks in the model's own errors, gradients through the last round only
-    compute_dtype: str = "float32"
 
 
 def flatten_slices(batch):
     """(B, Z, …) sample stacks → (B·Z, …) slices; valid_hw repeated per slice."""
     b, z = batch["image"].shape[:2]
-    flat = {k: batch[k].reshape((b * z,) + batch[k].shape[2:]) for k in ("image", "mask", "point_coords", "point_labels")}
+    flat = {k: batch[k].reshape((b * z,) + batch[k].shape[2:])
+            for k in ("image", "mask", "point_coords", "point_labels")}
     flat["valid_hw"] = jnp.repeat(batch["valid_hw"], z, axis=0)
     return flat, z
 
 
-def forward(model, batch, rng, cfg: StepConfig):
-    """Low-res logits (N, M, h, w), IoU predictions and soft targets (N, h, w) for a batch of sample stacks."""
+def forward(model, batch, rng, cfg):
+    """Low-res logits (N, M, h, w), IoU predictions and soft targets (N, h, w) for a batch of sample stacks.
+
+    `cfg`: the run's `TrainConfig` (image_size, precision, prompt_rounds, multimask are read)."""
     flat, z = flatten_slices(batch)
-    dtype = jnp.dtype(cfg.compute_dtype)
+    dtype = jnp.dtype(cfg.precision)
     images, scale = to_model_frame(flat["image"], flat["valid_hw"], cfg.image_size)
     target = target_to_low_res(flat["mask"], flat["valid_hw"], cfg.image_size)
     embeddings = model.encode_image(images.astype(dtype), slices=z)
@@ -58,42 +50,36 @@ def forward(model, batch, rng, cfg: StepConfig):
     return logits.astype(jnp.float32), iou.astype(jnp.float32), target
 
 
-def loss_and_metrics(model, batch, rng, cfg: StepConfig):
+def compute_loss(model, batch, rng, cfg):
     logits, _, target = forward(model, batch, rng, cfg)
     if cfg.multimask:
-        per_slice = multimask_loss(cfg.loss, logits, target)
-    else:
-        per_slice = mask_loss(cfg.loss, logits[:, 0], target)
-    pred = logits[:, 0] > 0
-    truth = target > 0.5
-    inter = (pred & truth).sum(axis=(1, 2))
-    total = pred.sum(axis=(1, 2)) + truth.sum(axis=(1, 2))
-    dice = jnp.where(total > 0, 2 * inter / jnp.maximum(total, 1), 1.0)
-    return per_slice.mean(), {"dice": dice.mean()}
+        return multimask_loss(cfg.loss, logits, target).mean()
+    return mask_loss(cfg.loss, logits[:, 0], target).mean()
 
 
 def cast_floats(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: StepConfig):
-    """step(trainable, opt_state, frozen, batch, rng) → (trainable, opt_state, metrics), jitted with donation."""
-    dtype = jnp.dtype(cfg.compute_dtype)
+def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg):
+    """step(trainable, opt_state, frozen, batch, rng) → (trainable, opt_state, metrics), jitted with donation;
+    `cfg`: the run's `TrainConfig`."""
+    dtype = jnp.dtype(cfg.precision)
 
     def loss_fn(trainable, frozen, batch, rng):
         model = nnx.merge(graphdef, cast_floats(trainable, dtype), cast_floats(frozen, dtype))
-        return loss_and_metrics(model, batch, rng, cfg)
+        return compute_loss(model, batch, rng, cfg)
 
     def step(trainable, opt_state, frozen, batch, rng):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, batch, rng)
+        value, grads = jax.value_and_grad(loss_fn)(trainable, frozen, batch, rng)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        return trainable, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+        return trainable, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def make_eval_forward(graphdef, cfg: StepConfig):
+def make_eval_forward(graphdef, cfg):
     """forward(params..., batch, rng) → (logits, iou, target), jitted, for validation and evaluation."""
 
     def run(trainable, frozen, batch, rng):

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from sam_jax.data.pipeline import make_dataset
-from sam_jax.metrics import dice_per_slice, paper_slice_dice
+from sam_jax.metrics import paper_scores
 
 
 def low_res_predictions(forward, cache, case_ids, *, modalities, slices: int, batch_size: int, seed: int,
@@ -45,11 +45,10 @@ def low_res_predictions(forward, cache, case_ids, *, modalities, slices: int, ba
 
 
 def paper_dice(predictions) -> dict:
-    """The paper's per-volume score per case and its mean over volumes; and, because empty slices (Dice 1 when
-    nothing is predicted) dominate that score, the mean Dice at logit 0 over the slices that hold tumour."""
-    scores = {case: float(paper_slice_dice(logits, target > 0.5)) for case, (logits, target) in predictions.items()}
-    tumour = [dice_per_slice(logits > 0, target > 0.5)[(target > 0.5).any(axis=(1, 2))]
-              for logits, target in predictions.values()]
-    tumour = np.concatenate(tumour) if tumour else np.zeros(0)
-    return {"per_case": scores, "mean": float(np.mean(list(scores.values()))) if scores else float("nan"),
-            "tumour_slice_dice": float(tumour.mean()) if tumour.size else float("nan")}
+    """Per case the paper's score (`sam_jax.metrics.paper_scores`, at the decoder's grid), and the means over
+    volumes of it and of the tumour-slice Dice."""
+    scores = {case: paper_scores(logits, target > 0.5) for case, (logits, target) in predictions.items()}
+    tumour = [s["tumour_slice_dice"] for s in scores.values() if not np.isnan(s["tumour_slice_dice"])]
+    return {"per_case": {case: s["paper_dice"] for case, s in scores.items()},
+            "mean": float(np.mean([s["paper_dice"] for s in scores.values()])) if scores else float("nan"),
+            "tumour_slice_dice": float(np.mean(tumour)) if tumour else float("nan")}

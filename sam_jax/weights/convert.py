@@ -23,7 +23,7 @@ def sha256_of(path) -> str:
 
 
 def convert_checkpoint(checkpoint, output, model_type: str = "auto") -> Dict[str, str]:
-    """Convert and write `output` atomically; returns the metadata written. Raises CheckpointError/WeightsError."""
+    """Convert and write `output` atomically; returns the metadata written. Raises WeightsError."""
     state_dict = read_torch_checkpoint(checkpoint)
     detected = detect_model_type(state_dict)
     if model_type not in ("auto", detected):

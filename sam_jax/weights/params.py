@@ -13,6 +13,7 @@ from typing import Dict, Mapping
 import numpy as np
 
 from sam_jax.config import PRESETS, SamConfig
+from sam_jax.errors import SamJaxError
 
 TORCH_LINEAR_TO_FLAX = (1, 0)  # (out, in) → (in, out)
 TORCH_CONV2D_TO_FLAX = (2, 3, 1, 0)  # (out, in, kh, kw) → (kh, kw, in, out)
@@ -44,7 +45,7 @@ CONVERSION_RULES = (
 IGNORED_KEYS = {"pixel_mean", "pixel_std"}
 
 
-class WeightsError(ValueError):
+class WeightsError(SamJaxError, ValueError):
     """A checkpoint or converted weights file does not fit the model."""
 
 

@@ -18,8 +18,10 @@ from typing import Any, Callable, NamedTuple
 import ml_dtypes
 import numpy as np
 
+from sam_jax.weights.params import WeightsError
 
-class CheckpointError(ValueError):
+
+class UnsafeCheckpointError(WeightsError):
     """A checkpoint that cannot be read safely; the message names the file and the fault."""
 
 
@@ -189,12 +191,12 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Arrays have the tensors' dtype (bfloat16 and float8 via `ml_dtypes`) and shape, are C-contiguous and own their
     memory (views, offsets and shared storages are copied apart). A checkpoint wrapped as `{'state_dict': sd, ...}`
     or `{'model': sd, ...}` is unwrapped to `sd` ('state_dict' wins when both exist); the other entries of the
-    wrapper are dropped. Raises `CheckpointError` for anything that is not a plain state dict of tensors.
+    wrapper are dropped. Raises `UnsafeCheckpointError` for anything that is not a plain state dict of tensors.
     """
     try:
         return _read(os.fspath(path))
     except _Fault as fault:
-        raise CheckpointError(f"{os.fspath(path)}: {fault}") from None
+        raise UnsafeCheckpointError(f"{os.fspath(path)}: {fault}") from None
 
 
 def _read(path: str) -> dict[str, np.ndarray]:

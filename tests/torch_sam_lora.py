@@ -13,9 +13,8 @@ import math
 from functools import partial
 
 import torch
+import torchvision_stand_in
 from torch import nn
-
-from train import torchvision_stand_in
 
 torchvision_stand_in.install()
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer  # noqa: E402
@@ -104,7 +103,3 @@ def make_train_step(model: LoRASam, *, autocast_dtype=None, lr: float = 1e-4):
         return loss.item()
 
     return step
-
-
-def trainable_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

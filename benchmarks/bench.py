@@ -1,8 +1,8 @@
 """Our jitted LoRA train step against the paper's PyTorch step, side by side: median step time, slices/s, peak memory,
 model FLOPs and MFU; encoder inference and whole-volume (155-slice) inference too.
 
-    python -m train.bench --preset cpu --output results.json   # 2 CPU cores, ViT-B 256/512 (+1024 inference), ~5 min
-    python -m train.bench --preset gpu --output results.json   # one H100, ViT-B at 1024, < 8 minutes
+    python -m benchmarks.bench --preset cpu --output results.json # 2 CPU cores: ViT-B 256/512 (+1024 inference), ~5 min
+    python -m benchmarks.bench --preset gpu --output results.json # one H100, ViT-B at 1024, < 8 minutes
 
 Each group of cases runs in a fresh subprocess, one framework and one image size per group, cases in order of
 growing memory, so the process's peak RSS after a case is that case's peak (CPU). On GPU, JAX's figure is the
@@ -29,6 +29,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# The PyTorch references (the paper's LoRA SAM, the torchvision stand-in) live with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 CANVAS = 240  # BraTS slices in the cache
 VOLUME_SLICES = 155
@@ -112,16 +115,17 @@ def _jax_case(case, batch):
     import optax
     from flax import nnx
 
-    from sam_jax.adaptation import AdaptationConfig, build_model, partition
-    from sam_jax.config import sam_config
-    from sam_jax.training.step import StepConfig, cast_floats, make_eval_forward, make_train_step
+    from sam_jax.adaptation import build_model, partition
+    from sam_jax.training.config import TrainConfig
+    from sam_jax.training.step import cast_floats, make_eval_forward, make_train_step
 
     size, z, dtype = case["image_size"], case["z"], jnp.dtype(case["dtype"])
-    config = sam_config("vit_b", image_size=size, attention=case["attention"], remat_attention=case["remat"])
-    model = build_model(config, AdaptationConfig(cross_slice=z > 1), rngs=nnx.Rngs(0))
+    step_cfg = TrainConfig(model_type="vit_b", image_size=size, attention=case["attention"],
+                           remat_attention=case["remat"], cross_slice=z > 1, slices=z, loss="bce",
+                           precision=case["dtype"])
+    model = build_model(step_cfg.sam_config(), step_cfg, rngs=nnx.Rngs(0))
     graphdef, trainable, frozen = partition(model, "lora")
     frozen = jax.device_put(cast_floats(frozen, dtype))
-    step_cfg = StepConfig(image_size=size, loss="bce", compute_dtype=case["dtype"])
     out = {}
     if case["kind"] == "train":
         tx = optax.adam(1e-4)
@@ -202,9 +206,9 @@ def _compiled_figures(compiled):
 
 def _torch_case(case, batch):
     import torch
+    from torch_sam_lora import LoRASam, make_train_step
 
     from sam_jax.config import sam_config
-    from train.torch_sam_lora import LoRASam, make_train_step
 
     size = case["image_size"]
     cuda = torch.cuda.is_available()
@@ -300,7 +304,8 @@ def _label(r):
     if r["kind"] == "pipeline":
         return f"host pipeline batch {r['batch']}"
     return (f"{r['framework']} {r['kind']} {r['image_size']} b{r['batch']}"
-            + (f" z{r['z']}" if r["z"] > 1 else "") + f" {r['dtype']} {r['attention']}" + (" remat" if r["remat"] else ""))
+            + (f" z{r['z']}" if r["z"] > 1 else "") + f" {r['dtype']} {r['attention']}"
+            + (" remat" if r["remat"] else ""))
 
 
 def _annotate(results, hardware):
@@ -341,7 +346,8 @@ def _annotate(results, hardware):
 
 
 def markdown(report):
-    rows = ["| case | s/step | slices/s | peak mem GB (per slice) | × torch fp32 | × torch bf16 | model TFLOP/s | MFU |",
+    rows = ["| case | s/step | slices/s | peak mem GB (per slice) | × torch fp32 | × torch bf16 | model TFLOP/s "
+            "| MFU |",
             "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         if "error" in r or r["kind"] == "pipeline":
@@ -360,7 +366,8 @@ def markdown(report):
     head = (f"Benchmark `{report['command']}`, {report['date']}, {report['hardware']}. Steps timed after warm-up "
             f"(median; with --repeat, each case's median round); for volume rows the time is for {VOLUME_SLICES} "
             f"slices end to end "
-            f"(host slices in, logits out; on CPU extrapolated from {CPU_VOLUME_SLICES}). Memory: {report['memory_note']}")
+            f"(host slices in, logits out; on CPU extrapolated from {CPU_VOLUME_SLICES}). "
+            f"Memory: {report['memory_note']}")
     return head + "\n\n" + "\n".join(rows) + "\n"
 
 
@@ -370,7 +377,7 @@ def _run_group(group, stem, preset, env, deadline):
     cases_file.write_text(json.dumps(group))
     lines_file.unlink(missing_ok=True)
     try:
-        subprocess.run([sys.executable, "-m", "train.bench", "--preset", preset, "--worker", str(cases_file),
+        subprocess.run([sys.executable, "-m", "benchmarks.bench", "--preset", preset, "--worker", str(cases_file),
                         str(lines_file), str(deadline)], env=env, timeout=max(deadline - time.time() + 60, 1))
     except subprocess.TimeoutExpired:
         print("  group timed out", flush=True)
@@ -425,7 +432,7 @@ def main(argv=None):
     hardware = _hardware()
     print(f"hardware: {hardware}", flush=True)
     repeat = f" --repeat {args.repeat}" if args.repeat > 1 else ""
-    report = {"command": f"python -m train.bench --preset {args.preset}{repeat} --output {args.output}",
+    report = {"command": f"python -m benchmarks.bench --preset {args.preset}{repeat} --output {args.output}",
               "date": datetime.date.today().isoformat(), "hardware": hardware, "results": [],
               "memory_note": "CPU: process peak RSS (imports included); GPU: JAX compiled step memory, "
                              "torch max_memory_allocated."}

@@ -2,7 +2,7 @@
 
 segment_anything imports torchvision at package import only for its predictor's resize and the automatic mask
 generator's NMS; model building, forward and backward never call them. PyPI's torchvision does not load beside
-torch 2.13.0 (../shared/reference.md §1), so empty modules are registered whose functions fail loudly if called.
+torch 2.13.0 (docs/reference.md §3), so empty modules are registered whose functions fail loudly if called.
 A working torchvision install is used as is. Shared by the benchmark's PyTorch reference and the tests.
 """
 
