@@ -16,7 +16,7 @@ from torch_reference import assert_close, state_dict_numpy, to_numpy, torch_sam
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
 from sam_jax.model.sam import normalize_rgb
-from sam_jax.weights.io import load_sam_weights, read_arrays, save_arrays
+from sam_jax.weights.io import assign, load_sam_weights, read_arrays, save_arrays
 from sam_jax.weights.params import WeightsError, model_shapes, torch_to_flax
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,3 +132,16 @@ def test_loading_weights_of_another_size_is_refused(tmp_path):
                 {"model_type": "vit_l", "encoder_embed_dim": "1024", "encoder_depth": "24"})
     with pytest.raises(WeightsError, match="holds vit_l weights"):
         load_sam_weights(Sam(sam_config("tiny"), rngs=nnx.Rngs(0)), tmp_path / "l.safetensors")
+
+
+def test_assign_refuses_unknown_paths_and_wrong_shapes_before_writing():
+    model = Sam(sam_config("tiny"), rngs=nnx.Rngs(0))
+    before = np.asarray(model.mask_decoder.iou_token.embedding[...]).copy()
+    good = {"mask_decoder.iou_token.embedding": np.ones_like(before)}
+    with pytest.raises(WeightsError, match=r"iou_token.embedding' has shape \(3, 7\), the model needs \(1, 32\)"):
+        assign(model, {**good, "mask_decoder.iou_token.embedding": np.ones((3, 7), np.float32)})
+    with pytest.raises(WeightsError, match="'no.such.path' is not in the model"):
+        assign(model, {**good, "no.such.path": np.ones(2)})
+    assert np.array_equal(model.mask_decoder.iou_token.embedding[...], before)  # nothing written on refusal
+    assign(model, good)
+    assert np.array_equal(model.mask_decoder.iou_token.embedding[...], np.ones_like(before))

@@ -7,9 +7,8 @@ integers, else float32 with scale 1), because int16 converts to float32 ~20x fas
 `labels.npy` (Z, H, W) uint8 BraTS labels (0 where a case has no segmentation); `brain.npy` (Z, H, ceil(W / 8))
 the brain mask packed along rows (np.packbits), for negative clicks; `meta.json` (source fingerprint, settings,
 geometry, scale, per-slice tumour and brain areas); `manifest.json` indexes the cases; `split.json` holds the split.
-Axis convention: stored slice k' is volume slice `first_slice + k'`, i.e. `vol[x0:x1, y0:y1, first_slice + k']`
-transposed, so an image row is voxel axis Y and a column is voxel axis X, and a click (x, y) is voxel (x0 + x, y0 + y).
-Write a predicted slice back with `vol[x0:x1, y0:y1, k] = pred[:h, :w].T`.
+Slices are prepared by `sam_jax.data.preprocess.volume_slices` (evaluation's preparation too): stored slice k' is
+volume slice `first_slice + k'` over the crop box, rows along voxel Y, so a click (x, y) is voxel (x0 + x, y0 + y).
 A case directory only appears complete (written under `tmp/`, then renamed), so an interrupted build never leaves a
 case that later reads as valid; a rebuild redoes only cases whose source files (size, mtime) or settings changed."""
 

@@ -104,13 +104,8 @@ def build(cfg: TrainConfig):
 
 
 def optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    if cfg.schedule == "constant":
-        lr = cfg.learning_rate
-    elif cfg.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
-                                                max(total_steps, cfg.warmup_steps + 1))
-    else:
-        raise TrainingError(f"--schedule {cfg.schedule}: expected constant or cosine")
+    lr = cfg.learning_rate if cfg.schedule == "constant" else optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1))
     return optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(lr)
 
 

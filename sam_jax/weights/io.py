@@ -66,11 +66,14 @@ def model_arrays(model: nnx.Module) -> Dict[str, jnp.ndarray]:
 
 def assign(model: nnx.Module, arrays: Mapping[str, np.ndarray]) -> None:
     """Write arrays into the model's variables by dot-joined path (paths must exist, shapes must match)."""
-    current = {".".join(map(str, p)): p for p, _ in nnx.to_flat_state(nnx.state(model))}
-    flat = []
-    for path, value in arrays.items():
-        flat.append((current[path], jnp.asarray(value)))
-    nnx.update(model, nnx.from_flat_state(flat))
+    current = {".".join(map(str, p)): (p, v) for p, v in nnx.to_flat_state(nnx.state(model))}
+    problems = [f"{path!r} is not in the model" if path not in current else
+                f"{path!r} has shape {tuple(np.shape(value))}, the model needs {tuple(current[path][1].shape)}"
+                for path, value in arrays.items()
+                if path not in current or tuple(np.shape(value)) != tuple(current[path][1].shape)]
+    if problems:  # checked before anything is written: the model is never left half-assigned
+        raise WeightsError(f"cannot assign: {summarise_problems(problems)}")
+    nnx.update(model, nnx.from_flat_state([(current[path][0], jnp.asarray(value)) for path, value in arrays.items()]))
 
 
 def load_sam_weights(model: nnx.Module, path) -> Dict[str, str]:
