@@ -28,7 +28,7 @@ def preprocess(image, size: int):
     canvas = np.zeros((max(h, w), max(h, w), image.shape[2]), np.float32)
     canvas[:h, :w] = np.asarray(normalize_rgb(jnp.asarray(image, jnp.float32)))
     frame, scale = to_model_frame(jnp.asarray(canvas)[None], jnp.array([[h, w]], jnp.int32), size)
-    return frame[0], float(scale[0])
+    return frame[0], float(scale[0, 0])
 
 
 class SamPredictor:

@@ -21,7 +21,8 @@ from sam_jax.data.preprocess import NORMALISATIONS
 from sam_jax.errors import SpecError
 from sam_jax.model.frame import RESIZE_RULES
 
-METADATA_KEY = "run_spec"  # the spec's JSON in an adapter file's header
+METADATA_KEY = "run_spec"
+CLICK_ORDERS = ("xy", "row_col")  # the spec's JSON in an adapter file's header
 _SAM = SamConfig()
 
 
@@ -41,7 +42,11 @@ class RunSpec(AdaptationConfig):
                                            "percentiles stretched to 0–255, then SAM's RGB statistics).")
     crop_to_brain: bool = setting(False, "Crop volumes to the brain's bounding box (the paper does).")
     resize: str = setting(RESIZE_RULES[0], "Slice to model input: longest_side (SAM's rule: aspect kept, padded "
-                                           "bottom/right).")
+                                           "bottom/right) or stretch (the original code: each axis to the square).")
+    click_order: str = setting("xy", "Clicks as SAM expects them, xy, or row_col (the original code passed (row, col) "
+                                     "where SAM reads (x, y)).")
+    broadcast_clicks: bool = setting(False, "Original code: every slice of a batch (of a volume, in the paper "
+                                            "protocol) decoded with the clicks of all its slices.")
     seed: int = setting(0, "Seed for initialisation, data order and clicks.")
     sam_weights: str = setting("", "Converted SAM weights (convert/sam_weights.py). Empty: random init, loudly.")
     base_sha256: str = setting("", "Identity of the base weights; filled in when a run starts.", flag=False)
@@ -70,6 +75,8 @@ class RunSpec(AdaptationConfig):
         elif self.normalisation == "sam_rgb" and len(self.modalities) != 3:
             problems.append(f"normalisation sam_rgb feeds SAM's RGB input: it takes 3 channels (modalities), "
                             f"not {len(self.modalities)}")
+        if self.click_order not in CLICK_ORDERS:
+            problems.append(f"click_order {self.click_order!r}: expected one of {', '.join(CLICK_ORDERS)}")
         if self.resize not in RESIZE_RULES:
             problems.append(f"resize {self.resize!r}: expected one of {', '.join(RESIZE_RULES)}")
         return problems

@@ -10,7 +10,6 @@ step, of lr and of the leaf's scale, on the elements whose gradient sign the two
 """
 
 import re
-import types
 
 import jax
 import jax.numpy as jnp
@@ -19,19 +18,15 @@ import optax
 import pytest
 import torch
 from flax import nnx
-
-from sam_jax.adaptation import AdaptationConfig, build_model, partition
-from sam_jax.adaptation.lora import QKV_SECTIONS
-from sam_jax.config import sam_config
-
-try:
-    from sam_jax.model.frame import target_to_low_res, to_model_frame
-except ImportError:  # before the frame moved to the model package
-    from sam_jax.model.frame import target_to_low_res, to_model_frame
 from torch_reference import _randomise, state_dict_numpy, to_numpy
 from torch_sam_lora import LoRASam
 from torch_sam_lora import make_train_step as torch_train_step
 
+from sam_jax.adaptation import AdaptationConfig, build_model, partition
+from sam_jax.adaptation.lora import QKV_SECTIONS
+from sam_jax.config import sam_config
+from sam_jax.model.frame import target_to_low_res, to_model_frame
+from sam_jax.training.config import TrainConfig
 from sam_jax.training.step import make_train_step
 from sam_jax.weights.io import assign
 from sam_jax.weights.params import flax_path, torch_to_flax
@@ -48,10 +43,8 @@ EPS = 1e-8
 
 
 def _jax_step(graphdef, tx, image_size):
-    """The step under test: the one call to adapt when the step's configuration changes."""
-    cfg = types.SimpleNamespace(image_size=image_size, loss="bce", multimask=False, prompt_rounds=1,
-                                precision="float32", compute_dtype="float32")
-    return make_train_step(graphdef, tx, cfg)
+    """The step under test, as a paper run configures it: BCE, fp32, one click, one mask."""
+    return make_train_step(graphdef, tx, TrainConfig(model_type="tiny", image_size=image_size, loss="bce"))
 
 
 def _keep_gradients():

@@ -14,7 +14,7 @@ def test_model_frame_keeps_aspect_and_clears_padding():
     images[0, :4, :8] = 1.0  # a 4×8 valid region (rows × cols)
     images[0, 4:, :] = 99.0  # padding beyond valid_hw must not leak in
     out, scale = to_model_frame(jnp.asarray(images), jnp.array([[4, 8]]), 16)
-    assert float(scale[0]) == 2.0  # longest side 8 → 16
+    np.testing.assert_array_equal(scale[0], [2.0, 2.0])  # (x, y): longest side 8 → 16 on both axes
     out = np.asarray(out[0, ..., 0])
     assert np.allclose(out[:7, :], 1.0, atol=1e-6) and np.allclose(out[9:, :], 0.0, atol=1e-6)
     # (x, y) clicks scale like SAM's ResizeLongestSide: both coordinates by the same factor

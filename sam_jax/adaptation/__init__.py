@@ -15,6 +15,7 @@ from sam_jax.adaptation.cross_slice import add_cross_slice
 from sam_jax.adaptation.errors import AdaptationError
 from sam_jax.adaptation.lora import apply_lora, fold
 from sam_jax.adaptation.modalities import parse_modalities
+from sam_jax.adaptation.original import reproduce_defects
 from sam_jax.adaptation.patch_embed import adapt_patch_embed
 from sam_jax.adaptation.trainable_rules import PRESETS, count_parameters, partition
 from sam_jax.config import SamConfig
@@ -31,6 +32,9 @@ def adapt(model: Sam, adaptation_config: AdaptationConfig, *, rngs: nnx.Rngs) ->
                targets=adaptation_config.lora_targets, rngs=rngs)
     if adaptation_config.cross_slice:
         add_cross_slice(model)
+    reproduce_defects(model, zero_rel_pos=adaptation_config.zero_rel_pos,
+                      random_decoder_mlps=adaptation_config.random_decoder_mlps,
+                      decoder_first_residual=adaptation_config.decoder_first_residual, rngs=rngs)
     model.config = model.config.replace(in_chans=adaptation_config.in_chans)
     return model
 

@@ -18,6 +18,7 @@ from sam_jax.config import setting
 
 LORA_TARGETS = ("q", "k", "v", "proj", "lin1", "lin2")
 PATCH_EMBED_INITS = ("random", "rgb_mean")
+_DEFECTS = ("zero_rel_pos", "random_decoder_mlps", "decoder_first_residual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,13 @@ class AdaptationConfig:
     cross_slice: bool = setting(False, "Cross-slice attention in every encoder block (needs slices > 1 to act).")
     trainable: str = setting("lora", "Trainable preset: lora, patch_embed_only, lora_frozen_patch, full, "
                                      "decoder_only, none.")
+    # The original paper code's model defects (sam_jax.adaptation.original; docs/reference.md §4), off by default.
+    zero_rel_pos: bool = setting(False, "Original code: the encoder's relative-position tables left at zero "
+                                        "(never loaded from SAM).")
+    random_decoder_mlps: bool = setting(False, "Original code: the decoder's two-way transformer MLPs left at "
+                                               "PyTorch's random init (never loaded from SAM).")
+    decoder_first_residual: bool = setting(False, "Original code: a residual around the decoder's first token "
+                                                  "self-attention (SAM has none).")
 
     def __post_init__(self):
         named = self.modalities if isinstance(self.modalities, str) else ",".join(self.modalities)
@@ -80,21 +88,26 @@ class AdaptationConfig:
             "lora_targets": ",".join(self.lora_targets),
             "cross_slice": str(self.cross_slice).lower(),
             "trainable": self.trainable,
+            **{name: str(getattr(self, name)).lower() for name in _DEFECTS},
         }
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, str]) -> "AdaptationConfig":
         """Inverse of `to_metadata`; other keys of the header are ignored."""
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in metadata]
+        # Adapters written before the defect options existed have none of them: all off.
+        metadata = {**{name: "false" for name in _DEFECTS}, **metadata}
+        missing = [f.name for f in dataclasses.fields(AdaptationConfig) if f.name not in metadata]
         if missing:
             raise AdaptationError(f"adaptation metadata lacks {missing}")
         try:
             rank, alpha = int(metadata["lora_rank"]), float(metadata["lora_alpha"])
         except ValueError as e:
             raise AdaptationError(f"adaptation metadata has a malformed LoRA rank or alpha ({e})") from None
-        if metadata["cross_slice"] not in ("true", "false"):
-            raise AdaptationError(f"adaptation metadata: cross_slice {metadata['cross_slice']!r} is not true/false")
+        for name in ("cross_slice",) + _DEFECTS:
+            if metadata[name] not in ("true", "false"):
+                raise AdaptationError(f"adaptation metadata: {name} {metadata[name]!r} is not true/false")
         split = lambda s: tuple(p for p in s.split(",") if p)  # noqa: E731
         return cls(modalities=split(metadata["modalities"]), patch_embed_init=metadata["patch_embed_init"],
                    lora_rank=rank, lora_alpha=alpha, lora_targets=split(metadata["lora_targets"]),
-                   cross_slice=metadata["cross_slice"] == "true", trainable=metadata["trainable"])
+                   cross_slice=metadata["cross_slice"] == "true", trainable=metadata["trainable"],
+                   **{name: metadata[name] == "true" for name in _DEFECTS})

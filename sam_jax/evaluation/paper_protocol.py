@@ -9,6 +9,7 @@ import numpy as np
 
 from sam_jax.data.clicks import slice_click
 from sam_jax.metrics import paper_scores
+from sam_jax.model.frame import original_code_prompts
 
 
 def paper_clicks(tumour: np.ndarray, rng: np.random.Generator):
@@ -20,5 +21,7 @@ def paper_clicks(tumour: np.ndarray, rng: np.random.Generator):
 def run_paper_protocol(segmenter, embeddings, tumour: np.ndarray, rng: np.random.Generator) -> dict:
     hw = tumour.shape[1:]
     coords, labels = paper_clicks(tumour, rng)
+    if getattr(segmenter, "broadcast_clicks", False):  # the original code: one prompt of every slice's click
+        coords, labels = original_code_prompts(coords, labels, click_order="xy", broadcast=True)
     logits = segmenter.to_slice_grid(segmenter.decode(embeddings, coords, labels, hw), hw)
     return paper_scores(logits, tumour)

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from sam_jax.evaluation.trained import TrainedModel
-from sam_jax.model.frame import postprocess_masks, resized_shape, to_model_frame
+from sam_jax.model.frame import click_scale, original_code_prompts, postprocess_masks, to_model_frame, valid_shape
 
 
 def _padded_batches(n: int, batch_size: int):
@@ -43,14 +43,15 @@ class SliceSegmenter:
     def __init__(self, trained: TrainedModel, batch_size: int = 8):
         self.size = trained.image_size
         self.batch_size = batch_size
-        self.stack = trained.spec.stack
+        self.stack, self.resize = trained.spec.stack, trained.spec.resize
+        self.click_order, self.broadcast_clicks = trained.spec.click_order, trained.spec.broadcast_clicks
         graphdef, self.state = nnx.split(trained.model)
-        size, stack = self.size, self.stack
+        size, stack, resize = self.size, self.stack, self.resize
 
         @jax.jit
         def encode(state, images, valid_hw):
             model = nnx.merge(graphdef, state)
-            frame, _ = to_model_frame(images, valid_hw, size)
+            frame, _ = to_model_frame(images, valid_hw, size, resize)
             return model.encode_image(frame, slices=stack)[stack // 2::stack]
 
         @jax.jit
@@ -61,9 +62,9 @@ class SliceSegmenter:
 
         self._encode, self._decode = encode, decode
 
-    def scale(self, hw) -> float:
-        """Slice pixels → model-frame pixels (SAM's ResizeLongestSide factor)."""
-        return self.size / max(hw)
+    def scale(self, hw) -> np.ndarray:
+        """Slice pixels → model-frame pixels: the (x, y) factors of the run's resize rule."""
+        return np.asarray(click_scale(hw, self.size, self.resize), np.float32)
 
     def encode(self, slices: np.ndarray, which=None):
         """(N, H, W, C) slices of a volume → embeddings (len(which), g, g, D) of the slices `which` (default: all),
@@ -91,7 +92,8 @@ class SliceSegmenter:
         `mask_input`: optional (N, 4g, 4g) logits of a previous round, as SAM's interactive loop feeds them back.
         """
         n = len(coords)
-        coords = np.asarray(coords, np.float32) * self.scale(hw)
+        coords, labels = original_code_prompts(np.asarray(coords, np.float32) * self.scale(hw), np.asarray(labels),
+                                               click_order=self.click_order, broadcast=False)
         compiled = _compiled_size(n, self.batch_size)
         pad = functools.partial(_pad_to, size=compiled)
         out = []
@@ -107,7 +109,8 @@ class SliceSegmenter:
 
     def to_slice_grid(self, low_res: np.ndarray, hw) -> np.ndarray:
         """(N, 4g, 4g) low-res logits → (N, H, W) logits at the slice's own size."""
-        return np.asarray(_postprocess(jnp.asarray(low_res), resized_shape(*hw, self.size), tuple(hw), self.size))
+        return np.asarray(_postprocess(jnp.asarray(low_res), valid_shape(hw, self.size, self.resize), tuple(hw),
+                                       self.size))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))

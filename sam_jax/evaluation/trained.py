@@ -82,9 +82,11 @@ def load_trained(workdir, sam_weights: str | None = None, select: str = "final")
 
 
 def load_zero_shot(sam_weights: str, model_type: str = "auto", image_size: int = 1024,
-                   modalities: str = ZERO_SHOT_MODALITIES) -> TrainedModel:
+                   modalities: str = ZERO_SHOT_MODALITIES, normalisation: str = "sam_rgb",
+                   crop_to_brain: bool = False) -> TrainedModel:
     """Plain SAM on a 3-channel layout of the modalities (Table 1's zero-shot row); `auto`: the size the converted
-    file says it holds."""
+    file says it holds. SAM's own input by default (`sam_rgb`); the original code fed it the training pipeline's
+    raw, brain-cropped intensities (`normalisation="none", crop_to_brain=True`)."""
     if not Path(sam_weights).is_file():
         raise CheckpointError(f"--sam_weights {sam_weights}: no such file")
     try:
@@ -93,10 +95,12 @@ def load_zero_shot(sam_weights: str, model_type: str = "auto", image_size: int =
             if not model_type:
                 raise CheckpointError(f"{sam_weights}: its header names no model type; pass --model_type")
         spec = RunSpec(model_type=model_type, image_size=image_size, sam_weights=sam_weights, modalities=modalities,
-                       lora_rank=0, trainable="none", normalisation="sam_rgb").with_base_identity()
+                       lora_rank=0, trainable="none", normalisation=normalisation,
+                       crop_to_brain=crop_to_brain).with_base_identity()
         model = build_model(spec.sam_config(), spec, sam_weights=sam_weights, rngs=nnx.Rngs(0))
     except SamJaxError as e:
         raise CheckpointError(f"zero-shot SAM from {sam_weights}: {e}") from None
     layout = next((name for name, chans in LAYOUTS.items() if chans == spec.modalities), "_".join(spec.modalities))
     size = "" if image_size == 1024 else f"_{image_size}"
-    return TrainedModel(model, spec, name=f"sam_{model_type}_zero_shot_{layout}{size}")
+    raw = "" if normalisation == "sam_rgb" else f"_{normalisation}{'_crop' if crop_to_brain else ''}"
+    return TrainedModel(model, spec, name=f"sam_{model_type}_zero_shot_{layout}{size}{raw}")

@@ -2,11 +2,15 @@
 training, evaluation and the predictor, so what the model sees is the same everywhere.
 
 A slice of H×W pixels sits top-left in an S×S canvas (S ≥ max(H, W); the cache's 240 for BraTS) with its valid
-(H, W) beside it. `longest_side` (SAM's rule): the valid part is scaled by size / max(H, W), aspect kept, with
-antialiased bilinear interpolation, and the rest of the input stays zero (bottom/right padding); clicks scale by the
-same factor. Targets go to the decoder's low-resolution grid (size / 4) by the same resize, so they are soft at edges,
-as the paper's bilinear-resized masks are. Logits come back by SAM's postprocess: upsample to the input frame, crop
-the valid part (its size rounded half up, as SAM's `ResizeLongestSide`), resize to (H, W).
+(H, W) beside it. Two resize rules:
+- `longest_side` (SAM's): the valid part is scaled by size / max(H, W), aspect kept, with antialiased bilinear
+  interpolation, and the rest of the input stays zero (bottom/right padding).
+- `stretch` (the original paper code's): rows scaled by size / H and columns by size / W to fill the square, bilinear
+  with edges clamped, as `F.interpolate(..., mode="bilinear", align_corners=False)` does.
+Clicks (x, y) scale by the same per-axis factors. Targets go to the decoder's low-resolution grid (size / 4) by the
+same resize, so they are soft at edges, as the paper's bilinear-resized masks are. Logits come back by SAM's
+postprocess: upsample to the input frame, crop the valid part (its size rounded half up, as SAM's
+`ResizeLongestSide`; the whole square when stretched), resize to (H, W).
 """
 
 from __future__ import annotations
@@ -14,42 +18,81 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-RESIZE_RULES = ("longest_side",)
+RESIZE_RULES = ("longest_side", "stretch")
 
 
-def _scale(valid_hw, size: int):
-    return size / jnp.max(valid_hw, axis=-1).astype(jnp.float32)  # (B,)
+def _scale_yx(valid_hw, size: int, rule: str):
+    """(B, 2) factors (rows, columns) from slice pixels to model-frame pixels."""
+    hw = valid_hw.astype(jnp.float32)
+    if rule == "stretch":
+        return size / hw
+    return jnp.repeat(size / jnp.max(hw, axis=-1, keepdims=True), 2, axis=-1)
 
 
-def _resize_one(image, scale, out_hw):
-    return jax.image.scale_and_translate(image, out_hw + image.shape[2:], (0, 1), jnp.stack([scale, scale]),
-                                         jnp.zeros(2), "linear", antialias=True)
+def _prepare(image, hw, rule: str):
+    """Pixels beyond the valid (h, w): cleared (`longest_side`: padding never bleeds in by interpolation) or the
+    edge repeated (`stretch`: the resize then clamps at the edges, as PyTorch's does)."""
+    s = image.shape[0]
+    if rule == "stretch":
+        rows, cols = jnp.minimum(jnp.arange(s), hw[0] - 1), jnp.minimum(jnp.arange(s), hw[1] - 1)
+        return image[rows][:, cols]
+    inside = (jnp.arange(s)[:, None] < hw[0]) & (jnp.arange(s)[None, :] < hw[1])
+    return jnp.where(inside.reshape(inside.shape + (1,) * (image.ndim - 2)), image, 0)
 
 
-def to_model_frame(images, valid_hw, size: int):
-    """images (B, S, S, C), valid_hw (B, 2) → (B, size, size, C) and the per-sample scale (B,).
-
-    Pixels beyond the valid region are cleared first, so padding never bleeds into the image by interpolation.
-    """
-    s = images.shape[1]
-    rows = jnp.arange(s)[None, :, None] < valid_hw[:, 0, None, None]
-    cols = jnp.arange(s)[None, None, :] < valid_hw[:, 1, None, None]
-    images = jnp.where((rows & cols)[..., None], images, 0)
-    scale = _scale(valid_hw, size)
-    return jax.vmap(lambda im, sc: _resize_one(im, sc, (size, size)))(images, scale), scale
+def _resize(image, scale_yx, out_hw):
+    return jax.image.scale_and_translate(image, out_hw + image.shape[2:], (0, 1), scale_yx, jnp.zeros(2), "linear",
+                                         antialias=True)
 
 
-def target_to_low_res(masks, valid_hw, size: int):
+def to_model_frame(images, valid_hw, size: int, rule: str = "longest_side"):
+    """images (B, S, S, C), valid_hw (B, 2) → (B, size, size, C) and the per-sample (x, y) scale (B, 2)."""
+    scale = _scale_yx(valid_hw, size, rule)
+    frames = jax.vmap(lambda im, hw, sc: _resize(_prepare(im, hw, rule), sc, (size, size)))(images, valid_hw, scale)
+    return frames, scale[:, ::-1]
+
+
+def target_to_low_res(masks, valid_hw, size: int, rule: str = "longest_side"):
     """masks (B, S, S) in {0, 1} → soft targets (B, size/4, size/4) aligned with the decoder's logits."""
     low = size // 4
-    scale = _scale(valid_hw, size) / 4
-    out = jax.vmap(lambda m, sc: _resize_one(m[..., None].astype(jnp.float32), sc, (low, low)))(masks, scale)
+    scale = _scale_yx(valid_hw, size, rule) / 4
+    out = jax.vmap(lambda m, hw, sc: _resize(_prepare(m.astype(jnp.float32), hw, rule)[..., None], sc, (low, low)))(
+        masks, valid_hw, scale)
     return jnp.clip(out[..., 0], 0.0, 1.0)
 
 
-def clicks_to_model_frame(coords, scale):
-    """(x, y) canvas pixels (B, N, 2) → model-frame pixels."""
-    return coords * scale[:, None, None]
+def clicks_to_model_frame(coords, scale_xy):
+    """(x, y) canvas pixels (B, N, 2) → model-frame pixels; `scale_xy` (B, 2) from `to_model_frame`."""
+    return coords * scale_xy[:, None, :]
+
+
+def original_code_prompts(coords, labels, *, click_order: str, broadcast: bool):
+    """Clicks (N, K, 2) in model-frame (x, y) and labels (N, K) as the original paper code gave them to SAM:
+    `row_col` swaps each click's coordinates (it passed (row, col) where SAM reads (x, y)); `broadcast` gives every
+    slice the clicks of all N slices (one prompt for the whole batch). NumPy or JAX arrays."""
+    if click_order == "row_col":
+        coords = coords[..., ::-1]
+    if broadcast:
+        n = coords.shape[0]
+        coords, labels = coords.reshape(1, -1, 2).repeat(n, axis=0), labels.reshape(1, -1).repeat(n, axis=0)
+    return coords, labels
+
+
+def input_grid_target(masks, valid_hw, size: int, rule: str = "longest_side"):
+    """masks (B, S, S) → soft targets (B, size, size) at the input frame (the original code's loss grid)."""
+    frames, _ = to_model_frame(masks[..., None].astype(jnp.float32), valid_hw, size, rule)
+    return jnp.clip(frames[..., 0], 0.0, 1.0)
+
+
+def click_scale(hw, size: int, rule: str = "longest_side"):
+    """Host-side (x, y) factors for one slice size: what `to_model_frame` scales its clicks by."""
+    h, w = hw
+    return (size / w, size / h) if rule == "stretch" else (size / max(h, w),) * 2
+
+
+def valid_shape(hw, size: int, rule: str = "longest_side"):
+    """The part of the model frame the slice fills (SAM's crop before resizing logits back)."""
+    return (size, size) if rule == "stretch" else resized_shape(*hw, size)
 
 
 def resized_shape(height: int, width: int, longest: int):

@@ -39,6 +39,7 @@ class TwoWayAttentionBlock(nnx.Module):
     def __init__(self, config: SamConfig, skip_first_layer_pe: bool, *, rngs: nnx.Rngs):
         dim = config.prompt_embed_dim
         self.skip_first_layer_pe = skip_first_layer_pe
+        self.first_layer_residual = False  # the original paper code's defect, set by `sam_jax.adaptation.original`
         self.self_attn = DecoderAttention(config, rngs=rngs)
         self.norm1 = _norm(dim, rngs)
         self.cross_attn_token_to_image = DecoderAttention(config, 2, rngs=rngs)
@@ -50,7 +51,8 @@ class TwoWayAttentionBlock(nnx.Module):
 
     def __call__(self, queries, keys, query_pe, key_pe):
         if self.skip_first_layer_pe:  # the first layer replaces the tokens: no positional term, no residual
-            queries = self.self_attn(queries, queries, queries)
+            attended = self.self_attn(queries, queries, queries)
+            queries = queries + attended if self.first_layer_residual else attended
         else:
             q = queries + query_pe
             queries = queries + self.self_attn(q, q, queries)

@@ -22,6 +22,7 @@ from sam_jax.spec import RunSpec
 from sam_jax.training.losses import LOSSES
 
 SCHEDULES = ("constant", "cosine")
+LOSS_GRIDS = ("low_res", "input")
 PRECISIONS = ("float32", "bfloat16")
 # Presets that freeze the patch embedding: a new (non-RGB) one must come trained from a parent adapter.
 _FROZEN_PATCH_EMBED = ("lora_frozen_patch", "decoder_only", "none")
@@ -55,6 +56,9 @@ class TrainConfig(RunSpec):
     warmup_steps: int = setting(0, "Linear warm-up steps for the cosine schedule.")
     weight_decay: float = setting(0.0, "AdamW weight decay (0: Adam, the paper).")
     loss: str = setting("bce", "bce (paper), dice, bce_dice, focal.")
+    loss_grid: str = setting("low_res", "Where the loss is taken: low_res (the decoder's grid, against the mask "
+                                        "resized there) or input (the original code: logits upsampled ×4 nearest, "
+                                        "against the mask resized bilinearly to the input size).")
     multimask: bool = setting(False, "SAM's ambiguity rule: three masks, only the best is penalised.")
     prompt_rounds: int = setting(1, "Click rounds per sample; > 1 adds clicks in the model's own errors.")
     precision: str = setting("float32", "Compute dtype: float32 (paper) or bfloat16 (frozen base stored in bf16).")
@@ -72,7 +76,7 @@ class TrainConfig(RunSpec):
     def problems(self) -> list[str]:
         problems = super().problems()
         choices = {"domain": DOMAINS + ("ALL",), "slice_policy": SLICE_POLICIES, "click_policy": CLICK_POLICIES,
-                   "loss": LOSSES, "schedule": SCHEDULES, "precision": PRECISIONS}
+                   "loss": LOSSES, "loss_grid": LOSS_GRIDS, "schedule": SCHEDULES, "precision": PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")

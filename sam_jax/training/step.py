@@ -13,7 +13,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from sam_jax.model.frame import clicks_to_model_frame, target_to_low_res, to_model_frame
+from sam_jax.model.frame import (
+    clicks_to_model_frame,
+    input_grid_target,
+    original_code_prompts,
+    target_to_low_res,
+    to_model_frame,
+)
 from sam_jax.training.losses import mask_loss, multimask_loss
 from sam_jax.training.prompts import click_in_error
 
@@ -33,11 +39,11 @@ def forward(model, batch, rng, cfg):
     `cfg`: the run's `TrainConfig` (image_size, precision, prompt_rounds, multimask are read)."""
     flat, z = flatten_slices(batch)
     dtype = jnp.dtype(cfg.precision)
-    images, scale = to_model_frame(flat["image"], flat["valid_hw"], cfg.image_size)
-    target = target_to_low_res(flat["mask"], flat["valid_hw"], cfg.image_size)
+    images, scale = to_model_frame(flat["image"], flat["valid_hw"], cfg.image_size, cfg.resize)
+    target = target_to_low_res(flat["mask"], flat["valid_hw"], cfg.image_size, cfg.resize)
     embeddings = model.encode_image(images.astype(dtype), slices=z)
-    coords = clicks_to_model_frame(flat["point_coords"], scale)
-    labels = flat["point_labels"]
+    coords, labels = original_code_prompts(clicks_to_model_frame(flat["point_coords"], scale), flat["point_labels"],
+                                           click_order=cfg.click_order, broadcast=cfg.broadcast_clicks)
     mask_input = None
     for round_rng in jax.random.split(rng, cfg.prompt_rounds - 1):
         logits, _ = model.decode(embeddings, coords, labels, mask_inputs=mask_input)
@@ -52,6 +58,10 @@ def forward(model, batch, rng, cfg):
 
 def compute_loss(model, batch, rng, cfg):
     logits, _, target = forward(model, batch, rng, cfg)
+    if cfg.loss_grid == "input":  # the original code: logits ×4 nearest, against the mask resized to the input
+        flat, _ = flatten_slices(batch)
+        target = input_grid_target(flat["mask"], flat["valid_hw"], cfg.image_size, cfg.resize)
+        logits = logits.repeat(4, axis=-2).repeat(4, axis=-1)
     if cfg.multimask:
         return multimask_loss(cfg.loss, logits, target).mean()
     return mask_loss(cfg.loss, logits[:, 0], target).mean()
