@@ -1,7 +1,9 @@
 """Assemble the paper's tables from evaluation runs: `python -m eval.table RUN_DIR... [--output_dir O]`.
 
-Every summary.json under the given folders becomes a cell (row: its model, column: VD1 VD2 D3 D4); the paper's
-published rows are printed beside ours. Writes O/tables.md and one CSV per metric (default O: tables/)."""
+Every summary.json under the given folders is read. First the paper's Tables 1–5: each published row with the run of
+ours that matches it by its run spec (layout, trainable preset, training domain, two-step, zero-shot), ours beside
+the published paper-protocol Dice and the difference (O/paper_table<N>.csv). Then one table per metric, a row per
+model (O/<metric>.csv). All of it in O/tables.md (default O: tables/)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from absl import app, flags
 
 from eval.common import fail
 from sam_jax.evaluation import EvaluationError
+from sam_jax.evaluation.paper_tables import write_paper_tables
 from sam_jax.evaluation.tables import load_summaries, write_tables
 
 flags.DEFINE_string("output_dir", "tables", "Where tables.md and the CSVs go.")
@@ -19,7 +22,9 @@ def main(argv):
     summaries = load_summaries(argv[1:])
     if not summaries:
         return fail(EvaluationError(f"no summary.json under {argv[1:] or 'the given folders (none given)'}"))
-    print(write_tables(summaries, FLAGS.output_dir))
+    paper = write_paper_tables(summaries, FLAGS.output_dir)
+    print(write_tables(summaries, FLAGS.output_dir, preface="## The paper's tables\n\n" + paper
+                       + "\n## Every run, by metric\n"))
     return 0
 
 

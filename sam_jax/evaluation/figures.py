@@ -1,5 +1,6 @@
-"""PNG figures: modality overlays with ground-truth and predicted contours (Figure 7), the LoRA discrepancy heatmap
-(Figure 8) and the embedding map by domain (Figure 9). Matplotlib's Agg backend: no display needed."""
+"""PNG figures: modality overlays with ground-truth and predicted contours (Figure 7), several models' masks side by
+side on one case (Figure 7 across models), the LoRA discrepancy heatmap (Figure 8) and the embedding map by domain
+(Figure 9). Matplotlib's Agg backend: no display needed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 
 from sam_jax.data.brats import MODALITIES  # noqa: E402
 
@@ -28,6 +30,39 @@ def overlay(images: dict, truth: np.ndarray | None, prediction: np.ndarray, path
         ax.set_title(_TITLES[m])
         ax.axis("off")
     fig.suptitle(f"{title} slice z={z}  (green: ground truth, red: prediction)")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return z
+
+
+def comparison(images: dict, truth: np.ndarray | None, predictions: dict, scores: dict, path, title: str = "",
+               background: str = "t2f") -> int:
+    """Top row: the four modalities at the axial slice with most tumour (truth, else all predictions together),
+    ground truth contoured in green. Bottom row: one panel per model, its mask filled red over `background` with the
+    truth contour, titled with its score. Volumes are (X, Y, Z). Returns the slice shown."""
+    reference = truth if truth is not None and truth.any() else sum(p.astype(np.int32) for p in predictions.values())
+    z = int(np.argmax(reference.sum(axis=(0, 1)))) if reference.any() else reference.shape[2] // 2
+    columns = max(len(MODALITIES), len(predictions))
+    fig, axes = plt.subplots(2, columns, figsize=(3 * columns, 6.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+
+    def truth_contour(ax):
+        if truth is not None and truth[:, :, z].any():
+            ax.contour(truth[:, :, z].T.astype(float), levels=[0.5], colors="lime", linewidths=1)
+
+    for ax, m in zip(axes[0], MODALITIES):
+        ax.imshow(images[m][:, :, z].T, cmap="gray", origin="lower")
+        truth_contour(ax)
+        ax.set_title(_TITLES[m])
+    for ax, (name, mask) in zip(axes[1], predictions.items()):
+        ax.imshow(images[background][:, :, z].T, cmap="gray", origin="lower")
+        shown = mask[:, :, z].T.astype(float)
+        ax.imshow(np.ma.masked_where(shown == 0, shown), cmap=ListedColormap(["red"]), alpha=0.45, origin="lower")
+        truth_contour(ax)
+        score = scores.get(name)
+        ax.set_title(name if score is None else f"{name}: {score:.3f}", fontsize=9)
+    fig.suptitle(f"{title} slice z={z}  (green: ground truth, red: each model's mask on {_TITLES[background]})")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return z

@@ -1,5 +1,5 @@
-"""Tables in the paper's layout (rows models, columns VD1 VD2 D3 D4) from evaluation summaries, with the paper's
-published rows (paper protocol Dice, docs/reference.md §7) printed beside ours; markdown and CSV."""
+"""Tables in the paper's layout (rows models, columns VD1 VD2 D3 D4) from evaluation summaries, one per metric;
+markdown and CSV. The paper's own Tables 1–5, our runs beside the published values, are `paper_tables`."""
 
 from __future__ import annotations
 
@@ -10,15 +10,6 @@ from pathlib import Path
 
 from sam_jax.evaluation.cases import COLUMNS
 
-# Published paper-protocol Dice (%) by column; zero-shot SAM is only reported as "< 10".
-PUBLISHED = {
-    "paper: SAM zero-shot": {"VD1": "<10", "VD2": "<10", "D3": "<10", "D4": "<10"},
-    "paper: full fine-tuning": {"VD1": 17.2, "VD2": 14.9, "D3": 12.0, "D4": 11.7},
-    "paper: two-step (patch embed, then LoRA)": {"VD1": 30.4, "VD2": 32.8, "D3": 19.4, "D4": 26.8},
-    "paper: SAM-Med2D": {"VD1": 47.2, "VD2": 74.7, "D3": 52.8, "D4": 42.3},
-    "paper: LoRA 4-ch, trained on GLI": {"VD1": 61.9, "VD2": 65.7, "D3": 50.7, "D4": 56.2},
-    "paper: LoRA 4-ch, trained on MEN": {"VD1": 58.4, "VD2": 75.3, "D3": 65.7, "D4": 52.4},
-}
 # (metric key in a summary, title, multiply by) per table.
 TABLES = {
     "paper_dice": ("Dice, paper protocol (%)", 100),
@@ -35,11 +26,13 @@ ORDER = tuple(COLUMNS.values())
 
 
 def load_summaries(run_dirs) -> list[dict]:
-    """Every summary.json under the given folders (searched recursively)."""
+    """Every summary.json under the given folders (searched recursively), each with `summary_path` (where it was
+    read: the run it scored is found from it)."""
     found = []
     for run_dir in run_dirs:
         path = Path(run_dir)
-        found += [json.loads(p.read_text()) for p in sorted([path] if path.is_file() else path.rglob("summary.json"))]
+        for p in sorted([path] if path.is_file() else path.rglob("summary.json")):
+            found.append({**json.loads(p.read_text()), "summary_path": str(p)})
     return found
 
 
@@ -74,9 +67,9 @@ def csv_text(rows: dict, published: dict | None = None) -> str:
     return out.getvalue()
 
 
-def write_tables(summaries, out_dir) -> str:
-    """One markdown section and one CSV per metric present; the paper's rows go with the paper-protocol table.
-    Returns the whole markdown."""
+def write_tables(summaries, out_dir, preface: str = "") -> str:
+    """One markdown section and one CSV per metric present, after `preface` (the paper's tables) in
+    out_dir/tables.md. Returns the whole markdown."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
@@ -84,9 +77,8 @@ def write_tables(summaries, out_dir) -> str:
         rows = grid(summaries, metric)
         if not rows:
             continue
-        published = PUBLISHED if metric == "paper_dice" else None
-        sections.append(markdown(title, rows, published))
-        (out_dir / f"{metric}.csv").write_text(csv_text(rows, published))
-    text = "\n".join(sections)
+        sections.append(markdown(title, rows))
+        (out_dir / f"{metric}.csv").write_text(csv_text(rows))
+    text = "\n".join(([preface] if preface else []) + sections)
     (out_dir / "tables.md").write_text(text)
     return text
