@@ -1,11 +1,13 @@
 """A BraTS-2023-layout phantom so every part of the project runs without the real data. Anatomy comes from nilearn's
 bundled MNI152 2009a T1/GM/WM maps (read with nibabel; CSF = brain - GM - WM), padded to 240 x 240 x 155 at 1 mm;
-four contrasts are tissue mixtures with BrainWeb-like intensities. Each case gets a tumour with labels 1 NCR, 2 ED,
-3 ET nested as necrosis inside an enhancing rim inside oedema, whose visibility differs by modality as in real scans
-(oedema bright on T2w/FLAIR and faint on T1Gd, the rim bright only on T1Gd), and the domain's traits: GLI a
-hemispheric glioma in white matter; MEN an extra-axial, well circumscribed, strongly enhancing mass at the brain's
-edge; PED a midline pontine tumour with weak enhancement; SSA a glioma scanned worse (lower SNR, blur, bias field,
-thick slices). Cases are deterministic given (seed, domain, index).
+four contrasts are tissue mixtures whose intensities follow from published 3 T relaxation times (T1, T2, proton
+density) through each sequence's signal equation: T1-weighted spin echo, the same after gadolinium, T2-weighted spin
+echo, FLAIR with CSF nulled (docs/phantom.md). Each case gets a tumour with labels 1 NCR, 2 ED, 3 ET nested as
+necrosis inside an enhancing rim inside oedema, whose visibility differs by modality as in real scans (oedema bright
+on T2w/FLAIR and dark on T1, the rim enhancing on T1Gd), and the domain's traits: GLI a hemispheric glioma in white
+matter; MEN an extra-axial, well circumscribed, strongly enhancing mass at the brain's edge; PED a midline pontine
+tumour with weak enhancement; SSA a glioma scanned worse (lower SNR, blur, bias field, thick slices). Cases are
+deterministic given (seed, domain, index).
 
 Usage: python -m sam_jax.data.phantom --out_dir DIR --cases_per_domain N --seed S [--domains GLI,MEN,PED,SSA]"""
 
@@ -15,6 +17,7 @@ import argparse
 import functools
 import importlib.util
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -26,22 +29,96 @@ from sam_jax.data.brats import DOMAINS, MODALITIES
 SHAPE = (240, 240, 155)
 _MNI_FILE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 
-# Mean intensity (arbitrary units) per tissue, in MODALITIES order (t1n, t1c, t2w, t2f).
-TISSUE_CONTRAST = {
-    "wm": (154, 154, 70, 90),
-    "gm": (106, 110, 100, 120),
-    "csf": (48, 48, 250, 25),
+# Intensities come from tissue relaxation parameters at 3 T through each sequence's signal equation; the parameters,
+# their sources and ranges, and the sequence timings are in docs/phantom.md.
+
+
+@dataclass(frozen=True)
+class Tissue:
+    """Relaxation parameters at 3 T: T1 and T2 in ms, proton density as water content relative to pure water, and
+    `gd_space`, the fraction of the tissue volume gadolinium reaches after injection (0 behind an intact blood-brain
+    barrier)."""
+
+    t1: float
+    t2: float
+    pd: float
+    gd_space: float = 0.0
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """A spin-echo-type acquisition: TR, TE, optional inversion time TI (ms) and whether gadolinium was given."""
+
+    tr: float
+    te: float
+    ti: float | None = None
+    contrast: bool = False
+
+
+TISSUES = {  # normal brain at 3 T: T1, T2 Wansapura et al. 1999 (CSF: Lu et al. 2005, Piechnik et al. 2009);
+    # water content Ernst et al. 1993
+    "wm": Tissue(t1=832, t2=79.2, pd=0.65),
+    "gm": Tissue(t1=1331, t2=110, pd=0.78),
+    "csf": Tissue(t1=3817, t2=503, pd=0.97),
 }
-TUMOUR_CONTRAST = {  # by BraTS label
-    1: (60, 62, 220, 120),  # necrosis
-    2: (90, 92, 200, 230),  # oedema: T2/FLAIR bright, no enhancement
-    3: (110, 250, 150, 180),  # enhancing rim
+TUMOURS = {  # by BraTS label; approximate values (see docs/phantom.md: no single reference tabulates all three)
+    1: Tissue(t1=2500, t2=250, pd=0.90),  # necrosis: fluid-like, no enhancement
+    2: Tissue(t1=1500, t2=150, pd=0.80),  # oedema: more water than white matter, blood-brain barrier intact
+    3: Tissue(t1=1650, t2=130, pd=0.80, gd_space=0.3),  # enhancing rim: cellular tumour, leaky vessels
 }
-# Domain-specific overrides of TUMOUR_CONTRAST for one label.
-_DOMAIN_CONTRAST = {
-    "MEN": {3: (100, 270, 115, 135)},  # meningioma: iso on T2, avid homogeneous enhancement
-    "PED": {2: (85, 88, 215, 200), 3: (100, 150, 170, 190)},  # weak enhancement
+# Domain-specific tumour tissues replacing TUMOURS for one label (hand-picked to give each domain its documented
+# traits; approximate, not literature values).
+_DOMAIN_TUMOURS = {
+    "MEN": {3: Tissue(t1=1400, t2=110, pd=0.80, gd_space=0.5)},  # meningioma: near grey matter, avid enhancement
+    "PED": {2: Tissue(t1=1800, t2=170, pd=0.85), 3: Tissue(t1=1650, t2=130, pd=0.80, gd_space=0.05)},  # weak
 }
+
+R1_GD = 4.0e-3  # gadolinium relaxivity r1, L/(mmol ms) (≈ 4 L/(mmol s) at 3 T in plasma, Rohrer et al. 2005)
+
+
+def plasma_gadolinium(minutes: float = 5.0, dose: float = 0.1) -> float:
+    """Plasma gadolinium (mmol/L) `minutes` after a bolus of `dose` mmol/kg: the biexponential of Weinmann et al.
+    (1984) with the constants used by Tofts & Kermode (1991)."""
+    return dose * (3.99 * np.exp(-0.144 * minutes) + 4.78 * np.exp(-0.0111 * minutes))
+
+
+def null_inversion_time(t1: float, tr: float) -> float:
+    """TI (ms) at which |1 - 2 exp(-TI/T1) + exp(-TR/T1)| vanishes: the FLAIR inversion time that nulls T1."""
+    return float(t1 * np.log(2 / (1 + np.exp(-tr / t1))))
+
+
+SEQUENCES = {  # typical clinical 2-D sequences at 3 T, in MODALITIES order
+    "t1n": Sequence(tr=500, te=10),  # T1-weighted spin echo
+    "t1c": Sequence(tr=500, te=10, contrast=True),  # the same, ~5 min after 0.1 mmol/kg gadolinium
+    "t2w": Sequence(tr=5000, te=100),  # T2-weighted (turbo) spin echo
+    "t2f": Sequence(tr=9000, te=100, ti=null_inversion_time(TISSUES["csf"].t1, 9000)),  # FLAIR nulling CSF
+}
+
+
+def signal(tissue: Tissue, modality: str) -> float:
+    """The tissue's signal (fraction of fully relaxed pure water) on `modality`: spin echo PD (1 - e^-TR/T1) e^-TE/T2;
+    inversion recovery PD |1 - 2 e^-TI/T1 + e^-TR/T1| e^-TE/T2; with contrast 1/T1 gains r1 * C, C = gd_space times
+    the plasma concentration."""
+    seq = SEQUENCES[modality]
+    r1 = 1 / tissue.t1 + (R1_GD * tissue.gd_space * plasma_gadolinium() if seq.contrast else 0.0)
+    if seq.ti is None:
+        longitudinal = 1 - np.exp(-seq.tr * r1)
+    else:
+        longitudinal = abs(1 - 2 * np.exp(-seq.ti * r1) + np.exp(-seq.tr * r1))
+    return float(tissue.pd * longitudinal * np.exp(-seq.te / tissue.t2))
+
+
+_SCALE = 1000  # signal units per unit of signal(): keeps the int16 volumes in the range the old phantom used
+
+
+def _contrast(tissue: Tissue) -> tuple[float, ...]:
+    return tuple(_SCALE * signal(tissue, m) for m in MODALITIES)
+
+
+# Mean intensity per tissue and per tumour label, in MODALITIES order (t1n, t1c, t2w, t2f).
+TISSUE_CONTRAST = {name: _contrast(t) for name, t in TISSUES.items()}
+TUMOUR_CONTRAST = {label: _contrast(t) for label, t in TUMOURS.items()}
+_DOMAIN_CONTRAST = {d: {label: _contrast(t) for label, t in over.items()} for d, over in _DOMAIN_TUMOURS.items()}
 _NOISE = {"GLI": 0.02, "MEN": 0.02, "PED": 0.025, "SSA": 0.06}  # std relative to each modality's WM intensity
 
 
