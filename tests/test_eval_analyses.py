@@ -1,5 +1,6 @@
 """The paper's analyses: LoRA discrepancy (singular values and spectral distances from small factors, checked
-against full SVDs), domain separation of embeddings (hand-worked k-NN), and the figures."""
+against full SVDs), domain separation of embeddings (leave-one-case-out k-NN, hand-worked and brute-forced, with its
+case-bootstrap interval), and the figures."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from sam_jax.evaluation import EvaluationError
-from sam_jax.evaluation.embeddings import knn_accuracy, separation, tsne
+from sam_jax.evaluation.embeddings import case_bootstrap_interval, knn_accuracy, knn_correct, separation, tsne
 from sam_jax.evaluation.figures import heatmap, overlay, scatter_by_domain
 from sam_jax.evaluation.lora_discrepancy import (
     as_heatmap,
@@ -100,8 +101,41 @@ def test_bad_adapter_inputs_are_refused(tmp_path):
 
 def test_knn_accuracy_hand_worked():
     points = np.array([[0.0], [1.0], [3.0], [6.0]])
-    # k = 1: 0→1 (a, right), 1→0 (a, right), 3→1 (a, wrong), 6→3 (b, right).
-    assert knn_accuracy(points, np.array(["a", "a", "b", "b"]), k=1) == pytest.approx(3 / 4)
+    # k = 1, each point its own group (plain leave-one-out): 0→1 (a, right), 1→0 (a, right), 3→1 (a, wrong),
+    # 6→3 (b, right).
+    assert knn_accuracy(points, np.array(["a", "a", "b", "b"]), np.arange(4), k=1) == pytest.approx(3 / 4)
+
+
+def _four_tight_cases():
+    """Two domains, two cases each, three slices per case packed within 0.02 of the case's centre; centres A1 0,
+    A2 5, B1 20, B2 100 (1-D, padded to 3-D with zeros)."""
+    centres = {"A1": 0.0, "A2": 5.0, "B1": 20.0, "B2": 100.0}
+    cases = np.repeat(list(centres), 3)
+    points = np.zeros((12, 3))
+    points[:, 0] = np.repeat(list(centres.values()), 3) + np.tile([0.0, 0.01, 0.02], 4)
+    return points, np.array([c[0] for c in cases]), cases
+
+
+def test_knn_leaves_out_the_whole_case():
+    points, labels, cases = _four_tight_cases()
+    # Plain leave-one-out, k = 3: each slice's two case-mates are its two nearest → 2 of 3 votes right, all right.
+    assert knn_accuracy(points, labels, np.arange(12), k=3) == 1.0
+    # Leave-one-case-out, k = 3: all three votes come from the nearest other case's three slices.
+    # A1 → A2 (5 away, right); A2 → A1 (5, right); B1 → A2 (15, wrong); B2 → B1 (80, right): 9 of 12.
+    correct = knn_correct(points, labels, cases, k=3)
+    np.testing.assert_array_equal(correct, np.repeat([True, True, False, True], 3))
+    # Bootstrap over cases within each domain: domain A always gives 6 of 6; domain B draws two of {B1 0/3, B2 3/3}:
+    # 0.5 (p 1/4), 0.75 (p 1/2), 1.0 (p 1/4), so the 2.5th and 97.5th percentiles are exactly 0.5 and 1.0.
+    assert case_bootstrap_interval(correct, cases, labels) == (0.5, 1.0)
+    scores = separation(points, labels, cases, k=3)
+    assert scores["knn_accuracy"] == 0.75 and scores["knn_ci95"] == [0.5, 1.0]
+    assert scores["knn_k"] == 3 and scores["cases"] == 4 and scores["slices"] == 12 and scores["chance"] == 0.5
+    # k larger than the slices outside the biggest case: capped at 12 − 3 = 9.
+    assert separation(points, labels, cases, k=50)["knn_k"] == 9
+    with pytest.raises(EvaluationError, match="two cases"):
+        knn_correct(points[:3], np.array(["A", "A", "B"]), cases[:3])
+    with pytest.raises(EvaluationError, match="several domains"):
+        case_bootstrap_interval(correct, cases, np.array(["A"] * 4 + ["B"] * 8))
 
 
 def _silhouette(points, labels):
@@ -114,31 +148,55 @@ def _silhouette(points, labels):
     return np.mean((b - a) / np.maximum(a, b))
 
 
-def _knn_accuracy(points, labels, k=5):
-    """Leave-one-out k-NN by brute force: majority label of the k nearest other points, ties to the nearest."""
-    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
-    np.fill_diagonal(d, np.inf)
+def _knn_accuracy(points, labels, groups, k=5):
+    """Leave-one-group-out k-NN by brute force: majority label of the k nearest points of other groups, ties to the
+    nearest of the tied labels."""
+    n = len(points)
     correct = 0
-    for i in range(len(points)):
-        votes = labels[np.argsort(d[i])[:k]]
-        counts = {v: int((votes == v).sum()) for v in votes}
+    for i in range(n):
+        others = [j for j in range(n) if groups[j] != groups[i]]
+        distance = [sum((points[i, d] - points[j, d]) ** 2 for d in range(points.shape[1])) for j in others]
+        votes = [labels[others[j]] for j in np.argsort(distance)[:k]]
+        counts = {v: votes.count(v) for v in votes}
         correct += next(v for v in votes if counts[v] == max(counts.values())) == labels[i]
-    return correct / len(points)
+    return correct / n
+
+
+def test_knn_matches_brute_force_on_random_cases():
+    """Three domains, four cases each, 5–7 slices per case scattered around a case centre: leave-one-case-out and
+    plain leave-one-out against the loops above, k = 4 (ties between labels happen)."""
+    rng = np.random.default_rng(3)
+    points, labels, cases = [], [], []
+    for domain, shift in (("GLI", 0.0), ("MEN", 1.0), ("PED", 2.0)):
+        for c in range(4):
+            size = int(rng.integers(5, 8))
+            points.append(rng.normal(shift, 1.5, 6) + rng.normal(0, 0.4, (size, 6)))
+            labels += [domain] * size
+            cases += [f"{domain}-{c}"] * size
+    points, labels, cases = np.concatenate(points), np.array(labels), np.array(cases)
+    by_case = knn_accuracy(points, labels, cases, k=4)
+    assert by_case == _knn_accuracy(points, labels, cases, k=4)
+    by_slice = knn_accuracy(points, labels, np.arange(len(points)), k=4)
+    assert by_slice == _knn_accuracy(points, labels, np.arange(len(points)), k=4)
+    assert by_case < by_slice  # a slice's case-mates are its nearest neighbours
+    low, high = separation(points, labels, cases, k=4)["knn_ci95"]
+    assert 0 <= low <= by_case <= high <= 1 and low < high
 
 
 def test_separated_domains_score_high_and_mixed_ones_near_chance():
     rng = np.random.default_rng(0)
     apart = np.concatenate([rng.normal(0, 1, (30, 8)), rng.normal(20, 1, (30, 8))])
     labels = np.array(["GLI"] * 30 + ["MEN"] * 30)
-    scores = separation(apart, labels)
-    assert scores["knn_accuracy"] == 1.0 and scores["chance"] == 0.5
+    cases = np.repeat(np.arange(6), 10)  # three cases of ten slices per domain
+    scores = separation(apart, labels, cases)
+    assert scores["knn_accuracy"] == 1.0 and scores["knn_ci95"] == [1.0, 1.0] and scores["chance"] == 0.5
     assert scores["silhouette"] == pytest.approx(_silhouette(apart, labels), rel=1e-6)
     mixed_points = rng.normal(0, 1, (60, 8))
-    mixed = separation(mixed_points, labels)
-    assert mixed["knn_accuracy"] == _knn_accuracy(mixed_points, labels)
+    mixed = separation(mixed_points, labels, cases)
+    assert mixed["knn_accuracy"] == _knn_accuracy(mixed_points, labels, cases)
     assert mixed["silhouette"] == pytest.approx(_silhouette(mixed_points, labels), rel=1e-6)
     with pytest.raises(EvaluationError, match="two domains"):
-        separation(apart[:30], labels[:30])
+        separation(apart[:30], labels[:30], cases[:30])
     assert tsne(apart, seed=0).shape == (60, 2)
 
 
