@@ -104,6 +104,11 @@ def _slices_per_epoch(cwd: Path, domain: str) -> int:
     return total
 
 
+def _training_cases(cwd: Path, domain: str) -> int:
+    split = json.loads((cwd / "brats" / ".sam_jax_cache" / "split.json").read_text())
+    return sum(files.case_id in split["train"] for files in find_cases(cwd / "brats", domain))
+
+
 def _check_training(workdir: Path, expected_steps: int | None) -> dict:
     summary = json.loads((workdir / "summary.json").read_text())
     if expected_steps is not None:
@@ -212,12 +217,14 @@ def test_every_training_flagfile_trains_and_is_evaluated(workspace):
         workdir = cwd / "workdir" / next(line.split("=", 1)[1].split("/")[-1]
                                           for line in (ROOT / "train" / name).read_text().splitlines()
                                           if line.startswith("--workdir="))
-        # One epoch of the GLI training cases' slices, one step each (batch 1); cross-slice runs take a stack
-        # around each centre slice, which still counts once.
-        _check_training(workdir, _slices_per_epoch(cwd, "GLI"))
+        # One epoch of the training domain's cases' slices, one step each (batch 1); cross-slice runs take a stack
+        # around each centre slice, which still counts once; the paper-code runs take one step per case.
+        domain = json.loads((workdir / "config.json").read_text())["domain"]
+        per_case = name.startswith("paper_code/")
+        _check_training(workdir, _training_cases(cwd, domain) if per_case else _slices_per_epoch(cwd, domain))
         _run(f"python -m eval.main --flagfile=eval/adult.flags --checkpoint {workdir} --data_dir {cwd / 'brats'}", cwd,
              env)
-        _check_eval(workdir / "eval" / "GLI_best", 1)
+        _check_eval(workdir / "eval" / "GLI_best", 1)  # eval/adult.flags: GLI's held-out split (--split=val)
         return workdir
 
     alone, *first, last = flagfiles
@@ -259,3 +266,29 @@ def _check_two_step(step1: Path, step2: Path) -> None:
                                           modalities=trained.spec.modalities, slices=cfg.slices,
                                           batch_size=cfg.batch_size, seed=cfg.seed)
         assert paper_dice(predictions)["mean"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_one_command_reproduces_a_table(workspace):
+    """`eval.reproduce` trains and evaluates what a table needs, prints it beside the paper, and a second call
+    finds every step done; the dry run of all five tables lists every command a user would otherwise type."""
+    cwd, env = workspace
+    if not (cwd / "sam_tiny.safetensors").exists():
+        _run("python convert/sam_weights.py --checkpoint sam_tiny.pth --output sam_tiny.safetensors", cwd, env)
+    line = (f"python -m eval.reproduce --table 4 --data_dir {cwd / 'brats'} --sam_weights sam_tiny.safetensors "
+            f"--root repro --train_flags='--model_type=tiny --image_size=64 --epochs=1' --eval_flags=--max_clicks=3")
+    first = _run(line, cwd, env).stdout
+    run = cwd / "repro" / "paper" / "full_finetune"
+    _check_training(run, _slices_per_epoch(cwd, "GLI"))
+    scores = {d: _check_eval(run / "eval" / f"{d}_best", n) for d, n in
+              (("GLI", 1), *((d, len(find_cases(cwd / "brats", d))) for d in ("MEN", "PED", "SSA")))}
+    # Table 4's row: our paper-protocol Dice per column, the published value and the difference, in percent.
+    row = next(r for r in first.splitlines() if r.startswith("| Full fine-tuning") and "full_finetune" in r)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    for i, (domain, published) in enumerate((("GLI", 17.2), ("MEN", 14.9), ("PED", 12.0), ("SSA", 11.7))):
+        ours = 100 * scores[domain]["means"]["paper_dice"]
+        assert cells[2 + 3 * i: 5 + 3 * i] == [f"{ours:.1f}", f"{published:.1f}", f"{round(ours, 1) - published:+.1f}"]
+    again = _run(line, cwd, env).stdout
+    assert again.count("done already") == 5 and row in again
+    dry = _run("python -m eval.reproduce --table all --dry_run", cwd, env).stdout.splitlines()
+    assert dry[-1] == "# 79 commands for table(s) 1, 2, 3, 4, 5 (paper)"
+    assert sum(c.startswith("python -m train.main") for c in dry) == 15  # 15 trained rows; zero-shot only evaluates

@@ -5,7 +5,7 @@ import pytest
 
 from sam_jax.data.brats import MODALITIES
 from sam_jax.data.cache import build_cache
-from sam_jax.data.pipeline import make_dataset, make_iterator, slice_table
+from sam_jax.data.pipeline import make_dataset, make_iterator, slice_table, spaced_slices
 
 CASES = ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000")
 
@@ -145,3 +145,40 @@ def test_phantom_through_the_pipeline(phantom_dir, tmp_path):
     for i in range(8):
         x, y = b["point_coords"][i, 0, 0].astype(int)
         assert b["point_labels"][i, 0, 0] == 1 and b["mask"][i, 0, y, x] == 1
+
+
+class _Drawn:
+    """A generator stand-in whose random slice is chosen by the test."""
+
+    def __init__(self, i):
+        self.i = i
+
+    def integers(self, n):
+        assert 0 <= self.i < n
+        return self.i
+
+
+@pytest.mark.parametrize("n, i, expected", [
+    (155, 50, [40, 50, 60, 70]),  # i − 10, i, i + 10, i + 20
+    (155, 3, [0, 10, 20, 30]),  # shifted up at the first slice
+    (155, 154, [124, 134, 144, 154]),  # shifted down at the last
+    (25, 12, [0, 10, 20, 24]),  # a volume shorter than the set: the edge slice repeats
+])
+def test_spaced_slices_are_the_original_select_equi_slices(n, i, expected):
+    assert spaced_slices(n, _Drawn(i), 4).tolist() == expected
+
+
+def test_a_volume_batch_is_one_case_per_step(tiny_cache):
+    dataset = make_dataset(tiny_cache, list(CASES), batch_size=1, volume_batch=4, seed=1, num_epochs=1)
+    assert len(dataset) == len(CASES)
+    elements = _all_elements(dataset)
+    assert sorted(int(e["case_index"][0]) for e in elements) == [0, 1]
+    for e in elements:
+        assert e["image"].shape[:2] == (4, 1) and len(set(e["case_index"].tolist())) == 1
+        # 6-slice volumes: the set of 4 spaced 10 apart is shifted to start at 0 and clamped at the last slice.
+        assert e["slice_index"].tolist() == [0, 5, 5, 5]
+    with pytest.raises(ValueError, match="batch_size must be 1"):
+        make_dataset(tiny_cache, list(CASES), batch_size=2, volume_batch=4)
+    # Repeated forever, as training streams it.
+    streamed = make_iterator(make_dataset(tiny_cache, list(CASES), batch_size=1, volume_batch=4, seed=1))
+    assert [next(streamed)["image"].shape[0] for _ in range(3)] == [4, 4, 4]

@@ -118,6 +118,29 @@ class LoadBatch(grain.transforms.RandomMap):
         return out
 
 
+def spaced_slices(n: int, rng: np.random.Generator, k: int, spacing: int = 10) -> np.ndarray:
+    """The original code's `SelectEquiSlices`: a random slice i and its companions i − s, i + s, …, k in all, spaced
+    `spacing` apart (i − s, i, i + s, i + 2s for k = 4), the whole set shifted back inside a volume of n slices
+    (repeating the edge slice when the volume is shorter than the set)."""
+    start = int(rng.integers(n)) - spacing
+    start = min(max(start, 0), max(n - 1 - spacing * (k - 1), 0))
+    return np.minimum(start + spacing * np.arange(k), n - 1)
+
+
+class LoadVolume(grain.transforms.RandomMap):
+    """One case per element (rows of the case table) → a batch of `k` of its slices chosen by `spaced_slices`, read
+    by `LoadBatch`: the original code's volume batch, one optimiser step per volume."""
+
+    def __init__(self, cache: Cache, k: int, load: LoadBatch):
+        self.cache, self.k, self.load = cache, k, load
+
+    def random_map(self, rows: np.ndarray, rng: np.random.Generator) -> dict:
+        case_index = int(np.asarray(rows).reshape(-1, 2)[0, 0])
+        n = len(self.cache.tumour_area(self.cache.case_ids[case_index]))
+        slices = spaced_slices(n, rng, self.k)
+        return self.load.random_map(np.stack([np.full(self.k, case_index), slices], axis=1), rng)
+
+
 def select_slices(cache: Cache, case_ids, slice_policy: str = "all", empty_fraction: float = 0.1,
                   click_policy: str = "negative_on_empty", seed: int = 0) -> np.ndarray:
     """The (case index, slice) rows one epoch visits once each: `slice_table`'s choice, less the tumour-free centre
@@ -144,17 +167,28 @@ def make_dataset(
     shuffle: bool = True,
     num_epochs: int | None = None,
     drop_remainder: bool = False,
+    volume_batch: int = 0,
 ) -> grain.MapDataset:
     """A batched `grain.MapDataset` of slice stacks of `case_ids` (see the module docstring for the elements);
     `num_epochs=None` repeats forever (one epoch is `select_slices`' rows). Deterministic given `seed`; pass it to
-    `make_iterator` to prefetch."""
+    `make_iterator` to prefetch. `volume_batch` k > 0: each element is instead one case's k spaced slices
+    (`spaced_slices`), one epoch every case once (`batch_size` must be 1)."""
+    load = LoadBatch(cache, z, tuple(modalities), click_policy)
+    if volume_batch:
+        if batch_size != 1:
+            raise ValueError(f"a volume batch is one case per step: batch_size must be 1, not {batch_size}")
+        position = {c: i for i, c in enumerate(cache.case_ids)}
+        cases = np.array([[position[c], 0] for c in case_ids], np.int32).reshape(-1, 2)
+        dataset = grain.MapDataset.source(cases)
+        dataset = (dataset.shuffle(seed=seed) if shuffle else dataset).repeat(num_epochs).batch(1, drop_remainder=True)
+        return dataset.random_map(LoadVolume(cache, volume_batch, load), seed=seed)
     table = select_slices(cache, case_ids, slice_policy, empty_fraction, click_policy, seed)
     dataset = grain.MapDataset.source(table)
     if shuffle:
         dataset = dataset.shuffle(seed=seed)
     dataset = dataset.repeat(num_epochs)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    return dataset.random_map(LoadBatch(cache, z, tuple(modalities), click_policy), seed=seed)
+    return dataset.random_map(load, seed=seed)
 
 
 def make_iterator(

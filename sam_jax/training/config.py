@@ -48,6 +48,9 @@ class TrainConfig(RunSpec):
     init_adapter: str = setting("", "Start from this adapter file (e.g. step 1 of the two-step ablation).")
     # optimisation
     batch_size: int = setting(1, "Samples (slice stacks) per step, over all devices.")
+    volume_batch: int = setting(0, "Original code: each step is one case's K slices, a random one and the others "
+                                   "spaced 10 apart (its SelectEquiSlices; K=4), one Adam step per volume; an epoch "
+                                   "visits every case once. 0: batches of --batch_size slice stacks.")
     epochs: float = setting(25.0, "Epochs over the training slices: one epoch visits every selected slice once "
                                   "(ignored when steps > 0).")
     steps: int = setting(0, "Total steps; > 0 overrides epochs.")
@@ -83,9 +86,9 @@ class TrainConfig(RunSpec):
         if unknown := [d for d in self.eval_domains if d not in DOMAINS]:
             problems.append(f"eval_domains {','.join(self.eval_domains)}: unknown {unknown}; expected among "
                             f"{', '.join(DOMAINS)}")
-        at_least = {"batch_size": 1, "prompt_rounds": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
-                    "log_every": 1, "steps": 0, "warmup_steps": 0, "eval_every": 0, "val_slices": 0,
-                    "num_workers": 0, "phantom_cases_per_domain": 0}
+        at_least = {"batch_size": 1, "prompt_rounds": 1, "volume_batch": 0, "checkpoint_every": 1,
+                    "keep_checkpoints": 1, "log_every": 1, "steps": 0, "warmup_steps": 0, "eval_every": 0,
+                    "val_slices": 0, "num_workers": 0, "phantom_cases_per_domain": 0}
         for name, low in at_least.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -98,6 +101,12 @@ class TrainConfig(RunSpec):
             problems.append(f"weight_decay {self.weight_decay!r}: expected a finite number ≥ 0")
         if not (isinstance(self.empty_fraction, (int, float)) and 0 <= self.empty_fraction <= 1):
             problems.append(f"empty_fraction {self.empty_fraction!r}: expected a fraction in [0, 1]")
+        if self.volume_batch and self.batch_size != 1:
+            problems.append(f"volume_batch {self.volume_batch} makes each step one case: batch_size must be 1, not "
+                            f"{self.batch_size}")
+        if self.volume_batch and self.slices != 1:
+            problems.append(f"volume_batch {self.volume_batch} takes single slices: slices must be 1, not "
+                            f"{self.slices}")
         if self.normalisation == "sam_rgb":
             problems.append("normalisation sam_rgb is zero-shot SAM's input; train with zscore or none")
         if len(self.modalities) != 3 and self.trainable in _FROZEN_PATCH_EMBED and not self.init_adapter:

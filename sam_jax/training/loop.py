@@ -48,8 +48,9 @@ def check_inputs(cfg: TrainConfig) -> None:
             problems.append(str(e))
     if cfg.init_adapter and not Path(cfg.init_adapter).is_file():
         problems.append(f"--init_adapter {cfg.init_adapter}: no such file")
-    if cfg.batch_size % jax.device_count():
-        problems.append(f"--batch_size {cfg.batch_size} does not split over {jax.device_count()} devices")
+    if (cfg.volume_batch or cfg.batch_size) % jax.device_count():
+        name, value = ("volume_batch", cfg.volume_batch) if cfg.volume_batch else ("batch_size", cfg.batch_size)
+        problems.append(f"--{name} {value} does not split over {jax.device_count()} devices")
     if not cfg.data_dir:
         problems.append("--data_dir is required")
     elif cfg.phantom_cases_per_domain <= 0 and not (Path(cfg.data_dir).is_dir() and find_cases(cfg.data_dir)):
@@ -125,11 +126,12 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
     cache, train_ids, val_ids, eval_sets = prepare_data(cfg)
     selection = dict(slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy,
                      seed=cfg.seed)
-    # One epoch visits every selected slice once; the stream repeats forever and batches run across epoch ends.
-    slices_per_epoch = len(select_slices(cache, train_ids, **selection))
+    # One epoch visits every selected slice (every case, with --volume_batch) once; the stream repeats forever and
+    # batches run across epoch ends.
+    slices_per_epoch = len(train_ids) if cfg.volume_batch else len(select_slices(cache, train_ids, **selection))
     total_steps = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * slices_per_epoch / cfg.batch_size)
-    train_data = make_dataset(cache, train_ids, z=cfg.slices, modalities=cfg.modalities,
-                              batch_size=cfg.batch_size, drop_remainder=True, **selection)
+    train_data = make_dataset(cache, train_ids, z=cfg.slices, modalities=cfg.modalities, batch_size=cfg.batch_size,
+                              volume_batch=cfg.volume_batch, drop_remainder=True, **selection)
     iterator = make_iterator(train_data, num_workers=cfg.num_workers)
     logging.info("%d training slices per epoch, %d steps of %d", slices_per_epoch, total_steps, cfg.batch_size)
 
@@ -189,7 +191,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
                                     f"checkpoint is step {last_good} in {workdir / 'checkpoints'}"
                                     if last_good is not None else
                                     f"the loss became {loss} at step {step}, before any checkpoint was saved")
-            samples += cfg.batch_size * cfg.slices
+            samples += (cfg.volume_batch or cfg.batch_size) * cfg.slices
             elapsed = time.perf_counter() - tick
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}", slices_per_s=f"{samples / max(elapsed, 1e-9):.1f}")
