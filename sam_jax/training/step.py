@@ -36,7 +36,8 @@ def flatten_slices(batch):
 def forward(model, batch, rng, cfg):
     """Low-res logits (N, M, h, w), IoU predictions and soft targets (N, h, w) for a batch of sample stacks.
 
-    `cfg`: the run's `TrainConfig` (image_size, precision, prompt_rounds, multimask are read)."""
+    `cfg`: the run's `TrainConfig` (its input size, resize rule, precision, click order and broadcast, prompt rounds
+    and multimask are read)."""
     flat, z = flatten_slices(batch)
     dtype = jnp.dtype(cfg.precision)
     images, scale = to_model_frame(flat["image"], flat["valid_hw"], cfg.image_size, cfg.resize)
