@@ -24,9 +24,10 @@ from sam_jax.evaluation.volume import prepare_volume
 
 define_model_flags()
 flags.DEFINE_string("data_dir", "", "BraTS cases of several domains; default: the run's training data_dir.")
-flags.DEFINE_integer("cases_per_domain", 4, "Cases sampled per domain (the first ones by id).")
-flags.DEFINE_integer("slices_per_case", 16, "Tumour slices sampled per case.")
-flags.DEFINE_integer("seed", 0, "Seed of the slice sample and t-SNE.")
+flags.DEFINE_integer("cases_per_domain", 4, "Cases sampled per domain (the first ones by id).",
+                     lower_bound=1)
+flags.DEFINE_integer("slices_per_case", 16, "Tumour slices sampled per case.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of the slice sample and t-SNE.", lower_bound=0)
 flags.DEFINE_string("output_dir", "embedding_map", "Where the PNG and JSON go.")
 FLAGS = flags.FLAGS
 

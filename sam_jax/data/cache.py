@@ -15,10 +15,12 @@ case that later reads as valid; a rebuild redoes only cases whose source files (
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -238,3 +240,21 @@ def build_cache(
         ),
     )
     return Cache.open(cache_dir)
+
+
+def default_cache_dir(data_dir) -> Path:
+    """Where the cache goes without --cache_dir: `<data_dir>/.sam_jax_cache` when the data folder is writable, else
+    (a read-only share, a mounted dataset) `$XDG_CACHE_HOME/sam_jax/<folder name>-<hash of its path>`, by default
+    under ~/.cache; the same data folder always maps to the same place, so training and evaluation meet there."""
+    data_dir = Path(data_dir).expanduser().absolute()
+    beside = data_dir / ".sam_jax_cache"
+    try:
+        beside.mkdir(exist_ok=True)
+        with tempfile.TemporaryFile(dir=beside):
+            return beside
+    except OSError:
+        user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        fallback = user_cache / "sam_jax" / f"{data_dir.name}-{hashlib.sha1(str(data_dir).encode()).hexdigest()[:10]}"
+        log.warning("%s is not writable: the preprocessing cache goes to %s (--cache_dir to choose)", data_dir,
+                    fallback)
+        return fallback

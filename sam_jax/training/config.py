@@ -34,7 +34,8 @@ class TrainConfig(RunSpec):
     data_dir: str = setting("", "Folder of BraTS cases (searched recursively).")
     phantom_cases_per_domain: int = setting(0, "If > 0 and data_dir has no cases, write this many phantom cases "
                                                "per domain into data_dir first.")
-    cache_dir: str = setting("", "Preprocessing cache; default <data_dir>/.sam_jax_cache.")
+    cache_dir: str = setting("", "Preprocessing cache; default <data_dir>/.sam_jax_cache, or under "
+                                             "~/.cache/sam_jax when data_dir is read-only.")
     domain: str = setting("GLI", "Domain to train on: GLI, MEN, PED, SSA, or ALL.")
     eval_domains: Tuple[str, ...] = setting(DOMAINS, "Domains scored at the end: the training domain on its "
                                             "validation split, the others on all their cases.")
@@ -101,6 +102,8 @@ class TrainConfig(RunSpec):
             problems.append(f"weight_decay {self.weight_decay!r}: expected a finite number ≥ 0")
         if not (isinstance(self.empty_fraction, (int, float)) and 0 <= self.empty_fraction <= 1):
             problems.append(f"empty_fraction {self.empty_fraction!r}: expected a fraction in [0, 1]")
+        if self.schedule == "cosine" and 0 < self.steps <= self.warmup_steps:
+            problems.append(f"warmup_steps {self.warmup_steps} ≥ steps {self.steps}: the run would end warming up")
         if self.volume_batch and self.batch_size != 1:
             problems.append(f"volume_batch {self.volume_batch} makes each step one case: batch_size must be 1, not "
                             f"{self.batch_size}")
