@@ -158,3 +158,29 @@ def test_full_disk_during_training_stops_cleanly_and_the_run_resumes(phantom_dir
     summary = json.loads((tmp_path / "kept" / "summary.json").read_text())
     assert list(summary["skipped_cases"]) == [unlabelled.name]
     assert "missing segmentation" in summary["skipped_cases"][unlabelled.name][0]
+
+
+def test_output_paths_are_made_or_refused_before_the_work(tmp_path):
+    from sam_jax.outputs import OutputError, check_output_file
+
+    assert check_output_file(tmp_path / "new" / "deeper" / "pred.nii.gz", "--output").parent.is_dir()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OutputError, match=r"--output: .*a_file exists and is not a folder"):
+        check_output_file(tmp_path / "a_file" / "pred.nii.gz", "--output")
+    with pytest.raises(OutputError, match=r"--overlay .*: is a folder"):
+        check_output_file(tmp_path / "new", "--overlay")
+
+
+def test_a_domain_without_held_out_cases_is_a_loud_warning(phantom_dir, tmp_path):
+    from sam_jax.data.cache import build_cache
+    from sam_jax.training.config import TrainConfig
+    from sam_jax.training.loop import prepare_data
+
+    split = build_cache(phantom_dir, tmp_path / "cache").split()
+    unvalidated = next(d for d in ("GLI", "MEN", "PED", "SSA") if not any(f"-{d}-" in c for c in split["val"]))
+    cfg = TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path / "cache"), domain=unvalidated,
+                      eval_domains=(unvalidated,))
+    *_, eval_sets, warnings = prepare_data(cfg)
+    assert unvalidated not in eval_sets
+    assert warnings == [f"no held-out case of domain {unvalidated} in the split: no validation, no best checkpoint, "
+                        f"no final score for {unvalidated}"]
