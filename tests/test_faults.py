@@ -184,3 +184,13 @@ def test_a_domain_without_held_out_cases_is_a_loud_warning(phantom_dir, tmp_path
     assert unvalidated not in eval_sets
     assert warnings == [f"no held-out case of domain {unvalidated} in the split: no validation, no best checkpoint, "
                         f"no final score for {unvalidated}"]
+
+
+def test_predict_on_an_empty_segmentation_asks_for_clicks(tiny_trained_run, write_tiny_case, tmp_path):
+    import numpy as np
+
+    case = write_tiny_case(tmp_path / "data", seg=np.zeros((12, 10, 6), np.uint8))
+    result = _run("-m", "eval.predict", f"--checkpoint={tiny_trained_run}", f"--case_dir={case}",
+                  f"--output={tmp_path / 'out' / 'pred.nii.gz'}")
+    _clean_error(result, "BraTS-GLI-00001-000-seg.nii.gz: the segmentation is empty: no tumour to take clicks "
+                         "from; give --clicks")
