@@ -11,8 +11,8 @@ Slices are prepared by `sam_jax.data.preprocess.volume_slices` (evaluation's pre
 volume slice `first_slice + k'` over the crop box, rows along voxel Y, so a click (x, y) is voxel (x0 + x, y0 + y).
 A case directory only appears complete (written under `tmp/`, then renamed), so an interrupted build never leaves a
 case that later reads as valid; a rebuild redoes only cases whose source files (size, mtime) or settings changed.
-Cases are built in parallel worker processes, spawned rather than forked because the parent may run JAX's threads,
-whose locks a fork would copy held; a worker writes a case exactly as a serial build does. A full disk stops the
+Cases are built in parallel worker processes (from a fork server, not forked from the caller, which may run JAX's
+threads); a worker writes a case exactly as a serial build does. A full disk stops the
 build with a `CacheError` naming the cache and the bytes needed; the half-written case is removed, built ones kept."""
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def _outcomes(jobs: list[tuple], workers: int):
             except BadCaseError as error:
                 yield job[0].case_id, error
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
     try:
         futures = {pool.submit(_build_in_worker, job): job[0].case_id for job in jobs}
         for future in as_completed(futures):
@@ -180,6 +180,17 @@ def _outcomes(jobs: list[tuple], workers: int):
             yield futures[future], outcome.error() if isinstance(outcome, _BadCase) else outcome
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """forkserver where there is one: its server, a fresh process, imports this module once, then every worker of
+    this build or a later one forks from it ready to run (spawned workers would each pay the imports, seconds);
+    spawn elsewhere. Never fork: the parent may run JAX's threads, whose locks a fork would copy held."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _worker_count(workers: int, jobs: int) -> int:
