@@ -245,3 +245,13 @@ def test_full_disk_names_the_cache_and_the_bytes_and_resumes(tmp_path, write_tin
     assert list(report["complete"]) == case_ids[:2]
     assert report["resumed"] == case_ids
     assert {c: report["after"][c] for c in case_ids[:2]} == report["complete"]  # built once, kept
+
+
+def test_a_build_the_disk_cannot_hold_is_announced(tmp_path, write_tiny_case, monkeypatch, caplog):
+    write_tiny_case(tmp_path / "data", "BraTS-SSA-00001-000", shape=(12, 10, 6))
+    assert cache_module._estimated_bytes(find_cases(tmp_path / "data")[0]) == 12 * 10 * 6 * 9 + 6 * 10 * 2
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+        build_cache(tmp_path / "data", tmp_path / "cache")
+    assert "the 1 cases to build need about" in caplog.text and "stop when the disk is full" in caplog.text

@@ -12,8 +12,8 @@ volume slice `first_slice + k'` over the crop box, rows along voxel Y, so a clic
 A case directory only appears complete (written under `tmp/`, then renamed), so an interrupted build never leaves a
 case that later reads as valid; a rebuild redoes only cases whose source files (size, mtime) or settings changed.
 Cases are built in parallel worker processes (from a fork server, not forked from the caller, which may run JAX's
-threads); a worker writes a case exactly as a serial build does. A full disk stops the
-build with a `CacheError` naming the cache and the bytes needed; the half-written case is removed, built ones kept."""
+threads); a worker writes a case exactly as a serial build does. A full disk stops the build with a `CacheError`
+naming the cache and the bytes needed; the half-written case is removed, cases already built are kept."""
 
 from __future__ import annotations
 
