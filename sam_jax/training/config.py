@@ -45,6 +45,8 @@ class TrainConfig(RunSpec):
     click_policy: str = setting("negative_on_empty", "Click on empty slices: paper (random 'positive'), "
                                                      "negative_on_empty, skip_empty.")
     skip_bad_cases: bool = setting(False, "Log and skip unreadable or inconsistent cases instead of stopping.")
+    cache_workers: int = setting(0, "Processes building the preprocessing cache (0: one per available CPU; 1: in "
+                                    "this process).")
     num_workers: int = setting(0, "grain worker processes (0: threads in this process).")
     init_adapter: str = setting("", "Start from this adapter file (e.g. step 1 of the two-step ablation).")
     # optimisation
@@ -89,7 +91,8 @@ class TrainConfig(RunSpec):
                             f"{', '.join(DOMAINS)}")
         at_least = {"batch_size": 1, "prompt_rounds": 1, "volume_batch": 0, "checkpoint_every": 1,
                     "keep_checkpoints": 1, "log_every": 1, "steps": 0, "warmup_steps": 0, "eval_every": 0,
-                    "val_slices": 0, "num_workers": 0, "phantom_cases_per_domain": 0}
+                    "val_slices": 0, "num_workers": 0, "phantom_cases_per_domain": 0,
+                    "cache_workers": 0}
         for name, low in at_least.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -75,7 +75,7 @@ def prepare_data(cfg: TrainConfig):
         write_phantom(cfg.data_dir, cfg.phantom_cases_per_domain, seed=cfg.seed)
     cache = build_cache(cfg.data_dir, cfg.cache_dir or default_cache_dir(cfg.data_dir),
                         normalisation=cfg.normalisation, crop_to_brain=cfg.crop_to_brain,
-                        skip_bad_cases=cfg.skip_bad_cases)
+                        skip_bad_cases=cfg.skip_bad_cases, workers=cfg.cache_workers)
     split = cache.split()
 
     def of(domain, ids):
