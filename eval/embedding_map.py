@@ -8,7 +8,6 @@ slice's neighbours drawn from other cases only, with its 95% case-bootstrap inte
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from absl import app, flags
@@ -21,6 +20,7 @@ from sam_jax.evaluation.embeddings import pooled_embeddings, sample_tumour_slice
 from sam_jax.evaluation.figures import scatter_by_domain
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
+from sam_jax.outputs import check_output_dir
 
 define_model_flags()
 flags.DEFINE_string("data_dir", "", "BraTS cases of several domains; default: the run's training data_dir.")
@@ -34,6 +34,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     try:
+        out = check_output_dir(FLAGS.output_dir, "--output_dir")
         trained = load_model()
         segmenter = SliceSegmenter(trained, FLAGS.batch_size)
         rng = np.random.default_rng(FLAGS.seed)
@@ -51,8 +52,6 @@ def main(argv):
                 case_ids += [case_files.case_id] * chosen.size
         features = np.concatenate(features) if features else np.zeros((0, 1))
         scores = separation(features, np.asarray(domains), np.asarray(case_ids), seed=FLAGS.seed)
-        out = Path(FLAGS.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         scatter_by_domain(tsne(features, FLAGS.seed), domains, out / "embedding_map.png",
                           f"t-SNE of encoder embeddings ({trained.name})")
         (out / "separation.json").write_text(json.dumps(scores, indent=2))
