@@ -45,16 +45,21 @@ class SliceEmbeddings:
             raise TypeError("SliceEmbeddings takes slices: embeddings[k:k + 1]")
         return jnp.concatenate([self.slice_embedding(k) for k in range(*index.indices(len(self)))])
 
-    def precompute(self, first: int | None = None, stop: threading.Event | None = None) -> None:
-        """Compute every missing slice, a batch at a time, nearest to slice `first` (default: the middle) first;
-        `stop` ends it between batches."""
+    def precompute(self, first: int | None = None, stop: threading.Event | None = None,
+                   batches: int | None = None) -> None:
+        """Compute every missing slice (or `batches` batches of them), nearest to slice `first` (default: the middle)
+        first; `stop` ends it between batches. Batches are always full (a short last one is topped up with slices
+        already done, then kept as they were), so the encoder compiles once, for the size `eval.predict` uses."""
         first = len(self) // 2 if first is None else first
         order = sorted(range(len(self)), key=lambda k: (abs(k - first), k))
-        batch = self.segmenter.batch_size
-        while not (stop is not None and stop.is_set()):
+        batch = min(self.segmenter.batch_size, len(self))
+        done = 0
+        while not (stop is not None and stop.is_set()) and (batches is None or done < batches):
             missing = [k for k in order if k not in self._done][:batch]
             if not missing:
                 return
-            embeddings = self.segmenter.encode(self.slices, which=missing)
+            which = missing + [k for k in order if k not in missing][:batch - len(missing)]
+            embeddings = self.segmenter.encode(self.slices, which=which)
             embeddings.block_until_ready()
-            self._store(missing, embeddings)
+            self._store(which, embeddings)
+            done += 1

@@ -37,7 +37,7 @@ class OpenCase:
     def _precompute(self):
         try:
             middle = len(self.embeddings) // 2
-            self.embeddings.slice_embedding(middle)
+            self.embeddings.precompute(first=middle, stop=self.stop, batches=1)
             self._warm_decoder(middle)
             self.embeddings.precompute(first=middle, stop=self.stop)
         except Exception as e:  # shown in the page; clicks still compute their slice on demand
