@@ -39,7 +39,7 @@ from sam_jax.viewer.planes import plane, quantise
 
 PAGE = Path(__file__).parent / "page"
 MAX_BODY = 16_384  # bytes: every request body is a few small JSON fields
-MAX_SESSIONS = 64  # the oldest tab's session goes when more are opened
+MAX_SESSIONS = 64  # the least recently used tab's session goes when more are opened
 
 
 class Session:
@@ -61,8 +61,11 @@ class Viewer:
         self._lock = threading.Lock()
 
     def session(self, request: Request) -> Session:
+        key = request.path_params["session"]
         with self._lock:
-            found = self.sessions.get(request.path_params["session"])
+            found = self.sessions.get(key)
+            if found is not None:
+                self.sessions.move_to_end(key)  # the least recently used session goes first
         if found is None:
             raise NotFound("no such session (expired or never opened): reopen the case")
         return found
