@@ -6,9 +6,6 @@ slice, compare it with the ground truth, and save it as NIfTI on the case's grid
 
 from __future__ import annotations
 
-import socket
-
-import uvicorn
 from absl import app, flags
 
 from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
@@ -16,36 +13,18 @@ from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.viewer import build_app
 from sam_jax.viewer.cases import CaseStore
+from sam_jax.viewer.serving import LOCALHOST, bind, make_server, url
 
 define_model_flags()
 flags.DEFINE_string("data_dir", None, "Folder of BraTS cases (searched recursively, as eval.main does).")
 flags.DEFINE_string("case_dir", None, "Folder of one case; instead of --data_dir.")
 flags.DEFINE_string("output_dir", None, "Where 'save' writes masks; default: next to each case's files.")
-flags.DEFINE_string("host", "127.0.0.1", "Address to listen on; 0.0.0.0 exposes the data to the network.")
+flags.DEFINE_string("host", LOCALHOST, "Address to listen on; 0.0.0.0 exposes the data to the network.")
 flags.DEFINE_integer("port", 8765, "Port; 0 picks a free one.")
 flags.DEFINE_integer("cases_in_memory", 2, "Opened cases kept in memory with their slice embeddings.")
 flags.DEFINE_integer("warm_clicks", 4, "Compile the decoder for prompts of up to this many clicks when a case opens "
                      "(each count is a new compilation: seconds on a first click otherwise).")
 FLAGS = flags.FLAGS
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket, bound before the URL is printed so that --port 0 prints the port it got."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
-def url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-
-
-def make_server(application) -> uvicorn.Server:
-    """The server; `.run(sockets=[bind(...)])` serves until interrupted (or until `.should_exit` is set)."""
-    return uvicorn.Server(uvicorn.Config(application, log_level="warning"))
 
 
 def main(argv):

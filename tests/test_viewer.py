@@ -25,7 +25,6 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from starlette.testclient import TestClient
 
-from eval.viewer import bind, make_server, url
 from sam_jax.data import find_cases, load_case
 from sam_jax.evaluation import load_trained
 from sam_jax.evaluation.prediction import predict_volume
@@ -33,6 +32,7 @@ from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.viewer import build_app
 from sam_jax.viewer.cases import CaseStore
+from sam_jax.viewer.serving import bind, make_server, url
 
 GOOD, BROKEN = "BraTS-GLI-00000-000", "BraTS-GLI-00009-000"
 BOX = (64, 56, 12)  # voxels kept around the phantom tumour's centre: a case that encodes in a second
@@ -80,8 +80,9 @@ def client(viewer):
 
 @pytest.fixture(scope="module")
 def server(viewer):
-    """The app on a free port, served as `python -m eval.viewer` serves it."""
-    sock = bind("127.0.0.1", 0)
+    """The app on a free port of localhost (the default), served as `python -m eval.viewer` serves it."""
+    sock = bind(port=0)
+    assert sock.getsockname()[0] == "127.0.0.1"
     running = make_server(viewer.app)
     thread = threading.Thread(target=running.run, kwargs=dict(sockets=[sock]), daemon=True)
     thread.start()
@@ -129,6 +130,14 @@ def _session(client, case=GOOD) -> str:
     answer = client.post("/api/sessions", json={"case": case})
     assert answer.status_code == 201, answer.text
     return f"/api/sessions/{answer.json()['session']}"
+
+
+def _ready(client, session: str) -> None:
+    """Wait for the case's slices to be embedded and the decoder compiled, as the page shows."""
+    deadline = time.monotonic() + WAIT_S
+    while not ((s := client.get(session).json())["embedded"] == s["slices"] and s["warmed"]):
+        assert s["error"] is None and time.monotonic() < deadline, s
+        time.sleep(0.1)
 
 
 # --- the API ---------------------------------------------------------------------------------------------------------
@@ -193,6 +202,7 @@ def test_clicks_then_propagation_give_eval_predicts_mask_and_tabs_are_independen
     tumour, _ = _tumour(viewer.data)
     x, y, z = _target(tumour)
     first, second = _session(client), _session(client)
+    _ready(client, first)
     clicked = client.post(f"{first}/click", json={"x": x, "y": y, "z": z}).json()
     assert clicked["clicks"] == [dict(x=x, y=y, z=z, positive=True, by_user=True)]
     client.post(f"{first}/propagate", json={"z": z})
