@@ -64,8 +64,10 @@ class OpenCase:
                     spacing=[float(s) for s in self.case.header.get_zooms()[:3]])
 
     def progress(self) -> dict:
-        return dict(embedded=self.embeddings.computed, slices=len(self.embeddings), warmed=self.warmed,
-                    error=self.background_error)
+        embedded, error = self.embeddings.computed, self.background_error
+        if error is None and self.stop.is_set() and not (embedded == len(self.embeddings) and self.warmed):
+            error = "stopped: other cases opened since took its place in memory (clicks still work, slower)"
+        return dict(embedded=embedded, slices=len(self.embeddings), warmed=self.warmed, error=error)
 
 
 class CaseStore:
