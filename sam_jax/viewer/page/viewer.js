@@ -225,8 +225,9 @@ function drawLabels() {
   for (const click of (viewer.summary && viewer.summary.clicks) || []) {
     const pixel = pixelOf(click.x, click.y, click.z);
     if (!pixel) continue;
-    marks.fillStyle = !click.by_user ? "#fc3" : click.positive ? "#3f6" : "#f33";
-    marks.fillRect(pixel[0], pixel[1], 1, 1);
+    marks.fillStyle = !click.by_user ? "#fc3" : click.positive ? "#3cf" : "#f33";  // propagation's: yellow
+    marks.fillRect(pixel[0] - 1, pixel[1], 3, 1);  // a small plus, visible at any zoom
+    marks.fillRect(pixel[0], pixel[1] - 1, 1, 3);
   }
 }
 
