@@ -409,7 +409,39 @@ def _hardware():
         text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     except subprocess.TimeoutExpired:
         text = "unknown"
-    return f"{text.strip()}; host {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"{text.strip()}; host {_cpu()['model']}, {os.cpu_count()} cores"
+
+
+# The vector units XLA's and oneDNN's CPU kernels choose between; the CPU comparison differs by them (AMD EPYC vs
+# Intel Xeon with AVX-512 and AMX gave different ratios).
+_VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpu() -> dict:
+    """The host CPU's model and vector extensions, from /proc/cpuinfo where there is one."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "vector_extensions": [f for f in _VECTOR_FLAGS if f in flags]}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("jax", "jaxlib", "flax", "torch", "numpy"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
 
 
 def main(argv=None):
@@ -433,7 +465,8 @@ def main(argv=None):
     print(f"hardware: {hardware}", flush=True)
     repeat = f" --repeat {args.repeat}" if args.repeat > 1 else ""
     report = {"command": f"python -m benchmarks.bench --preset {args.preset}{repeat} --output {args.output}",
-              "date": datetime.date.today().isoformat(), "hardware": hardware, "results": [],
+              "date": datetime.date.today().isoformat(), "hardware": hardware, "cpu": _cpu(),
+              "versions": _versions(), "results": [],
               "memory_note": "CPU: process peak RSS (imports included); GPU: JAX compiled step memory, "
                              "torch max_memory_allocated."}
     root = str(Path(__file__).resolve().parents[1])

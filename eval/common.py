@@ -18,13 +18,13 @@ def define_model_flags():
                                              "model itself with --zero_shot.")
     flags.DEFINE_bool("zero_shot", False, "Plain SAM, no adapter (Table 1): needs --sam_weights.")
     flags.DEFINE_string("model_type", "auto", "Zero-shot only: SAM size; auto: the one the weights file holds.")
-    flags.DEFINE_integer("image_size", 1024, "Zero-shot only: model input size.")
+    flags.DEFINE_integer("image_size", 1024, "Zero-shot only: model input size.", lower_bound=16)
     flags.DEFINE_string("modalities", "t1n_t2w_t2f", "Zero-shot only: a 3-channel layout (t1n_t2w_t2f, t2f_x3, …).")
     flags.DEFINE_enum("zero_shot_input", "sam_rgb", ["sam_rgb", "raw_crop"], "Zero-shot only: SAM's own input "
                       "(0–255, its RGB statistics), or raw_crop: the original code's raw brain-cropped intensities.")
     flags.DEFINE_enum("select", "final", ["final", "best"], "Which model of the run: its last step, or its best "
                       "validation Dice (adapter_best.safetensors; what the paper reported).")
-    flags.DEFINE_integer("batch_size", 8, "Slices per encoder/decoder call.")
+    flags.DEFINE_integer("batch_size", 8, "Slices per encoder/decoder call.", lower_bound=1)
 
 
 def load_model(f=flags.FLAGS):

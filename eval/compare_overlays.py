@@ -14,6 +14,7 @@ from absl import app, flags
 from eval.common import EXPECTED_ERRORS, fail
 from sam_jax.evaluation.cases import COLUMNS
 from sam_jax.evaluation.disagreement import compare
+from sam_jax.outputs import check_output_dir
 
 flags.DEFINE_enum("domain", None, list(COLUMNS), "Domain the folders scored; default: the one they recorded.")
 flags.DEFINE_integer("cases", 4, "How many cases to draw.", lower_bound=1)
@@ -26,8 +27,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     try:
-        drawn = compare(argv[1:], FLAGS.output_dir, domain=FLAGS.domain or "", cases=FLAGS.cases,
-                        metric=FLAGS.metric, data_dir=FLAGS.data_dir)
+        out = check_output_dir(FLAGS.output_dir, "--output_dir")
+        drawn = compare(argv[1:], out, domain=FLAGS.domain or "", cases=FLAGS.cases, metric=FLAGS.metric,
+                        data_dir=FLAGS.data_dir)
     except EXPECTED_ERRORS as e:
         return fail(e)
     print(f"{len(drawn)} cases where the models disagree most ({FLAGS.metric}, spread = max − min):")

@@ -8,7 +8,6 @@ slice's neighbours drawn from other cases only, with its 95% case-bootstrap inte
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from absl import app, flags
@@ -21,18 +20,21 @@ from sam_jax.evaluation.embeddings import pooled_embeddings, sample_tumour_slice
 from sam_jax.evaluation.figures import scatter_by_domain
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
+from sam_jax.outputs import check_output_dir
 
 define_model_flags()
 flags.DEFINE_string("data_dir", "", "BraTS cases of several domains; default: the run's training data_dir.")
-flags.DEFINE_integer("cases_per_domain", 4, "Cases sampled per domain (the first ones by id).")
-flags.DEFINE_integer("slices_per_case", 16, "Tumour slices sampled per case.")
-flags.DEFINE_integer("seed", 0, "Seed of the slice sample and t-SNE.")
+flags.DEFINE_integer("cases_per_domain", 4, "Cases sampled per domain (the first ones by id).",
+                     lower_bound=1)
+flags.DEFINE_integer("slices_per_case", 16, "Tumour slices sampled per case.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of the slice sample and t-SNE.", lower_bound=0)
 flags.DEFINE_string("output_dir", "embedding_map", "Where the PNG and JSON go.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     try:
+        out = check_output_dir(FLAGS.output_dir, "--output_dir")
         trained = load_model()
         segmenter = SliceSegmenter(trained, FLAGS.batch_size)
         rng = np.random.default_rng(FLAGS.seed)
@@ -50,8 +52,6 @@ def main(argv):
                 case_ids += [case_files.case_id] * chosen.size
         features = np.concatenate(features) if features else np.zeros((0, 1))
         scores = separation(features, np.asarray(domains), np.asarray(case_ids), seed=FLAGS.seed)
-        out = Path(FLAGS.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         scatter_by_domain(tsne(features, FLAGS.seed), domains, out / "embedding_map.png",
                           f"t-SNE of encoder embeddings ({trained.name})")
         (out / "separation.json").write_text(json.dumps(scores, indent=2))

@@ -16,6 +16,7 @@ from absl import app, flags
 from eval.common import EXPECTED_ERRORS, fail
 from sam_jax.evaluation.figures import heatmap
 from sam_jax.evaluation.lora_discrepancy import as_heatmap, check_files, discrepancy, lora_factors, pairwise
+from sam_jax.outputs import check_output_dir
 
 flags.DEFINE_string("output_dir", "lora_discrepancy", "Where the CSVs and PNGs go.")
 FLAGS = flags.FLAGS
@@ -27,11 +28,10 @@ def _label(path: Path) -> str:
 
 def main(argv):
     try:
+        out = check_output_dir(FLAGS.output_dir, "--output_dir")
         paths = check_files(argv[1:])
         factors = [lora_factors(p) for p in paths]
         labels = [_label(p) for p in paths]
-        out = Path(FLAGS.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         for (i, a), (j, b) in itertools.combinations(enumerate(factors), 2):
             rows = discrepancy(a, b)
             stem = f"{labels[i]}__{labels[j]}"

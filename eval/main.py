@@ -26,10 +26,12 @@ flags.DEFINE_string("cache_dir", "", "Where the saved split lives; default: the 
 flags.DEFINE_string("output_dir", "", "Default: <checkpoint>/eval/<domain>[_best]; zero-shot: "
                                       "workdir/<model name>/eval/<domain>, beside the trained runs.")
 flags.DEFINE_list("protocols", list(PROTOCOLS), "Any of paper, volumetric, interactive.")
-flags.DEFINE_integer("seed", 0, "Seed of the paper protocol's clicks.")
-flags.DEFINE_integer("max_clicks", NOC_MAX_CLICKS, "Interactive protocol: clicks per slice.")
+flags.DEFINE_integer("seed", 0, "Seed of the paper protocol's clicks.", lower_bound=0)
+flags.DEFINE_integer("max_clicks", NOC_MAX_CLICKS, "Interactive protocol: clicks per slice.",
+                     lower_bound=1)
 flags.DEFINE_bool("save_predictions", False, "Write each case's native-grid mask to O/predictions/.")
-flags.DEFINE_integer("overlays", 2, "PNG overlays (Figure 7) of the first N cases in O/overlays/.")
+flags.DEFINE_integer("overlays", 2, "PNG overlays (Figure 7) of the first N cases in O/overlays/.",
+                     lower_bound=0)
 flags.DEFINE_string("model_name", "", "Row label in tables; default: the workdir's name.")
 FLAGS = flags.FLAGS
 

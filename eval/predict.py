@@ -12,12 +12,14 @@ from absl import app, flags
 
 from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
 from sam_jax.data import find_cases, load_case, save_prediction
+from sam_jax.data.brats import empty_segmentation
 from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.figures import overlay
 from sam_jax.evaluation.prediction import parse_clicks, predict_volume
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.metrics import dice_3d
+from sam_jax.outputs import check_output_file
 
 define_model_flags()
 flags.DEFINE_string("case_dir", None, "Folder of one case (BraTS file names).")
@@ -32,26 +34,33 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
+        output = check_output_file(FLAGS.output, "--output")
+        overlay_path = check_output_file(FLAGS.overlay, "--overlay") if FLAGS.overlay else None
         found = find_cases(FLAGS.case_dir)
         if len(found) != 1:
             raise EvaluationError(f"{FLAGS.case_dir}: expected the files of one case, found {len(found)} cases")
-        trained = load_model()
-        case = load_case(found[0])
-        tick = time.perf_counter()
         clicks = parse_clicks(FLAGS.clicks) if FLAGS.clicks else None
-        if clicks is None and case.seg is None:
+        if clicks is None and found[0].seg is None:
             raise EvaluationError(f"{FLAGS.case_dir}: no --clicks and no segmentation to take them from")
+        case = load_case(found[0], require_seg=clicks is None)
+        if clicks is None and empty_segmentation(case):
+            raise EvaluationError(f"{found[0].seg}: the segmentation is empty: no tumour to take clicks from; "
+                                  "give --clicks")
+        trained = load_model()
+        tick = time.perf_counter()
         volume = prepare_volume(case, trained.spec)
         mask, used = predict_volume(SliceSegmenter(trained, FLAGS.batch_size), volume, clicks)
         seconds = time.perf_counter() - tick
-        save_prediction(case, mask, FLAGS.output)
-        if FLAGS.overlay:
-            overlay(case.images, case.whole_tumour if case.seg is not None else None, mask, FLAGS.overlay,
+        save_prediction(case, mask, output)
+        if overlay_path:
+            overlay(case.images, case.whole_tumour if case.seg is not None else None, mask, overlay_path,
                     title=case.case_id)
     except EXPECTED_ERRORS as e:
         return fail(e)
-    print(f"{FLAGS.output}: {int(mask.sum())} tumour voxels from clicks {used.tolist()} in {seconds:.1f} s")
-    if case.seg is not None:
+    print(f"{output}: {int(mask.sum())} tumour voxels from clicks {used.tolist()} in {seconds:.1f} s")
+    if empty_segmentation(case):
+        print("no Dice: the case's segmentation is empty")
+    elif case.seg is not None:
         print(f"whole-tumour Dice against the case's segmentation: {100 * dice_3d(mask, case.seg > 0):.1f}")
     return 0
 

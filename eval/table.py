@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from eval.common import fail
+from eval.common import EXPECTED_ERRORS, fail
 from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.paper_tables import write_paper_tables
 from sam_jax.evaluation.tables import load_summaries, write_tables
+from sam_jax.outputs import check_output_dir
 
 flags.DEFINE_string("output_dir", "tables", "Where tables.md and the CSVs go.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
+    try:
+        check_output_dir(FLAGS.output_dir, "--output_dir")
+    except EXPECTED_ERRORS as e:
+        return fail(e)
     summaries = load_summaries(argv[1:])
     if not summaries:
         return fail(EvaluationError(f"no summary.json under {argv[1:] or 'the given folders (none given)'}"))

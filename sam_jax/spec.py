@@ -70,6 +70,8 @@ class RunSpec(AdaptationConfig):
             problems.append(str(e))
         if not isinstance(self.slices, int) or self.slices < 1:
             problems.append(f"slices {self.slices!r}: expected an integer ≥ 1")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            problems.append(f"seed {self.seed!r}: expected an integer ≥ 0")
         if self.normalisation not in NORMALISATIONS:
             problems.append(f"normalisation {self.normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
         elif self.normalisation == "sam_rgb" and len(self.modalities) != 3:

@@ -4,6 +4,9 @@ segment_anything imports torchvision, which does not load beside the CPU torch w
 `torchvision_stand_in` (beside this file) is installed first.
 """
 
+import os
+import shutil
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -13,6 +16,17 @@ import pytest
 import torchvision_stand_in
 
 torchvision_stand_in.install()
+
+# One XLA compilation cache for the session, inherited by the training and evaluation commands the tests start:
+# each command compiles the same tiny models, which then load in a fraction of the compile time. Set before any
+# test module imports jax.
+_XLA_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sam_jax_test_xla_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_sessionfinish(session):
+    if _XLA_CACHE.startswith(tempfile.gettempdir()) and "sam_jax_test_xla_" in _XLA_CACHE:
+        shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
 def _write_tiny_case(

@@ -40,7 +40,7 @@ def test_brats_2021_names_and_label_4(tmp_path):
     seg = np.zeros((4, 4, 4), np.uint8)
     seg[1, 1, 1], seg[2, 2, 2] = 4, 1
     for suffix in ("t1", "t1ce", "t2", "flair", "seg"):
-        data = seg if suffix == "seg" else np.ones((4, 4, 4), np.float32)
+        data = seg if suffix == "seg" else np.arange(64, dtype=np.float32).reshape(4, 4, 4)
         nib.save(nib.Nifti1Image(data, np.eye(4)), folder / f"BraTS2021_00005_{suffix}.nii.gz")
     (case_files,) = find_cases(tmp_path, domain="SSA")
     assert case_files.domain == "SSA" and set(case_files.images) == {"t1n", "t1c", "t2w", "t2f"}
@@ -63,10 +63,11 @@ def test_missing_modality(tmp_path, write_tiny_case):
 
 def test_shape_and_affine_mismatch(tmp_path, write_tiny_case):
     folder = write_tiny_case(tmp_path)
-    nib.save(nib.Nifti1Image(np.ones((12, 10, 5), np.float32), np.eye(4)), folder / "BraTS-GLI-00001-000-t1c.nii.gz")
+    ramp = np.arange(720, dtype=np.float32).reshape(12, 10, 6)
+    nib.save(nib.Nifti1Image(ramp[..., :5], np.eye(4)), folder / "BraTS-GLI-00001-000-t1c.nii.gz")
     shifted = np.eye(4)
     shifted[0, 3] = 2.0
-    nib.save(nib.Nifti1Image(np.ones((12, 10, 6), np.float32), shifted), folder / "BraTS-GLI-00001-000-t2w.nii.gz")
+    nib.save(nib.Nifti1Image(ramp, shifted), folder / "BraTS-GLI-00001-000-t2w.nii.gz")
     faults = _single_fault(tmp_path)
     by_file = {f.path.name: f.fault for f in faults}
     assert "shape (12, 10, 5)" in by_file["BraTS-GLI-00001-000-t1c.nii.gz"]
@@ -105,12 +106,56 @@ def test_validate_reports_every_fault_in_one_pass(tmp_path, write_tiny_case, cap
     write_tiny_case(tmp_path, "BraTS-PED-00002-000", modalities=("t1n", "t2w", "t2f", "seg"))
     bad_seg = np.full((12, 10, 6), 9, np.uint8)
     write_tiny_case(tmp_path, "BraTS-PED-00003-000", seg=bad_seg, modalities=("t1n", "t1c", "t2w", "seg"))
-    count, bad = validate(tmp_path)
-    assert count == 3 and sorted(bad) == ["BraTS-PED-00002-000", "BraTS-PED-00003-000"]
+    write_tiny_case(tmp_path, "BraTS-PED-00004-000", seg=np.zeros((12, 10, 6), np.uint8))
+    count, bad, empty = validate(tmp_path)
+    assert count == 4 and sorted(bad) == ["BraTS-PED-00002-000", "BraTS-PED-00003-000"]
     assert len(bad["BraTS-PED-00003-000"]) == 2  # missing t2f and label 9, both found
+    assert empty == ["BraTS-PED-00004-000"]
     assert validate_main([str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "missing modality t1c" in out and "unexpected labels [9]" in out and "3 cases, 1 valid, 2 with faults" in out
+    assert "missing modality t1c" in out and "unexpected labels [9]" in out and "4 cases, 2 valid, 2 with faults" in out
+    assert "BraTS-PED-00004-000: warning: the segmentation is empty" in out
+
+
+def test_missing_segmentation_is_a_fault_unless_unlabelled(tmp_path, write_tiny_case, capsys):
+    write_tiny_case(tmp_path, modalities=("t1n", "t1c", "t2w", "t2f"))
+    (fault,) = _single_fault(tmp_path)
+    assert fault.path.name == "BraTS-GLI-00001-000-seg.nii.gz" and fault.fault.startswith("missing segmentation")
+    assert load_case(find_cases(tmp_path)[0], require_seg=False).seg is None
+    assert validate_main([str(tmp_path)]) == 1 and validate_main([str(tmp_path), "--unlabelled"]) == 0
+
+
+def test_corrupt_gzip_stream_is_caught_by_its_checksum(tmp_path, write_tiny_case):
+    """A flipped bit inside the deflate stream that the decoder accepts: only the gzip CRC tells, and nibabel,
+    which stops reading at the last voxel, returns wrong voxels without an error."""
+    folder = write_tiny_case(tmp_path, images={m: np.random.default_rng(i).normal(size=(12, 10, 6)).astype(np.float32)
+                                               for i, m in enumerate(("t1n", "t1c", "t2w", "t2f"))})
+    path = folder / "BraTS-GLI-00001-000-t2w.nii.gz"
+    original, raw = nib.load(path).get_fdata(), path.read_bytes()
+
+    def crc_only_fault(position):
+        changed = bytearray(raw)
+        changed[position] ^= 0x10
+        try:
+            gzip.decompress(bytes(changed))
+        except gzip.BadGzipFile as e:
+            return bytes(changed) if "CRC check failed" in str(e) else None
+        except (OSError, EOFError, ValueError):
+            return None
+
+    path.write_bytes(next(c for p in range(len(raw) // 2, len(raw) - 8) if (c := crc_only_fault(p))))
+    assert not np.array_equal(nib.load(path).get_fdata(), original)  # nibabel alone: a volume, silently wrong
+    (fault,) = _single_fault(tmp_path)
+    assert fault.path == path and "CRC check failed" in fault.fault
+
+
+def test_constant_images_are_faults(tmp_path, write_tiny_case):
+    images = {m: np.full((12, 10, 6), 7.0 if m == "t1c" else 0.0, np.float32) for m in ("t1n", "t1c", "t2w", "t2f")}
+    images["t2w"][3, 3, 3] = 1.0
+    write_tiny_case(tmp_path, images=images)
+    by_file = {f.path.name: f.fault for f in _single_fault(tmp_path)}
+    assert sorted(by_file) == [f"BraTS-GLI-00001-000-{m}.nii.gz" for m in ("t1c", "t1n", "t2f")]
+    assert by_file["BraTS-GLI-00001-000-t1c.nii.gz"] == "constant image (every voxel is 7.0): no scan in it"
 
 
 def test_prediction_written_in_case_geometry(tmp_path, write_tiny_case):

@@ -1,4 +1,14 @@
-"""The preprocessing cache: orientation, normalisation, crop, incremental and interrupted builds, bad cases, split."""
+"""The preprocessing cache: orientation, normalisation, crop, incremental and interrupted builds, bad cases, split,
+parallel builds, a full disk."""
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +18,8 @@ from sam_jax.data.brats import MODALITIES, find_cases, load_case
 from sam_jax.data.cache import Cache, build_cache
 from sam_jax.data.errors import BadCaseError, CacheError, SplitMismatchError
 from sam_jax.data.split import load_split, make_split
+from sam_jax.errors import SamJaxError
+from sam_jax.training.config import TrainConfig
 
 SHAPE = (12, 10, 6)
 
@@ -81,14 +93,14 @@ def test_rebuild_is_incremental(tmp_path, write_tiny_case):
 def test_interrupted_build_leaves_no_half_written_case(tmp_path, write_tiny_case, monkeypatch):
     for i in (1, 2):
         write_tiny_case(tmp_path / "data", f"BraTS-SSA-0000{i}-000")
-    real_save = np.save
+    real_save = cache_module._save_npy
 
     def crash_on_second_case(path, array):
         if "BraTS-SSA-00002-000" in str(path) and str(path).endswith("labels.npy"):
             raise KeyboardInterrupt
         real_save(path, array)
 
-    monkeypatch.setattr(cache_module.np, "save", crash_on_second_case)
+    monkeypatch.setattr(cache_module, "_save_npy", crash_on_second_case)
     with pytest.raises(KeyboardInterrupt):
         build_cache(tmp_path / "data", tmp_path / "cache")
     assert not (tmp_path / "cache" / "cases" / "BraTS-SSA-00002-000").exists()
@@ -101,7 +113,7 @@ def test_interrupted_build_leaves_no_half_written_case(tmp_path, write_tiny_case
     assert (tmp_path / "cache" / "cases" / "BraTS-SSA-00001-000" / "image.npy").stat().st_mtime_ns == first
     assert not (tmp_path / "cache" / "tmp").exists() or not any((tmp_path / "cache" / "tmp").iterdir())
 
-    monkeypatch.setattr(cache_module.np, "save", crash_on_second_case)
+    monkeypatch.setattr(cache_module, "_save_npy", crash_on_second_case)
     with pytest.raises(KeyboardInterrupt):  # a rebuild with new settings, interrupted half way
         build_cache(tmp_path / "data", tmp_path / "cache", normalisation="none")
     with pytest.raises(CacheError, match="other settings"):
@@ -137,3 +149,109 @@ def test_split_is_by_patient_seeded_and_saved(tmp_path, write_tiny_case):
     write_tiny_case(tmp_path / "data", "BraTS-PED-00009-000")
     with pytest.raises(SplitMismatchError, match="delete it"):
         build_cache(tmp_path / "data", tmp_path / "cache", split_seed=3)
+
+
+def _cache_files(cache_dir):
+    """{relative path: bytes} of a cache, meta.json without its build time (the one thing a rebuild changes)."""
+    files = {}
+    for path in sorted(Path(cache_dir).rglob("*")):
+        if path.is_file():
+            content = path.read_bytes()
+            if path.name == "meta.json":
+                meta = json.loads(content)
+                assert meta.pop("build_seconds") > 0
+                content = json.dumps(meta).encode()
+            files[str(path.relative_to(cache_dir))] = content
+    return files
+
+
+def test_parallel_build_equals_serial(tmp_path, write_tiny_case, caplog):
+    for i, shape in enumerate([(12, 10, 6), (14, 10, 5), (12, 12, 7), (16, 10, 6)]):
+        write_tiny_case(tmp_path / "data", f"BraTS-MEN-0000{i}-000", shape=shape)
+    write_tiny_case(tmp_path / "data", "BraTS-MEN-00009-000", modalities=("t1n", "t2w", "t2f", "seg"))
+    serial = build_cache(tmp_path / "data", tmp_path / "serial", skip_bad_cases=True, workers=1)
+    with caplog.at_level(logging.INFO, logger=cache_module.__name__):
+        parallel = build_cache(tmp_path / "data", tmp_path / "parallel", skip_bad_cases=True, workers=2)
+    assert parallel.case_ids == serial.case_ids == [f"BraTS-MEN-0000{i}-000" for i in range(4)]
+    assert parallel.skipped == serial.skipped and "missing modality t1c" in parallel.skipped["BraTS-MEN-00009-000"][0]
+    assert _cache_files(tmp_path / "parallel") == _cache_files(tmp_path / "serial")
+    assert "built 5 cases" not in caplog.text and "built 4 cases in" in caplog.text and "2 workers" in caplog.text
+
+    shutil.rmtree(tmp_path / "parallel")
+    with pytest.raises(BadCaseError, match="missing modality t1c"):  # from a worker, every fault named
+        build_cache(tmp_path / "data", tmp_path / "parallel", workers=2)
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "parallel" / "cases").glob("*/meta.json")}
+    resumed = build_cache(tmp_path / "data", tmp_path / "parallel", skip_bad_cases=True)
+    assert resumed.case_ids == serial.case_ids
+    assert {c: (tmp_path / "parallel" / "cases" / c / "meta.json").stat().st_mtime_ns for c in finished} == finished
+
+
+def test_worker_count_is_checked(tmp_path, write_tiny_case):
+    write_tiny_case(tmp_path / "data", "BraTS-PED-00001-000")
+    with pytest.raises(ValueError, match="workers -1"):
+        build_cache(tmp_path / "data", tmp_path / "cache", workers=-1)
+    assert cache_module._worker_count(0, 1000) == len(os.sched_getaffinity(0))
+    assert cache_module._worker_count(8, 3) == 3 and cache_module._worker_count(0, 1) == 1
+    with pytest.raises(SamJaxError, match="cache_workers -1"):
+        TrainConfig(cache_workers=-1)
+
+
+_FULL_DISK_SCRIPT = """
+import json, os, subprocess, sys
+from sam_jax.data.cache import build_cache
+from sam_jax.data.errors import CacheError
+
+data, mount = sys.argv[1:]
+cache = os.path.join(mount, "cache")
+report = {}
+try:
+    build_cache(data, cache)
+except CacheError as error:
+    report["error"] = str(error)
+report["tmp"] = sorted(os.listdir(os.path.join(cache, "tmp"))) if os.path.isdir(os.path.join(cache, "tmp")) else []
+report["complete"] = {c: os.stat(os.path.join(cache, "cases", c, "meta.json")).st_mtime_ns
+                      for c in sorted(os.listdir(os.path.join(cache, "cases")))}
+report["image_bytes"] = os.path.getsize(os.path.join(cache, "cases", min(report["complete"]), "image.npy"))
+subprocess.run(["mount", "-o", "remount,size=16m", mount], check=True)  # space freed: the next run resumes
+resumed = build_cache(data, cache)
+report["resumed"] = resumed.case_ids
+report["after"] = {c: os.stat(os.path.join(cache, "cases", c, "meta.json")).st_mtime_ns for c in resumed.case_ids}
+print(json.dumps(report))
+"""
+
+
+def test_full_disk_names_the_cache_and_the_bytes_and_resumes(tmp_path, write_tiny_case):
+    """On a real 4 MB tmpfs (mounted in a private mount namespace): two ~1.5 MB cases fit, the third does not."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.fail("this test needs `unshare -rm` (user and mount namespaces) to mount a small tmpfs; it is "
+                    "unavailable here, so the full-disk behaviour is untested")
+    case_ids = [f"BraTS-GLI-0000{i}-000" for i in range(3)]
+    for case_id in case_ids:
+        write_tiny_case(tmp_path / "data", case_id, shape=(64, 64, 40))
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    script = f"mount -t tmpfs -o size=4m tmpfs {mount} && exec {sys.executable} -c \"$0\" {tmp_path / 'data'} {mount}"
+    root = str(Path(__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script, _FULL_DISK_SCRIPT], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    error = report["error"]
+    assert f"{mount}/cache: the disk is full: case {case_ids[2]} needs" in error
+    needed, free = (int(n.replace(",", "")) for n in re.findall(r"([\d,]+) bytes", error))
+    assert report["image_bytes"] < needed < 2 * report["image_bytes"] and free < needed
+    assert report["tmp"] == []  # the half-written case was removed
+    assert list(report["complete"]) == case_ids[:2]
+    assert report["resumed"] == case_ids
+    assert {c: report["after"][c] for c in case_ids[:2]} == report["complete"]  # built once, kept
+
+
+def test_a_build_the_disk_cannot_hold_is_announced(tmp_path, write_tiny_case, monkeypatch, caplog):
+    write_tiny_case(tmp_path / "data", "BraTS-SSA-00001-000", shape=(12, 10, 6))
+    assert cache_module._estimated_bytes(find_cases(tmp_path / "data")[0]) == 12 * 10 * 6 * 9 + 6 * 10 * 2
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+        build_cache(tmp_path / "data", tmp_path / "cache")
+    assert "the 1 cases to build need about" in caplog.text and "stop when the disk is full" in caplog.text

@@ -9,8 +9,8 @@ import pytest
 from test_eval_protocols import ComponentSegmenter
 
 from sam_jax.data import find_cases, load_case, save_prediction
-from sam_jax.evaluation import CaseError, ClickError
-from sam_jax.evaluation.evaluate import evaluate_cases
+from sam_jax.evaluation import ClickError
+from sam_jax.evaluation.evaluate import evaluate_cases, summarise
 from sam_jax.evaluation.prediction import parse_clicks, predict_volume
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.spec import RunSpec
@@ -69,18 +69,15 @@ def test_bad_clicks_are_refused_with_the_reason(oblique_case):
             parse_clicks(text)
 
 
-def test_empty_case_is_refused(write_tiny_case, tmp_path):
-    zeros = {m: np.zeros((12, 10, 6), np.float32) for m in MODALITIES}
-    write_tiny_case(tmp_path, images=zeros)
-    with pytest.raises(CaseError, match="BraTS-GLI-00001-000.*no brain"):
-        prepare_volume(load_case(find_cases(tmp_path)[0]), RunSpec())
-
-
-def test_cases_without_ground_truth_or_brain_are_recorded_as_failed(write_tiny_case, tmp_path):
+def test_cases_without_ground_truth_brain_or_tumour_are_recorded(write_tiny_case, tmp_path):
     write_tiny_case(tmp_path / "data", "BraTS-PED-00001-000", modalities=MODALITIES)
     write_tiny_case(tmp_path / "data", "BraTS-PED-00002-000",
                     images={m: np.zeros((12, 10, 6), np.float32) for m in MODALITIES})
+    write_tiny_case(tmp_path / "data", "BraTS-PED-00003-000", seg=np.zeros((12, 10, 6), np.uint8))
     trained = SimpleNamespace(spec=RunSpec(), training={})
     rows = evaluate_cases(None, trained, find_cases(tmp_path / "data"), tmp_path / "out", protocols=("paper",))
-    assert [r["status"] for r in rows] == ["failed", "failed"]
-    assert "no segmentation" in rows[0]["error"] and "no brain" in rows[1]["error"]
+    assert [r["status"] for r in rows] == ["failed", "failed", "empty_ground_truth"]
+    assert "missing segmentation" in rows[0]["error"] and "constant image" in rows[1]["error"]
+    summary = summarise(rows, ("paper",))
+    assert summary["scored"] == 0 and summary["means"]["paper_dice"] is None  # the empty case scores nothing
+    assert summary["empty_ground_truth"] == ["BraTS-PED-00003-000"] and len(summary["failed"]) == 2

@@ -13,7 +13,7 @@ import tensorboardX.event_file_writer
 from tensorboardX.proto import event_pb2
 
 from sam_jax.training import run_log
-from sam_jax.training.run_log import RunLog, plot_curve, read_records
+from sam_jax.training.run_log import RunLog, plot_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -136,7 +136,7 @@ def test_resume_appends_and_curve_covers_the_whole_run(tmp_path, curve_steps, mo
     with RunLog(tmp_path) as log:
         for r in first:
             log.write(r["step"], r)
-    with RunLog(tmp_path) as log:
+    with RunLog(tmp_path, resumed_at=4) as log:
         for r in second:
             log.write(r["step"], r)
 
@@ -149,18 +149,20 @@ def test_resume_appends_and_curve_covers_the_whole_run(tmp_path, curve_steps, mo
 
 
 def test_resume_from_an_earlier_checkpoint_supersedes_the_tail(tmp_path, curve_steps):
-    """A crash after step 5 with the last checkpoint at step 3: the resumed run logs 3.. again."""
+    """A crash after step 5 with the last checkpoint at step 2: the resumed run logs 3.. again, and metrics.jsonl
+    holds each step once."""
     crashed, resumed = records(1, 5), records(3, 7, val_every=3)
     with RunLog(tmp_path) as log:
         for r in crashed:
             log.write(r["step"], r)
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"step": 6, "lo')  # the crash cut a line short
-    with RunLog(tmp_path) as log:
+    with RunLog(tmp_path, resumed_at=2) as log:
         for r in resumed:
             log.write(r["step"], r)
 
-    assert read_records(tmp_path / "metrics.jsonl") == crashed[:2] + resumed
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == crashed[:2] + resumed
     loss_steps, dice_steps = curve_steps[-1]
     assert loss_steps == [list(range(1, 8))] and dice_steps == [[2, 3, 6]]
     events = read_events(tmp_path / "tensorboard")

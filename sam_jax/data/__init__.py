@@ -1,8 +1,7 @@
-"""BraTS 2023 data: reading and validation, the preprocessing cache and split, the grain pipeline, clicks, and a
-phantom in the BraTS layout (see each module's docstring for its conventions)."""
+"""BraTS 2023 data: reading and validation, the preprocessing cache and split, clicks, and a
+phantom in the BraTS layout; the grain pipeline is `sam_jax.data.pipeline` (see each module's docstring)."""
 
 from sam_jax.data.brats import DOMAINS, MODALITIES, Case, CaseFiles, check_case, find_cases, load_case, save_prediction
 from sam_jax.data.cache import Cache, build_cache
 from sam_jax.data.errors import BadCaseError, CacheError, CaseFault, DataError, SplitMismatchError
-from sam_jax.data.pipeline import make_dataset, make_iterator, slice_table
 from sam_jax.data.split import load_split

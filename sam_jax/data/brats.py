@@ -8,6 +8,7 @@ always 1 NCR, 2 ED, 3 ET and whole tumour = label > 0. `check_case` collects eve
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from sam_jax.data.errors import BadCaseError, CaseFault
+from sam_jax.outputs import write_atomic
 
 MODALITIES = ("t1n", "t1c", "t2w", "t2f")
 DOMAINS = ("GLI", "MEN", "PED", "SSA")
@@ -121,11 +123,23 @@ def find_cases(data_dir: str | Path, domain: str | None = None) -> list[CaseFile
     return cases
 
 
+def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
+    """A NIfTI-1 or NIfTI-2 image from a whole file's bytes (told apart by the header size in its first 4 bytes)."""
+    for order in ("little", "big"):
+        header_size = int.from_bytes(raw[:4], order)
+        if header_size in (348, 540):
+            return (nib.Nifti1Image if header_size == 348 else nib.Nifti2Image).from_bytes(raw)
+    raise ValueError("no NIfTI header (its first 4 bytes are not the header size 348 or 540)")
+
+
 def _read_volume(path: Path) -> tuple[nib.Nifti1Image | None, np.ndarray | None, CaseFault | None]:
     try:
-        image = nib.load(path)
-        if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-            return None, None, CaseFault(path, f"not a NIfTI image ({type(image).__name__})")
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            # Decompressing the whole stream checks its CRC and length; nibabel reads only the bytes it needs and
+            # would return flipped bytes inside the stream as wrong voxels.
+            raw = gzip.decompress(raw)
+        image = _nifti_from_bytes(raw)
         data = np.asarray(image.dataobj)
     except Exception as error:  # nibabel, gzip and zlib raise many types for damaged files; all mean "unreadable"
         return None, None, CaseFault(path, f"unreadable: {type(error).__name__}: {error}")
@@ -152,15 +166,20 @@ def _check_labels(case_files: CaseFiles, data: np.ndarray) -> tuple[np.ndarray |
     return seg, []
 
 
-def check_case(case_files: CaseFiles) -> tuple[Case | None, list[CaseFault]]:
-    """Read a case and collect all its faults: missing or duplicate files, unreadable files, shape or affine
-    mismatches, non-finite intensities, labels outside the expected set. Returns (case or None, faults)."""
+def check_case(case_files: CaseFiles, require_seg: bool = True) -> tuple[Case | None, list[CaseFault]]:
+    """Read a case and collect all its faults: missing or duplicate files (the segmentation too, unless
+    `require_seg` is off: predicting from clicks needs none), unreadable or corrupt files, shape or affine
+    mismatches, non-finite or constant intensities, labels outside the expected set. Returns (case or None, faults).
+    An empty segmentation is not a fault (see `empty_segmentation`)."""
     faults = [CaseFault(p, "duplicate file for a modality already found elsewhere") for p in case_files.duplicates]
     faults += [
         CaseFault(case_files.expected_path(m), f"missing modality {m}")
         for m in MODALITIES
         if m not in case_files.images
     ]
+    if require_seg and case_files.seg is None:
+        faults.append(CaseFault(case_files.expected_path("seg"), "missing segmentation (training and scoring need "
+                                                                 "the labels)"))
     volumes: dict[str, tuple[Path, nib.Nifti1Image, np.ndarray]] = {}
     named_paths = list(case_files.images.items()) + ([("seg", case_files.seg)] if case_files.seg else [])
     for name, path in named_paths:
@@ -181,6 +200,8 @@ def check_case(case_files: CaseFiles) -> tuple[Case | None, list[CaseFault]]:
         if name != "seg" and not np.all(np.isfinite(data)):
             bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
             faults.append(CaseFault(path, f"{bad} non-finite intensity values (NaN or inf)"))
+        elif name != "seg" and data.size and data.min() == data.max():
+            faults.append(CaseFault(path, f"constant image (every voxel is {data.flat[0]}): no scan in it"))
     seg = None
     if "seg" in volumes:
         seg, label_faults = _check_labels(case_files, volumes["seg"][2])
@@ -193,20 +214,29 @@ def check_case(case_files: CaseFiles) -> tuple[Case | None, list[CaseFault]]:
     ), []
 
 
-def load_case(case_files: CaseFiles) -> Case:
+def empty_segmentation(case: Case) -> bool:
+    """A segmentation without a tumour voxel. Every BraTS case has a tumour, so this is usually an export fault:
+    validation lists it, training warns and keeps the case's slices as tumour-free ones, and evaluation records the
+    case as `empty_ground_truth` and leaves it out of the means (a click prompt comes from the tumour, so a prompted
+    model is never asked anything there; BraTS would score its empty prediction 1.0)."""
+    return case.seg is not None and not case.seg.any()
+
+
+def load_case(case_files: CaseFiles, require_seg: bool = True) -> Case:
     """Read and validate a case; raises `BadCaseError` naming each faulty file and its fault."""
-    case, faults = check_case(case_files)
+    case, faults = check_case(case_files, require_seg)
     if faults:
         raise BadCaseError(case_files.case_id, faults)
     return case
 
 
 def save_prediction(case: Case, volume: np.ndarray, path: str | Path) -> None:
-    """Write a (X, Y, Z) label or mask volume in the case's geometry (its affine and header)."""
+    """Write a (X, Y, Z) label or mask volume in the case's geometry (its affine and header), whole or not at all."""
     volume = np.asarray(volume)
     expected = case.images[MODALITIES[0]].shape
     if volume.shape != expected:
         raise ValueError(f"prediction shape {volume.shape} differs from case {case.case_id}'s {expected}")
     header = case.header.copy()
     header.set_data_dtype(np.uint8)
-    nib.save(nib.Nifti1Image(volume.astype(np.uint8), case.affine, header), str(path))
+    raw = nib.Nifti1Image(volume.astype(np.uint8), case.affine, header).to_bytes()
+    write_atomic(path, gzip.compress(raw, compresslevel=6) if str(path).endswith(".gz") else raw)

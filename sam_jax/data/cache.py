@@ -10,27 +10,42 @@ geometry, scale, per-slice tumour and brain areas); `manifest.json` indexes the 
 Slices are prepared by `sam_jax.data.preprocess.volume_slices` (evaluation's preparation too): stored slice k' is
 volume slice `first_slice + k'` over the crop box, rows along voxel Y, so a click (x, y) is voxel (x0 + x, y0 + y).
 A case directory only appears complete (written under `tmp/`, then renamed), so an interrupted build never leaves a
-case that later reads as valid; a rebuild redoes only cases whose source files (size, mtime) or settings changed."""
+case that later reads as valid; a rebuild redoes only cases whose source files (size, mtime) or settings changed.
+Cases are built in parallel worker processes (from a fork server, not forked from the caller, which may run JAX's
+threads); a worker writes a case exactly as a serial build does. A full disk stops the build with a `CacheError`
+naming the cache and the bytes needed; the half-written case is removed, cases already built are kept."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
+import tempfile
+import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from tqdm import tqdm
 
 from sam_jax.data import split as split_lib
 from sam_jax.data.brats import MODALITIES, CaseFiles, find_cases, load_case
-from sam_jax.data.errors import BadCaseError, CacheError
+from sam_jax.data.errors import BadCaseError, CacheError, CaseFault
 from sam_jax.data.preprocess import volume_slices
 
 FORMAT_VERSION = 2
 log = logging.getLogger(__name__)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NPY_HEADER_BYTES = 128
 
 
 def _fingerprint(case_files: CaseFiles) -> list:
@@ -40,8 +55,20 @@ def _fingerprint(case_files: CaseFiles) -> list:
 
 def _write_json(path: Path, payload) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    temporary.write_text(json.dumps(payload, indent=1))
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps(payload, indent=1))
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # e.g. a full disk: leave no half-written file behind
+        raise
+
+
+def _disk_full_error(cache_dir: Path, what: str, needed: int) -> CacheError:
+    free = shutil.disk_usage(cache_dir).free
+    return CacheError(
+        f"{cache_dir}: the disk is full: {what} needs {needed:,} bytes and {free:,} bytes are free there. Free some "
+        "space (or choose another cache directory) and rerun: cases already built are kept and the build resumes."
+    )
 
 
 def _read_json(path: Path):
@@ -49,6 +76,15 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save's format in C order, written by `file.write`: numpy's own writer reports a short write (a full disk)
+    as an OSError without errno, which would hide the cause."""
+    array = np.ascontiguousarray(array)
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, np.lib.format.header_data_from_array_1_0(array))
+        file.write(array.data)
 
 
 def _quantise(image: np.ndarray, normalisation: str) -> tuple[np.ndarray, float]:
@@ -62,11 +98,13 @@ def _quantise(image: np.ndarray, normalisation: str) -> tuple[np.ndarray, float]
 
 
 def _build_case(case_files: CaseFiles, target: Path, settings: dict, fingerprint: list) -> dict:
+    start = time.perf_counter()
     case = load_case(case_files)
     prepared = volume_slices(case.images, case.seg, MODALITIES, settings["normalisation"], settings["crop_to_brain"])
     image, scale = _quantise(prepared.images, settings["normalisation"])
     brain_slices, box = prepared.brain, prepared.box
     labels = prepared.labels if prepared.labels is not None else np.zeros(brain_slices.shape, np.uint8)
+    arrays = {"image.npy": image, "labels.npy": labels, "brain.npy": np.packbits(brain_slices, axis=-1)}
     meta = dict(
         case_id=case_files.case_id,
         domain=case_files.domain,
@@ -81,11 +119,24 @@ def _build_case(case_files: CaseFiles, target: Path, settings: dict, fingerprint
         intensity_scale=scale,
     )
     temporary = target.parent.parent / "tmp" / f"{case_files.case_id}.{uuid.uuid4().hex}"
-    temporary.mkdir(parents=True)
-    np.save(temporary / "image.npy", image)
-    np.save(temporary / "labels.npy", labels)
-    np.save(temporary / "brain.npy", np.packbits(brain_slices, axis=-1))
-    _write_json(temporary / "meta.json", meta)
+    try:
+        temporary.mkdir(parents=True)
+        for name, array in arrays.items():
+            _save_npy(temporary / name, array)
+        meta["build_seconds"] = round(time.perf_counter() - start, 3)
+        _write_json(temporary / "meta.json", meta)
+        _install(temporary, target)
+    except BaseException as error:
+        shutil.rmtree(temporary, ignore_errors=True)  # nothing half-written stays behind
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            needed = sum(a.nbytes + _NPY_HEADER_BYTES for a in arrays.values()) + len(json.dumps(meta, indent=1))
+            raise _disk_full_error(target.parent.parent, f"case {case_files.case_id}", needed) from error
+        raise
+    return meta
+
+
+def _install(temporary: Path, target: Path) -> None:
+    """Move a finished case into place; an older version of it disappears only once the new one is there."""
     if target.exists():
         stale = temporary.with_name(temporary.name + ".stale")
         os.replace(target, stale)
@@ -93,7 +144,111 @@ def _build_case(case_files: CaseFiles, target: Path, settings: dict, fingerprint
         shutil.rmtree(stale)
     else:
         os.replace(temporary, target)
-    return meta
+
+
+@dataclasses.dataclass(frozen=True)
+class _BadCase:
+    """A BadCaseError as plain data: its constructor's arguments do not survive pickling out of a worker."""
+
+    case_id: str
+    faults: list[tuple[str, str]]
+
+    def error(self) -> BadCaseError:
+        return BadCaseError(self.case_id, [CaseFault(path, fault) for path, fault in self.faults])
+
+
+def _build_in_worker(job: tuple) -> dict | _BadCase:
+    try:
+        return _build_case(*job)
+    except BadCaseError as error:
+        return _BadCase(error.case_id, [(str(f.path), f.fault) for f in error.faults])
+
+
+def _outcomes(jobs: list[tuple], workers: int):
+    """Yield (case id, meta or BadCaseError) as builds finish: in this process for one worker, else in a pool that
+    is cancelled (running cases finish and stay cached) when the caller stops early."""
+    if workers == 1:
+        for job in jobs:
+            try:
+                yield job[0].case_id, _build_case(*job)
+            except BadCaseError as error:
+                yield job[0].case_id, error
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
+    try:
+        futures = {pool.submit(_build_in_worker, job): job[0].case_id for job in jobs}
+        for future in as_completed(futures):
+            outcome = future.result()
+            yield futures[future], outcome.error() if isinstance(outcome, _BadCase) else outcome
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """forkserver where there is one: its server, a fresh process, imports this module once, then every worker of
+    this build or a later one forks from it ready to run (spawned workers would each pay the imports, seconds);
+    spawn elsewhere. Never fork: the parent may run JAX's threads, whose locks a fork would copy held."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def _worker_count(workers: int, jobs: int) -> int:
+    if workers < 0:
+        raise ValueError(f"workers {workers}: expected 0 (one per available CPU) or a positive number")
+    if workers == 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(workers, jobs))  # a pool for a single case would only add its start-up time
+
+
+def _build_all(jobs: list[tuple], workers: int, skip_bad_cases: bool, cache_dir: Path) -> dict:
+    """{case id: meta or BadCaseError} for every job; the first bad case raises unless `skip_bad_cases`."""
+    workers = _worker_count(workers, len(jobs))
+    results, start = {}, time.perf_counter()
+    with (
+        tqdm(total=len(jobs), unit="case", desc=f"caching {cache_dir.name}", disable=not jobs) as bar,
+        contextlib.closing(_outcomes(jobs, workers)) as outcomes,
+    ):
+        try:
+            for case_id, outcome in outcomes:
+                if isinstance(outcome, BadCaseError) and not skip_bad_cases:
+                    raise outcome
+                results[case_id] = outcome
+                bar.update()
+        except BrokenProcessPool as error:
+            raise CacheError(
+                f"{cache_dir}: a worker process building the cache died (killed for memory? each holds one whole "
+                f"case); rerun with fewer workers ({workers} now): cases already built are kept"
+            ) from error
+    if jobs:
+        elapsed = time.perf_counter() - start
+        seconds = [meta["build_seconds"] for meta in results.values() if isinstance(meta, dict)]
+        log.info("cache %s: built %d cases in %.1f s with %d workers (%.2f cases/s; %.2f s per case on average)",
+                 cache_dir, len(seconds), elapsed, workers, len(seconds) / elapsed,
+                 sum(seconds) / max(len(seconds), 1))
+    return results
+
+
+def _estimated_bytes(case_files: CaseFiles) -> int:
+    """A case's size in the cache when stored uncropped as int16, from one image header (0 if unreadable: the
+    build reports why)."""
+    path = next(iter(case_files.images.values()), None)
+    try:
+        x, y, z = nib.load(path).shape[:3]
+    except (OSError, ValueError, TypeError, nib.filebasedimages.ImageFileError):
+        return 0
+    return x * y * z * (len(MODALITIES) * 2 + 1) + z * y * -(-x // 8)
+
+
+def _warn_if_short_of_space(cache_dir: Path, jobs: list[tuple]) -> None:
+    """A BraTS-scale build takes hours and ~80 MB a case: say at the start when the disk will not hold it."""
+    needed, free = sum(_estimated_bytes(job[0]) for job in jobs), shutil.disk_usage(cache_dir).free
+    if needed > free:
+        log.warning("cache %s: the %d cases to build need about %.1f GB and %.1f GB are free there; the build will "
+                    "stop when the disk is full (cases built by then are kept)", cache_dir, len(jobs), needed / 1e9,
+                    free / 1e9)
 
 
 @dataclasses.dataclass
@@ -190,10 +345,12 @@ def build_cache(
     domain: str | None = None,
     split_seed: int = 0,
     val_fraction: float = 0.2,
+    workers: int = 1,
 ) -> Cache:
     """Preprocess every case under `data_dir` into `cache_dir` (a no-op for cases already cached with the same
-    sources and settings) and write the patient-level split on first use; returns the opened cache. A bad case raises
-    `BadCaseError`, or is logged and left out with `skip_bad_cases`."""
+    sources and settings) and write the patient-level split on first use; returns the opened cache. Cases are built
+    by `workers` processes (0: one per available CPU; 1: in this process). A bad case raises `BadCaseError` (cases
+    already built stay cached), or is logged and left out with `skip_bad_cases`; a full disk raises `CacheError`."""
     if normalisation not in ("zscore", "none"):
         raise ValueError(f"unknown normalisation {normalisation!r}; expected 'zscore' or 'none'")
     cache_dir = Path(cache_dir)
@@ -208,33 +365,56 @@ def build_cache(
     for stale in (cache_dir / "cases").iterdir():
         if stale.name not in wanted:
             shutil.rmtree(stale)
-    cases, skipped, rebuilt = [], {}, 0
+    jobs = []
     for case_files in found:
-        target = cache_dir / "cases" / case_files.case_id
         fingerprint = _fingerprint(case_files)
+        target = cache_dir / "cases" / case_files.case_id
         meta = _read_json(target / "meta.json")
         if meta is None or meta["fingerprint"] != fingerprint or meta["settings"] != settings:
-            try:
-                _build_case(case_files, target, settings, fingerprint)
-                rebuilt += 1
-            except BadCaseError as error:
-                if not skip_bad_cases:
-                    raise
-                log.warning("skipping %s", error)
-                shutil.rmtree(target, ignore_errors=True)
-                skipped[case_files.case_id] = [str(f) for f in error.faults]
-                continue
-        cases.append(case_files.case_id)
-    log.info("cache %s: %d cases, %d (re)built, %d skipped", cache_dir, len(cases), rebuilt, len(skipped))
-    _write_json(
-        cache_dir / "manifest.json",
-        dict(
-            version=FORMAT_VERSION,
-            data_dir=str(Path(data_dir).resolve()),
-            domain=domain,
-            settings=settings,
-            cases=cases,
-            skipped=skipped,
-        ),
+            jobs.append((case_files, target, settings, fingerprint))
+    _warn_if_short_of_space(cache_dir, jobs)
+    built = _build_all(jobs, workers, skip_bad_cases, cache_dir)
+    cases, skipped = [], {}
+    for case_files in found:  # in sorted order whatever order the workers finished in
+        outcome = built.get(case_files.case_id)
+        if isinstance(outcome, BadCaseError):
+            log.warning("skipping %s", outcome)
+            shutil.rmtree(cache_dir / "cases" / case_files.case_id, ignore_errors=True)
+            skipped[case_files.case_id] = [str(f) for f in outcome.faults]
+        else:
+            cases.append(case_files.case_id)
+    log.info("cache %s: %d cases, %d (re)built, %d skipped", cache_dir, len(cases), len(built) - len(skipped),
+             len(skipped))
+    manifest = dict(
+        version=FORMAT_VERSION,
+        data_dir=str(Path(data_dir).resolve()),
+        domain=domain,
+        settings=settings,
+        cases=cases,
+        skipped=skipped,
     )
+    try:
+        _write_json(cache_dir / "manifest.json", manifest)
+    except OSError as error:
+        if error.errno in _DISK_FULL:
+            raise _disk_full_error(cache_dir, "manifest.json", len(json.dumps(manifest, indent=1))) from error
+        raise
     return Cache.open(cache_dir)
+
+
+def default_cache_dir(data_dir) -> Path:
+    """Where the cache goes without --cache_dir: `<data_dir>/.sam_jax_cache` when the data folder is writable, else
+    (a read-only share, a mounted dataset) `$XDG_CACHE_HOME/sam_jax/<folder name>-<hash of its path>`, by default
+    under ~/.cache; the same data folder always maps to the same place, so training and evaluation meet there."""
+    data_dir = Path(data_dir).expanduser().absolute()
+    beside = data_dir / ".sam_jax_cache"
+    try:
+        beside.mkdir(exist_ok=True)
+        with tempfile.TemporaryFile(dir=beside):
+            return beside
+    except OSError:
+        user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        fallback = user_cache / "sam_jax" / f"{data_dir.name}-{hashlib.sha1(str(data_dir).encode()).hexdigest()[:10]}"
+        log.warning("%s is not writable: the preprocessing cache goes to %s (--cache_dir to choose)", data_dir,
+                    fallback)
+        return fallback

@@ -1,35 +1,43 @@
-"""Check a whole BraTS dataset in one pass and report every fault of every case (missing or duplicate modalities,
-unreadable files, shape or affine mismatches, non-finite values, unexpected labels). Exit status 1 if any.
+"""Check a whole BraTS dataset in one pass and report every fault of every case, by the rule training and evaluation
+apply (`sam_jax.data.brats.check_case`): missing or duplicate modalities, a missing segmentation (unless
+`--unlabelled`), unreadable or corrupt files (the gzip checksum included), shape or affine mismatches, non-finite
+or constant images, unexpected labels. Empty segmentations are listed as warnings. Exit status 1 if any fault.
 
-Usage: python -m sam_jax.data.validate DATA_DIR [--domain GLI]"""
+Usage: python -m sam_jax.data.validate DATA_DIR [--domain GLI] [--unlabelled]"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from sam_jax.data.brats import DOMAINS, check_case, find_cases
+from tqdm import tqdm
+
+from sam_jax.data.brats import DOMAINS, check_case, empty_segmentation, find_cases
 from sam_jax.data.errors import CaseFault
 
 
-def validate(data_dir, domain: str | None = None) -> tuple[int, dict[str, list[CaseFault]]]:
-    """(number of cases, {case id: faults} for the bad ones)."""
+def validate(data_dir, domain: str | None = None, require_seg: bool = True):
+    """(number of cases, {case id: faults} for the bad ones, ids of the cases with an empty segmentation)."""
     cases = find_cases(data_dir, domain)
-    bad = {}
-    for case_files in cases:
-        _, faults = check_case(case_files)
+    bad, empty = {}, []
+    for case_files in tqdm(cases, desc="validate", unit="case", dynamic_ncols=True, disable=len(cases) < 20):
+        case, faults = check_case(case_files, require_seg)
         if faults:
             bad[case_files.case_id] = faults
-    return len(cases), bad
+        elif empty_segmentation(case):
+            empty.append(case_files.case_id)
+    return len(cases), bad, empty
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir")
     parser.add_argument("--domain", choices=DOMAINS)
+    parser.add_argument("--unlabelled", action="store_true", help="cases without segmentations are not faulty "
+                                                                    "(data for prediction only)")
     args = parser.parse_args(argv)
     try:
-        count, bad = validate(args.data_dir, args.domain)
+        count, bad, empty = validate(args.data_dir, args.domain, require_seg=not args.unlabelled)
     except CaseFault as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -37,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{case_id}:")
         for fault in faults:
             print(f"  {fault.path}: {fault.fault}")
+    for case_id in empty:
+        print(f"{case_id}: warning: the segmentation is empty (no tumour voxel); training keeps its slices as "
+              "tumour-free, evaluation leaves it out of the means")
     print(
         f"{count} cases, {count - len(bad)} valid, {len(bad)} with faults"
         + ("" if count else f" (no BraTS files found under {args.data_dir})")

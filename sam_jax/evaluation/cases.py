@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sam_jax.data.brats import find_cases
+from sam_jax.data.cache import default_cache_dir
 from sam_jax.data.split import ensure_split
 from sam_jax.evaluation.errors import EvaluationError
 
@@ -31,7 +32,7 @@ def select_cases(data_dir, domain: str, split: str, cache_dir=None):
         raise EvaluationError(f"{data_dir}: no BraTS cases found (files like BraTS-GLI-00000-000-t1n.nii.gz)")
     chosen = [c for c in every if c.domain == domain]
     if split == "val":
-        cache_dir = Path(cache_dir) if cache_dir else data_dir / ".sam_jax_cache"
+        cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         held_out = set(ensure_split(cache_dir, {c.case_id: c.patient_id for c in every})["val"])
         chosen = [c for c in chosen if c.case_id in held_out]

@@ -17,3 +17,8 @@ class ClickError(EvaluationError):
 
 class CaseError(EvaluationError):
     """A case that cannot be scored (no brain, no ground truth); recorded as failed, the others go on."""
+
+
+class EmptyGroundTruth(CaseError):
+    """A case whose segmentation has no tumour voxel: recorded as `empty_ground_truth` and left out of the means
+    (`sam_jax.data.brats.empty_segmentation` gives the policy)."""

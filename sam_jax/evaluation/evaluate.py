@@ -17,14 +17,16 @@ import numpy as np
 from tqdm import tqdm
 
 from sam_jax.data import DataError, load_case, save_prediction
+from sam_jax.data.brats import empty_segmentation
 from sam_jax.evaluation import figures
-from sam_jax.evaluation.errors import EvaluationError
+from sam_jax.evaluation.errors import EmptyGroundTruth, EvaluationError
 from sam_jax.evaluation.interactive import ritm_dice_curves
 from sam_jax.evaluation.paper_protocol import run_paper_protocol
 from sam_jax.evaluation.prediction import predict_volume
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.evaluation.volumetric import volumetric_scores
 from sam_jax.metrics import NOC_MAX_CLICKS, MetricInputError, clicks_to_reach
+from sam_jax.outputs import check_output_dir, write_atomic
 
 PROTOCOLS = ("paper", "volumetric", "interactive")
 SCORE_COLUMNS = {
@@ -53,6 +55,9 @@ def interactive_scores(segmenter, embeddings, tumour, max_clicks: int, feed_back
 def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks: int):
     """(row of scores, the case, its native-grid prediction or None without the volumetric protocol)."""
     case = load_case(case_files)
+    if empty_segmentation(case):
+        raise EmptyGroundTruth(f"{case_files.seg}: the segmentation is empty (no tumour voxel): no click to prompt "
+                               "with; left out of the means")
     volume = prepare_volume(case, trained.spec)
     truth = volume.native_tumour()
     embeddings = segmenter.encode(volume.slices)
@@ -86,8 +91,7 @@ def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCO
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise EvaluationError(f"unknown protocols {unknown}; expected some of {PROTOCOLS}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dir(out_dir, "evaluation output folder")
     names = columns(protocols, max_clicks)
     rows = []
     with open(out_dir / "cases.csv", "w", newline="") as f:
@@ -102,6 +106,8 @@ def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCO
                 if prediction is not None:
                     _write_outputs(out_dir, case, prediction, save_predictions,
                                    overlays > sum(r["status"] == "ok" for r in rows))
+            except EmptyGroundTruth as e:
+                row.update(status="empty_ground_truth", error=str(e))
             except (DataError, EvaluationError, MetricInputError, OSError) as e:
                 row.update(status="failed", error=str(e).replace("\n", " | "))
             row["seconds"] = round(time.perf_counter() - tick, 2)
@@ -122,7 +128,8 @@ def _write_outputs(out_dir: Path, case, prediction, save_prediction_file: bool, 
 
 
 def summarise(rows, protocols, **about) -> dict:
-    """Means over the cases that were scored (NaN-free), with the failed cases and why."""
+    """Means over the cases that were scored (NaN-free), with the failed cases and why, and the cases left out for
+    an empty ground truth."""
     ok = [r for r in rows if r["status"] == "ok"]
     metrics = [c for p in protocols for c in SCORE_COLUMNS[p]]
     means = {}
@@ -131,10 +138,9 @@ def summarise(rows, protocols, **about) -> dict:
         values = [float(r[m]) for r in ok if m in r and np.isfinite(float(r[m]))]
         means[m] = float(np.mean(values)) if values else None
     return {**about, "protocols": list(protocols), "cases": len(rows), "scored": len(ok),
-            "failed": {r["case"]: r["error"] for r in rows if r["status"] != "ok"}, "means": means}
+            "failed": {r["case"]: r["error"] for r in rows if r["status"] == "failed"},
+            "empty_ground_truth": [r["case"] for r in rows if r["status"] == "empty_ground_truth"], "means": means}
 
 
 def write_summary(summary: dict, out_dir) -> Path:
-    path = Path(out_dir) / "summary.json"
-    path.write_text(json.dumps(summary, indent=2))
-    return path
+    return write_atomic(Path(out_dir) / "summary.json", json.dumps(summary, indent=2))

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from sam_jax.data.brats import MODALITIES, Case
-from sam_jax.data.preprocess import brain_mask, volume_slices
+from sam_jax.data.preprocess import volume_slices
 from sam_jax.evaluation.errors import CaseError
 
 
@@ -43,8 +43,6 @@ class CaseVolume:
 def prepare_volume(case: Case, spec) -> CaseVolume:
     """The case's slices as the run spec says the model takes them (`sam_jax.data.preprocess.volume_slices`, the
     training cache's own preparation)."""
-    if not brain_mask(case.images).any():
-        raise CaseError(f"case {case.case_id}: every modality is zero (no brain to segment)")
     prepared = volume_slices(case.images, case.seg, spec.modalities, spec.normalisation, spec.crop_to_brain)
     tumour = None if prepared.labels is None else prepared.labels > 0
     return CaseVolume(case, prepared.images, tumour, prepared.box)

@@ -10,9 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
+from sam_jax.outputs import disk_full, free_bytes, reporting_full_disk
+
 BEST_METRIC = "val_dice"
+_OVERHEAD = 1 << 20  # bytes of orbax metadata and the data iterator's state, generously
 
 
 def manager(workdir, keep: int) -> ocp.CheckpointManager:
@@ -29,9 +33,33 @@ def manager(workdir, keep: int) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator, metrics: dict | None = None) -> None:
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            data=grain.checkpoint.CheckpointSave(data_iterator)),
-              metrics=metrics, force=True)
+    """Start an asynchronous save; refused with `OutputError` (nothing written) when the disk has no room for it."""
+    needed = int(sum(getattr(x, "nbytes", 8) for x in jax.tree.leaves(state)) * 1.1) + _OVERHEAD
+    if free_bytes(mngr.directory) < 2 * needed:  # nearly full: let the save in flight take its room first
+        with reporting_full_disk(mngr.directory):
+            mngr.wait_until_finished()
+    if free_bytes(mngr.directory) < needed:
+        raise disk_full(Path(mngr.directory) / str(step), needed)
+    with reporting_full_disk(Path(mngr.directory) / str(step), needed):  # an earlier async save may fail here
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                data=grain.checkpoint.CheckpointSave(data_iterator)),
+                  metrics=metrics, force=True)
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+    """Wait for the saves in flight and close; a save the disk had no room for is an `OutputError`."""
+    try:
+        with reporting_full_disk(mngr.directory):
+            mngr.wait_until_finished()
+    finally:
+        mngr.close()
+
+
+def last_complete_step(workdir) -> int | None:
+    """The newest checkpoint on disk that orbax finalised (a step directory only gets its number once complete)."""
+    folder = Path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    return max(steps, default=None)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, state_like: dict, data_iterator):

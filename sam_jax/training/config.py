@@ -34,7 +34,8 @@ class TrainConfig(RunSpec):
     data_dir: str = setting("", "Folder of BraTS cases (searched recursively).")
     phantom_cases_per_domain: int = setting(0, "If > 0 and data_dir has no cases, write this many phantom cases "
                                                "per domain into data_dir first.")
-    cache_dir: str = setting("", "Preprocessing cache; default <data_dir>/.sam_jax_cache.")
+    cache_dir: str = setting("", "Preprocessing cache; default <data_dir>/.sam_jax_cache, or under "
+                                             "~/.cache/sam_jax when data_dir is read-only.")
     domain: str = setting("GLI", "Domain to train on: GLI, MEN, PED, SSA, or ALL.")
     eval_domains: Tuple[str, ...] = setting(DOMAINS, "Domains scored at the end: the training domain on its "
                                             "validation split, the others on all their cases.")
@@ -44,6 +45,8 @@ class TrainConfig(RunSpec):
     click_policy: str = setting("negative_on_empty", "Click on empty slices: paper (random 'positive'), "
                                                      "negative_on_empty, skip_empty.")
     skip_bad_cases: bool = setting(False, "Log and skip unreadable or inconsistent cases instead of stopping.")
+    cache_workers: int = setting(0, "Processes building the preprocessing cache (0: one per available CPU; 1: in "
+                                    "this process).")
     num_workers: int = setting(0, "grain worker processes (0: threads in this process).")
     init_adapter: str = setting("", "Start from this adapter file (e.g. step 1 of the two-step ablation).")
     # optimisation
@@ -88,7 +91,8 @@ class TrainConfig(RunSpec):
                             f"{', '.join(DOMAINS)}")
         at_least = {"batch_size": 1, "prompt_rounds": 1, "volume_batch": 0, "checkpoint_every": 1,
                     "keep_checkpoints": 1, "log_every": 1, "steps": 0, "warmup_steps": 0, "eval_every": 0,
-                    "val_slices": 0, "num_workers": 0, "phantom_cases_per_domain": 0}
+                    "val_slices": 0, "num_workers": 0, "phantom_cases_per_domain": 0,
+                    "cache_workers": 0}
         for name, low in at_least.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -101,6 +105,8 @@ class TrainConfig(RunSpec):
             problems.append(f"weight_decay {self.weight_decay!r}: expected a finite number ≥ 0")
         if not (isinstance(self.empty_fraction, (int, float)) and 0 <= self.empty_fraction <= 1):
             problems.append(f"empty_fraction {self.empty_fraction!r}: expected a fraction in [0, 1]")
+        if self.schedule == "cosine" and 0 < self.steps <= self.warmup_steps:
+            problems.append(f"warmup_steps {self.warmup_steps} ≥ steps {self.steps}: the run would end warming up")
         if self.volume_batch and self.batch_size != 1:
             problems.append(f"volume_batch {self.volume_batch} makes each step one case: batch_size must be 1, not "
                             f"{self.batch_size}")

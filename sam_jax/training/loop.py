@@ -20,15 +20,17 @@ from tqdm import tqdm
 from sam_jax.adaptation import build_model, partition, save_adapter
 from sam_jax.adaptation.adapter_io import file_sha256, init_from_adapter
 from sam_jax.data.brats import find_cases
-from sam_jax.data.cache import build_cache
+from sam_jax.data.cache import build_cache, default_cache_dir
 from sam_jax.data.phantom import write_phantom
 from sam_jax.data.pipeline import make_dataset, make_iterator, select_slices
 from sam_jax.errors import SamJaxError
+from sam_jax.outputs import OutputError, reporting_full_disk, write_atomic
 from sam_jax.training import checkpoint
 from sam_jax.training.config import TrainConfig
 from sam_jax.training.run_log import RunLog
 from sam_jax.training.step import cast_floats, make_eval_forward, make_train_step
 from sam_jax.training.validate import low_res_predictions, paper_dice
+from sam_jax.training.workdir import claim as claim_workdir
 from sam_jax.weights.io import read_metadata
 
 
@@ -71,9 +73,9 @@ def prepare_data(cfg: TrainConfig):
     if cfg.phantom_cases_per_domain > 0 and not (Path(cfg.data_dir).is_dir() and find_cases(cfg.data_dir)):
         logging.info("writing %d phantom cases per domain to %s", cfg.phantom_cases_per_domain, cfg.data_dir)
         write_phantom(cfg.data_dir, cfg.phantom_cases_per_domain, seed=cfg.seed)
-    cache = build_cache(cfg.data_dir, cfg.cache_dir or Path(cfg.data_dir) / ".sam_jax_cache",
+    cache = build_cache(cfg.data_dir, cfg.cache_dir or default_cache_dir(cfg.data_dir),
                         normalisation=cfg.normalisation, crop_to_brain=cfg.crop_to_brain,
-                        skip_bad_cases=cfg.skip_bad_cases)
+                        skip_bad_cases=cfg.skip_bad_cases, workers=cfg.cache_workers)
     split = cache.split()
 
     def of(domain, ids):
@@ -83,15 +85,24 @@ def prepare_data(cfg: TrainConfig):
     if not train_ids:
         raise TrainingError(f"no training cases of domain {cfg.domain} in {cfg.data_dir}")
     val_ids = of(cfg.domain, split["val"])
+    warnings = [f"case {c} skipped (--skip_bad_cases): {'; '.join(faults)}" for c, faults in cache.skipped.items()]
+    warnings += [f"case {c} has an empty segmentation: its slices train as tumour-free" for c in train_ids + val_ids
+                 if cache.entries[c]["has_seg"] and not any(cache.tumour_area(c))]
     if not val_ids:
-        logging.warning("no held-out case of domain %s in the split: no validation, no best checkpoint", cfg.domain)
+        warnings.append(f"no held-out case of domain {cfg.domain} in the split: no validation, no best checkpoint, "
+                        f"no final score for {cfg.domain}")
     eval_sets = {}
     for domain in cfg.eval_domains:
         trained_on = cfg.domain in (domain, "ALL")
         ids = of(domain, split["val"] if trained_on else cache.case_ids)
         if ids:
             eval_sets[domain] = ids
-    return cache, train_ids, val_ids, eval_sets
+        elif val_ids or not trained_on:
+            warnings.append(f"no {domain} case to score ({'held-out' if trained_on else 'any'}): {domain} is "
+                            "missing from the final scores")
+    for warning in warnings:
+        logging.warning("WARNING: %s", warning)
+    return cache, train_ids, val_ids, eval_sets, warnings
 
 
 def build(cfg: TrainConfig):
@@ -110,26 +121,32 @@ def optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformatio
     return optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(lr)
 
 
+def _resumes_from(workdir: Path) -> str:
+    step = checkpoint.last_complete_step(workdir)
+    if step is None:
+        return "No checkpoint was saved yet."
+    return (f"The last complete checkpoint is step {step} in {workdir / 'checkpoints'}: the same command resumes "
+            "there once the disk has room.")
+
+
 def train_and_evaluate(cfg: TrainConfig) -> dict:
     """Train (or resume) in `cfg.workdir`; returns the final per-domain scores (also in workdir/summary.json)."""
     if cfg.distributed:
         jax.distributed.initialize()
     check_inputs(cfg)
     cfg = cfg.with_absolute_paths()
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    saved = workdir / "config.json"
-    if saved.exists() and TrainConfig.from_json(saved.read_text(), str(saved)) != cfg:
-        logging.warning("%s differs from this run's flags; resuming with the flags given now", saved)
-    saved.write_text(cfg.to_json())
+    workdir = claim_workdir(cfg)
 
-    cache, train_ids, val_ids, eval_sets = prepare_data(cfg)
+    cache, train_ids, val_ids, eval_sets, warnings = prepare_data(cfg)
     selection = dict(slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy,
                      seed=cfg.seed)
     # One epoch visits every selected slice (every case, with --volume_batch) once; the stream repeats forever and
     # batches run across epoch ends.
     slices_per_epoch = len(train_ids) if cfg.volume_batch else len(select_slices(cache, train_ids, **selection))
     total_steps = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * slices_per_epoch / cfg.batch_size)
+    if cfg.schedule == "cosine" and cfg.warmup_steps >= total_steps:
+        raise TrainingError(f"--warmup_steps {cfg.warmup_steps} ≥ the run's {total_steps} steps ({cfg.epochs} epochs "
+                            f"of {slices_per_epoch} slices): it would end warming up")
     train_data = make_dataset(cache, train_ids, z=cfg.slices, modalities=cfg.modalities, batch_size=cfg.batch_size,
                               volume_batch=cfg.volume_batch, drop_remainder=True, **selection)
     iterator = make_iterator(train_data, num_workers=cfg.num_workers)
@@ -175,7 +192,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
 
     trainable, opt_state = state["trainable"], state["opt_state"]
     step, key = int(state["step"]), jax.random.wrap_key_data(state["rng"])
-    run_log = RunLog(workdir)
+    run_log = RunLog(workdir, resumed_at=step)
     last_good = mngr.latest_step()
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
     tick, samples = time.perf_counter(), 0
@@ -208,24 +225,32 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
                                              "rng": jax.random.key_data(key)}, iterator,
                                 metrics=None if val is None else {checkpoint.BEST_METRIC: val})
                 last_good = step
-        mngr.wait_until_finished()
+        with reporting_full_disk(workdir / "checkpoints"):
+            mngr.wait_until_finished()
         best = checkpoint.best_step(mngr)
         if best is not None:
             best_val_dice = float(mngr.metrics(best)[checkpoint.BEST_METRIC])
             best_state = checkpoint.restore_state(mngr, best, {"trainable": trainable, "opt_state": opt_state,
                                                                "step": step, "rng": jax.random.key_data(key)})
+    except OutputError as e:
+        raise TrainingError(f"{e}\n{_resumes_from(workdir)}") from None
     finally:
         progress.close()
         run_log.close()
-        mngr.wait_until_finished()
-        mngr.close()
+        try:
+            checkpoint.finish(mngr)
+        except OutputError as e:
+            raise TrainingError(f"{e}\n{_resumes_from(workdir)}") from None
 
     lineage = dict(inherited=inherited, parent_sha256=file_sha256(cfg.init_adapter) if inherited else "")
     spec = cfg.spec()
-    save_adapter(workdir / "adapter.safetensors", jax.device_get(trainable), spec, cfg.base_sha256, **lineage)
-    if best is not None:  # the model the paper reports: best validation Dice
-        save_adapter(workdir / "adapter_best.safetensors", jax.device_get(best_state["trainable"]), spec,
-                     cfg.base_sha256, **lineage)
+    try:
+        save_adapter(workdir / "adapter.safetensors", jax.device_get(trainable), spec, cfg.base_sha256, **lineage)
+        if best is not None:  # the model the paper reports: best validation Dice
+            save_adapter(workdir / "adapter_best.safetensors", jax.device_get(best_state["trainable"]), spec,
+                         cfg.base_sha256, **lineage)
+    except OutputError as e:
+        raise TrainingError(f"{e}\n{_resumes_from(workdir)}") from None
     scores = {}
     for domain, ids in eval_sets.items():
         preds = low_res_predictions(lambda b, r: eval_forward(trainable, frozen, b, r), cache, ids,
@@ -236,6 +261,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
                "best_val_dice": None if best is None else best_val_dice,
                "paper_dice": {d: s["mean"] for d, s in scores.items()},
                "tumour_slice_dice": {d: s["tumour_slice_dice"] for d, s in scores.items()},
-               "per_case": {d: s["per_case"] for d, s in scores.items()}}
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+               "per_case": {d: s["per_case"] for d, s in scores.items()},
+               "skipped_cases": cache.skipped, "warnings": warnings}
+    write_atomic(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -8,8 +8,8 @@
 - on `close()`, `workdir/training_curve.png`: loss (and validation Dice, when logged) against step, drawn from the
   whole metrics.jsonl (`plot_curve` redraws it from any metrics.jsonl).
 
-A resumed run logs from its checkpoint's step again: the records it supersedes (the step it restarts at and later)
-are hidden from TensorBoard (`purge_step`) and from the curve, and stay in metrics.jsonl.
+A resumed run logs from its checkpoint's step again: the records it supersedes (those after the checkpoint's step) are
+removed from metrics.jsonl and hidden from TensorBoard (`purge_step`), so each step is recorded once.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from absl import logging  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402
+
+from sam_jax.outputs import write_atomic  # noqa: E402
 
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
@@ -89,14 +91,15 @@ def plot_curve(metrics_path, png_path=None) -> Path | None:
 class RunLog:
     """metrics.jsonl + TensorBoard for each `write`, and the training curve on `close` (see the module)."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, resumed_at: int = 0):
+        """`resumed_at`: the step the run goes on from; metrics.jsonl keeps the records up to it, once each."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / METRICS
-        ends_cleanly = not path.exists() or path.stat().st_size == 0 or path.read_bytes().endswith(b"\n")
+        if path.exists():  # drops what the run will log again, and a line a crash cut short
+            kept = [r for r in read_records(path) if r["step"] <= resumed_at]
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(path, "a")
-        if not ends_cleanly:  # a crash cut the last line: start the next record on a line of its own
-            self._file.write("\n")
         self._writer = None  # made at the first write, which tells the step a resumed run restarts at
 
     def write(self, step: int, record: dict) -> None:

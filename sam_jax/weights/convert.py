@@ -9,6 +9,7 @@ from typing import Dict
 import numpy as np
 
 from sam_jax.config import sam_config
+from sam_jax.outputs import check_output_file
 from sam_jax.weights.io import save_arrays
 from sam_jax.weights.params import WeightsError, detect_model_type, model_shapes, torch_to_flax
 from sam_jax.weights.torch_checkpoint import read_torch_checkpoint
@@ -23,7 +24,11 @@ def sha256_of(path) -> str:
 
 
 def convert_checkpoint(checkpoint, output, model_type: str = "auto") -> Dict[str, str]:
-    """Convert and write `output` atomically; returns the metadata written. Raises WeightsError."""
+    """Convert and write `output` atomically; returns the metadata written. Raises WeightsError, or OutputError
+    before reading anything when `output` cannot be written (the converted file is about the checkpoint's size)."""
+    if not Path(checkpoint).is_file():
+        raise WeightsError(f"{checkpoint}: no such file")
+    output = check_output_file(output, "--output", inputs=[checkpoint], needed=Path(checkpoint).stat().st_size)
     state_dict = read_torch_checkpoint(checkpoint)
     detected = detect_model_type(state_dict)
     if model_type not in ("auto", detected):

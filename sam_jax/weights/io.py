@@ -17,6 +17,7 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from sam_jax.outputs import check_output_file, disk_full, free_bytes
 from sam_jax.weights.params import WeightsError, summarise_problems
 from sam_jax.weights.resize import fit_to_image_size
 
@@ -24,14 +25,21 @@ FORMAT_VERSION = "1"
 
 
 def save_arrays(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically; a full disk is an `OutputError` naming `path` and the bytes needed, the old file intact."""
+    path = check_output_file(path, "parameter file")
+    needed = sum(np.asarray(v).nbytes for v in arrays.values())
+    if free_bytes(path.parent) < needed:
+        raise disk_full(path, needed)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
                   metadata={"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}})
         os.replace(tmp, path)
+    except SafetensorError as e:  # the writer reports I/O faults as its own error type, the OS error in the text
+        if "os error 28" in str(e) or "os error 122" in str(e):
+            raise disk_full(path, needed) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
