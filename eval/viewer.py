@@ -11,6 +11,7 @@ from absl import app, flags
 from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
 from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.segmenter import SliceSegmenter
+from sam_jax.outputs import check_output_dir
 from sam_jax.viewer import build_app
 from sam_jax.viewer.cases import CaseStore
 from sam_jax.viewer.serving import LOCALHOST, bind, make_server, url
@@ -33,6 +34,7 @@ def main(argv):
     try:
         if bool(FLAGS.data_dir) == bool(FLAGS.case_dir):
             raise EvaluationError("give exactly one of --data_dir (a folder of cases) and --case_dir (one case)")
+        output_dir = check_output_dir(FLAGS.output_dir, "--output_dir") if FLAGS.output_dir else None
         trained = load_model()
         segmenter = SliceSegmenter(trained, FLAGS.batch_size)
         store = CaseStore(FLAGS.data_dir or FLAGS.case_dir, segmenter, trained.spec, keep=FLAGS.cases_in_memory,
@@ -45,7 +47,7 @@ def main(argv):
     except OSError as e:
         return fail(f"cannot listen on {FLAGS.host}:{FLAGS.port}: {e.strerror or e}")
     print(f"{trained.name} on {len(store.files)} case(s) of {store.data_dir}: open {url(sock)}", flush=True)
-    make_server(build_app(store, segmenter, FLAGS.output_dir)).run(sockets=[sock])
+    make_server(build_app(store, segmenter, output_dir)).run(sockets=[sock])
     return 0
 
 

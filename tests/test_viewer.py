@@ -34,7 +34,7 @@ from sam_jax.viewer import build_app
 from sam_jax.viewer.cases import CaseStore
 from sam_jax.viewer.serving import bind, make_server, url
 
-GOOD, BROKEN = "BraTS-GLI-00000-000", "BraTS-GLI-00009-000"
+GOOD, NO_SEG, BROKEN = "BraTS-GLI-00000-000", "BraTS-GLI-00005-000", "BraTS-GLI-00009-000"
 BOX = (64, 56, 12)  # voxels kept around the phantom tumour's centre: a case that encodes in a second
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # .ci/run installs both
 WAIT_S = 120  # generous: CI shares two cores with the rest of the suite
@@ -42,8 +42,9 @@ WAIT_S = 120  # generous: CI shares two cores with the rest of the suite
 
 @pytest.fixture(scope="module")
 def data_dir(phantom_dir, tmp_path_factory):
-    """The phantom's GLI case cut to BOX around its tumour (affine and header kept), a case whose T1 is not a
-    NIfTI file, and a file beside the data directory that no request may reach."""
+    """The phantom's GLI case cut to BOX around its tumour (affine and header kept), the same without its
+    segmentation, one whose T1 is not a NIfTI file, and a file beside the data directory that no request may
+    reach."""
     root = tmp_path_factory.mktemp("viewer")
     data = root / "data"
     files = find_cases(phantom_dir, "GLI")[0]
@@ -54,9 +55,11 @@ def data_dir(phantom_dir, tmp_path_factory):
     for path in [*files.images.values(), files.seg]:
         image = nib.load(path)
         nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[box], image.affine, image.header), data / GOOD / path.name)
-    shutil.copytree(data / GOOD, data / BROKEN)
-    for path in (data / BROKEN).iterdir():
-        path.rename(path.with_name(path.name.replace(GOOD, BROKEN)))
+    for other in (NO_SEG, BROKEN):
+        shutil.copytree(data / GOOD, data / other)
+        for path in (data / other).iterdir():
+            path.rename(path.with_name(path.name.replace(GOOD, other)))
+    (data / NO_SEG / f"{NO_SEG}-seg.nii.gz").unlink()
     (data / BROKEN / f"{BROKEN}-t1n.nii.gz").write_bytes(b"not a NIfTI file")
     (root / "secret.txt").write_text("outside the data directory")
     return data
@@ -144,7 +147,7 @@ def _ready(client, session: str) -> None:
 
 
 def test_only_the_data_directory_cases_and_the_page_are_served(client, server, viewer):
-    assert [c["case"] for c in client.get("/api/cases").json()["cases"]] == [GOOD, BROKEN]
+    assert [c["case"] for c in client.get("/api/cases").json()["cases"]] == [GOOD, NO_SEG, BROKEN]
     secret = viewer.data.parent / "secret.txt"
     for case in ("../secret.txt", "../../etc/passwd", str(secret), str(viewer.data / GOOD), f"{GOOD}/../{GOOD}"):
         answer = client.post("/api/sessions", json={"case": case})
@@ -196,6 +199,18 @@ def test_a_broken_case_is_an_error_and_the_server_goes_on(client):
     assert answer.status_code == 422 and BROKEN in answer.json()["error"] and "unreadable" in answer.json()["error"]
     assert client.get("/api/cases").status_code == 200
     _session(client)
+
+
+def test_a_case_without_segmentation_is_segmented_without_a_dice(client, viewer):
+    answer = client.post("/api/sessions", json={"case": NO_SEG})
+    assert answer.status_code == 201 and answer.json()["has_seg"] is False
+    session = f"/api/sessions/{answer.json()['session']}"
+    _ready(client, session)  # a click before would compile the encoder for one slice: seconds of CI for nothing
+    x, y, z = _target(_tumour(viewer.data)[0])
+    clicked = client.post(f"{session}/click", json={"x": x, "y": y, "z": z}).json()
+    assert clicked["dice"] is None and clicked["voxels"] > 0
+    labels = np.frombuffer(client.get(f"{session}/labels?axis=axial&index={z}").content, np.uint8)
+    assert labels.any() and not (labels & 2).any()
 
 
 def test_clicks_then_propagation_give_eval_predicts_mask_and_tabs_are_independent(client, viewer):
@@ -256,7 +271,7 @@ def test_click_propagate_edit_and_save_in_the_browser(server, browser, viewer):
     tumour, affine = _tumour(viewer.data)
     x, y, z = _target(tumour)
     browser.get(server)
-    _wait(browser, "document.querySelectorAll('#cases button').length === 2", "the case list")
+    _wait(browser, "document.querySelectorAll('#cases button').length === 3", "the case list")
 
     browser.find_element(By.CSS_SELECTOR, f"button[data-case='{BROKEN}']").click()
     _wait(browser, "!document.getElementById('error').hidden", "the broken case's error")
@@ -312,7 +327,7 @@ def test_click_propagate_edit_and_save_in_the_browser(server, browser, viewer):
 
     browser.switch_to.new_window("tab")  # a second tab on the same case: its own, empty mask
     browser.get(server)
-    _wait(browser, "document.querySelectorAll('#cases button').length === 2", "the case list in a second tab")
+    _wait(browser, "document.querySelectorAll('#cases button').length === 3", "the case list in a second tab")
     browser.find_element(By.CSS_SELECTOR, f"button[data-case='{GOOD}']").click()
     _wait(browser, "viewer.summary !== null", "the case in a second tab")
     assert browser.execute_script("return viewer.summary")["voxels"] == 0

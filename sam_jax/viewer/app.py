@@ -33,6 +33,7 @@ from starlette.staticfiles import StaticFiles
 from sam_jax.data.brats import MODALITIES, save_prediction
 from sam_jax.errors import SamJaxError
 from sam_jax.evaluation.mask_editing import MaskEditor
+from sam_jax.outputs import check_output_file
 from sam_jax.viewer.cases import CaseStore, OpenCase, case_folder, mask_name
 from sam_jax.viewer.errors import BadRequest, NotFound, SaveError
 from sam_jax.viewer.planes import plane, quantise
@@ -142,11 +143,13 @@ class Viewer:
         path = folder / mask_name(case)
 
         def write():
-            folder.mkdir(parents=True, exist_ok=True)
-            save_prediction(case, session.editor.native_mask(), path)  # eval.predict's writer: the case's grid
+            checked = check_output_file(path, "save", inputs=[*case.files.images.values(), case.files.seg])
+            save_prediction(case, session.editor.native_mask(), checked)  # eval.predict's writer: the case's grid
 
         try:
             await run_in_threadpool(write)
+        except SamJaxError:
+            raise  # an OutputError names the path and why it cannot be written
         except OSError as e:
             raise SaveError(f"cannot write {path}: {e.strerror or e}") from None
         session.saved = path

@@ -89,7 +89,7 @@ class CaseStore:
             if case_id in self._open:
                 self._open.move_to_end(case_id)
                 return self._open[case_id]
-            case = load_case(self.files[case_id])
+            case = load_case(self.files[case_id], require_seg=False)  # clicks need none; Dice only with one
             volume = prepare_volume(case, self.spec)
             opened = OpenCase(case, volume, SliceEmbeddings(self.segmenter, volume.slices), self.warm_clicks)
             self._open[case_id] = opened
