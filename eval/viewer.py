@@ -1,0 +1,55 @@
+"""Click a tumour in the browser: `python -m eval.viewer --checkpoint WORKDIR --data_dir DIR` (or --case_dir CASE,
+or --zero_shot --sam_weights S) serves a page on http://127.0.0.1:8765/ to open a case, click the tumour
+(shift- or right-click: background), propagate the mask through the volume as eval.predict does, edit it slice by
+slice, compare it with the ground truth, and save it as NIfTI on the case's grid (next to the case, or in
+--output_dir). Serves only the cases under the given directory; binds to localhost unless --host says otherwise."""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
+from sam_jax.evaluation import EvaluationError
+from sam_jax.evaluation.segmenter import SliceSegmenter
+from sam_jax.outputs import check_output_dir
+from sam_jax.viewer import build_app
+from sam_jax.viewer.cases import CaseStore
+from sam_jax.viewer.serving import LOCALHOST, bind, make_server, url
+
+define_model_flags()
+flags.DEFINE_string("data_dir", None, "Folder of BraTS cases (searched recursively, as eval.main does).")
+flags.DEFINE_string("case_dir", None, "Folder of one case; instead of --data_dir.")
+flags.DEFINE_string("output_dir", None, "Where 'save' writes masks; default: next to each case's files.")
+flags.DEFINE_string("host", LOCALHOST, "Address to listen on; 0.0.0.0 exposes the data to the network.")
+flags.DEFINE_integer("port", 8765, "Port; 0 picks a free one.")
+flags.DEFINE_integer("cases_in_memory", 2, "Opened cases kept in memory with their slice embeddings.")
+flags.DEFINE_integer("warm_clicks", 4, "Compile the decoder for prompts of up to this many clicks when a case opens "
+                     "(each count is a new compilation: seconds on a first click otherwise).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        if bool(FLAGS.data_dir) == bool(FLAGS.case_dir):
+            raise EvaluationError("give exactly one of --data_dir (a folder of cases) and --case_dir (one case)")
+        output_dir = check_output_dir(FLAGS.output_dir, "--output_dir") if FLAGS.output_dir else None
+        trained = load_model()
+        segmenter = SliceSegmenter(trained, FLAGS.batch_size)
+        store = CaseStore(FLAGS.data_dir or FLAGS.case_dir, segmenter, trained.spec, keep=FLAGS.cases_in_memory,
+                          warm_clicks=FLAGS.warm_clicks)
+        if not store.files:
+            raise EvaluationError(f"{store.data_dir}: no BraTS cases found")
+        sock = bind(FLAGS.host, FLAGS.port)
+    except EXPECTED_ERRORS as e:
+        return fail(e)
+    except OSError as e:
+        return fail(f"cannot listen on {FLAGS.host}:{FLAGS.port}: {e.strerror or e}")
+    print(f"{trained.name} on {len(store.files)} case(s) of {store.data_dir}: open {url(sock)}", flush=True)
+    make_server(build_app(store, segmenter, output_dir)).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
