@@ -143,14 +143,39 @@ def barrier(name: str, timeout_seconds: int = 24 * 3600) -> None:
     """Wait until every process gets here (a no-op in a single process). On the coordination service, not a
     collective: a collective gives up after 30 s, too soon for process 0 building the data cache."""
     if jax.process_count() > 1:
-        from jax._src.distributed import global_state  # the client JAX made; no public handle on its barrier
+        _client().wait_at_barrier(f"sam_jax/{name}", timeout_seconds * 1000)
 
-        global_state.client.wait_at_barrier(f"sam_jax/{name}", timeout_seconds * 1000)
+
+_FAILURE_KEY = "sam_jax/failure"
+
+
+def _client():
+    from jax._src.distributed import global_state  # the client JAX made: its key-value store and barrier
+
+    return global_state.client
 
 
 def fail_fast(message: str) -> None:
-    """Print `message` naming this process and leave now, without JAX's shutdown barrier: peers stuck in a
-    collective with this process would hold that barrier until its timeout."""
-    print(f"error: {who()}: {message}" if who() else f"error: {message}", file=sys.stderr, flush=True)
+    """Print `message` naming this process, post it for the other processes, and (several processes) leave now,
+    without JAX's shutdown barrier: peers stuck in a collective with this process would hold it until its timeout."""
+    message = f"{who()}: {message}" if who() else message
+    print(f"error: {message}", file=sys.stderr, flush=True)
     if jax.process_count() > 1:
+        try:
+            _client().key_value_set(_FAILURE_KEY, message)
+        except Exception:  # noqa: BLE001 — the service may be gone with the process that ran it
+            pass
         os._exit(1)
+
+
+def lost_peer(error: Exception) -> str:
+    """What a process says when a collective or barrier failed under it: the failure another process posted, if
+    any; else that a peer is gone (killed, or its host lost)."""
+    try:
+        posted = _client().key_value_try_get(_FAILURE_KEY)
+    except Exception:  # noqa: BLE001 — nothing posted, or the service is gone too (process 0 died)
+        posted = None
+    cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if posted:
+        return f"stopped because {posted}"
+    return f"stopped: another process of the run is gone (killed or lost; see its log) ({cause})"
