@@ -74,6 +74,11 @@ def initialize(group: ProcessGroup) -> None:
     except (ValueError, RuntimeError) as e:
         raise DistributedError(f"cannot join the distributed run ({e}); outside SLURM pass --coordinator_address, "
                                f"--num_processes and --process_id, or set JAX_COORDINATOR_ADDRESS") from None
+    # The first collective sets up the processes' communicator, and gloo (CPU) gives that rendezvous 30 s; later
+    # collectives wait as long as it takes. So all processes meet first, then run a tiny collective together: no
+    # later gap between processes (process 0 building the data cache, one compiling slower) can fail it.
+    barrier("joined")
+    multihost_utils.sync_global_devices("sam_jax/collectives ready")
 
 
 def is_writer() -> bool:
