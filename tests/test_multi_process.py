@@ -170,3 +170,52 @@ def test_evaluation_over_two_processes_writes_what_one_process_writes(runs, env,
     assert (json.loads((tmp_path / "eval1" / "summary.json").read_text())
             == json.loads((tmp_path / "eval2" / "summary.json").read_text()))
     assert sorted(p.name for p in (tmp_path / "eval2").iterdir()) == ["cases.csv", "summary.json"]
+
+
+# Fast checks of the parts, in this process.
+
+def test_process_blocks_of_a_batch_make_the_whole_batch(tmp_path, write_tiny_case):
+    import grain
+
+    from sam_jax.data.cache import build_cache
+    from sam_jax.data.pipeline import make_dataset
+
+    cases = ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000")
+    for case_id in cases:
+        write_tiny_case(tmp_path / "data", case_id)
+    cache = build_cache(tmp_path / "data", tmp_path / "cache")
+    for volume_batch, batch_size in ((0, 4), (4, 1)):
+        settings = dict(batch_size=batch_size, volume_batch=volume_batch, seed=7, z=3, drop_remainder=True)
+        whole = make_dataset(cache, list(cases), **settings)
+        blocks = [make_dataset(cache, list(cases), shard=grain.sharding.ShardOptions(i, 2), **settings)
+                  for i in range(2)]
+        for step in range(5):  # same images, masks and clicks, whatever the number of processes
+            joined = {k: np.concatenate([b[step][k] for b in blocks]) for k in whole[step]}
+            for k, v in whole[step].items():
+                np.testing.assert_array_equal(joined[k], v, err_msg=f"{k} at step {step}")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_processes=2, process_id=0), "need --distributed"),
+    (dict(distributed=True, num_processes=2), "give both or neither"),
+    (dict(distributed=True, num_processes=2, process_id=2), r"process_id 2: expected an integer in \[0, 2\)"),
+    (dict(distributed=True, heartbeat_timeout_seconds=0), "heartbeat_timeout_seconds 0"),
+])
+def test_process_group_settings_are_checked(change, message):
+    from sam_jax.errors import SamJaxError
+
+    with pytest.raises(SamJaxError, match=message):
+        TrainConfig(data_dir="d", **change)
+
+
+def test_process_rows_merge_in_case_order(tmp_path):
+    from sam_jax.evaluation.evaluate import merge_process_csvs, process_csv
+
+    header = "case,domain,status,error,seconds,paper_dice\n"
+    (tmp_path / process_csv(0, 2)).write_text(header + "a,GLI,ok,,1.5,0.25\nc,GLI,failed,unreadable,0.1,\n")
+    (tmp_path / process_csv(1, 2)).write_text(header + "b,GLI,ok,,2.0,0.125\n")
+    rows = merge_process_csvs(tmp_path, ["a", "b", "c"], 2)
+    assert (tmp_path / "cases.csv").read_text().splitlines()[1:] == [
+        "a,GLI,ok,,1.5,0.25", "b,GLI,ok,,2.0,0.125", "c,GLI,failed,unreadable,0.1,"]
+    assert rows[1] == {"case": "b", "domain": "GLI", "status": "ok", "seconds": 2.0, "paper_dice": 0.125}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
