@@ -9,6 +9,7 @@ writes config.json, the logs, the adapters and summary.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -133,7 +134,9 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
     if writer:
         workdir.mkdir(parents=True, exist_ok=True)
         saved = workdir / "config.json"
-        if saved.exists() and TrainConfig.from_json(saved.read_text(), str(saved)) != cfg:
+        # How the processes found each other (a new port each launch) is no change to the run.
+        launch = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(distributed.ProcessGroup)}
+        if saved.exists() and TrainConfig.from_json(saved.read_text(), str(saved)).replace(**launch) != cfg:
             logging.warning("%s differs from this run's flags; resuming with the flags given now", saved)
         saved.write_text(cfg.to_json())
         cache, train_ids, val_ids, eval_sets = prepare_data(cfg)  # writes the phantom and the cache, once
