@@ -1,22 +1,35 @@
 """Score a model on one domain with every protocol: `python -m eval.main --flagfile=eval/adult.flags
 --checkpoint WORKDIR [--data_dir D] [--output_dir O]`. Writes O/cases.csv (one row per case, failures included),
-O/summary.json, and prints the row in the paper's layout. Default O: WORKDIR/eval/<domain>."""
+O/summary.json, and prints the row in the paper's layout. Default O: WORKDIR/eval/<domain>.
+
+With --distributed (README "Scaling out") the processes share the cases and process 0 writes the one cases.csv and
+summary.json a single process would (the `seconds` column aside)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 from absl import app, flags
 
-from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
+from eval.common import EXPECTED_ERRORS, define_model_flags, load_model
+from sam_jax import distributed
 from sam_jax.evaluation.cases import COLUMNS, SPLITS, resolve_split, select_cases
-from sam_jax.evaluation.evaluate import PROTOCOLS, evaluate_cases, summarise, write_summary
+from sam_jax.evaluation.evaluate import (
+    PROTOCOLS,
+    evaluate_cases,
+    merge_process_csvs,
+    process_csv,
+    summarise,
+    write_summary,
+)
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.tables import markdown
-from sam_jax.flags_util import run_app
+from sam_jax.flags_util import config_from_flags, define_flags, run_app
 from sam_jax.metrics import NOC_MAX_CLICKS
 
 define_model_flags()
+define_flags(distributed.ProcessGroup)
 flags.DEFINE_enum("domain", "GLI", list(COLUMNS), "Domain to score.")
 flags.DEFINE_enum("split", "auto", list(SPLITS), "val: held-out cases of the saved split; all: every case; auto: "
                                                  "val for the training domain, all for the others.")
@@ -40,22 +53,36 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
+        distributed.initialize(config_from_flags(distributed.ProcessGroup))
+        index, count = jax.process_index(), jax.process_count()
         trained = load_model()
         run = trained.training  # where and on what the run trained (empty for zero-shot SAM)
         data_dir = FLAGS.data_dir or run.get("data_dir", "")
         same_data = Path(data_dir).resolve() == Path(run.get("data_dir") or ".").resolve()
         cache_dir = FLAGS.cache_dir or (run.get("cache_dir", "") if same_data else "")
         split = resolve_split(FLAGS.split, FLAGS.domain, run.get("domain"))
-        cases = select_cases(data_dir, FLAGS.domain, split, cache_dir)
+        if distributed.is_writer():  # may draw and save the split: once
+            cases = select_cases(data_dir, FLAGS.domain, split, cache_dir)
+        distributed.barrier("split ready")
+        if not distributed.is_writer():
+            cases = select_cases(data_dir, FLAGS.domain, split, cache_dir)
         name = FLAGS.model_name or trained.name
         run_dir = Path("workdir") / trained.name if FLAGS.zero_shot else Path(FLAGS.checkpoint)
         selected = "_best" if FLAGS.select == "best" and not FLAGS.zero_shot else ""
         out_dir = Path(FLAGS.output_dir or run_dir / "eval" / f"{FLAGS.domain}{selected}")
-        rows = evaluate_cases(SliceSegmenter(trained, FLAGS.batch_size), trained, cases, out_dir,
+        rows = evaluate_cases(SliceSegmenter(trained, FLAGS.batch_size), trained, cases[index::count], out_dir,
                               protocols=tuple(FLAGS.protocols), seed=FLAGS.seed, max_clicks=FLAGS.max_clicks,
-                              save_predictions=FLAGS.save_predictions, overlays=FLAGS.overlays)
+                              save_predictions=FLAGS.save_predictions,
+                              overlays=FLAGS.overlays if index == 0 else 0,  # process 0's first cases
+                              csv_name="cases.csv" if count == 1 else process_csv(index, count))
+        distributed.barrier("cases scored")
+        if not distributed.is_writer():
+            return 0
+        if count > 1:
+            rows = merge_process_csvs(out_dir, [c.case_id for c in cases], count)
     except EXPECTED_ERRORS as e:
-        return fail(e)
+        distributed.fail_fast(str(e))  # several processes: the others stop too, naming this one
+        return 1
     summary = summarise(rows, tuple(FLAGS.protocols), model=name, domain=FLAGS.domain, column=COLUMNS[FLAGS.domain],
                         split=split, data_dir=str(data_dir), seed=FLAGS.seed, checkpoint=FLAGS.checkpoint)
     write_summary(summary, out_dir)

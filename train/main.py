@@ -4,10 +4,12 @@ Every option is a field of `sam_jax.training.config.TrainConfig` (see `--helpful
 interrupted run from its last checkpoint in the workdir.
 """
 
-import sys
+import traceback
 
+import jax
 from absl import app, logging
 
+from sam_jax import distributed
 from sam_jax.errors import SamJaxError
 from sam_jax.flags_util import config_from_flags, define_flags, run_app
 from sam_jax.training.config import TrainConfig
@@ -26,8 +28,14 @@ def main(argv):
         config = config_from_flags(TrainConfig)
         summary = train_and_evaluate(config)
     except SamJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
+        distributed.fail_fast(str(e))  # several processes: the others stop too, naming this one
         return 1
+    except Exception as e:
+        if jax.process_count() == 1:
+            raise
+        traceback.print_exc()
+        lost = isinstance(e, jax.errors.JaxRuntimeError)  # a collective or barrier failed under this process
+        distributed.fail_fast(distributed.lost_peer(e) if lost else f"{type(e).__name__} (traceback above)")
     print(f"\nDice after {summary['steps']} steps (workdir {config.workdir}):")
     print("  domain  paper protocol  tumour slices")
     for domain, dice in summary["paper_dice"].items():

@@ -8,7 +8,13 @@ index of the stack's centre slice (position Z // 2). A slice's row is voxel axis
 `sam_jax.data.cache`); a cropped slice sits top-left in the S x S canvas, `valid_hw` giving its extent; stack slices
 beyond the volume are zero with no click. The host ships these small native-size slices: resizing to the model's
 input size (1024 in the paper) happens on the accelerator inside the jitted step, which keeps host work and
-host-to-device traffic ~18x smaller than shipping 1024^2 images."""
+host-to-device traffic ~18x smaller than shipping 1024^2 images.
+
+In a run of several processes (`shard`, e.g. `grain.sharding.ShardByJaxProcess()`), every process walks the same
+index stream, batched at the global batch size, and loads only its contiguous block of each batch's rows (process p
+of n: rows [p·B/n, (p+1)·B/n)), the rows its devices hold. Clicks are still drawn for every row of the batch, in
+order, from the masks (cheap beside the images): a sample's click, like its place in the batch, does not depend on
+how many processes share the batch, so n processes train exactly what one process over the same devices does."""
 
 from __future__ import annotations
 
@@ -54,7 +60,8 @@ class LoadBatch(grain.transforms.RandomMap):
     """Reads a batch of (case index, slice) rows from the cache and draws one click per slice. Memory maps open
     lazily per process, so the transform pickles cheaply into grain's worker processes."""
 
-    def __init__(self, cache: Cache, z: int, modalities, click_policy: str):
+    def __init__(self, cache: Cache, z: int, modalities, click_policy: str,
+                 shard: grain.sharding.ShardOptions = grain.sharding.NoSharding()):
         if click_policy not in CLICK_POLICIES:
             raise ValueError(f"unknown click policy {click_policy!r}; expected one of {CLICK_POLICIES}")
         if unknown := [m for m in modalities if m not in MODALITIES]:
@@ -67,6 +74,7 @@ class LoadBatch(grain.transforms.RandomMap):
         self.all_channels = self.channels == list(range(len(MODALITIES)))
         self.click_policy = click_policy
         self.canvas = cache.canvas_size
+        self.shard = (shard.shard_index, shard.shard_count)
         self._arrays = {}
 
     def __getstate__(self):
@@ -85,36 +93,49 @@ class LoadBatch(grain.transforms.RandomMap):
             )
         return self._arrays[case_index]
 
+    def block(self, rows: int) -> tuple[int, int]:
+        """[start, stop) of a batch of `rows` rows this shard loads."""
+        index, count = self.shard
+        if rows % count:
+            raise ValueError(f"a batch of {rows} rows does not split over {count} shards")
+        return index * rows // count, (index + 1) * rows // count
+
     def random_map(self, rows: np.ndarray, rng: np.random.Generator) -> dict:
         rows = np.asarray(rows).reshape(-1, 2)
-        b, z, s, c = len(rows), self.z, self.canvas, len(self.channels)
+        start, stop = self.block(len(rows))
+        b, z, s, c = stop - start, self.z, self.canvas, len(self.channels)
         out = dict(
             image=np.zeros((b, z, s, s, c), np.float32),
             mask=np.zeros((b, z, s, s), np.uint8),
             valid_hw=np.zeros((b, 2), np.int32),
             point_coords=np.zeros((b, z, 1, 2), np.float32),
             point_labels=np.full((b, z, 1), NO_CLICK, np.int32),
-            case_index=rows[:, 0].astype(np.int32),
+            case_index=rows[start:stop, 0].astype(np.int32),
             slice_index=np.zeros(b, np.int32),
         )
-        for i, (case_index, centre) in enumerate(rows):
+        for row, (case_index, centre) in enumerate(rows):
             image, labels, packed_brain, (h, w), first, scale = self._case(int(case_index))
-            out["valid_hw"][i] = h, w
-            out["slice_index"][i] = first + centre
+            loads = start <= row < stop  # other rows: their clicks only, which keeps the random stream in step
+            i = row - start
+            if loads:
+                out["valid_hw"][i] = h, w
+                out["slice_index"][i] = first + centre
             for t in range(z):
                 k = centre - z // 2 + t
                 if not 0 <= k < len(image):
                     continue
-                source = image[k] if self.all_channels else image[k][..., self.channels]
-                np.multiply(source, scale, out=out["image"][i, t, :h, :w])
                 tumour = labels[k] > 0
-                out["mask"][i, t, :h, :w] = tumour
+                if loads:
+                    source = image[k] if self.all_channels else image[k][..., self.channels]
+                    np.multiply(source, scale, out=out["image"][i, t, :h, :w])
+                    out["mask"][i, t, :h, :w] = tumour
                 brain = None
                 if self.click_policy == "negative_on_empty" and not tumour.any():
                     brain = np.unpackbits(packed_brain[k], axis=-1, count=w).astype(bool)
                 point, label = slice_click(tumour, rng, self.click_policy, brain)
-                out["point_coords"][i, t, 0] = point
-                out["point_labels"][i, t, 0] = label
+                if loads:
+                    out["point_coords"][i, t, 0] = point
+                    out["point_labels"][i, t, 0] = label
         return out
 
 
@@ -168,12 +189,16 @@ def make_dataset(
     num_epochs: int | None = None,
     drop_remainder: bool = False,
     volume_batch: int = 0,
+    shard: grain.sharding.ShardOptions = grain.sharding.NoSharding(),
+    pad_remainder: bool = False,
 ) -> grain.MapDataset:
     """A batched `grain.MapDataset` of slice stacks of `case_ids` (see the module docstring for the elements);
     `num_epochs=None` repeats forever (one epoch is `select_slices`' rows). Deterministic given `seed`; pass it to
     `make_iterator` to prefetch. `volume_batch` k > 0: each element is instead one case's k spaced slices
-    (`spaced_slices`), one epoch every case once (`batch_size` must be 1)."""
-    load = LoadBatch(cache, z, tuple(modalities), click_policy)
+    (`spaced_slices`), one epoch every case once (`batch_size` must be 1). `shard`: this process's block of every
+    batch (see the module docstring); `pad_remainder`: fill the last batch of an epoch with copies of the last row,
+    so that it splits like the others (the caller drops them)."""
+    load = LoadBatch(cache, z, tuple(modalities), click_policy, shard)
     if volume_batch:
         if batch_size != 1:
             raise ValueError(f"a volume batch is one case per step: batch_size must be 1, not {batch_size}")
@@ -183,6 +208,8 @@ def make_dataset(
         dataset = (dataset.shuffle(seed=seed) if shuffle else dataset).repeat(num_epochs).batch(1, drop_remainder=True)
         return dataset.random_map(LoadVolume(cache, volume_batch, load), seed=seed)
     table = select_slices(cache, case_ids, slice_policy, empty_fraction, click_policy, seed)
+    if pad_remainder and len(table) % batch_size:
+        table = np.concatenate([table, np.repeat(table[-1:], batch_size - len(table) % batch_size, axis=0)])
     dataset = grain.MapDataset.source(table)
     if shuffle:
         dataset = dataset.shuffle(seed=seed)

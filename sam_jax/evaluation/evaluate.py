@@ -3,7 +3,11 @@ the protocols (`paper`, `volumetric`, `interactive`); each case's row is appende
 and a case that cannot be read or scored is recorded as failed with its reason while the others go on. The
 volumetric protocol scores the mask `eval.predict` writes: one ground-truth click per 26-connected tumour component,
 propagated slice by slice (`sam_jax.evaluation.prediction`); the interactive one runs on the tumour slices and
-reports per-slice NoC and Dice-after-k averaged over the volume's tumour slices."""
+reports per-slice NoC and Dice-after-k averaged over the volume's tumour slices.
+
+Several processes share the cases (process p of n scores cases p, p + n, …; clicks depend on the case alone), each
+writing its own rows (`process_csv`); `merge_process_csvs` joins them into the one cases.csv a single process
+writes, in the same case order."""
 
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from sam_jax.metrics import NOC_MAX_CLICKS, MetricInputError, clicks_to_reach
 from sam_jax.outputs import check_output_dir, write_atomic
 
 PROTOCOLS = ("paper", "volumetric", "interactive")
+CASES_CSV = "cases.csv"
 SCORE_COLUMNS = {
     "paper": ("paper_dice", "tumour_slice_dice"),
     "volumetric": ("dice_3d", "hd95", "lesion_dice", "lesion_hd95", "lesions_tp", "lesions_fn", "lesions_fp"),
@@ -84,8 +89,9 @@ def columns(protocols, max_clicks: int) -> list[str]:
 
 
 def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCOLS, seed: int = 0,
-                   max_clicks: int = NOC_MAX_CLICKS, save_predictions: bool = False, overlays: int = 0) -> list[dict]:
-    """Rows (one per case) also written to `out_dir/cases.csv` as they come. With the volumetric protocol,
+                   max_clicks: int = NOC_MAX_CLICKS, save_predictions: bool = False, overlays: int = 0,
+                   csv_name: str = CASES_CSV) -> list[dict]:
+    """Rows (one per case) also written to `out_dir/<csv_name>` (cases.csv) as they come. With the volumetric protocol,
     `save_predictions` writes `predictions/<case>.nii.gz` in each case's geometry and `overlays` writes PNGs of the
     first that many scored cases to `overlays/`."""
     unknown = [p for p in protocols if p not in PROTOCOLS]
@@ -94,7 +100,7 @@ def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCO
     out_dir = check_output_dir(out_dir, "evaluation output folder")
     names = columns(protocols, max_clicks)
     rows = []
-    with open(out_dir / "cases.csv", "w", newline="") as f:
+    with open(out_dir / csv_name, "w", newline="") as f:
         writer = csv.DictWriter(f, names, restval="")
         writer.writeheader()
         for case_files in tqdm(case_files, desc="cases", unit="case", dynamic_ncols=True):
@@ -115,6 +121,41 @@ def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCO
             f.flush()
             rows.append(row)
     return rows
+
+
+def process_csv(index: int, count: int) -> str:
+    """The file of one process's rows, beside cases.csv until they are merged."""
+    return f"cases.process_{index}-of-{count}.csv"
+
+
+def merge_process_csvs(out_dir, case_ids, count: int) -> list[dict]:
+    """Join the `count` processes' row files into out_dir/cases.csv, rows in `case_ids`' order (that of a single
+    process), and remove them. Returns the rows as `evaluate_cases` does (values read back from the text, which holds
+    them exactly; columns a case has no value for left out)."""
+    out_dir = Path(out_dir)
+    parts = [out_dir / process_csv(i, count) for i in range(count)]
+    rows, names = {}, None
+    for part in parts:
+        with open(part, newline="") as f:
+            reader = csv.DictReader(f)
+            names = names or reader.fieldnames
+            rows.update((r["case"], r) for r in reader)
+    if missing := [c for c in case_ids if c not in rows]:
+        raise EvaluationError(f"{out_dir}: no row for cases {missing[:5]} in the processes' files")
+    with open(out_dir / CASES_CSV, "w", newline="") as f:
+        writer = csv.DictWriter(f, names)
+        writer.writeheader()
+        writer.writerows(rows[c] for c in case_ids)
+    for part in parts:
+        part.unlink()
+    return [{k: _number(v) for k, v in rows[c].items() if v != ""} for c in case_ids]
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _write_outputs(out_dir: Path, case, prediction, save_prediction_file: bool, overlay: bool) -> None:

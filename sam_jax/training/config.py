@@ -18,6 +18,7 @@ from sam_jax.config import setting
 from sam_jax.data.brats import DOMAINS
 from sam_jax.data.clicks import CLICK_POLICIES
 from sam_jax.data.pipeline import SLICE_POLICIES
+from sam_jax.distributed import ProcessGroup
 from sam_jax.spec import RunSpec
 from sam_jax.training.losses import LOSSES
 
@@ -29,7 +30,7 @@ _FROZEN_PATCH_EMBED = ("lora_frozen_patch", "decoder_only", "none")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(RunSpec):
+class TrainConfig(RunSpec, ProcessGroup):
     # data
     data_dir: str = setting("", "Folder of BraTS cases (searched recursively).")
     phantom_cases_per_domain: int = setting(0, "If > 0 and data_dir has no cases, write this many phantom cases "
@@ -50,7 +51,8 @@ class TrainConfig(RunSpec):
     num_workers: int = setting(0, "grain worker processes (0: threads in this process).")
     init_adapter: str = setting("", "Start from this adapter file (e.g. step 1 of the two-step ablation).")
     # optimisation
-    batch_size: int = setting(1, "Samples (slice stacks) per step, over all devices.")
+    batch_size: int = setting(1, "Samples (slice stacks) per step, over all devices of all processes (the global "
+                                 "batch; each process loads its equal share).")
     volume_batch: int = setting(0, "Original code: each step is one case's K slices, a random one and the others "
                                    "spaced 10 apart (its SelectEquiSlices; K=4), one Adam step per volume; an epoch "
                                    "visits every case once. 0: batches of --batch_size slice stacks.")
@@ -77,10 +79,9 @@ class TrainConfig(RunSpec):
     val_slices: int = setting(0, "Slices per validation pass (0: the whole held-out split, as the paper; a budget "
                                  "for big runs).")
     log_every: int = setting(10, "Steps between metric lines in metrics.jsonl.")
-    distributed: bool = setting(False, "Call jax.distributed.initialize() for multi-host training.")
 
     def problems(self) -> list[str]:
-        problems = super().problems()
+        problems = super().problems() + ProcessGroup.problems(self)
         choices = {"domain": DOMAINS + ("ALL",), "slice_policy": SLICE_POLICIES, "click_policy": CLICK_POLICIES,
                    "loss": LOSSES, "loss_grid": LOSS_GRIDS, "schedule": SCHEDULES, "precision": PRECISIONS}
         for name, allowed in choices.items():

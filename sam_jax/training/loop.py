@@ -1,5 +1,11 @@
 """The training run: check inputs, cache the data, build and partition the model, train with resumable checkpoints,
-validate, export the adapter, score every domain. `train/main.py` is flags around `train_and_evaluate`."""
+validate, export the adapter, score every domain. `train/main.py` is flags around `train_and_evaluate`.
+
+With --distributed the run spans processes (`sam_jax.distributed`): --batch_size is the global batch, split evenly
+over every device of every process, each process loading its own block of every batch; the learning rate applies
+to that global batch's mean loss, so it does not change with the number of processes. The frozen base is
+replicated once; orbax writes one checkpoint together with every process's data-iterator state; process 0 alone
+writes config.json, the logs, the adapters and summary.json."""
 
 from __future__ import annotations
 
@@ -8,15 +14,16 @@ import math
 import time
 from pathlib import Path
 
+import grain
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from sam_jax import distributed
 from sam_jax.adaptation import build_model, partition, save_adapter
 from sam_jax.adaptation.adapter_io import file_sha256, init_from_adapter
 from sam_jax.data.brats import find_cases
@@ -58,6 +65,12 @@ def check_inputs(cfg: TrainConfig) -> None:
     elif cfg.phantom_cases_per_domain <= 0 and not (Path(cfg.data_dir).is_dir() and find_cases(cfg.data_dir)):
         problems.append(f"--data_dir {cfg.data_dir}: no BraTS cases found (files like "
                         f"BraTS-GLI-00000-000-t1n.nii.gz, searched recursively)")
+    elif jax.process_count() > 1:
+        try:
+            distributed.check_even_split(cfg.volume_batch or cfg.batch_size,
+                                         "volume_batch" if cfg.volume_batch else "batch_size")
+        except distributed.DistributedError as e:
+            problems.append(str(e))
     if problems:
         raise TrainingError("cannot start training:\n  - " + "\n  - ".join(problems))
     if not cfg.sam_weights:
@@ -131,13 +144,17 @@ def _resumes_from(workdir: Path) -> str:
 
 def train_and_evaluate(cfg: TrainConfig) -> dict:
     """Train (or resume) in `cfg.workdir`; returns the final per-domain scores (also in workdir/summary.json)."""
-    if cfg.distributed:
-        jax.distributed.initialize()
+    distributed.initialize(cfg)
     check_inputs(cfg)
     cfg = cfg.with_absolute_paths()
-    workdir = claim_workdir(cfg)
-
-    cache, train_ids, val_ids, eval_sets, warnings = prepare_data(cfg)
+    writer = distributed.is_writer()
+    if writer:
+        workdir = claim_workdir(cfg)
+        cache, train_ids, val_ids, eval_sets, warnings = prepare_data(cfg)  # writes the phantom and the cache, once
+    distributed.barrier("data ready")
+    if not writer:
+        workdir = Path(cfg.workdir)
+        cache, train_ids, val_ids, eval_sets, warnings = prepare_data(cfg)  # reads what process 0 wrote
     selection = dict(slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy,
                      seed=cfg.seed)
     # One epoch visits every selected slice (every case, with --volume_batch) once; the stream repeats forever and
@@ -147,8 +164,9 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
     if cfg.schedule == "cosine" and cfg.warmup_steps >= total_steps:
         raise TrainingError(f"--warmup_steps {cfg.warmup_steps} ≥ the run's {total_steps} steps ({cfg.epochs} epochs "
                             f"of {slices_per_epoch} slices): it would end warming up")
+    shard = grain.sharding.ShardByJaxProcess()  # this process's block of every batch
     train_data = make_dataset(cache, train_ids, z=cfg.slices, modalities=cfg.modalities, batch_size=cfg.batch_size,
-                              volume_batch=cfg.volume_batch, drop_remainder=True, **selection)
+                              volume_batch=cfg.volume_batch, drop_remainder=True, shard=shard, **selection)
     iterator = make_iterator(train_data, num_workers=cfg.num_workers)
     logging.info("%d training slices per epoch, %d steps of %d", slices_per_epoch, total_steps, cfg.batch_size)
 
@@ -163,38 +181,42 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
         return step % cfg.eval_every == 0 if cfg.eval_every else epoch(step) > epoch(step - 1)
 
     graphdef, trainable, frozen, inherited = build(cfg)
-    mesh = Mesh(np.array(jax.devices()), ("data",))
+    mesh = distributed.data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     dtype = jnp.dtype(cfg.precision)
-    frozen = jax.device_put(cast_floats(frozen, dtype), replicated)  # stays on the device for the whole run
+    # Replicated once; stays on the devices for the whole run.
+    frozen = distributed.replicate(cast_floats(frozen, dtype), replicated)
     tx = optimizer(cfg, total_steps)
-    state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": 0,
-             "rng": jax.random.key_data(jax.random.key(cfg.seed))}
+    state = distributed.replicate({"trainable": trainable, "opt_state": tx.init(trainable), "step": 0,
+                                   "rng": jax.random.key_data(jax.random.key(cfg.seed))}, replicated)
     mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
-    restored = checkpoint.restore_latest(mngr, state, iterator)
+    restored = checkpoint.restore_latest(mngr, state, iterator)  # every process: the same step, its own iterator
     if restored is not None:
         state = restored
-        logging.info("resumed from step %d in %s", int(state["step"]), workdir)
-    state = jax.device_put(state, replicated)
+        logging.info("resumed from step %d in %s", int(distributed.to_host(state["step"])), workdir)
     train_step = make_train_step(graphdef, tx, cfg)
     eval_forward = make_eval_forward(graphdef, cfg)
 
-    def put(batch):
-        return jax.device_put({k: v for k, v in batch.items() if k not in ("case_index", "slice_index")},
-                              batch_sharding)
+    def put(batch):  # this process's block of rows → the global batch
+        local = {k: v for k, v in batch.items() if k not in ("case_index", "slice_index")}
+        return distributed.global_batch(local, batch_sharding, len(batch["image"]) * jax.process_count())
+
+    def predictions(trainable_now, ids, max_slices=0):
+        return low_res_predictions(lambda b, r: eval_forward(trainable_now, frozen, b, r), cache, ids,
+                                   modalities=cfg.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
+                                   seed=cfg.seed, max_slices=max_slices, put=put, shard=shard,
+                                   to_host=distributed.to_host, gather_rows=distributed.gather_rows)
 
     def validate(trainable_now):
-        preds = low_res_predictions(lambda b, r: eval_forward(trainable_now, frozen, b, r), cache, val_ids,
-                                    modalities=cfg.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
-                                    seed=cfg.seed, max_slices=cfg.val_slices, put=put)
-        return paper_dice(preds)["mean"]
+        return paper_dice(predictions(trainable_now, val_ids, cfg.val_slices))["mean"]
 
     trainable, opt_state = state["trainable"], state["opt_state"]
-    step, key = int(state["step"]), jax.random.wrap_key_data(state["rng"])
-    run_log = RunLog(workdir, resumed_at=step)
+    step, key = int(distributed.to_host(state["step"])), jax.random.wrap_key_data(state["rng"])
+    run_log = RunLog(workdir, resumed_at=step) if writer else None
     last_good = mngr.latest_step()
-    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0,
+                    disable=not writer)
     tick, samples = time.perf_counter(), 0
     try:
         while step < total_steps:
@@ -202,7 +224,8 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
             trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, put(batch),
                                                        jax.random.fold_in(key, step))
             step += 1
-            loss = float(metrics["loss"])
+            metrics = {k: float(distributed.to_host(v)) for k, v in metrics.items()}
+            loss = metrics["loss"]
             if not math.isfinite(loss):
                 raise TrainingError(f"the loss became {loss} at step {step}; training stopped. The last good "
                                     f"checkpoint is step {last_good} in {workdir / 'checkpoints'}"
@@ -213,10 +236,10 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}", slices_per_s=f"{samples / max(elapsed, 1e-9):.1f}")
             record = {"step": step, "epoch": step * cfg.batch_size / slices_per_epoch,
-                      **{k: float(v) for k, v in metrics.items()}}
+                      **metrics}
             if validates_at(step):
                 record["val_dice"] = validate(trainable)
-            if step % cfg.log_every == 0 or "val_dice" in record:
+            if writer and (step % cfg.log_every == 0 or "val_dice" in record):
                 record["slices_per_s"] = samples / max(elapsed, 1e-9)
                 run_log.write(step, record)
             if step % cfg.checkpoint_every == 0 or step == total_steps or "val_dice" in record:
@@ -236,7 +259,8 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
         raise TrainingError(f"{e}\n{_resumes_from(workdir)}") from None
     finally:
         progress.close()
-        run_log.close()
+        if run_log is not None:
+            run_log.close()
         try:
             checkpoint.finish(mngr)
         except OutputError as e:
@@ -244,24 +268,23 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
 
     lineage = dict(inherited=inherited, parent_sha256=file_sha256(cfg.init_adapter) if inherited else "")
     spec = cfg.spec()
-    try:
-        save_adapter(workdir / "adapter.safetensors", jax.device_get(trainable), spec, cfg.base_sha256, **lineage)
-        if best is not None:  # the model the paper reports: best validation Dice
-            save_adapter(workdir / "adapter_best.safetensors", jax.device_get(best_state["trainable"]), spec,
+    if writer:
+        try:
+            save_adapter(workdir / "adapter.safetensors", jax.tree.map(distributed.to_host, trainable), spec,
                          cfg.base_sha256, **lineage)
-    except OutputError as e:
-        raise TrainingError(f"{e}\n{_resumes_from(workdir)}") from None
-    scores = {}
-    for domain, ids in eval_sets.items():
-        preds = low_res_predictions(lambda b, r: eval_forward(trainable, frozen, b, r), cache, ids,
-                                    modalities=cfg.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
-                                    seed=cfg.seed, put=put)
-        scores[domain] = paper_dice(preds)
+            if best is not None:  # the model the paper reports: best validation Dice
+                save_adapter(workdir / "adapter_best.safetensors",
+                             jax.tree.map(distributed.to_host, best_state["trainable"]), spec, cfg.base_sha256,
+                             **lineage)
+        except OutputError as e:
+            raise TrainingError(f"{e}\n{_resumes_from(workdir)}") from None
+    scores = {domain: paper_dice(predictions(trainable, ids)) for domain, ids in eval_sets.items()}
     summary = {"steps": step, "epochs": step * cfg.batch_size / slices_per_epoch, "best_step": best,
                "best_val_dice": None if best is None else best_val_dice,
                "paper_dice": {d: s["mean"] for d, s in scores.items()},
                "tumour_slice_dice": {d: s["tumour_slice_dice"] for d, s in scores.items()},
                "per_case": {d: s["per_case"] for d, s in scores.items()},
                "skipped_cases": cache.skipped, "warnings": warnings}
-    write_atomic(workdir / "summary.json", json.dumps(summary, indent=2))
+    if writer:
+        write_atomic(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary

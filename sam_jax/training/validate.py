@@ -9,31 +9,37 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import grain
 import jax
 import numpy as np
 
-from sam_jax.data.pipeline import make_dataset
+from sam_jax.data.pipeline import make_dataset, select_slices
 from sam_jax.metrics import paper_scores
 
 
 def low_res_predictions(forward, cache, case_ids, *, modalities, slices: int, batch_size: int, seed: int,
-                        max_slices: int = 0, put=lambda b: b):
-    """Per case: (logits (Z, h, w), soft targets (Z, h, w)) in slice order, from `forward(batch, rng)`."""
+                        max_slices: int = 0, put=lambda b: b, shard=grain.sharding.NoSharding(),
+                        to_host=np.asarray, gather_rows=lambda rows: rows):
+    """Per case: (logits (Z, h, w), soft targets (Z, h, w)) in slice order, from `forward(batch, rng)`.
+
+    Several processes: each loads its `shard` of every batch, `put` makes the global batch, `to_host` reads the
+    outputs back whole and `gather_rows` joins the processes' row indices; every process returns the same result."""
     dataset = make_dataset(cache, case_ids, z=slices, slice_policy="all", click_policy="paper",
-                           modalities=modalities, batch_size=batch_size, seed=seed, shuffle=False, num_epochs=1)
+                           modalities=modalities, batch_size=batch_size, seed=seed, shuffle=False, num_epochs=1,
+                           shard=shard, pad_remainder=True)  # the last batch filled, to the compiled shape
+    total = len(select_slices(cache, case_ids, slice_policy="all", click_policy="paper", seed=seed))
     per_case = defaultdict(list)
     done = 0
     for i in range(len(dataset)):
         batch = dataset[i]
-        n = len(batch["case_index"])
-        if n % batch_size:  # pad the last batch to the compiled shape
-            batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in batch.items()}
+        n = min(batch_size, total - i * batch_size)
         logits, _, target = forward(put(batch), jax.random.PRNGKey(seed + i))
         z = slices // 2  # score each stack's centre slice
-        logits = np.asarray(logits[:, 0]).reshape(batch_size, slices, *logits.shape[-2:])[:n, z]
-        target = np.asarray(target).reshape(batch_size, slices, *target.shape[-2:])[:n, z]
+        logits = to_host(logits[:, 0]).reshape(batch_size, slices, *logits.shape[-2:])[:n, z]
+        target = to_host(target).reshape(batch_size, slices, *target.shape[-2:])[:n, z]
+        case_index, slice_index = (gather_rows(batch[k])[:n] for k in ("case_index", "slice_index"))
         for j in range(n):
-            per_case[int(batch["case_index"][j])].append((int(batch["slice_index"][j]), logits[j], target[j]))
+            per_case[int(case_index[j])].append((int(slice_index[j]), logits[j], target[j]))
         done += n
         if max_slices and done >= max_slices:
             break

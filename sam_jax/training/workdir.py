@@ -5,10 +5,12 @@ below may change between the runs (a longer run, another logging rate). config.j
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from absl import logging
 
+from sam_jax.distributed import ProcessGroup
 from sam_jax.errors import SamJaxError
 from sam_jax.outputs import check_output_dir, write_atomic
 from sam_jax.training.config import TrainConfig
@@ -18,9 +20,10 @@ CONFIG = "config.json"
 # weights' identity is `base_sha256`, compared like every other setting) and how much work runs in parallel.
 MAY_CHANGE_ON_RESUME = frozenset({
     "steps", "epochs", "checkpoint_every", "keep_checkpoints", "eval_every", "val_slices", "log_every",
-    "num_workers", "cache_workers", "distributed", "eval_domains", "sam_weights", "cache_dir",
-    "phantom_cases_per_domain",
+    "num_workers", "cache_workers", "eval_domains", "sam_weights", "cache_dir", "phantom_cases_per_domain",
 })
+# How the processes of a launch found each other (a new port each time) is no change to the run at all.
+LAUNCH = frozenset(f.name for f in dataclasses.fields(ProcessGroup))
 
 
 class WorkdirError(SamJaxError):
@@ -34,9 +37,9 @@ def has_progress(workdir: Path) -> bool:
 
 
 def differences(saved: TrainConfig, now: TrainConfig) -> dict[str, tuple]:
-    """{setting: (saved value, value now)} for every setting that differs."""
+    """{setting: (saved value, value now)} for every setting of the run that differs."""
     old, new = saved.to_dict(), now.to_dict()
-    return {k: (old[k], new[k]) for k in new if old.get(k) != new[k]}
+    return {k: (old.get(k), new[k]) for k in new if k not in LAUNCH and old.get(k) != new[k]}
 
 
 def claim(cfg: TrainConfig) -> Path:

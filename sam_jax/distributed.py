@@ -1,0 +1,186 @@
+"""Several processes as one run, on JAX's distributed runtime: joining the group, which process writes, global
+arrays built from process-local data and read back on every process, and stopping every process when one fails.
+
+Start-up: `jax.distributed.initialize` finds the group itself on SLURM (one task per node or per GPU) and from
+JAX's `JAX_COORDINATOR_ADDRESS`; `--coordinator_address --num_processes --process_id` name it explicitly. Every
+process must see the same data_dir, cache and workdir (a shared filesystem): process 0 alone writes what is written
+once, orbax writes one checkpoint together.
+
+A failure: the process that fails prints its error naming itself and leaves at once, without JAX's shutdown barrier
+(which would wait for peers stuck in a collective); a peer waiting on it sees its collective fail, or, silent peers,
+JAX's coordination service declares them dead after `heartbeat_timeout_seconds` and stops every process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+
+from sam_jax.config import setting
+from sam_jax.errors import SamJaxError
+
+
+class DistributedError(SamJaxError, RuntimeError):
+    """A process group that cannot form or a layout that cannot split the batch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessGroup:
+    """The settings that make one run of several processes (shared by training and evaluation)."""
+
+    distributed: bool = setting(False, "Run as one of several processes on JAX's distributed runtime (one per "
+                                       "host or per GPU): found by SLURM or JAX_COORDINATOR_ADDRESS, or named by "
+                                       "coordinator_address, num_processes, process_id. See README 'Scaling out'.")
+    coordinator_address: str = setting("", "host:port of process 0's coordination service (with --distributed; "
+                                           "empty: SLURM or JAX_COORDINATOR_ADDRESS).")
+    num_processes: int = setting(0, "Processes in the run (with --distributed; 0: from the cluster).")
+    process_id: int = setting(-1, "This process's index in [0, num_processes) (with --distributed; -1: from the "
+                                  "cluster).")
+    heartbeat_timeout_seconds: int = setting(100, "With --distributed: a process silent this long is declared dead "
+                                                  "and every process stops (JAX's coordination service).")
+
+    def problems(self) -> list[str]:
+        problems = []
+        named = [bool(self.coordinator_address), self.num_processes > 0, self.process_id >= 0]
+        if any(named) and not self.distributed:
+            problems.append("coordinator_address, num_processes and process_id need --distributed")
+        if any(named[1:]) and not all(named[1:]):
+            problems.append(f"num_processes {self.num_processes} and process_id {self.process_id}: give both or "
+                            f"neither")
+        if self.num_processes > 0 and not 0 <= self.process_id < self.num_processes:
+            problems.append(f"process_id {self.process_id}: expected an integer in [0, {self.num_processes})")
+        if not isinstance(self.heartbeat_timeout_seconds, int) or self.heartbeat_timeout_seconds < 1:
+            problems.append(f"heartbeat_timeout_seconds {self.heartbeat_timeout_seconds!r}: expected an integer ≥ 1")
+        return problems
+
+
+def initialize(group: ProcessGroup) -> None:
+    """Join the group (a no-op without --distributed). Errors name what was missing."""
+    if not group.distributed:
+        return
+    if problems := group.problems():
+        raise DistributedError("cannot join the distributed run:\n  - " + "\n  - ".join(problems))
+    try:
+        jax.distributed.initialize(coordinator_address=group.coordinator_address or None,
+                                   num_processes=group.num_processes or None,
+                                   process_id=None if group.process_id < 0 else group.process_id,
+                                   heartbeat_timeout_seconds=group.heartbeat_timeout_seconds)
+    except (ValueError, RuntimeError) as e:
+        raise DistributedError(f"cannot join the distributed run ({e}); outside SLURM pass --coordinator_address, "
+                               f"--num_processes and --process_id, or set JAX_COORDINATOR_ADDRESS") from None
+    # The first collective sets up the processes' communicator, and gloo (CPU) gives that rendezvous 30 s; later
+    # collectives wait as long as it takes. So all processes meet first, then run a tiny collective together: no
+    # later gap between processes (process 0 building the data cache, one compiling slower) can fail it.
+    barrier("joined")
+    multihost_utils.sync_global_devices("sam_jax/collectives ready")
+
+
+def is_writer() -> bool:
+    """Process 0 writes what a run writes once: logs, TensorBoard, config, adapter, summaries."""
+    return jax.process_index() == 0
+
+
+def who() -> str:
+    """'process i of n' in a multi-process run, '' otherwise: the prefix of every message that names a process."""
+    return f"process {jax.process_index()} of {jax.process_count()}" if jax.process_count() > 1 else ""
+
+
+def data_mesh() -> Mesh:
+    """A 1-D 'data' mesh over every device of every process, ordered by process: process p's devices hold the p-th
+    contiguous block of a batch, the rows it loads itself."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(devices), ("data",))
+
+
+def local_rows(sharding: NamedSharding, global_rows: int) -> tuple[int, int]:
+    """[start, stop) of the rows of a `global_rows` batch this process's devices hold under `sharding`."""
+    spans = {(s[0].start or 0, global_rows if s[0].stop is None else s[0].stop)
+             for s in sharding.addressable_devices_indices_map((global_rows,)).values()}
+    start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+    if sum(b - a for a, b in spans) != stop - start:
+        raise DistributedError(f"{who()}: its devices hold no contiguous block of a batch of {global_rows}")
+    return start, stop
+
+
+def check_even_split(global_rows: int, name: str) -> None:
+    """Each process loads an equal contiguous block of every batch: refuse a batch or layout that cannot."""
+    rows = global_rows // jax.process_count()
+    start, stop = local_rows(NamedSharding(data_mesh(), jax.sharding.PartitionSpec("data")), global_rows)
+    if (start, stop) != (jax.process_index() * rows, (jax.process_index() + 1) * rows):
+        raise DistributedError(f"{who()}: --{name} {global_rows} does not split into equal blocks of {rows} per "
+                               f"process (every process needs the same number of devices)")
+
+
+def global_batch(local: dict, sharding: NamedSharding, global_rows: int) -> dict:
+    """One global array per leaf, sharded on the batch axis, from this process's block of rows."""
+    return {k: jax.make_array_from_process_local_data(sharding, v, (global_rows,) + v.shape[1:])
+            for k, v in local.items()}
+
+
+def replicate(tree, sharding: NamedSharding):
+    """A copy of `tree` (the same on every process) on every device of the run."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def to_host(x) -> np.ndarray:
+    """A (possibly multi-process) array as one NumPy array on every process."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.sharding.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_rows(local: np.ndarray) -> np.ndarray:
+    """Every process's block of rows (equal shapes), concatenated in process order, on every process."""
+    if jax.process_count() == 1:
+        return local
+    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def barrier(name: str, timeout_seconds: int = 24 * 3600) -> None:
+    """Wait until every process gets here (a no-op in a single process). On the coordination service, not a
+    collective: a collective gives up after 30 s, too soon for process 0 building the data cache."""
+    if jax.process_count() > 1:
+        _client().wait_at_barrier(f"sam_jax/{name}", timeout_seconds * 1000)
+
+
+_FAILURE_KEY = "sam_jax/failure"
+
+
+def _client():
+    from jax._src.distributed import global_state  # the client JAX made: its key-value store and barrier
+
+    return global_state.client
+
+
+def fail_fast(message: str) -> None:
+    """Print `message` naming this process, post it for the other processes, and (several processes) leave now,
+    without JAX's shutdown barrier: peers stuck in a collective with this process would hold it until its timeout."""
+    message = f"{who()}: {message}" if who() else message
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if jax.process_count() > 1:
+        try:
+            _client().key_value_set(_FAILURE_KEY, message)
+        except Exception:  # noqa: BLE001 — the service may be gone with the process that ran it
+            pass
+        os._exit(1)
+
+
+def lost_peer(error: Exception) -> str:
+    """What a process says when a collective or barrier failed under it: the failure another process posted, if
+    any; else that a peer is gone (killed, or its host lost)."""
+    try:
+        posted = _client().key_value_try_get(_FAILURE_KEY)
+    except Exception:  # noqa: BLE001 — nothing posted, or the service is gone too (process 0 died)
+        posted = None
+    cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if posted:
+        return f"stopped because {posted}"
+    return f"stopped: another process of the run is gone (killed or lost; see its log) ({cause})"

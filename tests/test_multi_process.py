@@ -1,0 +1,221 @@
+"""Real multi-process runs on this machine: 2 processes x 1 CPU device, a coordinator on 127.0.0.1, gloo
+collectives. Training equals one process over 2 forced CPU devices (same global batch); a process killed with
+SIGKILL stops the other within a bounded time, and the same command resumes both to the uninterrupted result;
+evaluation over 2 processes writes the CSV one process writes.
+
+The runs are shared by the tests (module fixtures) and share one compilation cache: compiling dominates here."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import portpicker
+import pytest
+from test_training import _flags
+
+from sam_jax.training.config import TrainConfig
+from sam_jax.weights.io import read_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
+HEARTBEAT_S = 5  # a process silent this long is declared dead
+RUN_TIMEOUT_S = 600  # a hung run fails the test instead of the CI job
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Each process sees one CPU device unless told; all runs share one compilation cache."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR")
+            or str(tmp_path_factory.mktemp("jax_cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+@pytest.fixture(scope="module")
+def train_flags(phantom_dir, tmp_path_factory):
+    cfg = TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), domain="ALL",
+                      eval_domains=("PED",), model_type="tiny", image_size=128, modalities="all4", trainable="lora",
+                      lora_rank=2, batch_size=2, steps=8, learning_rate=1e-3, loss="bce_dice", slice_policy="tumour",
+                      schedule="cosine", warmup_steps=2, checkpoint_every=2, eval_every=1000, val_slices=8,
+                      log_every=1, seed=3)
+    return _flags(cfg)
+
+
+def _start(module, flags, processes, env, logs: Path, port=None):
+    """`processes` processes of `python -m module flags` joined by a coordinator on a free loopback port; output in
+    logs/p<i>.log."""
+    port = port or portpicker.pick_unused_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(processes):
+        group = [] if processes == 1 else ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                                           f"--num_processes={processes}", f"--process_id={i}",
+                                           f"--heartbeat_timeout_seconds={HEARTBEAT_S}"]
+        with open(logs / f"p{i}.log", "w") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", module, *flags, *group], env=env, cwd=ROOT,
+                                          stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _finish(procs, logs: Path, timeout=RUN_TIMEOUT_S):
+    deadline = time.time() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.time(), 1))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"run hung for {timeout} s; logs in {logs}")
+    failed = {i: p.returncode for i, p in enumerate(procs) if p.returncode}
+    assert not failed, f"exit codes {failed}:\n" + (logs / f"p{min(failed)}.log").read_text()[-3000:]
+
+
+def _train(flags, workdir, processes, env, **env_changes):
+    procs = _start("train.main", [*flags, f"--workdir={workdir}"], processes, {**env, **env_changes},
+                   Path(workdir).with_suffix(".logs"))
+    _finish(procs, Path(workdir).with_suffix(".logs"))
+
+
+def _losses(workdir):
+    return [json.loads(line)["loss"] for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _adapter(workdir):
+    return read_arrays(Path(workdir) / "adapter.safetensors")[0]
+
+
+@pytest.fixture(scope="module")
+def runs(train_flags, env, tmp_path_factory):
+    """The same training as 1 process over 2 devices and as 2 processes over 1 device each."""
+    out = tmp_path_factory.mktemp("runs")
+    _train(train_flags, out / "one_process", 1, env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    _train(train_flags, out / "two_processes", 2, env)
+    return out
+
+
+def test_two_processes_train_what_one_process_over_two_devices_does(runs):
+    one, two = runs / "one_process", runs / "two_processes"
+    np.testing.assert_allclose(_losses(two), _losses(one), rtol=1e-5, atol=1e-6)
+    a, b = _adapter(one), _adapter(two)
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    # Process 0 alone writes the run's files; orbax writes one checkpoint with both processes' data iterators.
+    for name in ("config.json", "metrics.jsonl", "summary.json", "adapter.safetensors", "tensorboard"):
+        assert (two / name).exists(), name
+    assert len(list((two / "tensorboard").iterdir())) == 1
+    assert json.loads((two / "summary.json").read_text())["steps"] == 8
+    last = two / "checkpoints" / "8" / "data"
+    assert sorted(p.name for p in last.glob("process_*")) == ["process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_killed_process_stops_the_other_and_the_same_command_resumes(runs, train_flags, env, tmp_path):
+    workdir = tmp_path / "killed"
+    logs = tmp_path / "killed.logs"
+    port = portpicker.pick_unused_port()
+    flags = [*train_flags, f"--workdir={workdir}"]
+    procs = _start("train.main", flags, 2, env, logs, port)
+    checkpoints = workdir / "checkpoints"
+    deadline = time.time() + RUN_TIMEOUT_S
+    while time.time() < deadline and all(p.poll() is None for p in procs) and not (
+            checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        time.sleep(0.05)
+    assert procs[0].poll() is None and procs[1].poll() is None, (logs / "p0.log").read_text()[-3000:]
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    try:
+        procs[0].wait(timeout=20 * HEARTBEAT_S)
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        pytest.fail(f"process 0 still ran {20 * HEARTBEAT_S} s after process 1 was killed; log in {logs}")
+    detected_s = time.time() - killed_at
+    procs[1].wait()
+    log = (logs / "p0.log").read_text()
+    print(f"process 0 stopped {detected_s:.1f} s after process 1 was killed (exit code {procs[0].returncode})")
+    assert procs[0].returncode != 0
+    assert not (workdir / "adapter.safetensors").exists(), "the run ended before it could be killed"
+    assert "process 0 of 2: stopped" in log or "JAX distributed service detected fatal errors" in log, log[-3000:]
+    print("process 0 said:", next(line for line in log.splitlines()
+                                  if "stopped" in line or "detected fatal errors" in line))
+
+    _finish(_start("train.main", flags, 2, env, tmp_path / "resumed.logs"), tmp_path / "resumed.logs")
+    assert "resumed from step" in (tmp_path / "resumed.logs" / "p0.log").read_text()
+    straight, resumed = _adapter(runs / "two_processes"), _adapter(workdir)
+    assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
+
+
+def _eval_rows(out_dir):
+    with open(Path(out_dir) / "cases.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_evaluation_over_two_processes_writes_what_one_process_writes(runs, env, tmp_path):
+    from sam_jax.data.phantom import write_phantom
+
+    write_phantom(tmp_path / "data", cases_per_domain=3, seed=1, domains=("GLI",))  # 2 to process 0, 1 to process 1
+    workdir = runs / "one_process"
+    for processes in (1, 2):
+        out = tmp_path / f"eval{processes}"
+        flags = [f"--checkpoint={workdir}", f"--data_dir={tmp_path / 'data'}", "--domain=GLI", "--split=all",
+                 "--protocols=paper", "--overlays=0", f"--output_dir={out}"]
+        _finish(_start("eval.main", flags, processes, env, tmp_path / f"eval{processes}.logs"),
+                tmp_path / f"eval{processes}.logs")
+    one, two = _eval_rows(tmp_path / "eval1"), _eval_rows(tmp_path / "eval2")
+    assert len(one) == 3 and all(r["status"] == "ok" for r in one) and one == two
+    assert (json.loads((tmp_path / "eval1" / "summary.json").read_text())
+            == json.loads((tmp_path / "eval2" / "summary.json").read_text()))
+    assert sorted(p.name for p in (tmp_path / "eval2").iterdir()) == ["cases.csv", "summary.json"]
+
+
+# Fast checks of the parts, in this process.
+
+def test_process_blocks_of_a_batch_make_the_whole_batch(tmp_path, write_tiny_case):
+    import grain
+
+    from sam_jax.data.cache import build_cache
+    from sam_jax.data.pipeline import make_dataset
+
+    cases = ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000")
+    for case_id in cases:
+        write_tiny_case(tmp_path / "data", case_id)
+    cache = build_cache(tmp_path / "data", tmp_path / "cache")
+    for volume_batch, batch_size in ((0, 4), (4, 1)):
+        settings = dict(batch_size=batch_size, volume_batch=volume_batch, seed=7, z=3, drop_remainder=True)
+        whole = make_dataset(cache, list(cases), **settings)
+        blocks = [make_dataset(cache, list(cases), shard=grain.sharding.ShardOptions(i, 2), **settings)
+                  for i in range(2)]
+        for step in range(5):  # same images, masks and clicks, whatever the number of processes
+            joined = {k: np.concatenate([b[step][k] for b in blocks]) for k in whole[step]}
+            for k, v in whole[step].items():
+                np.testing.assert_array_equal(joined[k], v, err_msg=f"{k} at step {step}")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_processes=2, process_id=0), "need --distributed"),
+    (dict(distributed=True, num_processes=2), "give both or neither"),
+    (dict(distributed=True, num_processes=2, process_id=2), r"process_id 2: expected an integer in \[0, 2\)"),
+    (dict(distributed=True, heartbeat_timeout_seconds=0), "heartbeat_timeout_seconds 0"),
+])
+def test_process_group_settings_are_checked(change, message):
+    from sam_jax.errors import SamJaxError
+
+    with pytest.raises(SamJaxError, match=message):
+        TrainConfig(data_dir="d", **change)
+
+
+def test_process_rows_merge_in_case_order(tmp_path):
+    from sam_jax.evaluation.evaluate import merge_process_csvs, process_csv
+
+    header = "case,domain,status,error,seconds,paper_dice\n"
+    (tmp_path / process_csv(0, 2)).write_text(header + "a,GLI,ok,,1.5,0.25\nc,GLI,failed,unreadable,0.1,\n")
+    (tmp_path / process_csv(1, 2)).write_text(header + "b,GLI,ok,,2.0,0.125\n")
+    rows = merge_process_csvs(tmp_path, ["a", "b", "c"], 2)
+    assert (tmp_path / "cases.csv").read_text().splitlines()[1:] == [
+        "a,GLI,ok,,1.5,0.25", "b,GLI,ok,,2.0,0.125", "c,GLI,failed,unreadable,0.1,"]
+    assert rows[1] == {"case": "b", "domain": "GLI", "status": "ok", "seconds": 2.0, "paper_dice": 0.125}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
