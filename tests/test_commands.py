@@ -17,6 +17,9 @@ import re
 import shlex
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import nibabel as nib
@@ -33,8 +36,9 @@ from sam_jax.training.config import TrainConfig
 from sam_jax.weights.io import read_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
-OVERRIDES = {"train.main": ["--model_type=tiny", "--image_size=64", "--steps=0", "--epochs=1"],
-             "eval.main": ["--max_clicks=3", "--image_size=64"]}  # the input size is the zero-shot model's
+OVERRIDES = {"train.main": ["--model_type=tiny", "--image_size=64", "--steps=0", "--epochs=1", "--warmup_steps=0"],
+             "eval.main": ["--max_clicks=3", "--image_size=64"],  # the input size is the zero-shot model's
+             "eval.viewer": ["--port=0"]}
 # GLI 3 cases and MEN 2: the saved split (seed 0) then holds out one of each, so both paper runs validate.
 PHANTOM_CASES = {"GLI": 3, "MEN": 2, "PED": 1, "SSA": 2}
 BOX = (48, 40, 8)  # voxels kept around each tumour's centre
@@ -75,9 +79,36 @@ def _run(line: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     if args[1] != "-m":  # a script path, written from the repository root
         args[1] = str(ROOT / args[1])
     args = [sys.executable, *args[1:], *OVERRIDES.get(app, [])]
+    if app == "eval.viewer":
+        return _serve(line, args, cwd, env)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{line}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def _serve(line: str, args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """A server command: started, its printed URL serving the page and the case list, then stopped."""
+    server = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        printed = server.stdout.readline()  # the line with the URL, once the socket listens
+        assert "open http://127.0.0.1:" in printed, f"{line}\n{printed}{server.communicate(timeout=60)[1][-3000:]}"
+        address = printed.split("open ")[1].strip()
+        deadline = time.time() + 120
+        while True:  # the socket is bound when the URL is printed; the server accepts once it has started
+            try:
+                with urllib.request.urlopen(address, timeout=60) as page:
+                    assert page.status == 200 and b"<html" in page.read().lower()
+                break
+            except urllib.error.URLError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        with urllib.request.urlopen(address.rstrip("/") + "/api/cases", timeout=60) as cases:
+            assert cases.status == 200 and json.loads(cases.read())["cases"]
+    finally:
+        server.kill()
+        server.communicate()
+    return subprocess.CompletedProcess(args, 0, printed, "")
 
 
 def readme_commands() -> list[str]:
