@@ -40,16 +40,18 @@ def test_vit_b_1024_end_to_end(tmp_path):
     assert set(arrays) == set(model_shapes(config))  # every model variable is filled, nothing else is there
     assert sum(a.size for a in arrays.values()) == 93_735_472 + 256  # parameters + the Gaussian buffer
 
-    model = Sam(config, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))  # every variable comes from the file
     load_sam_weights(model, tmp_path / "sam.safetensors")
     image = np.random.default_rng(0).uniform(0, 255, (1, 1024, 1024, 3)).astype(np.float32)
     coords = np.array([[[300.0, 600.0], [700.0, 200.0]]], np.float32)
     labels = np.array([[1, 0]], np.int32)
+    encoded = []  # the reference's image embedding, kept from its one encoder pass
+    ref.image_encoder.register_forward_hook(lambda module, inputs, output: encoded.append(to_numpy(output)))
     with torch.no_grad():
         out = ref([{"image": torch.from_numpy(image[0]).permute(2, 0, 1), "original_size": (1024, 1024),
                     "point_coords": torch.from_numpy(coords), "point_labels": torch.from_numpy(labels)}],
                   multimask_output=True)[0]
-        ref_embedding = to_numpy(ref.image_encoder(ref.preprocess(torch.from_numpy(image).permute(0, 3, 1, 2))))
+    (ref_embedding,) = encoded
     embedding = nnx.jit(lambda m, x: m.encode_image(x))(model, normalize_rgb(jnp.asarray(image)))
     masks, iou = nnx.jit(lambda m, e: m.decode(e, jnp.asarray(coords), jnp.asarray(labels), multimask_output=True))(
         model, embedding)

@@ -45,8 +45,10 @@ def build_model(sam_config: SamConfig, adaptation_config: AdaptationConfig, *, s
     if sam_config.in_chans != 3:
         raise AdaptationError(f"build from SAM's 3-channel config (in_chans={sam_config.in_chans} given); "
                               f"the input channels come from the adaptation's modalities")
-    model = Sam(sam_config, rngs=rngs)
-    if sam_weights is not None:
+    if sam_weights is None:
+        model = Sam(sam_config, rngs=rngs)
+    else:  # every variable comes from the file: build the structure only, with no initialiser run or compiled
+        model = nnx.eval_shape(lambda: Sam(sam_config, rngs=nnx.Rngs(0)))
         load_sam_weights(model, sam_weights)
     return adapt(model, adaptation_config, rngs=rngs)
 

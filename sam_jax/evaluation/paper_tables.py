@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import re
 from pathlib import Path
 from typing import Callable
@@ -144,15 +143,9 @@ def _zero_shot_profile(name: str) -> Profile | None:
 
 
 def _trained_profile(run_dir: Path) -> Profile:
-    from sam_jax.spec import RunSpec
+    from sam_jax.evaluation.trained import read_run
 
-    config = run_dir / "config.json"
-    if config.is_file():
-        raw = json.loads(config.read_text())
-        spec = RunSpec.from_dict(raw, str(config))
-    else:  # an adapter alone: its header holds the spec, not the training domain
-        from sam_jax.weights.io import read_metadata
-        raw, spec = {}, RunSpec.from_metadata(read_metadata(run_dir / "adapter.safetensors"))
+    spec, raw = read_run(run_dir)  # an adapter alone has no training settings (domain, init_adapter)
     notes = []
     if spec.model_type != "vit_b":
         notes.append(spec.model_type)
@@ -170,10 +163,7 @@ def profile(summary: dict) -> Profile:
     """What the summary's model is; raises SamJaxError (with why) when that cannot be told."""
     run_dir = _run_dir(summary)
     if run_dir is not None:
-        try:
-            return _trained_profile(run_dir)
-        except (OSError, ValueError) as e:
-            raise SamJaxError(f"{run_dir}: unreadable run settings ({e})") from None
+        return _trained_profile(run_dir)
     zero_shot = _zero_shot_profile(str(summary.get("model", "")))
     if zero_shot is None:
         raise SamJaxError("no run directory (config.json) found, and not a zero-shot model's name")

@@ -39,12 +39,25 @@ class TrainedModel:
         return self.spec.image_size
 
 
-def _read_training(workdir: Path) -> dict:
-    path = workdir / "config.json"
+def read_run(workdir, adapter: str = ADAPTERS["final"]) -> tuple[RunSpec, dict]:
+    """What a run directory records: its run spec, from the adapter's header (from config.json for adapters written
+    before headers held it, or a run without an adapter), and its training settings, config.json as written (empty
+    for an adapter alone). The spec is as recorded: an old run's base-weights identity may be empty."""
+    workdir = Path(workdir)
+    config, adapter = workdir / "config.json", workdir / adapter
     try:
-        return json.loads(path.read_text())
+        training = json.loads(config.read_text()) if config.is_file() else {}
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable ({e}); is {workdir} a training workdir?") from None
+        raise CheckpointError(f"{config}: unreadable ({e}); is {workdir} a training workdir?") from None
+    try:
+        metadata = read_metadata(adapter) if adapter.is_file() else {}
+        if METADATA_KEY in metadata:
+            return RunSpec.from_metadata(metadata, str(adapter)), training
+        if not training:
+            raise CheckpointError(f"{workdir}: neither a run spec in {adapter.name} nor a config.json")
+        return RunSpec.from_dict(training, str(config)), training
+    except SamJaxError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def load_trained(workdir, sam_weights: str | None = None, select: str = "final") -> TrainedModel:
@@ -60,24 +73,18 @@ def load_trained(workdir, sam_weights: str | None = None, select: str = "final")
                                   f"has no best checkpoint: use --select final")
         raise CheckpointError(f"{adapter}: no such file; is {workdir} a finished training workdir? (training "
                               f"writes it at the end of a run)")
-    try:
-        metadata = read_metadata(adapter)
-        # Adapters written before the spec was stored in them: the run directory's config.json has it.
-        spec = (RunSpec.from_metadata(metadata, str(adapter)) if METADATA_KEY in metadata
-                else RunSpec.load(workdir).with_base_identity())
-    except SamJaxError as e:
-        raise CheckpointError(str(e)) from None
+    spec, training = read_run(workdir, ADAPTERS[select])
     if sam_weights is not None:
         spec = spec.replace(sam_weights=sam_weights)
     if spec.sam_weights and not Path(spec.sam_weights).is_file():
         raise CheckpointError(f"{adapter} was trained on SAM weights {spec.sam_weights}, which do not exist; "
                               f"pass --sam_weights with their new path")
     try:
+        spec = spec if spec.base_sha256 else spec.with_base_identity()
         model = build_model(spec.sam_config(), spec, sam_weights=spec.sam_weights or None, rngs=nnx.Rngs(spec.seed))
         load_adapter(model, adapter, spec, spec.base_sha256)
     except SamJaxError as e:
         raise CheckpointError(f"{workdir}: the adapter does not fit its run spec: {e}") from None
-    training = _read_training(workdir) if (workdir / "config.json").exists() else {}
     return TrainedModel(model, spec, workdir.name if select == "final" else f"{workdir.name}_{select}", training)
 
 

@@ -69,7 +69,7 @@ def read_metadata(path) -> Dict[str, str]:
 
 def model_arrays(model: nnx.Module) -> Dict[str, jnp.ndarray]:
     """Every variable of the model as dot-joined path → array."""
-    return {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model))}
+    return {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
 
 
 def assign(model: nnx.Module, arrays: Mapping[str, np.ndarray]) -> None:
