@@ -166,6 +166,9 @@ def main() -> None:
 
     runs = GROUPS[args.group]
     if args.only:
+        unknown = sorted(set(args.only.split(",")) - set(runs))
+        if unknown:
+            parser.error(f"--only: no run named {', '.join(unknown)} in group {args.group} (runs: {', '.join(runs)})")
         runs = {name: runs[name] for name in args.only.split(",")}
     data_dir = Path(args.root) / args.phantom / "data"
     _write_phantom(data_dir, args.phantom, args.cases_per_domain)
