@@ -95,11 +95,15 @@ def _write_phantom(data_dir: Path, kind: str, cases_per_domain: int) -> None:
     write_phantom(data_dir, cases_per_domain, seed=0)
 
 
+def _normalisation(flags: list[str]) -> str:
+    return "none" if "--normalisation=none" in flags else "zscore"
+
+
 def _build_caches(data_dir: Path, runs: dict[str, list[str]]) -> None:
     """Each preprocessing cache the runs need, built once before runs start in parallel (they would race)."""
     from sam_jax.data.cache import build_cache
 
-    for normalisation in sorted({"none" if "--normalisation=none" in f else "zscore" for f in runs.values()}):
+    for normalisation in sorted({_normalisation(flags) for flags in runs.values()}):
         build_cache(data_dir, data_dir.parent / f"cache_{normalisation}", normalisation=normalisation, workers=0)
 
 
@@ -107,7 +111,7 @@ def _train(name: str, flags: list[str], args, data_dir: Path, cores: str) -> dic
     workdir = Path(args.root) / args.phantom / name
     summary = workdir / "summary.json"
     if not summary.exists():
-        normalisation = "none" if "--normalisation=none" in flags else "zscore"
+        normalisation = _normalisation(flags)
         command = [sys.executable, "-m", "train.main", "--flagfile=train/demo.flags", f"--data_dir={data_dir}",
                    f"--cache_dir={data_dir.parent / f'cache_{normalisation}'}", f"--workdir={workdir}",
                    f"--steps={args.steps}", *flags]
@@ -164,6 +168,9 @@ def main() -> None:
     parser.add_argument("--output", default="", help="JSON of the figures (default: <root>/<phantom>_<group>.json)")
     args = parser.parse_args()
 
+    for name in ("cases_per_domain", "steps", "parallel"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: expected an integer ≥ 1")
     runs = GROUPS[args.group]
     if args.only:
         unknown = sorted(set(args.only.split(",")) - set(runs))
