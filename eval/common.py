@@ -6,8 +6,10 @@ import sys
 
 from absl import flags
 
+from sam_jax.config import PRESETS
 from sam_jax.errors import SamJaxError
 from sam_jax.evaluation import EvaluationError, load_trained, load_zero_shot
+from sam_jax.evaluation.trained import ADAPTERS, ZERO_SHOT_MODALITIES
 
 EXPECTED_ERRORS = SamJaxError  # every fault in the user's input; anything else is a bug and keeps its traceback
 
@@ -17,12 +19,14 @@ def define_model_flags():
     flags.DEFINE_string("sam_weights", None, "Converted SAM weights; overrides the path in config.json, and is the "
                                              "model itself with --zero_shot.")
     flags.DEFINE_bool("zero_shot", False, "Plain SAM, no adapter (Table 1): needs --sam_weights.")
-    flags.DEFINE_string("model_type", "auto", "Zero-shot only: SAM size; auto: the one the weights file holds.")
+    flags.DEFINE_enum("model_type", "auto", ["auto", *PRESETS], "Zero-shot only: SAM size; auto: the one the "
+                      "weights file holds.")
     flags.DEFINE_integer("image_size", 1024, "Zero-shot only: model input size.", lower_bound=16)
-    flags.DEFINE_string("modalities", "t1n_t2w_t2f", "Zero-shot only: a 3-channel layout (t1n_t2w_t2f, t2f_x3, …).")
+    flags.DEFINE_string("modalities", ZERO_SHOT_MODALITIES, "Zero-shot only: a 3-channel layout (t1n_t2w_t2f, "
+                                                            "t2f_x3, …).")
     flags.DEFINE_enum("zero_shot_input", "sam_rgb", ["sam_rgb", "raw_crop"], "Zero-shot only: SAM's own input "
                       "(0–255, its RGB statistics), or raw_crop: the original code's raw brain-cropped intensities.")
-    flags.DEFINE_enum("select", "final", ["final", "best"], "Which model of the run: its last step, or its best "
+    flags.DEFINE_enum("select", "final", list(ADAPTERS), "Which model of the run: its last step, or its best "
                       "validation Dice (adapter_best.safetensors; what the paper reported).")
     flags.DEFINE_integer("batch_size", 8, "Slices per encoder/decoder call.", lower_bound=1)
 

@@ -38,7 +38,7 @@ flags.DEFINE_string("cache_dir", "", "Where the saved split lives; default: the 
                                      ".sam_jax_cache).")
 flags.DEFINE_string("output_dir", "", "Default: <checkpoint>/eval/<domain>[_best]; zero-shot: "
                                       "workdir/<model name>/eval/<domain>, beside the trained runs.")
-flags.DEFINE_list("protocols", list(PROTOCOLS), "Any of paper, volumetric, interactive.")
+flags.DEFINE_list("protocols", list(PROTOCOLS), f"Any of {', '.join(PROTOCOLS)}.")
 flags.DEFINE_integer("seed", 0, "Seed of the paper protocol's clicks.", lower_bound=0)
 flags.DEFINE_integer("max_clicks", NOC_MAX_CLICKS, "Interactive protocol: clicks per slice.",
                      lower_bound=1)

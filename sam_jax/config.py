@@ -10,16 +10,13 @@ prediction) runs the kernel its model was built with and compiles apart from a m
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+from typing import Literal, Tuple
+
+from sam_jax import settings
 
 # Attention kernels (`sam_jax.model.attention`); the list lives here, where the config is validated, because this
-# module imports nothing of the package and the model's modules import it.
+# module imports nothing of the package but `settings` and the model's modules import it.
 ATTENTION_IMPLEMENTATIONS = ("plain", "folded", "cudnn")
-
-
-def setting(default, help: str, flag: bool = True):
-    """A config field with its help text; `flag=False` keeps it out of the apps' flags (a derived value)."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +37,12 @@ class SamConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
-    attention: str = "folded"  # one of ATTENTION_IMPLEMENTATIONS; folded: SAM's maths, faster (plain is SAM's form)
+    attention: Literal[ATTENTION_IMPLEMENTATIONS] = "folded"  # folded: SAM's maths, faster (plain is SAM's form)
     remat_attention: bool = False  # recompute attention probabilities in the backward pass instead of keeping them
 
     def __post_init__(self):
-        if self.attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention {self.attention!r}: expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+        if problems := settings.problems(self, SamConfig):
+            raise ValueError("; ".join(problems))
         if not isinstance(self.image_size, int) or self.image_size <= 0 or self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size!r}: expected a positive multiple of {self.patch_size}")
 
@@ -83,5 +80,5 @@ PRESETS = {
 def sam_config(name: str, **overrides) -> SamConfig:
     """A preset by name (`vit_b`, `vit_l`, `vit_h`, `demo`, `tiny`), with optional field overrides."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model type {name!r}; expected one of {sorted(PRESETS)}")
+        raise ValueError(f"model_type {name!r}: expected one of {', '.join(PRESETS)}")
     return PRESETS[name].replace(**overrides)

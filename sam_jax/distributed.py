@@ -22,8 +22,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from sam_jax.config import setting
+from sam_jax import settings
 from sam_jax.errors import SamJaxError
+from sam_jax.settings import setting
 
 
 class DistributedError(SamJaxError, RuntimeError):
@@ -43,10 +44,10 @@ class ProcessGroup:
     process_id: int = setting(-1, "This process's index in [0, num_processes) (with --distributed; -1: from the "
                                   "cluster).")
     heartbeat_timeout_seconds: int = setting(100, "With --distributed: a process silent this long is declared dead "
-                                                  "and every process stops (JAX's coordination service).")
+                                                  "and every process stops (JAX's coordination service).", at_least=1)
 
     def problems(self) -> list[str]:
-        problems = []
+        problems = settings.problems(self, ProcessGroup)
         named = [bool(self.coordinator_address), self.num_processes > 0, self.process_id >= 0]
         if any(named) and not self.distributed:
             problems.append("coordinator_address, num_processes and process_id need --distributed")
@@ -55,8 +56,6 @@ class ProcessGroup:
                             f"neither")
         if self.num_processes > 0 and not 0 <= self.process_id < self.num_processes:
             problems.append(f"process_id {self.process_id}: expected an integer in [0, {self.num_processes})")
-        if not isinstance(self.heartbeat_timeout_seconds, int) or self.heartbeat_timeout_seconds < 1:
-            problems.append(f"heartbeat_timeout_seconds {self.heartbeat_timeout_seconds!r}: expected an integer ≥ 1")
         return problems
 
 

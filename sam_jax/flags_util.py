@@ -1,5 +1,5 @@
-"""absl flags generated from a config dataclass, so every option is defined once, with its help text; and the apps'
-flagfiles found wherever the user stands."""
+"""absl flags generated from a config dataclass, so every option is defined once, with its help text and choices
+(`sam_jax.settings`); and the apps' flagfiles found wherever the user stands."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from absl import app, flags
 
 from sam_jax.errors import SamJaxError
+from sam_jax.settings import choices
 
 
 def _flag_fields(config_cls):
@@ -18,10 +19,16 @@ def _flag_fields(config_cls):
 
 
 def define_flags(config_cls, flag_values=flags.FLAGS) -> None:
+    """A flag per field of `config_cls`: a field of choices (`Literal[...]`) an enum flag, which absl checks as it
+    parses and whose help it opens with them; a tuple of choices a list flag, its help closing with them. The config
+    checks everything else (bounds, lists, contradictions) when it is built, naming all the faults at once."""
     hints = typing.get_type_hints(config_cls)
     for field in _flag_fields(config_cls):
         kind, default, help_text = hints[field.name], field.default, field.metadata.get("help", "")
-        if kind is bool:
+        allowed = choices(kind)
+        if typing.get_origin(kind) is typing.Literal:
+            flags.DEFINE_enum(field.name, default, allowed, help_text, flag_values=flag_values)
+        elif kind is bool:
             flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
         elif kind is int:
             flags.DEFINE_integer(field.name, default, help_text, flag_values=flag_values)
@@ -30,6 +37,7 @@ def define_flags(config_cls, flag_values=flags.FLAGS) -> None:
         elif kind is str:
             flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
         else:  # tuples of strings
+            help_text += f" Any of: {', '.join(allowed)}." if allowed else ""
             flags.DEFINE_list(field.name, list(default), help_text, flag_values=flag_values)
 
 

@@ -12,75 +12,63 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 
+from sam_jax import settings
 from sam_jax.adaptation.config import AdaptationConfig
-from sam_jax.adaptation.errors import AdaptationError
-from sam_jax.config import PRESETS, SamConfig, sam_config, setting
+from sam_jax.config import ATTENTION_IMPLEMENTATIONS, PRESETS, SamConfig, sam_config
 from sam_jax.data.preprocess import NORMALISATIONS
 from sam_jax.errors import SpecError
 from sam_jax.model.frame import RESIZE_RULES
+from sam_jax.settings import setting
 
-METADATA_KEY = "run_spec"
-CLICK_ORDERS = ("xy", "row_col")  # the spec's JSON in an adapter file's header
+METADATA_KEY = "run_spec"  # the spec's JSON in an adapter file's header
 _SAM = SamConfig()
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec(AdaptationConfig):
-    model_type: str = setting("vit_b", f"SAM's size: {', '.join(PRESETS)} (tiny and demo are small test models).")
+    model_type: Literal[tuple(PRESETS)] = setting("vit_b", "SAM's size (tiny and demo are small test models).")
     image_size: int = setting(_SAM.image_size, "Model input size (a multiple of 16); SAM's weights are resized "
                                                "to it.")
-    attention: str = setting(_SAM.attention, "Attention kernel: plain (bias added to the logits, as SAM), folded "
-                                             "(the bias folded into longer q/k vectors; same maths, faster on CPU), "
-                                             "cudnn (folded through cuDNN flash attention; GPU with bfloat16).")
+    attention: Literal[ATTENTION_IMPLEMENTATIONS] = setting(
+        _SAM.attention, "Attention kernel: plain (bias added to the logits, as SAM), folded (the bias folded into "
+                        "longer q/k vectors; same maths, faster on CPU), cudnn (folded through cuDNN flash attention; "
+                        "GPU with bfloat16).")
     remat_attention: bool = setting(_SAM.remat_attention, "Recompute attention probabilities in the backward pass "
                                                           "(less memory).")
-    slices: int = setting(1, "Z: contiguous slices per sample (a cross-slice model sees each slice in its stack).")
-    normalisation: str = setting("zscore", "Per-modality intensities over the brain: zscore (clipped to the "
-                                           "0.5–99.5 percentiles), none (raw, the paper), sam_rgb (zero-shot SAM: "
-                                           "percentiles stretched to 0–255, then SAM's RGB statistics).")
+    slices: int = setting(1, "Z: contiguous slices per sample (a cross-slice model sees each slice in its stack).",
+                          at_least=1)
+    normalisation: Literal[NORMALISATIONS] = setting(
+        "zscore", "Per-modality intensities over the brain: zscore (clipped to the 0.5–99.5 percentiles), none (raw, "
+                  "the paper), sam_rgb (zero-shot SAM: percentiles stretched to 0–255, then SAM's RGB statistics).")
     crop_to_brain: bool = setting(False, "Crop volumes to the brain's bounding box (the paper does).")
-    resize: str = setting(RESIZE_RULES[0], "Slice to model input: longest_side (SAM's rule: aspect kept, padded "
-                                           "bottom/right) or stretch (the original code: each axis to the square).")
-    click_order: str = setting("xy", "Clicks as SAM expects them, xy, or row_col (the original code passed (row, col) "
-                                     "where SAM reads (x, y)).")
+    resize: Literal[RESIZE_RULES] = setting(RESIZE_RULES[0], "Slice to model input: longest_side (SAM's rule: aspect "
+                                                             "kept, padded bottom/right) or stretch (the original "
+                                                             "code: each axis to the square).")
+    click_order: Literal["xy", "row_col"] = setting("xy", "Clicks as SAM expects them (xy), or row_col (the original "
+                                                          "code passed (row, col) where SAM reads (x, y)).")
     broadcast_clicks: bool = setting(False, "Original code: every slice of a batch (of a volume, in the paper "
                                             "protocol) decoded with the clicks of all its slices.")
-    seed: int = setting(0, "Seed for initialisation, data order and clicks.")
-    sam_weights: str = setting("", "Converted SAM weights (convert/sam_weights.py). Empty: random init, loudly.")
+    seed: int = setting(0, "Seed for initialisation, data order and clicks.", at_least=0)
+    sam_weights: str = setting("", "Converted SAM weights (convert/sam_weights.py). Empty: random init, loudly.",
+                               resume="may_change")  # where they now lie; their identity is base_sha256
     base_sha256: str = setting("", "Identity of the base weights; filled in when a run starts.", flag=False)
 
-    def __post_init__(self):
-        problems = []
-        try:
-            super().__post_init__()
-        except AdaptationError as e:
-            problems.append(str(e))
-        problems += self.problems()
-        if problems:
-            raise SpecError("invalid settings:\n  - " + "\n  - ".join(problems))
+    @staticmethod
+    def _invalid(problems: list[str]) -> SpecError:
+        return SpecError("invalid settings:\n  - " + "\n  - ".join(problems))
 
     def problems(self) -> list[str]:
-        """What is wrong with these settings (empty when nothing is); subclasses add theirs."""
-        problems = []
+        problems = super().problems() + settings.problems(self, RunSpec)
         try:
             self.sam_config()
-        except ValueError as e:
-            problems.append(str(e))
-        if not isinstance(self.slices, int) or self.slices < 1:
-            problems.append(f"slices {self.slices!r}: expected an integer ≥ 1")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            problems.append(f"seed {self.seed!r}: expected an integer ≥ 0")
-        if self.normalisation not in NORMALISATIONS:
-            problems.append(f"normalisation {self.normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
-        elif self.normalisation == "sam_rgb" and len(self.modalities) != 3:
+        except ValueError as e:  # the input size against the patch size; a bad model_type or attention is named above
+            if str(e) not in problems:
+                problems.append(str(e))
+        if self.normalisation == "sam_rgb" and len(self.modalities) != 3:
             problems.append(f"normalisation sam_rgb feeds SAM's RGB input: it takes 3 channels (modalities), "
                             f"not {len(self.modalities)}")
-        if self.click_order not in CLICK_ORDERS:
-            problems.append(f"click_order {self.click_order!r}: expected one of {', '.join(CLICK_ORDERS)}")
-        if self.resize not in RESIZE_RULES:
-            problems.append(f"resize {self.resize!r}: expected one of {', '.join(RESIZE_RULES)}")
         return problems
 
     def sam_config(self) -> SamConfig:

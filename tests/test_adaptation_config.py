@@ -29,11 +29,11 @@ def test_parse_modalities(spec, expected):
     (dict(lora_rank=-1), "lora_rank"),
     (dict(lora_rank=2.0), "lora_rank"),
     (dict(lora_alpha=0.0), "lora_alpha"),
-    (dict(lora_targets=("q", "out")), "unknown LoRA targets"),
+    (dict(lora_targets=("q", "out")), r"lora_targets q,out: unknown \['out'\]; expected among q, k, v, proj"),
     (dict(lora_targets=("q", "q")), "twice"),
     (dict(lora_targets=()), "no LoRA targets"),
     (dict(patch_embed_init="zeros"), "patch_embed_init"),
-    (dict(trainable="everything"), "unknown trainable preset"),
+    (dict(trainable="everything"), "trainable 'everything': expected one of lora, patch_embed_only"),
 ])
 def test_bad_settings_are_refused(changes, message):
     with pytest.raises(AdaptationError, match=message):

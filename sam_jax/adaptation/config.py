@@ -9,31 +9,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Literal, Mapping, Tuple
 
+from sam_jax import settings
 from sam_jax.adaptation.errors import AdaptationError
-from sam_jax.adaptation.modalities import LAYOUTS, parse_modalities
+from sam_jax.adaptation.modalities import LAYOUTS, MODALITIES, parse_modalities
 from sam_jax.adaptation.trainable_rules import PRESETS
-from sam_jax.config import setting
+from sam_jax.errors import SamJaxError
+from sam_jax.settings import setting
 
-LORA_TARGETS = ("q", "k", "v", "proj", "lin1", "lin2")
-PATCH_EMBED_INITS = ("random", "rgb_mean")
 _DEFECTS = ("zero_rel_pos", "random_decoder_mlps", "decoder_first_residual")
 
 
 @dataclasses.dataclass(frozen=True)
 class AdaptationConfig:
-    modalities: Tuple[str, ...] = setting(LAYOUTS["all4"], "Input channels: a layout (all4, t1n_x3, t1c_x3, t2w_x3, "
-                                          "t2f_x3, t1n_t2w_t2f) or a comma list of t1n, t1c, t2w, t2f.")
-    patch_embed_init: str = setting("random", "New patch embedding for != 3 channels: random (the paper) or "
-                                              "rgb_mean.")
-    lora_rank: int = setting(4, "LoRA rank (0: no LoRA).")
+    modalities: Tuple[str, ...] = setting(LAYOUTS["all4"], f"Input channels: a layout ({', '.join(LAYOUTS)}) or a "
+                                                           f"comma list of {', '.join(MODALITIES)}.")
+    patch_embed_init: Literal["random", "rgb_mean"] = setting(
+        "random", "New patch embedding for != 3 channels: random (the paper), or rgb_mean (each channel the mean of "
+                  "SAM's RGB filters: equal channels embed as SAM embeds that image).")
+    lora_rank: int = setting(4, "LoRA rank (0: no LoRA).", at_least=0)
     lora_alpha: float = setting(1.0, "LoRA alpha; the update is scaled by alpha / rank.")
-    lora_targets: Tuple[str, ...] = setting(("q", "v", "lin1", "lin2"), "LoRA targets among q, k, v, proj, lin1, "
-                                                                         "lin2.")
+    lora_targets: Tuple[Literal["q", "k", "v", "proj", "lin1", "lin2"], ...] = setting(
+        ("q", "v", "lin1", "lin2"), "Layers of every encoder block given LoRA (proj: attention's output; lin1, "
+                                    "lin2: the MLP's).")
     cross_slice: bool = setting(False, "Cross-slice attention in every encoder block (needs slices > 1 to act).")
-    trainable: str = setting("lora", "Trainable preset: lora, patch_embed_only, lora_frozen_patch, full, "
-                                     "decoder_only, none.")
+    trainable: Literal[tuple(PRESETS)] = setting(
+        "lora", "Which parameters train: lora is the paper's (LoRA, patch embedding, mask decoder); "
+                "patch_embed_only then lora_frozen_patch make the two-step ablation.")
     # The original paper code's model defects (sam_jax.adaptation.original; docs/reference.md §4), off by default.
     zero_rel_pos: bool = setting(False, "Original code: the encoder's relative-position tables left at zero "
                                         "(never loaded from SAM).")
@@ -43,25 +46,30 @@ class AdaptationConfig:
                                                   "self-attention (SAM has none).")
 
     def __post_init__(self):
+        problems = []
         named = self.modalities if isinstance(self.modalities, str) else ",".join(self.modalities)
-        modalities = parse_modalities(named)  # a layout name, or modality names (a flag gives a list)
-        object.__setattr__(self, "modalities", modalities)
+        try:  # a layout name, or modality names (a flag gives a list)
+            object.__setattr__(self, "modalities", parse_modalities(named))
+        except AdaptationError as e:
+            problems.append(str(e))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        if self.patch_embed_init not in PATCH_EMBED_INITS:
-            raise AdaptationError(f"patch_embed_init {self.patch_embed_init!r}: expected one of {PATCH_EMBED_INITS}")
-        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
-            raise AdaptationError(f"lora_rank {self.lora_rank!r}: expected an integer ≥ 0 (0 turns LoRA off)")
+        if problems := problems + self.problems():
+            raise self._invalid(problems)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings (empty when nothing is); subclasses add theirs."""
+        problems = settings.problems(self, AdaptationConfig)
         if not (isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
-            raise AdaptationError(f"lora_alpha {self.lora_alpha!r}: expected a finite number > 0")
-        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
-        if unknown:
-            raise AdaptationError(f"unknown LoRA targets {unknown}; expected names among {LORA_TARGETS}")
+            problems.append(f"lora_alpha {self.lora_alpha!r}: expected a finite number > 0")
         if len(set(self.lora_targets)) != len(self.lora_targets):
-            raise AdaptationError(f"LoRA targets {self.lora_targets} name one layer twice")
+            problems.append(f"lora_targets {','.join(self.lora_targets)} name one layer twice")
         if self.lora_rank and not self.lora_targets:
-            raise AdaptationError(f"lora_rank {self.lora_rank} with no LoRA targets; set lora_rank=0 for no LoRA")
-        if self.trainable not in PRESETS:
-            raise AdaptationError(f"unknown trainable preset {self.trainable!r}; expected one of {sorted(PRESETS)}")
+            problems.append(f"lora_rank {self.lora_rank} with no LoRA targets; set lora_rank=0 for no LoRA")
+        return problems
+
+    @staticmethod
+    def _invalid(problems: list[str]) -> SamJaxError:
+        return AdaptationError("; ".join(problems))
 
     @property
     def in_chans(self) -> int:

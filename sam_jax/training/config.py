@@ -12,19 +12,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Tuple
+from typing import Literal, Tuple
 
-from sam_jax.config import setting
+from sam_jax import settings
 from sam_jax.data.brats import DOMAINS
 from sam_jax.data.clicks import CLICK_POLICIES
 from sam_jax.data.pipeline import SLICE_POLICIES
 from sam_jax.distributed import ProcessGroup
+from sam_jax.settings import setting
 from sam_jax.spec import RunSpec
 from sam_jax.training.losses import LOSSES
 
-SCHEDULES = ("constant", "cosine")
-LOSS_GRIDS = ("low_res", "input")
-PRECISIONS = ("float32", "bfloat16")
 # Presets that freeze the patch embedding: a new (non-RGB) one must come trained from a parent adapter.
 _FROZEN_PATCH_EMBED = ("lora_frozen_patch", "decoder_only", "none")
 
@@ -34,70 +32,63 @@ class TrainConfig(RunSpec, ProcessGroup):
     # data
     data_dir: str = setting("", "Folder of BraTS cases (searched recursively).")
     phantom_cases_per_domain: int = setting(0, "If > 0 and data_dir has no cases, write this many phantom cases "
-                                               "per domain into data_dir first.")
+                                               "per domain into data_dir first.", at_least=0, resume="may_change")
     cache_dir: str = setting("", "Preprocessing cache; default <data_dir>/.sam_jax_cache, or under "
-                                             "~/.cache/sam_jax when data_dir is read-only.")
-    domain: str = setting("GLI", "Domain to train on: GLI, MEN, PED, SSA, or ALL.")
-    eval_domains: Tuple[str, ...] = setting(DOMAINS, "Domains scored at the end: the training domain on its "
-                                            "validation split, the others on all their cases.")
-    slice_policy: str = setting("tumour_plus", "Training slices: all, tumour, tumour_plus (tumour + a fraction of "
-                                               "empty slices).")
+                                 "~/.cache/sam_jax when data_dir is read-only.", resume="may_change")
+    domain: Literal[(*DOMAINS, "ALL")] = setting("GLI", "Domain to train on (ALL: every domain).")
+    eval_domains: Tuple[Literal[DOMAINS], ...] = setting(DOMAINS, "Domains scored at the end: the training domain "
+                                                                  "on its validation split, the others on all their "
+                                                                  "cases.", resume="may_change")
+    slice_policy: Literal[SLICE_POLICIES] = setting("tumour_plus", "Training slices; tumour_plus: the tumour slices "
+                                                                   "and a fraction (empty_fraction) of the others.")
     empty_fraction: float = setting(0.1, "Fraction of tumour-free slices kept by tumour_plus.")
-    click_policy: str = setting("negative_on_empty", "Click on empty slices: paper (random 'positive'), "
-                                                     "negative_on_empty, skip_empty.")
+    click_policy: Literal[CLICK_POLICIES] = setting("negative_on_empty", "Click on tumour-free slices: paper (a "
+                                                                         "random point labelled positive), "
+                                                                         "negative_on_empty (a background click in "
+                                                                         "the brain), skip_empty (none).")
     skip_bad_cases: bool = setting(False, "Log and skip unreadable or inconsistent cases instead of stopping.")
     cache_workers: int = setting(0, "Processes building the preprocessing cache (0: one per available CPU; 1: in "
-                                    "this process).")
-    num_workers: int = setting(0, "grain worker processes (0: threads in this process).")
+                                    "this process).", at_least=0, resume="may_change")
+    num_workers: int = setting(0, "grain worker processes (0: threads in this process).", at_least=0,
+                               resume="may_change")
     init_adapter: str = setting("", "Start from this adapter file (e.g. step 1 of the two-step ablation).")
     # optimisation
     batch_size: int = setting(1, "Samples (slice stacks) per step, over all devices of all processes (the global "
-                                 "batch; each process loads its equal share).")
+                                 "batch; each process loads its equal share).", at_least=1)
     volume_batch: int = setting(0, "Original code: each step is one case's K slices, a random one and the others "
                                    "spaced 10 apart (its SelectEquiSlices; K=4), one Adam step per volume; an epoch "
-                                   "visits every case once. 0: batches of --batch_size slice stacks.")
+                                   "visits every case once. 0: batches of --batch_size slice stacks.", at_least=0)
     epochs: float = setting(25.0, "Epochs over the training slices: one epoch visits every selected slice once "
-                                  "(ignored when steps > 0).")
-    steps: int = setting(0, "Total steps; > 0 overrides epochs.")
+                                  "(ignored when steps > 0).", resume="may_change")
+    steps: int = setting(0, "Total steps; > 0 overrides epochs.", at_least=0, resume="may_change")
     learning_rate: float = setting(1e-4, "Peak learning rate (Adam).")
-    schedule: str = setting("constant", "constant (paper) or cosine (with warm-up).")
-    warmup_steps: int = setting(0, "Linear warm-up steps for the cosine schedule.")
+    schedule: Literal["constant", "cosine"] = setting("constant", "Learning-rate schedule: constant (paper) or cosine "
+                                                                  "(after warmup_steps of linear warm-up).")
+    warmup_steps: int = setting(0, "Linear warm-up steps for the cosine schedule.", at_least=0)
     weight_decay: float = setting(0.0, "AdamW weight decay (0: Adam, the paper).")
-    loss: str = setting("bce", "bce (paper), dice, bce_dice, focal.")
-    loss_grid: str = setting("low_res", "Where the loss is taken: low_res (the decoder's grid, against the mask "
-                                        "resized there) or input (the original code: logits upsampled ×4 nearest, "
-                                        "against the mask resized bilinearly to the input size).")
+    loss: Literal[LOSSES] = setting("bce", "Training loss; bce is the paper's.")
+    loss_grid: Literal["low_res", "input"] = setting(
+        "low_res", "Where the loss is taken: low_res (the decoder's grid, against the mask resized there) or input "
+                   "(the original code: logits upsampled ×4 nearest, against the mask resized bilinearly to the "
+                   "input size).")
     multimask: bool = setting(False, "SAM's ambiguity rule: three masks, only the best is penalised.")
-    prompt_rounds: int = setting(1, "Click rounds per sample; > 1 adds clicks in the model's own errors.")
-    precision: str = setting("float32", "Compute dtype: float32 (paper) or bfloat16 (frozen base stored in bf16).")
+    prompt_rounds: int = setting(1, "Click rounds per sample; > 1 adds clicks in the model's own errors.", at_least=1)
+    precision: Literal["float32", "bfloat16"] = setting("float32", "Compute dtype: float32 (paper) or bfloat16 "
+                                                                   "(frozen base stored in bf16).")
     # bookkeeping
     workdir: str = setting("workdir", "Checkpoints, metrics.jsonl, config.json, adapter.safetensors.")
-    checkpoint_every: int = setting(500, "Steps between checkpoints.")
-    keep_checkpoints: int = setting(2, "Latest checkpoints kept (the best by validation Dice is kept too).")
+    checkpoint_every: int = setting(500, "Steps between checkpoints.", at_least=1, resume="may_change")
+    keep_checkpoints: int = setting(2, "Latest checkpoints kept (the best by validation Dice is kept too).",
+                                    at_least=1, resume="may_change")
     eval_every: int = setting(0, "Steps between validation passes (0: once per epoch, as the paper). Each pass is "
-                                 "checkpointed with its Dice; the best becomes adapter_best.safetensors.")
+                                 "checkpointed with its Dice; the best becomes adapter_best.safetensors.", at_least=0,
+                              resume="may_change")
     val_slices: int = setting(0, "Slices per validation pass (0: the whole held-out split, as the paper; a budget "
-                                 "for big runs).")
-    log_every: int = setting(10, "Steps between metric lines in metrics.jsonl.")
+                                 "for big runs).", at_least=0, resume="may_change")
+    log_every: int = setting(10, "Steps between metric lines in metrics.jsonl.", at_least=1, resume="may_change")
 
     def problems(self) -> list[str]:
-        problems = super().problems() + ProcessGroup.problems(self)
-        choices = {"domain": DOMAINS + ("ALL",), "slice_policy": SLICE_POLICIES, "click_policy": CLICK_POLICIES,
-                   "loss": LOSSES, "loss_grid": LOSS_GRIDS, "schedule": SCHEDULES, "precision": PRECISIONS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                problems.append(f"{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-        if unknown := [d for d in self.eval_domains if d not in DOMAINS]:
-            problems.append(f"eval_domains {','.join(self.eval_domains)}: unknown {unknown}; expected among "
-                            f"{', '.join(DOMAINS)}")
-        at_least = {"batch_size": 1, "prompt_rounds": 1, "volume_batch": 0, "checkpoint_every": 1,
-                    "keep_checkpoints": 1, "log_every": 1, "steps": 0, "warmup_steps": 0, "eval_every": 0,
-                    "val_slices": 0, "num_workers": 0, "phantom_cases_per_domain": 0,
-                    "cache_workers": 0}
-        for name, low in at_least.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                problems.append(f"{name} {value!r}: expected an integer ≥ {low}")
+        problems = super().problems() + ProcessGroup.problems(self) + settings.problems(self, TrainConfig)
         if self.steps == 0 and not (isinstance(self.epochs, (int, float)) and 0 < self.epochs < math.inf):
             problems.append(f"nothing to train: steps 0 and epochs {self.epochs!r} (need epochs > 0 or steps > 0)")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < math.inf):

@@ -1,7 +1,8 @@
 """A run's workdir is claimed before any compute: it must be writable, and a workdir that already holds a run keeps
 it. Its config.json is compared with this run's settings before anything is written: a run with progress
 (checkpoints or an adapter) resumes only with the same model, data and optimisation; the bookkeeping settings
-below may change between the runs (a longer run, another logging rate). config.json is then written atomically."""
+(declared `resume="may_change"`) may change between the runs (a longer run, another logging rate). config.json is
+then written atomically."""
 
 from __future__ import annotations
 
@@ -10,18 +11,17 @@ from pathlib import Path
 
 from absl import logging
 
+from sam_jax import settings
 from sam_jax.distributed import ProcessGroup
 from sam_jax.errors import SamJaxError
 from sam_jax.outputs import check_output_dir, write_atomic
 from sam_jax.training.config import TrainConfig
 
 CONFIG = "config.json"
-# What a resumed run may change: how long it runs, how it logs and saves, where the inputs now lie (the base
-# weights' identity is `base_sha256`, compared like every other setting) and how much work runs in parallel.
-MAY_CHANGE_ON_RESUME = frozenset({
-    "steps", "epochs", "checkpoint_every", "keep_checkpoints", "eval_every", "val_slices", "log_every",
-    "num_workers", "cache_workers", "eval_domains", "sam_weights", "cache_dir", "phantom_cases_per_domain",
-})
+# What a resumed run may change, the settings declared `resume="may_change"`: how long it runs, how it logs and
+# saves, where the inputs now lie (the base weights' identity is `base_sha256`, compared like every other setting)
+# and how much work runs in parallel.
+MAY_CHANGE_ON_RESUME = settings.names(TrainConfig, resume="may_change")
 # How the processes of a launch found each other (a new port each time) is no change to the run at all.
 LAUNCH = frozenset(f.name for f in dataclasses.fields(ProcessGroup))
 
