@@ -42,10 +42,9 @@ class TrainConfig(RunSpec, ProcessGroup):
     slice_policy: Literal[SLICE_POLICIES] = setting("tumour_plus", "Training slices; tumour_plus: the tumour slices "
                                                                    "and a fraction (empty_fraction) of the others.")
     empty_fraction: float = setting(0.1, "Fraction of tumour-free slices kept by tumour_plus.")
-    click_policy: Literal[CLICK_POLICIES] = setting("negative_on_empty", "Click on tumour-free slices: paper (a "
-                                                                         "random point labelled positive), "
-                                                                         "negative_on_empty (a background click in "
-                                                                         "the brain), skip_empty (none).")
+    click_policy: Literal[CLICK_POLICIES] = setting(
+        "negative_on_empty", "Click on tumour-free slices: paper (a random point labelled positive), "
+                             "negative_on_empty (a background click in the brain), skip_empty (none).")
     skip_bad_cases: bool = setting(False, "Log and skip unreadable or inconsistent cases instead of stopping.")
     cache_workers: int = setting(0, "Processes building the preprocessing cache (0: one per available CPU; 1: in "
                                     "this process).", at_least=0, resume="may_change")
