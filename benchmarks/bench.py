@@ -255,7 +255,7 @@ def _torch_case(case, batch):
 def _pipeline_case(case):
     import tempfile
 
-    from sam_jax.data.bench import measure
+    from benchmarks.data_pipeline import measure
     from sam_jax.data.cache import build_cache
     from sam_jax.data.phantom import write_phantom
 
@@ -309,8 +309,8 @@ def _label(r):
 
 
 def _annotate(results, hardware):
+    from benchmarks.flops import encoder_forward_flops, train_step_flops
     from sam_jax.config import sam_config
-    from sam_jax.training.flops import encoder_forward_flops, train_step_flops
 
     peak = next((v for k, v in PEAK_FLOPS.items() if k in hardware), None)
     torch_rate = {}
