@@ -174,3 +174,13 @@ def test_cudnn_setting_leaves_fp32_attention_to_xla():
     args = [jnp.asarray(x, jnp.float32) for x in (q, k, v, rel_h, rel_w)]
     out = attend(*args, kernel="cudnn")
     np.testing.assert_allclose(np.asarray(out), _reference(q, k, v, rel_h, rel_w), atol=1e-5)
+
+
+def test_cudnn_setting_leaves_odd_sequence_lengths_to_xla():
+    """JAX's cuDNN path refuses odd sequence lengths in training (a 3×3 window): they take the folded path, which
+    runs here on CPU where cuDNN would fail."""
+    q, k, v, rel_h, rel_w = _inputs(kh=3, kw=3, d=8)
+    args = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v, rel_h, rel_w)]
+    out = attend(*args, kernel="cudnn")
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), _reference(q, k, v, rel_h, rel_w), atol=3e-2)
