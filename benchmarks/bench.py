@@ -3,6 +3,8 @@ model FLOPs and MFU; encoder inference and whole-volume (155-slice) inference to
 
     python -m benchmarks.bench --preset cpu --output results.json # 2 CPU cores: ViT-B 256/512 (+1024 inference), ~5 min
     python -m benchmarks.bench --preset gpu --output results.json # one H100, ViT-B at 1024, < 8 minutes
+    python -m benchmarks.bench --preset gpu_quick --output results.json  # benchmarks/gpu_check.py's table, < 5 minutes
+    python -m benchmarks.bench --preset smoke --output results.json  # the tiny model at 64², any backend: plumbing
 
 Each group of cases runs in a fresh subprocess, one framework and one image size per group, cases in order of
 growing memory, so the process's peak RSS after a case is that case's peak (CPU). On GPU, JAX's figure is the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -41,11 +44,11 @@ PEAK_FLOPS = {"H100": {"bfloat16": 989e12, "float32": 494e12}, "H200": {"bfloat1
 
 
 def _case(framework, kind, size, batch, *, z=1, dtype="float32", attention="folded", remat=False, steps=3,
-          volume_slices=VOLUME_SLICES):
+          volume_slices=VOLUME_SLICES, model="vit_b"):
     """One measurement; `batch` may be a list of candidates tried largest first (the largest that fits wins)."""
     return dict(framework=framework, kind=kind, image_size=size, batch=batch, z=z, dtype=dtype,
                 attention=attention if framework == "jax" else "sam", remat=remat, steps=steps,
-                volume_slices=volume_slices)
+                volume_slices=volume_slices, model=model)
 
 
 def cpu_groups():
@@ -75,6 +78,28 @@ def gpu_groups():
               _case("jax", "train", 1024, [16, 8, 4], attention="folded", remat=True, **bf16),
               _case("jax", "train", 1024, [8, 4, 2], attention="folded", steps=5)]
     return [main, torch, levers, [dict(framework="host", kind="pipeline", batch=32, z=1)]]
+
+
+def gpu_quick_groups():
+    """The GPU configuration in short: encoder inference (bf16, cuDNN) and the LoRA train step (bf16, folded
+    attention, remat) at two batch sizes, ViT-B at 1024; PyTorch's bf16 step beside them when it is installed."""
+    bf16 = dict(dtype="bfloat16", steps=10)
+    ours = [_case("jax", "encode", 1024, 32, attention="cudnn", **bf16),
+            _case("jax", "train", 1024, 8, attention="folded", remat=True, **bf16),
+            _case("jax", "train", 1024, 16, attention="folded", remat=True, **bf16)]
+    return [ours, [_case("torch", "train", 1024, 8, dtype="bfloat16", steps=5)]]
+
+
+def smoke_groups():
+    """The tiny model at 64², one step each: every stage of a run (worker, compile, time, annotate, tables) in seconds
+    on any backend."""
+    tiny = dict(model="tiny", steps=1)
+    return [[_case("jax", "train", 64, 2, **tiny), _case("jax", "encode", 64, 2, **tiny)]]
+
+
+# preset → (its groups, the default --budget_s)
+PRESETS = {"cpu": (cpu_groups, 570), "gpu": (gpu_groups, 400), "gpu_quick": (gpu_quick_groups, 300),
+           "smoke": (smoke_groups, 120)}
 
 
 # ----------------------------------------------------------------------------------------------- measurements
@@ -120,7 +145,7 @@ def _jax_case(case, batch):
     from sam_jax.training.step import cast_floats, make_eval_forward, make_train_step
 
     size, z, dtype = case["image_size"], case["z"], jnp.dtype(case["dtype"])
-    step_cfg = TrainConfig(model_type="vit_b", image_size=size, attention=case["attention"],
+    step_cfg = TrainConfig(model_type=case["model"], image_size=size, attention=case["attention"],
                            remat_attention=case["remat"], cross_slice=z > 1, slices=z, loss="bce",
                            precision=case["dtype"])
     model = build_model(step_cfg.sam_config(), step_cfg, rngs=nnx.Rngs(0))
@@ -216,7 +241,7 @@ def _torch_case(case, batch):
     if not cuda:
         torch.set_num_threads(2)
     autocast = torch.bfloat16 if case["dtype"] == "bfloat16" else None
-    model = LoRASam(sam_config("vit_b", image_size=size)).to(device)
+    model = LoRASam(sam_config(case["model"], image_size=size)).to(device)
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 4, size, size, generator=gen).to(device)
     coords = (torch.rand(batch, 1, 2, generator=gen) * size).to(device)
@@ -255,7 +280,7 @@ def _torch_case(case, batch):
 def _pipeline_case(case):
     import tempfile
 
-    from sam_jax.data.bench import measure
+    from benchmarks.data_pipeline import measure
     from sam_jax.data.cache import build_cache
     from sam_jax.data.phantom import write_phantom
 
@@ -303,14 +328,15 @@ def run_worker(cases_file, lines_file, deadline):
 def _label(r):
     if r["kind"] == "pipeline":
         return f"host pipeline batch {r['batch']}"
-    return (f"{r['framework']} {r['kind']} {r['image_size']} b{r['batch']}"
+    model = "" if r["model"] == "vit_b" else f" {r['model']}"
+    return (f"{r['framework']}{model} {r['kind']} {r['image_size']} b{r['batch']}"
             + (f" z{r['z']}" if r["z"] > 1 else "") + f" {r['dtype']} {r['attention']}"
             + (" remat" if r["remat"] else ""))
 
 
 def _annotate(results, hardware):
+    from benchmarks.flops import encoder_forward_flops, train_step_flops
     from sam_jax.config import sam_config
-    from sam_jax.training.flops import encoder_forward_flops, train_step_flops
 
     peak = next((v for k, v in PEAK_FLOPS.items() if k in hardware), None)
     torch_rate = {}
@@ -321,7 +347,7 @@ def _annotate(results, hardware):
     for r in results:
         if "slices_per_s" not in r or r["kind"] == "pipeline":
             continue
-        config = sam_config("vit_b", image_size=r["image_size"], in_chans=4)
+        config = sam_config(r["model"], image_size=r["image_size"], in_chans=4)
         z = r["z"] if r["z"] > 1 else 0
         if r["kind"] == "train":
             per_slice = train_step_flops(config, 1, cross_slice_z=z)
@@ -372,7 +398,11 @@ def markdown(report):
 
 
 def _run_group(group, stem, preset, env, deadline):
-    """The group's cases in one fresh worker process; cases it did not finish come back with an error."""
+    """The group's cases in one fresh worker process; cases it did not finish come back with an error. PyTorch's
+    cases are skipped, each with a note, where PyTorch or segment_anything is not installed (a GPU image may lack
+    them; JAX's cases need neither)."""
+    if group[0]["framework"] == "torch" and not all(importlib.util.find_spec(m) for m in ("torch", "segment_anything")):
+        return [dict(c, error="skipped: torch or segment_anything is not installed") for c in group]
     cases_file, lines_file = stem.with_suffix(".cases.json"), stem.with_suffix(".lines.jsonl")
     cases_file.write_text(json.dumps(group))
     lines_file.unlink(missing_ok=True)
@@ -446,10 +476,10 @@ def _versions() -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=("cpu", "gpu"), required=True)
+    parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
     parser.add_argument("--output", default="results.json")
     parser.add_argument("--budget_s", type=float, default=None, help="Stop starting cases after this many seconds "
-                        "(default 570 cpu, 400 gpu).")
+                        "(default: " + ", ".join(f"{s} {p}" for p, (_, s) in PRESETS.items()) + ").")
     parser.add_argument("--repeat", type=int, default=1, help="Run every group this many times, interleaved, and "
                         "report each case's median round (a shared machine's speed drifts).")
     parser.add_argument("--worker", nargs=3, metavar=("CASES", "LINES", "DEADLINE"), help=argparse.SUPPRESS)
@@ -459,7 +489,8 @@ def main(argv=None):
     if args.worker:
         return run_worker(args.worker[0], args.worker[1], float(args.worker[2]))
     start = time.time()
-    deadline = start + (args.budget_s or (570 if args.preset == "cpu" else 400) * args.repeat)
+    make_groups, budget_s = PRESETS[args.preset]
+    deadline = start + (args.budget_s or budget_s * args.repeat)
     output = Path(args.output)
     hardware = _hardware()
     print(f"hardware: {hardware}", flush=True)
@@ -472,7 +503,7 @@ def main(argv=None):
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    groups = cpu_groups() if args.preset == "cpu" else gpu_groups()
+    groups = make_groups()
     rounds = []  # each round runs every group once, so slow spells of a shared machine hit both frameworks
     for r in range(args.repeat):
         rounds.append([])

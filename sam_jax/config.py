@@ -1,4 +1,4 @@
-"""Model configurations: SAM's three published sizes, plus tiny ones for tests.
+"""Model configurations: SAM's three published sizes, plus tiny ones for tests; SAM's pixel statistics.
 
 A config is a frozen dataclass, so it can be hashed, stored as checkpoint metadata and compared. The image size
 may differ from SAM's 1024: converted weights are resized to the new token grid when they are loaded
@@ -17,6 +17,11 @@ from sam_jax import settings
 # Attention kernels (`sam_jax.model.attention`); the list lives here, where the config is validated, because this
 # module imports nothing of the package but `settings` and the model's modules import it.
 ATTENTION_IMPLEMENTATIONS = ("plain", "folded", "cudnn")
+
+# The ImageNet statistics SAM normalises its 0–255 RGB input with (not stored in the checkpoint): here, beside SAM's
+# other facts, so the model and the data preparation (`sam_rgb`) read one copy without data importing the model.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ from sam_jax.data import cache as cache_module
 from sam_jax.data.brats import MODALITIES, find_cases, load_case
 from sam_jax.data.cache import Cache, build_cache
 from sam_jax.data.errors import BadCaseError, CacheError, SplitMismatchError
+from sam_jax.data.preprocess import volume_slices
 from sam_jax.data.split import load_split, make_split
 from sam_jax.errors import SamJaxError
 from sam_jax.training.config import TrainConfig
@@ -74,6 +75,23 @@ def test_zscore_over_brain_voxels(tmp_path, write_tiny_case):
     np.testing.assert_allclose(stored[brain], expected, atol=2.0**-10)
     assert np.all(stored[~brain] == 0)
 
+
+
+def test_sam_rgb_stretches_to_255_then_applies_sams_pixel_statistics():
+    """Zero-shot SAM's input: the brain percentiles stretched to 0–255, then segment_anything's ImageNet mean and
+    std (its `Sam.pixel_mean` / `pixel_std`, written out here from SAM's source)."""
+    rng = np.random.default_rng(0)
+    brain = np.zeros(SHAPE, bool)
+    brain[3:9, 1:9, 1:5] = True
+    modalities = ("t1n", "t2w", "t2f")
+    images = {m: np.where(brain, rng.uniform(10, 900, SHAPE), 0).astype(np.float32) for m in modalities}
+    slices = volume_slices(images, None, modalities, "sam_rgb", crop_to_brain=False).images
+    for c, (m, mean, std) in enumerate(zip(modalities, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))):
+        low, high = np.percentile(images[m][brain], [0.5, 99.5])
+        rgb = np.clip((images[m] - low) / (high - low), 0, 1) * 255
+        np.testing.assert_allclose(slices[..., c], ((rgb - mean) / std).transpose(2, 1, 0), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="sam_rgb needs 3 modalities"):
+        volume_slices({**images, "t1c": images["t1n"]}, None, (*modalities, "t1c"), "sam_rgb", crop_to_brain=False)
 
 def test_rebuild_is_incremental(tmp_path, write_tiny_case):
     for i in (1, 2):

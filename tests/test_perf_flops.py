@@ -2,8 +2,8 @@
 
 import pytest
 
+from benchmarks.flops import encoder_forward_flops, train_step_flops
 from sam_jax.config import SamConfig, sam_config
-from sam_jax.training.flops import encoder_forward_flops, train_step_flops
 
 
 def test_one_global_block_by_hand():

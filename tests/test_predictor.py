@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch_reference import assert_close, flax_twin, to_numpy, torch_sam
 
-from sam_jax.config import sam_config
-from sam_jax.model.sam import PIXEL_MEAN, PIXEL_STD
+from sam_jax.config import PIXEL_MEAN, PIXEL_STD, sam_config
 from sam_jax.predictor import SamPredictor, postprocess_masks, preprocess, resized_shape
 
 CONFIG = sam_config("tiny")

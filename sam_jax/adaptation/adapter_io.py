@@ -8,7 +8,6 @@ is never applied to another base or to a model adapted differently, and one file
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Mapping
 
@@ -19,6 +18,7 @@ from safetensors import safe_open
 from sam_jax.adaptation.config import AdaptationConfig
 from sam_jax.adaptation.errors import AdaptationError
 from sam_jax.adaptation.trainable_rules import parameter_paths, trainable_paths
+from sam_jax.hashing import file_sha256
 from sam_jax.weights.io import assign, read_arrays, save_arrays
 from sam_jax.weights.params import summarise_problems
 
@@ -40,14 +40,6 @@ def base_weights_sha256(path) -> str:
     except Exception as e:  # safetensors raises several types for a file that is not its format
         raise AdapterFileError(f"{path}: not a readable safetensors file ({e})") from None
     return source or file_sha256(path)
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_adapter(path, trainable_state: nnx.State, adaptation_config: AdaptationConfig, base_sha256: str,

@@ -14,6 +14,8 @@ import dataclasses
 
 import numpy as np
 
+from sam_jax.config import PIXEL_MEAN, PIXEL_STD
+
 NORMALISATIONS = ("zscore", "none", "sam_rgb")
 CLIP_PERCENTILES = (0.5, 99.5)
 
@@ -69,8 +71,6 @@ def volume_slices(images: dict[str, np.ndarray], seg: np.ndarray | None, modalit
     slices = np.stack([normalise(images[m], brain, normalisation)[crop].transpose(2, 1, 0) for m in modalities],
                       axis=-1)
     if normalisation == "sam_rgb":
-        from sam_jax.model.sam import PIXEL_MEAN, PIXEL_STD  # SAM's own statistics, for its RGB input only
-
         if slices.shape[-1] != len(PIXEL_MEAN):
             raise ValueError(f"normalisation sam_rgb needs {len(PIXEL_MEAN)} modalities, not {slices.shape[-1]}")
         slices = (slices - np.asarray(PIXEL_MEAN, np.float32)) / np.asarray(PIXEL_STD, np.float32)

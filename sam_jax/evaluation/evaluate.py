@@ -88,12 +88,12 @@ def columns(protocols, max_clicks: int) -> list[str]:
     return out
 
 
-def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCOLS, seed: int = 0,
+def evaluate_cases(segmenter, trained, cases, out_dir, *, protocols=PROTOCOLS, seed: int = 0,
                    max_clicks: int = NOC_MAX_CLICKS, save_predictions: bool = False, overlays: int = 0,
                    csv_name: str = CASES_CSV) -> list[dict]:
-    """Rows (one per case) also written to `out_dir/<csv_name>` (cases.csv) as they come. With the volumetric protocol,
-    `save_predictions` writes `predictions/<case>.nii.gz` in each case's geometry and `overlays` writes PNGs of the
-    first that many scored cases to `overlays/`."""
+    """Rows, one per CaseFiles of `cases`, also written to `out_dir/<csv_name>` (cases.csv) as they come. With the
+    volumetric protocol, `save_predictions` writes `predictions/<case>.nii.gz` in each case's geometry and `overlays`
+    writes PNGs of the first that many scored cases to `overlays/`."""
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise EvaluationError(f"unknown protocols {unknown}; expected some of {PROTOCOLS}")
@@ -103,7 +103,7 @@ def evaluate_cases(segmenter, trained, case_files, out_dir, *, protocols=PROTOCO
     with open(out_dir / csv_name, "w", newline="") as f:
         writer = csv.DictWriter(f, names, restval="")
         writer.writeheader()
-        for case_files in tqdm(case_files, desc="cases", unit="case", dynamic_ncols=True):
+        for case_files in tqdm(cases, desc="cases", unit="case", dynamic_ncols=True):
             tick = time.perf_counter()
             row = {"case": case_files.case_id, "domain": case_files.domain}
             try:

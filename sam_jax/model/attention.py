@@ -6,10 +6,10 @@ The kernel is a performance lever the model's config chooses (`SamConfig.attenti
 attends as a static attribute, so the blocks never change and jit keys on it: `plain` adds SAM's decomposed
 relative-position bias to the logits; `folded` puts that bias into longer query and key vectors instead,
 q' = [q/√d, rel_h, rel_w] and k' = [k, onehot(row), onehot(col)], so that q'·k' is exactly the biased logit and no
-N×N bias exists; `cudnn` runs the folded vectors through cuDNN's flash attention (GPU, bf16/fp16). `remat`
-recomputes the attention core in the backward pass instead of keeping its N×N probabilities. The XLA paths share
-`softmax_times_v`, whose backward uses flash attention's row-sum identity, and on CPU they take long attentions a
-cache-sized block of queries at a time.
+N×N bias exists; `cudnn` runs the folded vectors through cuDNN's flash attention (GPU, bf16/fp16, even sequence
+lengths; anything else takes the folded path). `remat` recomputes the attention core in the backward pass instead of
+keeping its N×N probabilities. The XLA paths share `softmax_times_v`, whose backward uses flash attention's row-sum
+identity, and on CPU they take long attentions a cache-sized block of queries at a time.
 """
 
 from __future__ import annotations
@@ -126,6 +126,11 @@ def _cudnn(q, k, v, rel_h, rel_w):
     if q.dtype not in (jnp.bfloat16, jnp.float16):
         # cuDNN's flash kernel takes 16-bit inputs only. The decoder stays in fp32 under bf16 training (its prompt
         # tokens carry fp32 Fourier features of pixel coordinates), and it is small: XLA runs it.
+        return _folded(q, k, v, rel_h, rel_w)
+    if q.shape[2] % 2 or k.shape[2] % 2:
+        # JAX's cuDNN path refuses odd sequence lengths under autodiff (jax 0.10-0.11 count its placeholder bias as a
+        # bias: "Unsupported sequence length Q 9, KV 9", seen on an H200): a small window (3x3) or an odd number of
+        # slices in the depth branch goes to XLA. ViT-B's 14x14 windows and 64x64 grid are even.
         return _folded(q, k, v, rel_h, rel_w)
     q, k = fold_rel_pos(q, k, rel_h, rel_w)
     d, width = v.shape[-1], q.shape[-1]

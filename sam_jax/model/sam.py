@@ -5,14 +5,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from sam_jax.config import SamConfig
+from sam_jax.config import PIXEL_MEAN, PIXEL_STD, SamConfig
 from sam_jax.model.image_encoder import ImageEncoderViT
 from sam_jax.model.mask_decoder import MaskDecoder
 from sam_jax.model.prompt_encoder import PromptEncoder
-
-# ImageNet statistics SAM normalises RGB with (not stored in the checkpoint).
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 class Sam(nnx.Module):

@@ -25,12 +25,13 @@ from tqdm import tqdm
 
 from sam_jax import distributed
 from sam_jax.adaptation import build_model, partition, save_adapter
-from sam_jax.adaptation.adapter_io import file_sha256, init_from_adapter
+from sam_jax.adaptation.adapter_io import init_from_adapter
 from sam_jax.data.brats import find_cases
 from sam_jax.data.cache import build_cache, default_cache_dir
 from sam_jax.data.phantom import write_phantom
 from sam_jax.data.pipeline import make_dataset, make_iterator, select_slices
 from sam_jax.errors import SamJaxError
+from sam_jax.hashing import file_sha256
 from sam_jax.outputs import OutputError, reporting_full_disk, write_atomic
 from sam_jax.training import checkpoint
 from sam_jax.training.config import TrainConfig

@@ -4,7 +4,8 @@
   resumed run appends to the same file);
 - `workdir/tensorboard/`: every numeric value as a TensorBoard scalar; `tensorboard --logdir WORKDIR/tensorboard`
   shows them. Tags: `val_<name>` → `val/<name>`, a key holding `/` as is, any other key → `train/<key>`; from
-  the training loop: train/loss, train/grad_norm, train/dice, train/epoch, train/slices_per_s, val/dice;
+  the training loop: train/loss and train/grad_norm (the step's metrics), train/epoch, train/slices_per_s,
+  val/dice;
 - on `close()`, `workdir/training_curve.png`: loss (and validation Dice, when logged) against step, drawn from the
   whole metrics.jsonl (`plot_curve` redraws it from any metrics.jsonl).
 

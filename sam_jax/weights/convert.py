@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Dict
 
 import numpy as np
 
 from sam_jax.config import sam_config
+from sam_jax.hashing import file_sha256
 from sam_jax.outputs import check_output_file
 from sam_jax.weights.io import save_arrays
 from sam_jax.weights.params import WeightsError, detect_model_type, model_shapes, torch_to_flax
 from sam_jax.weights.torch_checkpoint import read_torch_checkpoint
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def convert_checkpoint(checkpoint, output, model_type: str = "auto") -> Dict[str, str]:
@@ -42,7 +34,7 @@ def convert_checkpoint(checkpoint, output, model_type: str = "auto") -> Dict[str
         "encoder_embed_dim": str(config.encoder_embed_dim),
         "encoder_depth": str(config.encoder_depth),
         "source_file": Path(checkpoint).name,
-        "source_sha256": sha256_of(checkpoint),
+        "source_sha256": file_sha256(checkpoint),
         "num_parameters": str(sum(int(np.prod(a.shape)) for a in arrays.values())),
     }
     save_arrays(output, arrays, metadata)

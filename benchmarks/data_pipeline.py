@@ -1,8 +1,9 @@
 """Pipeline throughput from the cache, in samples (slice stacks) per second, after a warm-up that brings the cache
 into the page cache. Without --data_dir it writes and caches a small phantom in a temporary directory first.
 
-Usage: python -m sam_jax.data.bench [--data_dir DIR] [--cache_dir DIR] [--batch_size 32] [--z 1]
-       [--num_workers 0] [--num_threads 2] [--batches 400]"""
+    python benchmarks/data_pipeline.py [--data_dir DIR] [--cache_dir DIR] [--batch_size 32] [--z 1]
+        [--num_workers 0] [--num_threads 2] [--batches 400]
+"""
 
 from __future__ import annotations
 
