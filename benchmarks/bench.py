@@ -137,29 +137,23 @@ def _timed(fn, steps, warmup=2):
 def _jax_case(case, batch):
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
 
-    from sam_jax.adaptation import build_model, partition
     from sam_jax.training.config import TrainConfig
-    from sam_jax.training.step import cast_floats, make_eval_forward, make_train_step
+    from sam_jax.training.step import build_train_step, cast_floats, make_eval_forward
 
     size, z, dtype = case["image_size"], case["z"], jnp.dtype(case["dtype"])
     step_cfg = TrainConfig(model_type=case["model"], image_size=size, attention=case["attention"],
                            remat_attention=case["remat"], cross_slice=z > 1, slices=z, loss="bce",
-                           precision=case["dtype"])
-    model = build_model(step_cfg.sam_config(), step_cfg, rngs=nnx.Rngs(0))
-    graphdef, trainable, frozen = partition(model, "lora")
-    frozen = jax.device_put(cast_floats(frozen, dtype))
+                           precision=case["dtype"], trainable="lora", learning_rate=1e-4)
+    train = build_train_step(step_cfg)  # random weights (seed 0), Adam
+    graphdef, trainable, frozen = train.graphdef, train.trainable, jax.device_put(train.frozen)
     out = {}
     if case["kind"] == "train":
-        tx = optax.adam(1e-4)
-        state = [jax.device_put(trainable), None]
-        state[1] = tx.init(state[0])
+        state = [jax.device_put(trainable), jax.device_put(train.opt_state)]
         data = jax.device_put(_synthetic_batch(batch, z))
         rng = jax.random.key(0)
-        step = make_train_step(graphdef, tx, step_cfg)
-        compiled = step.lower(state[0], state[1], frozen, data, rng).compile()
+        compiled = train.step.lower(state[0], state[1], frozen, data, rng).compile()
         out.update(_compiled_figures(compiled))
         if out.get("compiled_bytes") and jax.devices()[0].platform == "gpu":
             limit = jax.devices()[0].memory_stats().get("bytes_limit", 0)

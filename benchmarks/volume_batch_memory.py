@@ -25,20 +25,16 @@ from bench import _compiled_figures, _synthetic_batch  # noqa: E402
 
 def compiled_bytes(k: int) -> int:
     import jax
-    import optax
-    from flax import nnx
 
-    from sam_jax.adaptation import build_model, partition
     from sam_jax.training.config import TrainConfig
-    from sam_jax.training.step import make_train_step
+    from sam_jax.training.step import build_train_step
 
     cfg = TrainConfig(model_type="vit_b", image_size=1024, loss="bce", loss_grid="input", resize="stretch",
-                      volume_batch=k, broadcast_clicks=True, precision="float32")
-    model = build_model(cfg.sam_config(), cfg, rngs=nnx.Rngs(0))
-    graphdef, trainable, frozen = partition(model, "lora")
-    tx = optax.adam(1e-4)
-    step = make_train_step(graphdef, tx, cfg)
-    lowered = step.lower(trainable, tx.init(trainable), frozen, _synthetic_batch(k, 1), jax.random.key(0))
+                      volume_batch=k, broadcast_clicks=True, precision="float32", trainable="lora",
+                      learning_rate=1e-4)
+    train = build_train_step(cfg)  # random weights (seed 0), Adam
+    lowered = train.step.lower(train.trainable, train.opt_state, train.frozen, _synthetic_batch(k, 1),
+                               jax.random.key(0))
     return _compiled_figures(lowered.compile())["compiled_bytes"]
 
 

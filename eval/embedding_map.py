@@ -11,7 +11,6 @@ import json
 
 import numpy as np
 from absl import app, flags
-from tqdm import tqdm
 
 from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
 from sam_jax.data import find_cases, load_case
@@ -21,6 +20,7 @@ from sam_jax.evaluation.figures import scatter_by_domain
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.outputs import check_output_dir
+from sam_jax.progress import progress_bar
 
 define_model_flags()
 flags.DEFINE_string("data_dir", "", "BraTS cases of several domains; default: the run's training data_dir.")
@@ -41,7 +41,7 @@ def main(argv):
         features, domains, case_ids = [], [], []
         data_dir = FLAGS.data_dir or trained.training.get("data_dir", "")
         cases = [c for d in DOMAINS for c in find_cases(data_dir, d)[:FLAGS.cases_per_domain]]
-        for case_files in tqdm(cases, desc="embeddings", unit="case"):
+        for case_files in progress_bar(cases, desc="embeddings", unit="case"):
             volume = prepare_volume(load_case(case_files), trained.spec)
             if volume.tumour is None:
                 continue

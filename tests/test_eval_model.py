@@ -68,7 +68,7 @@ def test_loaded_run_is_the_trained_adapter_on_the_same_random_base(trained, tiny
     adapter, _ = read_arrays(Path(tiny_trained_run) / "adapter.safetensors")
     assert all(np.array_equal(loaded[k], v) for k, v in adapter.items())
     # The frozen base is rebuilt from the run's seed: identical to the one training started from.
-    _, _, frozen, _ = build(TrainConfig.load(tiny_trained_run))
+    frozen = build(TrainConfig.load(tiny_trained_run))[0].frozen
     frozen = _flat(frozen)
     assert frozen and all(np.array_equal(loaded[k], v) for k, v in frozen.items())
 

@@ -9,12 +9,12 @@ import torch
 from flax import nnx
 from torch_reference import assert_close, flax_twin, torch_sam
 
-from sam_jax.adaptation import AdaptationConfig, adapt, partition
+from sam_jax.adaptation import AdaptationConfig, adapt
 from sam_jax.config import sam_config
 from sam_jax.model import Sam, attention
 from sam_jax.model.attention import attend, fold_rel_pos
 from sam_jax.training.config import TrainConfig
-from sam_jax.training.step import cast_floats, make_train_step
+from sam_jax.training.step import build_train_step
 
 CONFIG = sam_config("tiny")
 
@@ -130,12 +130,10 @@ def test_folded_blocks_keep_parity_with_pytorch_sam(index):
 def _one_step(attention, remat, dtype="float32"):
     config = CONFIG.replace(attention=attention, remat_attention=remat)
     model = adapt(Sam(config, rngs=nnx.Rngs(0)), AdaptationConfig(lora_rank=2, cross_slice=True), rngs=nnx.Rngs(1))
-    graphdef, trainable, frozen = partition(model, "lora")
+    train = build_train_step(TrainConfig(image_size=CONFIG.image_size, loss="bce", precision=dtype,
+                                         trainable="lora"), model, optax.sgd(1.0))
     # A non-zero LoRA B and gate, so that gradients reach every leaf.
-    trainable = jax.tree.map(lambda x: x + 0.01, trainable)
-    tx = optax.sgd(1.0)
-    step = make_train_step(graphdef, tx, TrainConfig(image_size=CONFIG.image_size, loss="bce", precision=dtype))
-    frozen = cast_floats(frozen, dtype)
+    trainable = jax.tree.map(lambda x: x + 0.01, train.trainable)
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(1, 2, 40, 40, 4)).astype(np.float32),
              "mask": (rng.random((1, 2, 40, 40)) > 0.5).astype(np.uint8),
@@ -143,7 +141,7 @@ def _one_step(attention, remat, dtype="float32"):
              "point_coords": rng.uniform(0, 36, (1, 2, 1, 2)).astype(np.float32),
              "point_labels": np.ones((1, 2, 1), np.int32)}
     before = jax.tree.map(jnp.copy, trainable)
-    after, _, metrics = step(trainable, tx.init(trainable), frozen, batch, jax.random.key(0))
+    after, _, metrics = train.step(trainable, train.opt_state, train.frozen, batch, jax.random.key(0))
     return metrics["loss"], jax.tree.map(lambda a, b: a - b, after, before)
 
 

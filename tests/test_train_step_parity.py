@@ -22,12 +22,12 @@ from torch_reference import _randomise, state_dict_numpy, to_numpy
 from torch_sam_lora import LoRASam
 from torch_sam_lora import make_train_step as torch_train_step
 
-from sam_jax.adaptation import AdaptationConfig, build_model, partition
+from sam_jax.adaptation import AdaptationConfig, build_model
 from sam_jax.adaptation.lora import QKV_SECTIONS
 from sam_jax.config import sam_config
 from sam_jax.model.frame import target_to_low_res, to_model_frame
 from sam_jax.training.config import TrainConfig
-from sam_jax.training.step import make_train_step
+from sam_jax.training.step import build_train_step
 from sam_jax.weights.io import assign
 from sam_jax.weights.params import flax_path, torch_to_flax
 
@@ -40,11 +40,6 @@ GROUPS = {"LoRA": ".lora_", "patch embed": "image_encoder.patch_embed.", "mask d
 # each side's update against Adam's step on its own gradient, but not the two updates against each other.
 SIGN_FLOOR = 2 * REL
 EPS = 1e-8
-
-
-def _jax_step(graphdef, tx, image_size):
-    """The step under test, as a paper run configures it: BCE, fp32, one click, one mask."""
-    return make_train_step(graphdef, tx, TrainConfig(model_type="tiny", image_size=image_size, loss="bce"))
 
 
 def _keep_gradients():
@@ -116,7 +111,6 @@ def stepped():
     arrays = _ours({k: v.copy() for k, v in state_dict_numpy(ref).items()}, shapes)  # JAX may alias NumPy
     assert set(arrays) == set(shapes), sorted(set(arrays) ^ set(shapes))  # every variable filled, nothing extra
     assign(model, arrays)
-    graphdef, trainable, frozen = partition(model, "lora")
 
     batch = _batch()
     s = CONFIG.image_size
@@ -127,10 +121,12 @@ def stepped():
     target = np.array(jax.jit(target_to_low_res, static_argnums=2)(batch["mask"][:, 0], batch["valid_hw"], s))
     assert target.shape == (2, s // 4, s // 4) and ((target > 0) & (target < 1)).any()  # soft at the edges
 
-    tx = optax.chain(_keep_gradients(), optax.adam(LR))
-    ours = {"before": _flat(trainable)}
-    new, opt_state, metrics = _jax_step(graphdef, tx, s)(trainable, tx.init(trainable), frozen,
-                                                         jax.device_put(batch), jax.random.key(0))
+    # The step under test, as a paper run configures it: LoRA, BCE, fp32, one click, one mask.
+    train = build_train_step(TrainConfig(model_type="tiny", image_size=s, loss="bce", trainable="lora"), model,
+                             optax.chain(_keep_gradients(), optax.adam(LR)))
+    ours = {"before": _flat(train.trainable)}
+    new, opt_state, metrics = train.step(train.trainable, train.opt_state, train.frozen, jax.device_put(batch),
+                                         jax.random.key(0))
     ours.update(after=_flat(new), grad=_flat(opt_state[0]), loss=float(metrics["loss"]))
 
     theirs = {"before": _torch_trainable(ref, shapes)}

@@ -36,7 +36,7 @@ def _adapter(workdir):
 
 def test_steps_train_exactly_the_trainable_leaves(base_config, tmp_path, monkeypatch):
     cfg = base_config.replace(workdir=str(tmp_path / "run"))
-    _, initial_trainable, initial_frozen, _ = build(cfg)
+    initial_trainable = build(cfg)[0].trainable
     # Scores are those of a stand-in that predicts nothing (the model's forward still runs): per volume, the paper's
     # score is then exactly its share of slices without tumour, and the Dice over tumour slices 0.
     scored = {}

@@ -81,3 +81,39 @@ def test_the_best_validation_checkpoint_is_kept_and_found(tmp_path):
     restored = checkpoint.restore_state(mngr, 2, state)
     np.testing.assert_array_equal(restored["trainable"]["w"], np.full(3, 2.0))
     mngr.close()
+
+
+def _steps(cadence, rule):
+    return [s for s in range(1, cadence.total_steps + 1) if rule(s)]
+
+
+def test_cadence_by_hand_on_epochs_of_three_steps():
+    """Epochs of 3 steps (3 slices, batch 1), 7 steps, a log line every 2, a checkpoint every 5."""
+    from sam_jax.training.cadence import Cadence
+    from sam_jax.training.config import TrainConfig
+
+    cfg = TrainConfig(steps=7, batch_size=1, log_every=2, checkpoint_every=5)
+    per_epoch = Cadence.of(cfg, slices_per_epoch=3, validation=True)
+    assert per_epoch.total_steps == 7
+    assert _steps(per_epoch, per_epoch.validates) == [3, 6, 7]  # two epoch ends, and the last step
+    assert _steps(per_epoch, per_epoch.logs) == [2, 3, 4, 6, 7]  # every 2nd, and every validation's Dice
+    assert _steps(per_epoch, per_epoch.checkpoints) == [3, 5, 6, 7]  # the 5th, the last, every validation
+    every_2 = Cadence.of(cfg.replace(eval_every=2), slices_per_epoch=3, validation=True)
+    assert _steps(every_2, every_2.validates) == [2, 4, 6, 7]
+    assert _steps(every_2, every_2.checkpoints) == [2, 4, 5, 6, 7]
+    unvalidated = Cadence.of(cfg, slices_per_epoch=3, validation=False)
+    assert _steps(unvalidated, unvalidated.validates) == []
+    assert _steps(unvalidated, unvalidated.logs) == [2, 4, 6]
+    assert _steps(unvalidated, unvalidated.checkpoints) == [5, 7]
+
+
+def test_cadence_when_epochs_end_inside_a_batch():
+    """5 slices per epoch, batches of 2, 2.5 epochs: 12.5 slices → 7 steps. Step s ends at slice 2s: the 1st epoch
+    ends in step 3 (slices 5-6), the 2nd in step 5 (slices 9-10); step 7 is the last."""
+    from sam_jax.training.cadence import Cadence
+    from sam_jax.training.config import TrainConfig
+
+    cadence = Cadence.of(TrainConfig(steps=0, epochs=2.5, batch_size=2), slices_per_epoch=5, validation=True)
+    assert cadence.total_steps == 7
+    assert _steps(cadence, cadence.validates) == [3, 5, 7]
+    assert cadence.epoch(7) == 14 / 5

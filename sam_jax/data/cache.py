@@ -35,12 +35,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from tqdm import tqdm
 
 from sam_jax.data import split as split_lib
 from sam_jax.data.brats import MODALITIES, CaseFiles, find_cases, load_case
 from sam_jax.data.errors import BadCaseError, CacheError, CaseFault
 from sam_jax.data.preprocess import volume_slices
+from sam_jax.progress import progress_bar
 
 FORMAT_VERSION = 2
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def _build_all(jobs: list[tuple], workers: int, skip_bad_cases: bool, cache_dir:
     workers = _worker_count(workers, len(jobs))
     results, start = {}, time.perf_counter()
     with (
-        tqdm(total=len(jobs), unit="case", desc=f"caching {cache_dir.name}", disable=not jobs) as bar,
+        progress_bar(total=len(jobs), unit="case", desc=f"caching {cache_dir.name}", disable=not jobs) as bar,
         contextlib.closing(_outcomes(jobs, workers)) as outcomes,
     ):
         try:

@@ -10,17 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tqdm import tqdm
-
 from sam_jax.data.brats import DOMAINS, check_case, empty_segmentation, find_cases
 from sam_jax.data.errors import CaseFault
+from sam_jax.progress import progress_bar
 
 
 def validate(data_dir, domain: str | None = None, require_seg: bool = True):
     """(number of cases, {case id: faults} for the bad ones, ids of the cases with an empty segmentation)."""
     cases = find_cases(data_dir, domain)
     bad, empty = {}, []
-    for case_files in tqdm(cases, desc="validate", unit="case", dynamic_ncols=True, disable=len(cases) < 20):
+    for case_files in progress_bar(cases, desc="validate", unit="case", disable=len(cases) < 20):
         case, faults = check_case(case_files, require_seg)
         if faults:
             bad[case_files.case_id] = faults

@@ -18,7 +18,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from sam_jax.data import DataError, load_case, save_prediction
 from sam_jax.data.brats import empty_segmentation
@@ -31,6 +30,7 @@ from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.evaluation.volumetric import volumetric_scores
 from sam_jax.metrics import NOC_MAX_CLICKS, MetricInputError, clicks_to_reach
 from sam_jax.outputs import check_output_dir, write_atomic
+from sam_jax.progress import progress_bar
 
 PROTOCOLS = ("paper", "volumetric", "interactive")
 CASES_CSV = "cases.csv"
@@ -103,7 +103,7 @@ def evaluate_cases(segmenter, trained, cases, out_dir, *, protocols=PROTOCOLS, s
     with open(out_dir / csv_name, "w", newline="") as f:
         writer = csv.DictWriter(f, names, restval="")
         writer.writeheader()
-        for case_files in tqdm(cases, desc="cases", unit="case", dynamic_ncols=True):
+        for case_files in progress_bar(cases, desc="cases", unit="case"):
             tick = time.perf_counter()
             row = {"case": case_files.case_id, "domain": case_files.domain}
             try:

@@ -1,5 +1,7 @@
 """The training run: check inputs, cache the data, build and partition the model, train with resumable checkpoints,
-validate, export the adapter, score every domain. `train/main.py` is flags around `train_and_evaluate`.
+validate, export the adapter, score every domain. `train/main.py` is flags around `train_and_evaluate`: `setup`
+(inputs, data, model, restore), `train` (the steps, at the cadence of `sam_jax.training.cadence`), `finish`
+(adapters, scores, summary.json).
 
 With --distributed the run spans processes (`sam_jax.distributed`): --batch_size is the global batch, split evenly
 over every device of every process, each process loading its own block of every batch; the learning rate applies
@@ -9,34 +11,37 @@ writes config.json, the logs, the adapters and summary.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import grain
 import jax
-import jax.numpy as jnp
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from sam_jax import distributed
-from sam_jax.adaptation import build_model, partition, save_adapter
+from sam_jax.adaptation import save_adapter
 from sam_jax.adaptation.adapter_io import init_from_adapter
 from sam_jax.data.brats import find_cases
-from sam_jax.data.cache import build_cache, default_cache_dir
+from sam_jax.data.cache import Cache, build_cache, default_cache_dir
 from sam_jax.data.phantom import write_phantom
 from sam_jax.data.pipeline import make_dataset, make_iterator, select_slices
 from sam_jax.errors import SamJaxError
 from sam_jax.hashing import file_sha256
 from sam_jax.outputs import OutputError, reporting_full_disk, write_atomic
+from sam_jax.progress import progress_bar
 from sam_jax.training import checkpoint
+from sam_jax.training.cadence import Cadence
 from sam_jax.training.config import TrainConfig
 from sam_jax.training.run_log import RunLog
-from sam_jax.training.step import cast_floats, make_eval_forward, make_train_step
+from sam_jax.training.step import TrainStep, build_train_step, initial_model, make_eval_forward, optimizer
 from sam_jax.training.validate import low_res_predictions, paper_dice
 from sam_jax.training.workdir import claim as claim_workdir
 from sam_jax.weights.io import read_metadata
@@ -119,20 +124,15 @@ def prepare_data(cfg: TrainConfig):
     return cache, train_ids, val_ids, eval_sets, warnings
 
 
-def build(cfg: TrainConfig):
-    """The adapted model split into (graphdef, trainable, frozen), and the frozen parameters it inherited from
-    `--init_adapter` (path → array), which its adapter file must carry too."""
-    model = build_model(cfg.sam_config(), cfg, sam_weights=cfg.sam_weights or None, rngs=nnx.Rngs(cfg.seed))
+def build(cfg: TrainConfig, tx: optax.GradientTransformation | None = None) -> tuple[TrainStep, dict]:
+    """The run's train step (`build_train_step`) on its model, filled from SAM's weights, then from
+    `--init_adapter`; and the frozen parameters inherited from that adapter (path → array), which this run's adapter
+    file must carry too."""
+    model = initial_model(cfg)
     from_parent = init_from_adapter(model, cfg.init_adapter, cfg.base_sha256) if cfg.init_adapter else {}
-    graphdef, trainable, frozen = partition(model, cfg.trainable)
-    trained = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable)}
-    return graphdef, trainable, frozen, {p: a for p, a in from_parent.items() if p not in trained}
-
-
-def optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    lr = cfg.learning_rate if cfg.schedule == "constant" else optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1))
-    return optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(lr)
+    train_step = build_train_step(cfg, model, tx)
+    trained = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(train_step.trainable)}
+    return train_step, {p: a for p, a in from_parent.items() if p not in trained}
 
 
 def _resumes_from(workdir: Path) -> str:
@@ -143,149 +143,219 @@ def _resumes_from(workdir: Path) -> str:
             "there once the disk has room.")
 
 
-def train_and_evaluate(cfg: TrainConfig) -> dict:
-    """Train (or resume) in `cfg.workdir`; returns the final per-domain scores (also in workdir/summary.json)."""
+@dataclasses.dataclass
+class Run:
+    """A run set up to train (`setup`): its data, model, checkpoints and where it stands (`trainable`, `opt_state`,
+    `step`, updated by `train`)."""
+    cfg: TrainConfig
+    workdir: Path
+    writer: bool  # process 0: writes the logs, adapters and summary
+    cache: Cache
+    val_ids: list[str]
+    eval_sets: dict[str, list[str]]
+    warnings: list[str]
+    cadence: Cadence
+    iterator: Any  # the training batches, checkpointed with the state
+    shard: grain.sharding.ShardOptions
+    batch_sharding: NamedSharding
+    train_step: Callable
+    eval_forward: Callable
+    frozen: nnx.State  # replicated on every device for the whole run
+    inherited: dict  # frozen arrays taken from --init_adapter (path → array)
+    mngr: ocp.CheckpointManager
+    trainable: nnx.State
+    opt_state: Any
+    step: int
+    key: jax.Array
+    last_saved: int | None  # the newest checkpoint's step, named when the loss turns NaN
+
+    def put(self, batch):
+        """This process's block of rows → the global batch."""
+        local = {k: v for k, v in batch.items() if k not in ("case_index", "slice_index")}
+        return distributed.global_batch(local, self.batch_sharding, len(batch["image"]) * jax.process_count())
+
+    def predictions(self, trainable, ids, max_slices=0):
+        cfg = self.cfg
+        return low_res_predictions(lambda b, r: self.eval_forward(trainable, self.frozen, b, r), self.cache, ids,
+                                   modalities=cfg.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
+                                   seed=cfg.seed, max_slices=max_slices, put=self.put, shard=self.shard,
+                                   to_host=distributed.to_host, gather_rows=distributed.gather_rows)
+
+    def validate(self) -> float:
+        return paper_dice(self.predictions(self.trainable, self.val_ids, self.cfg.val_slices))["mean"]
+
+    def state(self) -> dict:
+        """What a checkpoint holds besides the data iterator."""
+        return {"trainable": self.trainable, "opt_state": self.opt_state, "step": self.step,
+                "rng": jax.random.key_data(self.key)}
+
+
+class Best(NamedTuple):
+    """The checkpoint of the best validation Dice."""
+    step: int
+    val_dice: float
+    trainable: nnx.State
+
+
+def _claim_and_prepare(cfg: TrainConfig, writer: bool):
+    """The workdir and `prepare_data`'s results: process 0 claims the workdir and writes the phantom and the cache,
+    once; the others then read what it wrote."""
+    if writer:
+        workdir = claim_workdir(cfg)
+        data = prepare_data(cfg)
+    distributed.barrier("data ready")
+    if not writer:
+        workdir = Path(cfg.workdir)
+        data = prepare_data(cfg)
+    return workdir, data
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Check, cache, build, and restore the latest checkpoint if there is one."""
     distributed.initialize(cfg)
     check_inputs(cfg)
     cfg = cfg.with_absolute_paths()
     writer = distributed.is_writer()
-    if writer:
-        workdir = claim_workdir(cfg)
-        cache, train_ids, val_ids, eval_sets, warnings = prepare_data(cfg)  # writes the phantom and the cache, once
-    distributed.barrier("data ready")
-    if not writer:
-        workdir = Path(cfg.workdir)
-        cache, train_ids, val_ids, eval_sets, warnings = prepare_data(cfg)  # reads what process 0 wrote
+    workdir, (cache, train_ids, val_ids, eval_sets, warnings) = _claim_and_prepare(cfg, writer)
     selection = dict(slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy,
                      seed=cfg.seed)
     # One epoch visits every selected slice (every case, with --volume_batch) once; the stream repeats forever and
     # batches run across epoch ends.
     slices_per_epoch = len(train_ids) if cfg.volume_batch else len(select_slices(cache, train_ids, **selection))
-    total_steps = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * slices_per_epoch / cfg.batch_size)
-    if cfg.schedule == "cosine" and cfg.warmup_steps >= total_steps:
-        raise TrainingError(f"--warmup_steps {cfg.warmup_steps} ≥ the run's {total_steps} steps ({cfg.epochs} epochs "
-                            f"of {slices_per_epoch} slices): it would end warming up")
+    cadence = Cadence.of(cfg, slices_per_epoch, validation=bool(val_ids))
+    if cfg.schedule == "cosine" and cfg.warmup_steps >= cadence.total_steps:
+        raise TrainingError(f"--warmup_steps {cfg.warmup_steps} ≥ the run's {cadence.total_steps} steps "
+                            f"({cfg.epochs} epochs of {slices_per_epoch} slices): it would end warming up")
     shard = grain.sharding.ShardByJaxProcess()  # this process's block of every batch
     train_data = make_dataset(cache, train_ids, z=cfg.slices, modalities=cfg.modalities, batch_size=cfg.batch_size,
                               volume_batch=cfg.volume_batch, drop_remainder=True, shard=shard, **selection)
     iterator = make_iterator(train_data, num_workers=cfg.num_workers)
-    logging.info("%d training slices per epoch, %d steps of %d", slices_per_epoch, total_steps, cfg.batch_size)
+    logging.info("%d training slices per epoch, %d steps of %d", slices_per_epoch, cadence.total_steps,
+                 cfg.batch_size)
 
-    def epoch(step):
-        return step * cfg.batch_size // slices_per_epoch
-
-    def validates_at(step):
-        if not val_ids:
-            return False
-        if step == total_steps:
-            return True
-        return step % cfg.eval_every == 0 if cfg.eval_every else epoch(step) > epoch(step - 1)
-
-    graphdef, trainable, frozen, inherited = build(cfg)
+    train_step, inherited = build(cfg, optimizer(cfg, cadence.total_steps))
     mesh = distributed.data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    dtype = jnp.dtype(cfg.precision)
-    # Replicated once; stays on the devices for the whole run.
-    frozen = distributed.replicate(cast_floats(frozen, dtype), replicated)
-    tx = optimizer(cfg, total_steps)
-    state = distributed.replicate({"trainable": trainable, "opt_state": tx.init(trainable), "step": 0,
+    state = distributed.replicate({"trainable": train_step.trainable, "opt_state": train_step.opt_state, "step": 0,
                                    "rng": jax.random.key_data(jax.random.key(cfg.seed))}, replicated)
     mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
     restored = checkpoint.restore_latest(mngr, state, iterator)  # every process: the same step, its own iterator
     if restored is not None:
         state = restored
         logging.info("resumed from step %d in %s", int(distributed.to_host(state["step"])), workdir)
-    train_step = make_train_step(graphdef, tx, cfg)
-    eval_forward = make_eval_forward(graphdef, cfg)
+    return Run(cfg=cfg, workdir=workdir, writer=writer, cache=cache, val_ids=val_ids, eval_sets=eval_sets,
+               warnings=warnings, cadence=cadence, iterator=iterator, shard=shard,
+               batch_sharding=NamedSharding(mesh, PartitionSpec("data")), train_step=train_step.step,
+               eval_forward=make_eval_forward(train_step.graphdef, cfg),
+               frozen=distributed.replicate(train_step.frozen, replicated), inherited=inherited, mngr=mngr,
+               trainable=state["trainable"], opt_state=state["opt_state"],
+               step=int(distributed.to_host(state["step"])), key=jax.random.wrap_key_data(state["rng"]),
+               last_saved=mngr.latest_step())
 
-    def put(batch):  # this process's block of rows → the global batch
-        local = {k: v for k, v in batch.items() if k not in ("case_index", "slice_index")}
-        return distributed.global_batch(local, batch_sharding, len(batch["image"]) * jax.process_count())
 
-    def predictions(trainable_now, ids, max_slices=0):
-        return low_res_predictions(lambda b, r: eval_forward(trainable_now, frozen, b, r), cache, ids,
-                                   modalities=cfg.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
-                                   seed=cfg.seed, max_slices=max_slices, put=put, shard=shard,
-                                   to_host=distributed.to_host, gather_rows=distributed.gather_rows)
+def _train_one_step(run: Run, progress, run_log: RunLog | None, speed) -> None:
+    """One step, then what the cadence asks for at it: validation, a log line, a checkpoint."""
+    batch = next(run.iterator)
+    run.trainable, run.opt_state, metrics = run.train_step(run.trainable, run.opt_state, run.frozen, run.put(batch),
+                                                           jax.random.fold_in(run.key, run.step))
+    run.step += 1
+    step = run.step
+    metrics = {k: float(distributed.to_host(v)) for k, v in metrics.items()}
+    loss = metrics["loss"]
+    if not math.isfinite(loss):
+        raise TrainingError(f"the loss became {loss} at step {step}; training stopped. The last good "
+                            f"checkpoint is step {run.last_saved} in {run.workdir / 'checkpoints'}"
+                            if run.last_saved is not None else
+                            f"the loss became {loss} at step {step}, before any checkpoint was saved")
+    slices_per_s = speed(step)
+    progress.update(1)
+    progress.set_postfix(loss=f"{loss:.4f}", slices_per_s=f"{slices_per_s:.1f}", refresh=False)
+    record = {"step": step, "epoch": run.cadence.epoch(step), **metrics}
+    if run.cadence.validates(step):
+        record["val_dice"] = run.validate()
+    if run.writer and run.cadence.logs(step):
+        record["slices_per_s"] = slices_per_s
+        run_log.write(step, record)
+    if run.cadence.checkpoints(step):
+        val = record.get("val_dice")
+        checkpoint.save(run.mngr, step, run.state(), run.iterator,
+                        metrics=None if val is None else {checkpoint.BEST_METRIC: val})
+        run.last_saved = step
 
-    def validate(trainable_now):
-        return paper_dice(predictions(trainable_now, val_ids, cfg.val_slices))["mean"]
 
-    trainable, opt_state = state["trainable"], state["opt_state"]
-    step, key = int(distributed.to_host(state["step"])), jax.random.wrap_key_data(state["rng"])
-    run_log = RunLog(workdir, resumed_at=step) if writer else None
-    last_good = mngr.latest_step()
-    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0,
-                    disable=not writer)
-    tick, samples = time.perf_counter(), 0
+def _best(run: Run) -> Best | None:
+    """The best validation checkpoint, once every save has finished."""
+    with reporting_full_disk(run.workdir / "checkpoints"):
+        run.mngr.wait_until_finished()
+    best = checkpoint.best_step(run.mngr)
+    if best is None:
+        return None
+    restored = checkpoint.restore_state(run.mngr, best, run.state())
+    return Best(best, float(run.mngr.metrics(best)[checkpoint.BEST_METRIC]), restored["trainable"])
+
+
+def train(run: Run) -> Best | None:
+    """Steps from where `run` stands to its last; returns the best validation checkpoint, if any. A full disk stops
+    the run with what the same command resumes from."""
+    cfg = run.cfg
+    run_log = RunLog(run.workdir, resumed_at=run.step) if run.writer else None
+    progress = progress_bar(total=run.cadence.total_steps, initial=run.step, desc="train", unit="step",
+                            disable=not run.writer)
+    first_step, tick = run.step, time.perf_counter()
+
+    def speed(step):  # slices per second since this process started training
+        samples = (step - first_step) * (cfg.volume_batch or cfg.batch_size) * cfg.slices
+        return samples / max(time.perf_counter() - tick, 1e-9)
+
     try:
-        while step < total_steps:
-            batch = next(iterator)
-            trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, put(batch),
-                                                       jax.random.fold_in(key, step))
-            step += 1
-            metrics = {k: float(distributed.to_host(v)) for k, v in metrics.items()}
-            loss = metrics["loss"]
-            if not math.isfinite(loss):
-                raise TrainingError(f"the loss became {loss} at step {step}; training stopped. The last good "
-                                    f"checkpoint is step {last_good} in {workdir / 'checkpoints'}"
-                                    if last_good is not None else
-                                    f"the loss became {loss} at step {step}, before any checkpoint was saved")
-            samples += (cfg.volume_batch or cfg.batch_size) * cfg.slices
-            elapsed = time.perf_counter() - tick
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}", slices_per_s=f"{samples / max(elapsed, 1e-9):.1f}")
-            record = {"step": step, "epoch": step * cfg.batch_size / slices_per_epoch,
-                      **metrics}
-            if validates_at(step):
-                record["val_dice"] = validate(trainable)
-            if writer and (step % cfg.log_every == 0 or "val_dice" in record):
-                record["slices_per_s"] = samples / max(elapsed, 1e-9)
-                run_log.write(step, record)
-            if step % cfg.checkpoint_every == 0 or step == total_steps or "val_dice" in record:
-                val = record.get("val_dice")
-                checkpoint.save(mngr, step, {"trainable": trainable, "opt_state": opt_state, "step": step,
-                                             "rng": jax.random.key_data(key)}, iterator,
-                                metrics=None if val is None else {checkpoint.BEST_METRIC: val})
-                last_good = step
-        with reporting_full_disk(workdir / "checkpoints"):
-            mngr.wait_until_finished()
-        best = checkpoint.best_step(mngr)
-        if best is not None:
-            best_val_dice = float(mngr.metrics(best)[checkpoint.BEST_METRIC])
-            best_state = checkpoint.restore_state(mngr, best, {"trainable": trainable, "opt_state": opt_state,
-                                                               "step": step, "rng": jax.random.key_data(key)})
+        while run.step < run.cadence.total_steps:
+            _train_one_step(run, progress, run_log, speed)
+        return _best(run)
     except OutputError as e:
-        raise TrainingError(f"{e}\n{_resumes_from(workdir)}") from None
+        raise TrainingError(f"{e}\n{_resumes_from(run.workdir)}") from None
     finally:
         progress.close()
         if run_log is not None:
             run_log.close()
         try:
-            checkpoint.finish(mngr)
+            checkpoint.finish(run.mngr)
         except OutputError as e:
-            raise TrainingError(f"{e}\n{_resumes_from(workdir)}") from None
+            raise TrainingError(f"{e}\n{_resumes_from(run.workdir)}") from None
 
-    lineage = dict(inherited=inherited, parent_sha256=file_sha256(cfg.init_adapter) if inherited else "")
+
+def _export_adapters(run: Run, best: Best | None) -> None:
+    cfg = run.cfg
+    lineage = dict(inherited=run.inherited, parent_sha256=file_sha256(cfg.init_adapter) if run.inherited else "")
     spec = cfg.spec()
-    if writer:
-        try:
-            save_adapter(workdir / "adapter.safetensors", jax.tree.map(distributed.to_host, trainable), spec,
-                         cfg.base_sha256, **lineage)
-            if best is not None:  # the model the paper reports: best validation Dice
-                save_adapter(workdir / "adapter_best.safetensors",
-                             jax.tree.map(distributed.to_host, best_state["trainable"]), spec, cfg.base_sha256,
-                             **lineage)
-        except OutputError as e:
-            raise TrainingError(f"{e}\n{_resumes_from(workdir)}") from None
-    scores = {domain: paper_dice(predictions(trainable, ids)) for domain, ids in eval_sets.items()}
-    summary = {"steps": step, "epochs": step * cfg.batch_size / slices_per_epoch, "best_step": best,
-               "best_val_dice": None if best is None else best_val_dice,
+    try:
+        save_adapter(run.workdir / "adapter.safetensors", jax.tree.map(distributed.to_host, run.trainable), spec,
+                     cfg.base_sha256, **lineage)
+        if best is not None:  # the model the paper reports: best validation Dice
+            save_adapter(run.workdir / "adapter_best.safetensors", jax.tree.map(distributed.to_host, best.trainable),
+                         spec, cfg.base_sha256, **lineage)
+    except OutputError as e:
+        raise TrainingError(f"{e}\n{_resumes_from(run.workdir)}") from None
+
+
+def finish(run: Run, best: Best | None) -> dict:
+    """Export the adapters (the last and the best), score every evaluation domain, write summary.json."""
+    if run.writer:
+        _export_adapters(run, best)
+    scores = {domain: paper_dice(run.predictions(run.trainable, ids)) for domain, ids in run.eval_sets.items()}
+    summary = {"steps": run.step, "epochs": run.cadence.epoch(run.step),
+               "best_step": None if best is None else best.step,
+               "best_val_dice": None if best is None else best.val_dice,
                "paper_dice": {d: s["mean"] for d, s in scores.items()},
                "tumour_slice_dice": {d: s["tumour_slice_dice"] for d, s in scores.items()},
                "per_case": {d: s["per_case"] for d, s in scores.items()},
-               "skipped_cases": cache.skipped, "warnings": warnings}
-    if writer:
-        write_atomic(workdir / "summary.json", json.dumps(summary, indent=2))
+               "skipped_cases": run.cache.skipped, "warnings": run.warnings}
+    if run.writer:
+        write_atomic(run.workdir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def train_and_evaluate(cfg: TrainConfig) -> dict:
+    """Train (or resume) in `cfg.workdir`; returns the final per-domain scores (also in workdir/summary.json)."""
+    run = setup(cfg)
+    best = train(run)
+    return finish(run, best)

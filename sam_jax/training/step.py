@@ -4,15 +4,21 @@
 donates `trainable` and the optimiser state (they are replaced every step) and reuses `frozen`, which stays on the
 device and is never re-sent. Everything from the host slice to the loss happens inside: resize to the model frame,
 click scaling, the iterative prompt rounds, the decoder.
+
+`build_train_step` assembles a run's step and the state it starts from; the training loop, the benchmarks and the
+parity test all take their step from it.
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from sam_jax.adaptation import build_model, partition
 from sam_jax.model.frame import (
     clicks_to_model_frame,
     input_grid_target,
@@ -88,6 +94,41 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg):
         return trainable, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(step, donate_argnums=(0, 1))
+
+
+def optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+    """The run's optimiser (`cfg`: its `TrainConfig`); a cosine schedule decays over `total_steps`."""
+    lr = cfg.learning_rate if cfg.schedule == "constant" else optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1))
+    return optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(lr)
+
+
+def initial_model(cfg) -> nnx.Module:
+    """The adapted model a run starts from: SAM's weights from `cfg.sam_weights`, or a random initialisation from
+    `cfg.seed` when it is empty."""
+    return build_model(cfg.sam_config(), cfg, sam_weights=cfg.sam_weights or None, rngs=nnx.Rngs(cfg.seed))
+
+
+class TrainStep(NamedTuple):
+    """A jitted step and the state it starts from: `step(trainable, opt_state, frozen, batch, rng)` →
+    (trainable, opt_state, metrics); `frozen` is already in the compute dtype."""
+    step: Callable
+    graphdef: nnx.GraphDef
+    trainable: nnx.State
+    opt_state: Any
+    frozen: nnx.State
+
+
+def build_train_step(cfg, model: nnx.Module | None = None,
+                     tx: optax.GradientTransformation | None = None) -> TrainStep:
+    """The train step of `cfg` (a `TrainConfig`) on `model` (default `initial_model(cfg)`), split by
+    `cfg.trainable`, with `tx` (default the run's `optimizer` over `cfg.steps`) initialised on the trainable part.
+    Nothing is placed on devices: the caller places `frozen` once (replicated, in the loop)."""
+    model = initial_model(cfg) if model is None else model
+    tx = optimizer(cfg, cfg.steps) if tx is None else tx
+    graphdef, trainable, frozen = partition(model, cfg.trainable)
+    return TrainStep(make_train_step(graphdef, tx, cfg), graphdef, trainable, tx.init(trainable),
+                     cast_floats(frozen, jnp.dtype(cfg.precision)))
 
 
 def make_eval_forward(graphdef, cfg):
