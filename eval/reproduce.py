@@ -50,10 +50,10 @@ def main(argv):
         tables = _tables(FLAGS.table)
         if not FLAGS.dry_run and not (FLAGS.data_dir and FLAGS.sam_weights):
             raise SamJaxError("--data_dir and --sam_weights are required (or --dry_run)")
+        steps = plan(tables, FLAGS.variant, FLAGS.root, FLAGS.data_dir, FLAGS.sam_weights,
+                     shlex.split(FLAGS.train_flags), shlex.split(FLAGS.eval_flags))
     except SamJaxError as e:
         return fail(e)
-    steps = plan(tables, FLAGS.variant, FLAGS.root, FLAGS.data_dir, FLAGS.sam_weights,
-                 shlex.split(FLAGS.train_flags), shlex.split(FLAGS.eval_flags))
     if FLAGS.dry_run:
         print("\n".join(step.command() for step in steps))
         print(f"# {len(steps)} commands for table(s) {', '.join(map(str, tables))} ({FLAGS.variant})")

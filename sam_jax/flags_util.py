@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import sys
 import typing
 from pathlib import Path
@@ -53,21 +54,42 @@ class FlagfileError(SamJaxError, ValueError):
     """A --flagfile that cannot be found or read."""
 
 
+def app_package_dir(package: str) -> Path:
+    """The folder of an app package (`train`, `eval`): in the checkout, or in site-packages when installed from the
+    wheel, which ships the flagfiles beside the apps as package data. Found from the package's import spec, as
+    `python -m train.main` would find it, without running any of the app's code: the library reads the apps' data
+    files (`sam_jax.evaluation.reproduce`), never imports them."""
+    spec = importlib.util.find_spec(package)
+    folders = list(spec.submodule_search_locations or ()) if spec else []
+    if not folders:
+        raise FlagfileError(f"the app package {package!r} is not installed (pip install sam-jax)")
+    return Path(folders[0]).resolve()
+
+
 def _flagfile_candidates(name: str, app_dir: Path, including_dir: Path | None) -> list[Path]:
     path = Path(name).expanduser()
     if path.is_absolute():
         return [path]
     # As given (relative to the working directory), then beside the flagfile that names it, then in the app's own
-    # folder and the repository above it: `--flagfile=adult.flags` and a nested `--flagfile=train/adult.flags` work
-    # from any working directory.
+    # folder and the folder holding the apps (the checkout, or site-packages): `--flagfile=adult.flags` and a
+    # nested `--flagfile=train/adult.flags` work from any working directory.
     places = [Path.cwd()] + ([including_dir] if including_dir else []) + [app_dir, app_dir.parent]
     return list(dict.fromkeys(place / path for place in places))
 
 
+def find_flagfile(name: str, app_dir: Path, including_dir: Path | None = None) -> Path:
+    """The file `--flagfile=name` means to the app in `app_dir` (see `app_package_dir`); the one lookup the apps and the
+    library share. The error lists every place tried."""
+    candidates = _flagfile_candidates(name, Path(app_dir), including_dir)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise FlagfileError(f"--flagfile={name}: not found; looked in " + ", ".join(map(str, candidates)))
+    return found.resolve()
+
+
 def expand_flagfiles(argv, app_dir, _including_dir=None, _seen=()) -> list[str]:
     """argv with every `--flagfile=F` replaced by F's flags (recursively, in order, so later flags still override
-    earlier ones). F is looked up where `_flagfile_candidates` says; the error lists every place tried."""
-    app_dir = Path(app_dir)
+    earlier ones). F is looked up by `find_flagfile`."""
     out = []
     args = iter(argv)
     for arg in args:
@@ -77,11 +99,7 @@ def expand_flagfiles(argv, app_dir, _including_dir=None, _seen=()) -> list[str]:
             out.append(arg)
             continue
         name = arg.split("=", 1)[1]
-        candidates = _flagfile_candidates(name, app_dir, _including_dir)
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise FlagfileError(f"--flagfile={name}: not found; looked in " + ", ".join(map(str, candidates)))
-        found = found.resolve()
+        found = find_flagfile(name, app_dir, _including_dir)
         if found in _seen:
             raise FlagfileError(f"--flagfile={name}: {found} includes itself")
         try:
@@ -95,7 +113,8 @@ def expand_flagfiles(argv, app_dir, _including_dir=None, _seen=()) -> list[str]:
 
 
 def run_app(main, app_file) -> None:
-    """`absl.app.run(main)` with flagfiles looked up beside the app (`--flagfile=adult.flags` from anywhere)."""
+    """`absl.app.run(main)` with flagfiles looked up beside the app (`--flagfile=adult.flags` from anywhere): the
+    app's folder is the one holding `app_file`, its `__file__`, in the checkout or in site-packages alike."""
     def parse(argv):
         try:
             expanded = [argv[0], *expand_flagfiles(argv[1:], Path(app_file).resolve().parent)]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sam_jax.flags_util import FlagfileError, expand_flagfiles
+from sam_jax.evaluation.reproduce import paper_code_options
+from sam_jax.flags_util import FlagfileError, app_package_dir, expand_flagfiles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +43,16 @@ def test_the_training_app_refuses_an_unknown_flagfile_cleanly(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"error: --flagfile=adutl.flags: not found; looked in {tmp_path}/adutl.flags" in result.stderr
     assert f"{ROOT}/train/adutl.flags" in result.stderr
+
+
+def test_the_library_reads_an_apps_flagfile_where_the_app_would(tmp_path, monkeypatch):
+    """`eval.reproduce` reads train/paper_code/adult.flags by the apps' lookup: found from any folder in the train
+    package (here the checkout's; the installed one in test_wheel.py), and a user's copy as given comes first."""
+    monkeypatch.chdir(tmp_path)
+    assert app_package_dir("train") == ROOT / "train"
+    assert "--volume_batch=4" in paper_code_options() and not [o for o in paper_code_options() if "flagfile" in o]
+    (tmp_path / "train" / "paper_code").mkdir(parents=True)
+    (tmp_path / "train" / "paper_code" / "adult.flags").write_text("--flagfile=train/adult.flags\n--volume_batch=2\n")
+    assert paper_code_options() == ["--volume_batch=2"]
+    with pytest.raises(FlagfileError, match="'no_such_app' is not installed"):
+        app_package_dir("no_such_app")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from sam_jax.flags_util import app_package_dir, find_flagfile
+
 DOMAIN_FLAGFILES = {"GLI": "eval/adult.flags", "MEN": "eval/meningioma.flags", "PED": "eval/pediatric.flags",
                     "SSA": "eval/africa.flags"}
 VARIANTS = ("paper", "paper_code")
@@ -66,8 +67,9 @@ def runs_for(tables) -> list[Run]:
 
 
 def paper_code_options() -> list[str]:
-    """The original code's options, as `train/paper_code/adult.flags` sets them (that file is the one place)."""
-    lines = (REPO / "train" / "paper_code" / "adult.flags").read_text().splitlines()
+    """The original code's options, as `train/paper_code/adult.flags` sets them (that file is the one place), found
+    where train.main finds it (from a checkout or an installed wheel)."""
+    lines = find_flagfile("train/paper_code/adult.flags", app_package_dir("train")).read_text().splitlines()
     own = ("--flagfile", "--workdir")
     return [line.strip() for line in lines if line.startswith("--") and not line.startswith(own)]
 
