@@ -24,6 +24,17 @@ _XLA_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
+def pytest_collection_modifyitems(config, items):
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests:
+        import jax
+
+        if jax.default_backend() != "gpu":
+            skip = pytest.mark.skip(reason=f"needs a GPU; JAX's backend here is {jax.default_backend()}")
+            for item in gpu_tests:
+                item.add_marker(skip)
+
+
 def pytest_sessionfinish(session):
     if _XLA_CACHE.startswith(tempfile.gettempdir()) and "sam_jax_test_xla_" in _XLA_CACHE:
         shutil.rmtree(_XLA_CACHE, ignore_errors=True)

@@ -5,7 +5,6 @@ where it does not)."""
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,26 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from apps import app_env, run_app
 from torch_reference import torch_sam
 
 from sam_jax.config import sam_config
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 TINY = ["--model_type=tiny", "--image_size=128", "--domain=ALL", "--trainable=lora", "--lora_rank=2",
         "--batch_size=2", "--slice_policy=tumour", "--val_slices=8", "--log_every=1", "--eval_domains=GLI"]
-
-
-def _run(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _in_namespace(script: str, timeout=600) -> str:
     """Run a bash script as root of a private user + mount namespace; its own mounts vanish with it."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
         pytest.fail("these tests need `unshare -rm` (user and mount namespaces) to mount a small or read-only disk")
-    done = subprocess.run(["unshare", "-rm", "bash", "-c", f"set -u\n{script}"], env={**ENV, "PY": sys.executable},
+    done = subprocess.run(["unshare", "-rm", "bash", "-c", f"set -u\n{script}"], env=app_env(PY=sys.executable),
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -50,7 +44,7 @@ def _sha(path: Path) -> str:
 
 
 def test_nonsense_training_flags_are_all_named_before_compute(tmp_path):
-    result = _run("-m", "train.main", f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'w'}", "--batch_size=0",
+    result = run_app("-m", "train.main", f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'w'}", "--batch_size=0",
                   "--learning_rate=-0.01", "--prompt_rounds=0", "--eval_domains=GLI,XYZ", "--checkpoint_every=0",
                   "--log_every=0", "--empty_fraction=2.5", "--steps=10", "--schedule=cosine", "--warmup_steps=10",
                   "--seed=-1")
@@ -59,7 +53,7 @@ def test_nonsense_training_flags_are_all_named_before_compute(tmp_path):
                  "warmup_steps 10 ≥ steps 10", "seed -1")
     assert not (tmp_path / "w").exists()  # refused before anything was written
 
-    result = _run("-m", "eval.main", "--checkpoint=x", "--batch_size=0")
+    result = run_app("-m", "eval.main", "--checkpoint=x", "--batch_size=0")
     assert result.returncode == 1 and "--batch_size" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -68,17 +62,17 @@ def test_a_finished_run_is_kept_when_rerun_with_another_model(tiny_trained_run, 
     shutil.copytree(tiny_trained_run, workdir)
     saved = _sha(workdir / "config.json")
     config = json.loads((workdir / "config.json").read_text())
-    result = _run("-m", "train.main", f"--data_dir={phantom_dir}", f"--cache_dir={config['cache_dir']}",
+    result = run_app("-m", "train.main", f"--data_dir={phantom_dir}", f"--cache_dir={config['cache_dir']}",
                   f"--workdir={workdir}", *TINY, "--model_type=demo", "--steps=2")
     _clean_error(result, f"{workdir} holds a run with other settings", "model_type: 'tiny' there, 'demo' now")
     assert _sha(workdir / "config.json") == saved
 
     (workdir / "config.json").write_text((workdir / "config.json").read_text()[:40])  # truncated by a crash
     truncated = _sha(workdir / "config.json")
-    result = _run("-m", "train.main", f"--data_dir={phantom_dir}", f"--workdir={workdir}", *TINY, "--steps=2")
+    result = run_app("-m", "train.main", f"--data_dir={phantom_dir}", f"--workdir={workdir}", *TINY, "--steps=2")
     _clean_error(result, f"{workdir / 'config.json'}: not valid JSON")
     assert _sha(workdir / "config.json") == truncated
-    result = _run("-m", "eval.main", f"--checkpoint={workdir}", "--domain=GLI")
+    result = run_app("-m", "eval.main", f"--checkpoint={workdir}", "--domain=GLI")
     _clean_error(result, "config.json")
 
 
@@ -93,10 +87,10 @@ def test_converter_refuses_outputs_it_cannot_or_must_not_write(tmp_path):
     checkpoint = _tiny_checkpoint(tmp_path)
     original = _sha(checkpoint)
     convert = ROOT / "convert" / "sam_weights.py"
-    _clean_error(_run(convert, "--checkpoint", checkpoint, "--output", checkpoint), "is the input file")
+    _clean_error(run_app(convert, "--checkpoint", checkpoint, "--output", checkpoint), "is the input file")
     assert _sha(checkpoint) == original
     (tmp_path / "folder").mkdir()
-    _clean_error(_run(convert, "--checkpoint", checkpoint, "--output", tmp_path / "folder"), "is a folder")
+    _clean_error(run_app(convert, "--checkpoint", checkpoint, "--output", tmp_path / "folder"), "is a folder")
     # A read-only place and a full disk, for real.
     out = _in_namespace(f"""
         mkdir -p {tmp_path}/ro {tmp_path}/full
@@ -190,7 +184,7 @@ def test_predict_on_an_empty_segmentation_asks_for_clicks(tiny_trained_run, writ
     import numpy as np
 
     case = write_tiny_case(tmp_path / "data", seg=np.zeros((12, 10, 6), np.uint8))
-    result = _run("-m", "eval.predict", f"--checkpoint={tiny_trained_run}", f"--case_dir={case}",
+    result = run_app("-m", "eval.predict", f"--checkpoint={tiny_trained_run}", f"--case_dir={case}",
                   f"--output={tmp_path / 'out' / 'pred.nii.gz'}")
     _clean_error(result, "BraTS-GLI-00001-000-seg.nii.gz: the segmentation is empty: no tumour to take clicks "
                          "from; give --clicks")

@@ -1,16 +1,14 @@
 """The training app on phantom data in a tiny config: steps, partition, resume, data parallel, refusals."""
 
-import dataclasses
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from apps import app_env, config_flags, run_app, start_app
 
 from sam_jax.errors import SamJaxError
 from sam_jax.training import loop
@@ -86,25 +84,16 @@ def test_resumed_run_ends_with_the_same_parameters(base_config, tmp_path):
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
 
 
-def _command(cfg_flags, workdir, env=None):
-    args = [sys.executable, "-m", "train.main", *cfg_flags, f"--workdir={workdir}"]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return args, full_env
-
-
-def _flags(cfg: TrainConfig, **changes):
-    values = json.loads(cfg.replace(**changes).to_json())
-    flags = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("flag", True)} - {"workdir"}
-    return [f"--{k}={','.join(v) if isinstance(v, list) else v}" for k, v in values.items() if k in flags]
+def _train(flags, workdir):
+    return ("-m", "train.main", *flags, f"--workdir={workdir}")
 
 
 def test_killed_run_resumes_to_the_same_parameters(base_config, tmp_path):
     """SIGKILL after the first checkpoint, then the same command: the result equals an uninterrupted run."""
-    flags = _flags(base_config, steps=40, checkpoint_every=5, eval_every=1000, schedule="cosine", warmup_steps=3)
-    args, env = _command(flags, tmp_path / "straight")
-    assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True).returncode == 0
-    args, env = _command(flags, tmp_path / "killed")
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flags = config_flags(base_config, steps=40, checkpoint_every=5, eval_every=1000, schedule="cosine",
+                         warmup_steps=3)
+    assert run_app(*_train(flags, tmp_path / "straight")).returncode == 0
+    proc = start_app(*_train(flags, tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not (checkpoints.exists() and any(
@@ -113,19 +102,18 @@ def test_killed_run_resumes_to_the_same_parameters(base_config, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "adapter.safetensors").exists(), "the run ended before it could be killed"
-    assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True).returncode == 0
+    assert run_app(*_train(flags, tmp_path / "killed")).returncode == 0
     straight, resumed = _adapter(tmp_path / "straight"), _adapter(tmp_path / "killed")
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
 
 
 def test_two_devices_give_the_same_losses(base_config, tmp_path):
     """Data parallel over 2 forced CPU devices vs 1 device: same losses within float tolerance."""
-    flags = _flags(base_config, steps=3, eval_every=1000)
+    flags = config_flags(base_config, steps=3, eval_every=1000)
     losses = {}
     for devices in (1, 2):
-        args, env = _command(flags, tmp_path / f"d{devices}",
-                             {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
-        result = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True)
+        result = run_app(*_train(flags, tmp_path / f"d{devices}"),
+                         env=app_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
         assert result.returncode == 0, result.stderr[-2000:]
         lines = (tmp_path / f"d{devices}" / "metrics.jsonl").read_text().splitlines()
         losses[devices] = [json.loads(line)["loss"] for line in lines]
