@@ -14,6 +14,7 @@ import glob
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -23,11 +24,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from apps import app_env, command
-from torch_reference import torch_sam
 
-from sam_jax.config import sam_config
 from sam_jax.data.brats import find_cases
 from sam_jax.data.phantom import write_case
 from sam_jax.spec import RunSpec
@@ -59,11 +57,11 @@ def _small_phantom(out: Path, raw: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, tiny_sam_checkpoint):
     """A user's folder: a random tiny SAM checkpoint, the phantom, and where every command runs."""
     cwd = tmp_path_factory.mktemp("user")
     _small_phantom(cwd / "brats", tmp_path_factory.mktemp("raw"))
-    torch.save(torch_sam(sam_config("tiny")).state_dict(), cwd / "sam_tiny.pth")
+    shutil.copy(tiny_sam_checkpoint, cwd / "sam_tiny.pth")
     # The runs share programs (the ×3 ablations compile the same step): compile each once.
     env = app_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")

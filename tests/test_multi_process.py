@@ -36,13 +36,9 @@ def env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def train_flags(phantom_dir, tmp_path_factory):
-    cfg = TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), domain="ALL",
-                      eval_domains=("PED",), model_type="tiny", image_size=128, modalities="all4", trainable="lora",
-                      lora_rank=2, batch_size=2, steps=8, learning_rate=1e-3, loss="bce_dice", slice_policy="tumour",
-                      schedule="cosine", warmup_steps=2, checkpoint_every=2, eval_every=1000, val_slices=8,
-                      log_every=1, seed=3)
-    return config_flags(cfg)
+def train_flags(tiny_config):
+    return config_flags(tiny_config, eval_domains=("PED",), steps=8, schedule="cosine", warmup_steps=2,
+                        eval_every=1000)
 
 
 def _start(module, flags, processes, env, logs: Path, port=None):
