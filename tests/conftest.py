@@ -24,6 +24,17 @@ _XLA_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
+def pytest_collection_modifyitems(config, items):
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests:
+        import jax
+
+        if jax.default_backend() != "gpu":
+            skip = pytest.mark.skip(reason=f"needs a GPU; JAX's backend here is {jax.default_backend()}")
+            for item in gpu_tests:
+                item.add_marker(skip)
+
+
 def pytest_sessionfinish(session):
     if _XLA_CACHE.startswith(tempfile.gettempdir()) and "sam_jax_test_xla_" in _XLA_CACHE:
         shutil.rmtree(_XLA_CACHE, ignore_errors=True)
@@ -79,15 +90,56 @@ def phantom_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_trained_run(phantom_dir, tmp_path_factory):
-    """A tiny LoRA model trained for two steps on the phantom: its workdir (config.json + adapter.safetensors)."""
+def phantom_cache_dir(phantom_dir, tmp_path_factory):
+    """The phantom's preprocessing cache at the default settings, built once for the session (training runs reuse
+    it: their settings match, so nothing is rebuilt)."""
+    from sam_jax.data.cache import build_cache
+
+    out = tmp_path_factory.mktemp("phantom_cache")
+    build_cache(phantom_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_config(phantom_dir, phantom_cache_dir):
+    """The tiny training run on the phantom that every training test starts from, changing what it tests: the
+    4-channel LoRA model at 128², two slices a step, four steps, every domain trained and scored."""
     from sam_jax.training.config import TrainConfig
+
+    return TrainConfig(data_dir=str(phantom_dir), cache_dir=str(phantom_cache_dir), domain="ALL",
+                       eval_domains=("GLI", "MEN", "PED", "SSA"), model_type="tiny", image_size=128, modalities="all4",
+                       trainable="lora", lora_rank=2, batch_size=2, steps=4, learning_rate=1e-3, loss="bce_dice",
+                       slice_policy="tumour", checkpoint_every=2, val_slices=8, log_every=1, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tiny_config, tmp_path_factory):
+    """A tiny LoRA model trained for two steps on the phantom: its workdir (config.json + adapter.safetensors)."""
     from sam_jax.training.loop import train_and_evaluate
 
     workdir = tmp_path_factory.mktemp("tiny_run")
-    cfg = TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path_factory.mktemp("tiny_cache")), domain="ALL",
-                      eval_domains=(), model_type="tiny", image_size=128, trainable="lora", lora_rank=2,
-                      batch_size=2, steps=2, learning_rate=1e-2, slice_policy="tumour", checkpoint_every=2,
-                      val_slices=2, seed=5, workdir=str(workdir))
-    train_and_evaluate(cfg)
+    train_and_evaluate(tiny_config.replace(eval_domains=(), steps=2, learning_rate=1e-2, loss="bce", val_slices=2,
+                                           log_every=10, seed=5, workdir=str(workdir)))
     return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_pair():
+    """A randomly initialised PyTorch SAM of the tiny config and its Flax twin (the same weights)."""
+    from torch_reference import flax_twin, torch_sam
+
+    from sam_jax.config import sam_config
+
+    config = sam_config("tiny")
+    reference = torch_sam(config)
+    return reference, flax_twin(config, reference)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_checkpoint(tiny_sam_pair, tmp_path_factory):
+    """The PyTorch half of `tiny_sam_pair` saved as a SAM checkpoint (`.pth`), standing in for sam_vit_b_01ec64.pth."""
+    import torch
+
+    path = tmp_path_factory.mktemp("sam_checkpoint") / "sam_tiny.pth"
+    torch.save(tiny_sam_pair[0].state_dict(), path)
+    return path

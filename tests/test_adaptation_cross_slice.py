@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_adaptation_lora import ALL_TARGETS, randomise
+from random_params import ALL_TARGETS, randomise
 
 from sam_jax.adaptation import AdaptationConfig, AdaptationError, adapt, build_model
 from sam_jax.adaptation.cross_slice import depth_attention

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from random_params import ALL_TARGETS, randomise
 
 from sam_jax.adaptation import AdaptationConfig, adapt, build_model, fold
 from sam_jax.adaptation.lora import LoRALinear, low_rank_update
@@ -13,21 +14,9 @@ from sam_jax.weights.io import model_arrays, save_arrays
 from sam_jax.weights.params import model_shapes
 
 CONFIG = sam_config("tiny")
-ALL_TARGETS = ("q", "k", "v", "proj", "lin1", "lin2")
-
-
 @nnx.jit(static_argnums=(4,))
 def _forward(model, images, coords, labels, slices):
     return model.decode(model.encode_image(images, slices), coords, labels, multimask_output=True)
-
-
-def randomise(model, variable_type, seed, scale=0.1):
-    """Random values for every `variable_type` leaf (LoRA's zero B or the cross-slice gates would hide bugs)."""
-    state = nnx.state(model, variable_type)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    nnx.update(model, jax.tree.unflatten(treedef, [scale * jax.random.normal(k, x.shape)
-                                                   for k, x in zip(keys, leaves)]))
 
 
 def _prompts(batch):

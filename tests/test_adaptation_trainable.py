@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from test_adaptation_lora import randomise
+from random_params import randomise
 
 from sam_jax.adaptation import PRESETS, AdaptationConfig, build_model, count_parameters, partition
 from sam_jax.adaptation.trainable_rules import TrainableRulesError

@@ -12,11 +12,10 @@ import concurrent.futures
 import csv
 import glob
 import json
-import os
 import re
 import shlex
+import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,10 +24,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from torch_reference import torch_sam
+from apps import app_env, command
 
-from sam_jax.config import sam_config
 from sam_jax.data.brats import find_cases
 from sam_jax.data.phantom import write_case
 from sam_jax.spec import RunSpec
@@ -60,15 +57,14 @@ def _small_phantom(out: Path, raw: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, tiny_sam_checkpoint):
     """A user's folder: a random tiny SAM checkpoint, the phantom, and where every command runs."""
     cwd = tmp_path_factory.mktemp("user")
     _small_phantom(cwd / "brats", tmp_path_factory.mktemp("raw"))
-    torch.save(torch_sam(sam_config("tiny")).state_dict(), cwd / "sam_tiny.pth")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           # The runs share programs (the ×3 ablations compile the same step): compile each once.
-           "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    shutil.copy(tiny_sam_checkpoint, cwd / "sam_tiny.pth")
+    # The runs share programs (the ×3 ablations compile the same step): compile each once.
+    env = app_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return cwd, env
 
 
@@ -76,9 +72,7 @@ def _run(line: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     args = shlex.split(line)
     args = [a for pattern in args for a in (sorted(glob.glob(pattern, root_dir=cwd)) or [pattern])]  # the shell's *
     app = args[2] if args[1] == "-m" else args[1]
-    if args[1] != "-m":  # a script path, written from the repository root
-        args[1] = str(ROOT / args[1])
-    args = [sys.executable, *args[1:], *OVERRIDES.get(app, [])]
+    args = command(*args[1:], *OVERRIDES.get(app, []))  # a script path is the checkout's
     if app == "eval.viewer":
         return _serve(line, args, cwd, env)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

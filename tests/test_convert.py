@@ -1,14 +1,12 @@
 """The converter: PyTorch checkpoint → safetensors → Flax, for every SAM size, and its refusals."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from apps import run_app
 from flax import nnx
 from segment_anything import sam_model_registry
 from torch_reference import assert_close, state_dict_numpy, to_numpy, torch_sam
@@ -23,9 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_converter(*args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, str(ROOT / "convert" / "sam_weights.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, env=env)
+    return run_app("convert/sam_weights.py", *args)
 
 
 def test_vit_b_1024_end_to_end(tmp_path):

@@ -4,14 +4,12 @@ a wrong input is an EvaluationError naming the fault."""
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from apps import run_app
 from PIL import Image
 
 from sam_jax.data import find_cases, load_case, save_prediction
@@ -49,9 +47,7 @@ def _eval_folder(root: Path, model: str, data_dir: Path) -> Path:
 
 
 def _run(args, cwd):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "eval.compare_overlays", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_app("-m", "eval.compare_overlays", *args, cwd=cwd, timeout=120)
 
 
 def test_cases_where_models_disagree_most_are_drawn_in_order(tmp_path, write_tiny_case):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_adaptation_lora import randomise
+from random_params import randomise
 
 from sam_jax.adaptation import build_model
 from sam_jax.evaluation.segmenter import SliceSegmenter

@@ -4,16 +4,14 @@ failing case, on a tiny model trained for two steps on the phantom."""
 import collections
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import nibabel as nib
 import numpy as np
 import pytest
+from apps import run_app
 from flax import nnx
 
 from sam_jax.config import sam_config
@@ -251,11 +249,10 @@ def test_zero_shot_is_plain_sam_on_three_channels(tiny_sam_file, small_data):
 
 def test_eval_app_writes_csv_summary_and_table(tiny_sam_file, small_data, tmp_path):
     out = tmp_path / "men"
-    result = subprocess.run(
-        [sys.executable, "-m", "eval.main", "--flagfile=eval/meningioma.flags", "--zero_shot",
-         f"--sam_weights={tiny_sam_file}", "--model_type=tiny", "--image_size=128", f"--data_dir={small_data}",
-         f"--output_dir={out}", "--protocols=paper,volumetric", "--overlays=0", "--model_name=tiny zero-shot"],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = run_app("-m", "eval.main", "--flagfile=eval/meningioma.flags", "--zero_shot",
+                     f"--sam_weights={tiny_sam_file}", "--model_type=tiny", "--image_size=128",
+                     f"--data_dir={small_data}", f"--output_dir={out}", "--protocols=paper,volumetric", "--overlays=0",
+                     "--model_name=tiny zero-shot")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["column"], summary["split"], summary["scored"]) == ("VD2", "all", 1)

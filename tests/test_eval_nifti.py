@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import nibabel as nib
 import numpy as np
 import pytest
-from test_eval_protocols import ComponentSegmenter
+from stand_in_segmenters import ComponentSegmenter
 
 from sam_jax.data import find_cases, load_case, save_prediction
 from sam_jax.evaluation import ClickError

@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+from stand_in_segmenters import ComponentSegmenter, SquareSegmenter
 
 from sam_jax.evaluation.evaluate import interactive_scores, summarise
 from sam_jax.evaluation.paper_protocol import paper_clicks
@@ -10,39 +11,6 @@ from sam_jax.evaluation.propagation import UNREACHED, propagate
 from sam_jax.evaluation.tables import grid, markdown
 from sam_jax.evaluation.volumetric import volumetric_scores
 from sam_jax.metrics import BRATS_MAX_HD95, paper_scores
-
-
-class SquareSegmenter:
-    """A stand-in model: every positive click predicts the 3×3 square centred on it, a negative click erases its
-    square; logits live directly on the slice grid (no resizing)."""
-
-    def decode(self, embeddings, coords, labels, hw, mask_input=None):
-        out = np.full((len(coords),) + tuple(hw), -5.0, np.float32)
-        for i in range(len(coords)):
-            for (x, y), label in zip(coords[i], labels[i]):
-                if label >= 0:
-                    out[i, max(int(y) - 1, 0):int(y) + 2, max(int(x) - 1, 0):int(x) + 2] = 5.0 if label else -5.0
-        return out
-
-    def to_slice_grid(self, low_res, hw):
-        return low_res
-
-
-class ComponentSegmenter(SquareSegmenter):
-    """Predicts, on slice k (its 'embedding' is k), the truth's 2-D component under the click: a perfect model."""
-
-    def __init__(self, truth):
-        from scipy import ndimage
-        self.components = [ndimage.label(t)[0] for t in truth]
-
-    def decode(self, embeddings, coords, labels, hw, mask_input=None):
-        out = np.full((len(coords),) + tuple(hw), -5.0, np.float32)
-        for i, k in enumerate(np.asarray(embeddings)):
-            x, y = coords[i, 0]
-            label = self.components[k][int(y), int(x)]
-            if label:
-                out[i][self.components[k] == label] = 5.0
-        return out
 
 
 def test_paper_score_of_a_hand_worked_volume():

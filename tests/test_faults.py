@@ -5,34 +5,22 @@ where it does not)."""
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
-from torch_reference import torch_sam
-
-from sam_jax.config import sam_config
+from apps import app_env, config_flags, run_app
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-TINY = ["--model_type=tiny", "--image_size=128", "--domain=ALL", "--trainable=lora", "--lora_rank=2",
-        "--batch_size=2", "--slice_policy=tumour", "--val_slices=8", "--log_every=1", "--eval_domains=GLI"]
-
-
-def _run(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _in_namespace(script: str, timeout=600) -> str:
     """Run a bash script as root of a private user + mount namespace; its own mounts vanish with it."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
         pytest.fail("these tests need `unshare -rm` (user and mount namespaces) to mount a small or read-only disk")
-    done = subprocess.run(["unshare", "-rm", "bash", "-c", f"set -u\n{script}"], env={**ENV, "PY": sys.executable},
+    done = subprocess.run(["unshare", "-rm", "bash", "-c", f"set -u\n{script}"], env=app_env(PY=sys.executable),
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -50,7 +38,7 @@ def _sha(path: Path) -> str:
 
 
 def test_nonsense_training_flags_are_all_named_before_compute(tmp_path):
-    result = _run("-m", "train.main", f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'w'}", "--batch_size=0",
+    result = run_app("-m", "train.main", f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'w'}", "--batch_size=0",
                   "--learning_rate=-0.01", "--prompt_rounds=0", "--eval_domains=GLI,XYZ", "--checkpoint_every=0",
                   "--log_every=0", "--empty_fraction=2.5", "--steps=10", "--schedule=cosine", "--warmup_steps=10",
                   "--seed=-1")
@@ -59,44 +47,43 @@ def test_nonsense_training_flags_are_all_named_before_compute(tmp_path):
                  "warmup_steps 10 ≥ steps 10", "seed -1")
     assert not (tmp_path / "w").exists()  # refused before anything was written
 
-    result = _run("-m", "eval.main", "--checkpoint=x", "--batch_size=0")
+    result = run_app("-m", "eval.main", "--checkpoint=x", "--batch_size=0")
     assert result.returncode == 1 and "--batch_size" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_finished_run_is_kept_when_rerun_with_another_model(tiny_trained_run, phantom_dir, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_flags(tiny_config):
+    """The tiny run as flags (data and cache the phantom's); later flags override them."""
+    return config_flags(tiny_config, eval_domains=("GLI",))
+
+
+def test_a_finished_run_is_kept_when_rerun_with_another_model(tiny_trained_run, tiny_flags, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(tiny_trained_run, workdir)
     saved = _sha(workdir / "config.json")
     config = json.loads((workdir / "config.json").read_text())
-    result = _run("-m", "train.main", f"--data_dir={phantom_dir}", f"--cache_dir={config['cache_dir']}",
-                  f"--workdir={workdir}", *TINY, "--model_type=demo", "--steps=2")
+    result = run_app("-m", "train.main", *tiny_flags, f"--cache_dir={config['cache_dir']}", f"--workdir={workdir}",
+                     "--model_type=demo", "--steps=2")
     _clean_error(result, f"{workdir} holds a run with other settings", "model_type: 'tiny' there, 'demo' now")
     assert _sha(workdir / "config.json") == saved
 
     (workdir / "config.json").write_text((workdir / "config.json").read_text()[:40])  # truncated by a crash
     truncated = _sha(workdir / "config.json")
-    result = _run("-m", "train.main", f"--data_dir={phantom_dir}", f"--workdir={workdir}", *TINY, "--steps=2")
+    result = run_app("-m", "train.main", *tiny_flags, f"--workdir={workdir}", "--steps=2")
     _clean_error(result, f"{workdir / 'config.json'}: not valid JSON")
     assert _sha(workdir / "config.json") == truncated
-    result = _run("-m", "eval.main", f"--checkpoint={workdir}", "--domain=GLI")
+    result = run_app("-m", "eval.main", f"--checkpoint={workdir}", "--domain=GLI")
     _clean_error(result, "config.json")
 
 
-def _tiny_checkpoint(folder: Path) -> Path:
-    torch.manual_seed(0)
-    path = folder / "sam_tiny.pth"
-    torch.save(torch_sam(sam_config("tiny")).state_dict(), path)
-    return path
-
-
-def test_converter_refuses_outputs_it_cannot_or_must_not_write(tmp_path):
-    checkpoint = _tiny_checkpoint(tmp_path)
+def test_converter_refuses_outputs_it_cannot_or_must_not_write(tiny_sam_checkpoint, tmp_path):
+    checkpoint = Path(shutil.copy(tiny_sam_checkpoint, tmp_path / "sam_tiny.pth"))
     original = _sha(checkpoint)
     convert = ROOT / "convert" / "sam_weights.py"
-    _clean_error(_run(convert, "--checkpoint", checkpoint, "--output", checkpoint), "is the input file")
+    _clean_error(run_app(convert, "--checkpoint", checkpoint, "--output", checkpoint), "is the input file")
     assert _sha(checkpoint) == original
     (tmp_path / "folder").mkdir()
-    _clean_error(_run(convert, "--checkpoint", checkpoint, "--output", tmp_path / "folder"), "is a folder")
+    _clean_error(run_app(convert, "--checkpoint", checkpoint, "--output", tmp_path / "folder"), "is a folder")
     # A read-only place and a full disk, for real.
     out = _in_namespace(f"""
         mkdir -p {tmp_path}/ro {tmp_path}/full
@@ -125,7 +112,7 @@ print('cache at', cache.cache_dir, len(cache.case_ids))"
     assert f"cache at {tmp_path}/home/sam_jax/data-" in out and out.strip().endswith(" 4")
 
 
-def test_full_disk_during_training_stops_cleanly_and_the_run_resumes(phantom_dir, tmp_path):
+def test_full_disk_during_training_stops_cleanly_and_the_run_resumes(phantom_dir, tiny_flags, tmp_path):
     """The workdir on a 3 MB disk: the first checkpoint (about 1.8 MB) fits, the second does not. One message names
     the checkpoint and the bytes; with room again, the same command resumes from step 1. The data holds a case
     without segmentation, skipped by --skip_bad_cases and listed in summary.json."""
@@ -136,8 +123,8 @@ def test_full_disk_during_training_stops_cleanly_and_the_run_resumes(phantom_dir
     unlabelled.mkdir()
     for image in case.parent.glob("*-t*.nii.gz"):
         shutil.copy(image, unlabelled / image.name.replace(case.parent.name, unlabelled.name))
-    command = (f'"$PY" -m train.main --data_dir={data} --cache_dir={tmp_path}/cache --workdir={tmp_path}/disk/run '
-               f'--skip_bad_cases --steps=3 --checkpoint_every=1 {" ".join(TINY)}')
+    command = (f'"$PY" -m train.main {" ".join(tiny_flags)} --data_dir={data} --cache_dir={tmp_path}/cache '
+               f'--workdir={tmp_path}/disk/run --skip_bad_cases --steps=3 --checkpoint_every=1')
     out = _in_namespace(f"""
         mkdir -p {tmp_path}/disk
         mount -t tmpfs -o size=3m tmpfs {tmp_path}/disk
@@ -171,14 +158,14 @@ def test_output_paths_are_made_or_refused_before_the_work(tmp_path):
         check_output_file(tmp_path / "new", "--overlay")
 
 
-def test_a_domain_without_held_out_cases_is_a_loud_warning(phantom_dir, tmp_path):
-    from sam_jax.data.cache import build_cache
+def test_a_domain_without_held_out_cases_is_a_loud_warning(phantom_dir, phantom_cache_dir):
+    from sam_jax.data.cache import Cache
     from sam_jax.training.config import TrainConfig
     from sam_jax.training.loop import prepare_data
 
-    split = build_cache(phantom_dir, tmp_path / "cache").split()
+    split = Cache.open(phantom_cache_dir).split()
     unvalidated = next(d for d in ("GLI", "MEN", "PED", "SSA") if not any(f"-{d}-" in c for c in split["val"]))
-    cfg = TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path / "cache"), domain=unvalidated,
+    cfg = TrainConfig(data_dir=str(phantom_dir), cache_dir=str(phantom_cache_dir), domain=unvalidated,
                       eval_domains=(unvalidated,))
     *_, eval_sets, warnings = prepare_data(cfg)
     assert unvalidated not in eval_sets
@@ -190,7 +177,7 @@ def test_predict_on_an_empty_segmentation_asks_for_clicks(tiny_trained_run, writ
     import numpy as np
 
     case = write_tiny_case(tmp_path / "data", seg=np.zeros((12, 10, 6), np.uint8))
-    result = _run("-m", "eval.predict", f"--checkpoint={tiny_trained_run}", f"--case_dir={case}",
+    result = run_app("-m", "eval.predict", f"--checkpoint={tiny_trained_run}", f"--case_dir={case}",
                   f"--output={tmp_path / 'out' / 'pred.nii.gz'}")
     _clean_error(result, "BraTS-GLI-00001-000-seg.nii.gz: the segmentation is empty: no tumour to take clicks "
                          "from; give --clicks")

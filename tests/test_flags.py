@@ -1,11 +1,10 @@
 """Flagfiles are found wherever the user stands: as given, beside the flagfile that names them, in the app's folder,
 or in the repository above it; nested ones expand in order, so later flags still win."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from apps import run_app
 
 from sam_jax.evaluation.reproduce import paper_code_options
 from sam_jax.flags_util import FlagfileError, app_package_dir, expand_flagfiles
@@ -38,8 +37,8 @@ def test_a_missing_or_looping_flagfile_is_named_with_every_place_tried(tmp_path,
 
 
 def test_the_training_app_refuses_an_unknown_flagfile_cleanly(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "train.main", "--flagfile=adutl.flags"], cwd=tmp_path,
-                            capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    result = run_app("-m", "train.main", "--flagfile=adutl.flags", cwd=tmp_path,
+                     env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"error: --flagfile=adutl.flags: not found; looked in {tmp_path}/adutl.flags" in result.stderr
     assert f"{ROOT}/train/adutl.flags" in result.stderr

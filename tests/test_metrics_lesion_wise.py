@@ -7,7 +7,7 @@ hand, `reference_hd95` (a geometric re-derivation for masks made of boxes) gives
 
 import numpy as np
 import pytest
-from test_metrics_volumetric import boxes_mask, reference_hd95
+from box_geometry import boxes_mask, reference_hd95
 
 from sam_jax.metrics import BRATS_2023_LESION_RULES, MetricInputError, lesion_wise_scores
 

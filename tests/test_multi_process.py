@@ -10,14 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import portpicker
 import pytest
-from test_training import _flags
+from apps import app_env, config_flags, start_app
 
 from sam_jax.training.config import TrainConfig
 from sam_jax.weights.io import read_arrays
@@ -30,20 +29,16 @@ RUN_TIMEOUT_S = 600  # a hung run fails the test instead of the CI job
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Each process sees one CPU device unless told; all runs share one compilation cache."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-            "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR")
-            or str(tmp_path_factory.mktemp("jax_cache")),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return app_env(XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                   JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR")
+                   or str(tmp_path_factory.mktemp("jax_cache")),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 @pytest.fixture(scope="module")
-def train_flags(phantom_dir, tmp_path_factory):
-    cfg = TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), domain="ALL",
-                      eval_domains=("PED",), model_type="tiny", image_size=128, modalities="all4", trainable="lora",
-                      lora_rank=2, batch_size=2, steps=8, learning_rate=1e-3, loss="bce_dice", slice_policy="tumour",
-                      schedule="cosine", warmup_steps=2, checkpoint_every=2, eval_every=1000, val_slices=8,
-                      log_every=1, seed=3)
-    return _flags(cfg)
+def train_flags(tiny_config):
+    return config_flags(tiny_config, eval_domains=("PED",), steps=8, schedule="cosine", warmup_steps=2,
+                        eval_every=1000)
 
 
 def _start(module, flags, processes, env, logs: Path, port=None):
@@ -57,8 +52,7 @@ def _start(module, flags, processes, env, logs: Path, port=None):
                                            f"--num_processes={processes}", f"--process_id={i}",
                                            f"--heartbeat_timeout_seconds={HEARTBEAT_S}"]
         with open(logs / f"p{i}.log", "w") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", module, *flags, *group], env=env, cwd=ROOT,
-                                          stdout=log, stderr=subprocess.STDOUT))
+            procs.append(start_app("-m", module, *flags, *group, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
 

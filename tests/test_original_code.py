@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flax import nnx
-from torch_reference import assert_close, flax_twin, to_numpy, torch_sam
+from torch_reference import assert_close, flax_twin, to_numpy
 
 from sam_jax.adaptation import AdaptationConfig, adapt
 from sam_jax.config import sam_config
@@ -18,12 +18,6 @@ from sam_jax.model.frame import click_scale, input_grid_target, original_code_pr
 from sam_jax.spec import RunSpec
 
 CONFIG = sam_config("tiny")
-
-
-@pytest.fixture(scope="module")
-def pair():
-    ref = torch_sam(CONFIG)
-    return ref, flax_twin(CONFIG, ref)
 
 
 def _canvas(rng, h, w, s, c=2):
@@ -61,8 +55,8 @@ def test_input_grid_loss_is_nearest_logits_against_the_bilinear_mask():
                                                                        mode="nearest").numpy())
 
 
-def test_broadcast_prompt_is_sams_decoder_given_one_prompt_for_the_batch(pair):
-    ref, ours = pair
+def test_broadcast_prompt_is_sams_decoder_given_one_prompt_for_the_batch(tiny_sam_pair):
+    ref, ours = tiny_sam_pair
     g, c, n = CONFIG.grid_size, CONFIG.prompt_embed_dim, 3
     rng = np.random.default_rng(2)
     emb = rng.normal(size=(n, g, g, c)).astype(np.float32)
@@ -82,8 +76,8 @@ def test_broadcast_prompt_is_sams_decoder_given_one_prompt_for_the_batch(pair):
     np.testing.assert_array_equal(swapped, coords[..., ::-1])
 
 
-def test_first_decoder_residual_is_sams_block_with_that_residual(pair):
-    ref, _ = pair
+def test_first_decoder_residual_is_sams_block_with_that_residual(tiny_sam_pair):
+    ref, _ = tiny_sam_pair
     ours = adapt(flax_twin(CONFIG, ref), AdaptationConfig(modalities="t1n_t2w_t2f", lora_rank=0,
                                                           decoder_first_residual=True), rngs=nnx.Rngs(0))
     g, c = CONFIG.grid_size, CONFIG.prompt_embed_dim
@@ -104,8 +98,8 @@ def test_first_decoder_residual_is_sams_block_with_that_residual(pair):
     assert_close(logits, to_numpy(expected))
 
 
-def test_loading_defects_leave_zero_tables_and_random_decoder_mlps(pair):
-    ref, _ = pair
+def test_loading_defects_leave_zero_tables_and_random_decoder_mlps(tiny_sam_pair):
+    ref, _ = tiny_sam_pair
     sam = flax_twin(CONFIG, ref)
     loaded = {i: np.asarray(layer.mlp.lin1.kernel[...]) for i, layer in enumerate(sam.mask_decoder.transformer.layers)}
     assert any(np.abs(block.attn.rel_pos_h[...]).max() > 0 for block in sam.image_encoder.blocks)

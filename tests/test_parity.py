@@ -4,19 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from torch_reference import assert_close, flax_twin, to_numpy, torch_sam
+from torch_reference import assert_close, to_numpy
 
 from sam_jax.config import sam_config
 from sam_jax.model.layers import apply_sequential
 from sam_jax.model.sam import normalize_rgb
 
 CONFIG = sam_config("tiny")
-
-
-@pytest.fixture(scope="module")
-def pair():
-    ref = torch_sam(CONFIG)
-    return ref, flax_twin(CONFIG, ref)
 
 
 def _image(config, batch=2, seed=0):
@@ -28,15 +22,15 @@ def _nchw(x):
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
 
 
-def test_patch_embed(pair):
-    ref, ours = pair
+def test_patch_embed(tiny_sam_pair):
+    ref, ours = tiny_sam_pair
     x = _image(CONFIG)
     assert_close(ours.image_encoder.patch_embed(jnp.asarray(x)), to_numpy(ref.image_encoder.patch_embed(_nchw(x))))
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["windowed", "global"])
-def test_block(pair, index):
-    ref, ours = pair
+def test_block(tiny_sam_pair, index):
+    ref, ours = tiny_sam_pair
     assert (ours.image_encoder.blocks[index].window_size == 0) == (index in CONFIG.encoder_global_attn_indexes)
     g = CONFIG.grid_size  # 8 tokens per side with window 3: padding and 3×3 windows are exercised
     x = np.random.default_rng(1).normal(size=(2, g, g, CONFIG.encoder_embed_dim)).astype(np.float32)
@@ -44,16 +38,16 @@ def test_block(pair, index):
                  to_numpy(ref.image_encoder.blocks[index](torch.from_numpy(x))))
 
 
-def test_neck(pair):
-    ref, ours = pair
+def test_neck(tiny_sam_pair):
+    ref, ours = tiny_sam_pair
     g = CONFIG.grid_size
     x = np.random.default_rng(2).normal(size=(2, g, g, CONFIG.encoder_embed_dim)).astype(np.float32)
     out = apply_sequential(ours.image_encoder.neck, jnp.asarray(x))
     assert_close(np.moveaxis(np.asarray(out), -1, 1), to_numpy(ref.image_encoder.neck(_nchw(x))))
 
 
-def test_image_encoder(pair):
-    ref, ours = pair
+def test_image_encoder(tiny_sam_pair):
+    ref, ours = tiny_sam_pair
     x = _image(CONFIG)
     out = ours.image_encoder(jnp.asarray(x))
     assert_close(np.moveaxis(np.asarray(out), -1, 1), to_numpy(ref.image_encoder(_nchw(x))))
@@ -70,8 +64,8 @@ def _prompts(batch=3, n=2, seed=3):
 
 
 @pytest.mark.parametrize("use", ["points", "box", "points+box", "mask", "points+mask"])
-def test_prompt_encoder(pair, use):
-    ref, ours = pair
+def test_prompt_encoder(tiny_sam_pair, use):
+    ref, ours = tiny_sam_pair
     coords, labels, boxes, masks = _prompts()
     pts = (coords, labels) if "points" in use else None
     box = boxes if "box" in use else None
@@ -90,8 +84,8 @@ def test_prompt_encoder(pair, use):
 
 
 @pytest.mark.parametrize("multimask", [False, True])
-def test_mask_decoder(pair, multimask):
-    ref, ours = pair
+def test_mask_decoder(tiny_sam_pair, multimask):
+    ref, ours = tiny_sam_pair
     g, c = CONFIG.grid_size, CONFIG.prompt_embed_dim
     rng = np.random.default_rng(4)
     emb = rng.normal(size=(1, g, g, c)).astype(np.float32)
@@ -107,9 +101,9 @@ def test_mask_decoder(pair, multimask):
     assert_close(oi, to_numpy(ri))
 
 
-def test_whole_model(pair):
+def test_whole_model(tiny_sam_pair):
     """SAM's forward normalises a 0–255 image itself; ours takes it normalised."""
-    ref, ours = pair
+    ref, ours = tiny_sam_pair
     x = np.random.default_rng(5).uniform(0, 255, size=(1, CONFIG.image_size, CONFIG.image_size, 3)).astype(np.float32)
     coords, labels, boxes, _ = _prompts(batch=1)
     with torch.no_grad():

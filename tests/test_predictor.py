@@ -5,18 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from torch_reference import assert_close, flax_twin, to_numpy, torch_sam
+from torch_reference import assert_close, to_numpy
 
 from sam_jax.config import PIXEL_MEAN, PIXEL_STD, sam_config
 from sam_jax.predictor import SamPredictor, postprocess_masks, preprocess, resized_shape
 
 CONFIG = sam_config("tiny")
-
-
-@pytest.fixture(scope="module")
-def pair():
-    ref = torch_sam(CONFIG)
-    return ref, flax_twin(CONFIG, ref)
 
 
 def test_resized_shape_rounds_half_up():
@@ -25,8 +19,8 @@ def test_resized_shape_rounds_half_up():
     assert resized_shape(4, 2, 5) == (5, 3)  # 2.5 rounds up, as SAM's int(x + 0.5)
 
 
-def test_postprocess_matches_sam(pair):
-    ref, _ = pair
+def test_postprocess_matches_sam(tiny_sam_pair):
+    ref, _ = tiny_sam_pair
     low_res = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
     input_hw, original_hw = (128, 83), (200, 130)
     with torch.no_grad():
@@ -34,8 +28,8 @@ def test_postprocess_matches_sam(pair):
     assert_close(postprocess_masks(jnp.asarray(low_res), input_hw, original_hw, CONFIG.image_size), expected)
 
 
-def test_predict_scales_clicks_and_returns_masks_at_image_size(pair):
-    _, model = pair
+def test_predict_scales_clicks_and_returns_masks_at_image_size(tiny_sam_pair):
+    _, model = tiny_sam_pair
     image = np.random.default_rng(1).uniform(0, 255, size=(200, 130, 3)).astype(np.float32)
     predictor = SamPredictor(model)
     predictor.set_image(image)
@@ -62,8 +56,8 @@ def test_predict_scales_clicks_and_returns_masks_at_image_size(pair):
     assert (masks == (np.asarray(logits) > 0)).mean() > 0.999
 
 
-def test_predict_needs_an_image_first(pair):
+def test_predict_needs_an_image_first(tiny_sam_pair):
     with pytest.raises(RuntimeError, match="set_image"):
-        SamPredictor(pair[1]).predict(np.zeros((1, 2)), np.ones(1))
+        SamPredictor(tiny_sam_pair[1]).predict(np.zeros((1, 2)), np.ones(1))
     with pytest.raises(ValueError, match="expected an image of shape"):
-        SamPredictor(pair[1]).set_image(np.zeros((10, 10)))
+        SamPredictor(tiny_sam_pair[1]).set_image(np.zeros((10, 10)))

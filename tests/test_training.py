@@ -1,41 +1,29 @@
 """The training app on phantom data in a tiny config: steps, partition, resume, data parallel, refusals."""
 
-import dataclasses
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from apps import app_env, config_flags, run_app, start_app
 
 from sam_jax.errors import SamJaxError
 from sam_jax.training import loop
-from sam_jax.training.config import TrainConfig
 from sam_jax.training.loop import TrainingError, build, check_inputs, train_and_evaluate
 from sam_jax.weights.io import read_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def base_config(phantom_dir, tmp_path_factory):
-    return TrainConfig(data_dir=str(phantom_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), domain="ALL",
-                       eval_domains=("GLI", "MEN", "PED", "SSA"), model_type="tiny", image_size=128, modalities="all4",
-                       trainable="lora",
-                       lora_rank=2, batch_size=2, steps=4, learning_rate=1e-3, loss="bce_dice",
-                       slice_policy="tumour", checkpoint_every=2, val_slices=8, log_every=1, seed=3)
-
-
 def _adapter(workdir):
     return read_arrays(Path(workdir) / "adapter.safetensors")[0]
 
 
-def test_steps_train_exactly_the_trainable_leaves(base_config, tmp_path, monkeypatch):
-    cfg = base_config.replace(workdir=str(tmp_path / "run"))
+def test_steps_train_exactly_the_trainable_leaves(tiny_config, tmp_path, monkeypatch):
+    cfg = tiny_config.replace(workdir=str(tmp_path / "run"))
     initial_trainable = build(cfg)[0].trainable
     # Scores are those of a stand-in that predicts nothing (the model's forward still runs): per volume, the paper's
     # score is then exactly its share of slices without tumour, and the Dice over tumour slices 0.
@@ -77,8 +65,8 @@ def test_steps_train_exactly_the_trainable_leaves(base_config, tmp_path, monkeyp
     assert not any(p.startswith(("prompt_encoder.", "image_encoder.blocks.0.attn.qkv.kernel")) for p in trained)
 
 
-def test_resumed_run_ends_with_the_same_parameters(base_config, tmp_path):
-    cfg = base_config.replace(steps=6, eval_every=100)
+def test_resumed_run_ends_with_the_same_parameters(tiny_config, tmp_path):
+    cfg = tiny_config.replace(steps=6, eval_every=100)
     train_and_evaluate(cfg.replace(workdir=str(tmp_path / "straight")))
     train_and_evaluate(cfg.replace(workdir=str(tmp_path / "resumed"), steps=4))  # "interrupted" after step 4
     train_and_evaluate(cfg.replace(workdir=str(tmp_path / "resumed")))  # the same command again: resumes at 4
@@ -86,25 +74,16 @@ def test_resumed_run_ends_with_the_same_parameters(base_config, tmp_path):
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
 
 
-def _command(cfg_flags, workdir, env=None):
-    args = [sys.executable, "-m", "train.main", *cfg_flags, f"--workdir={workdir}"]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return args, full_env
+def _train(flags, workdir):
+    return ("-m", "train.main", *flags, f"--workdir={workdir}")
 
 
-def _flags(cfg: TrainConfig, **changes):
-    values = json.loads(cfg.replace(**changes).to_json())
-    flags = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("flag", True)} - {"workdir"}
-    return [f"--{k}={','.join(v) if isinstance(v, list) else v}" for k, v in values.items() if k in flags]
-
-
-def test_killed_run_resumes_to_the_same_parameters(base_config, tmp_path):
+def test_killed_run_resumes_to_the_same_parameters(tiny_config, tmp_path):
     """SIGKILL after the first checkpoint, then the same command: the result equals an uninterrupted run."""
-    flags = _flags(base_config, steps=40, checkpoint_every=5, eval_every=1000, schedule="cosine", warmup_steps=3)
-    args, env = _command(flags, tmp_path / "straight")
-    assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True).returncode == 0
-    args, env = _command(flags, tmp_path / "killed")
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flags = config_flags(tiny_config, steps=40, checkpoint_every=5, eval_every=1000, schedule="cosine",
+                         warmup_steps=3)
+    assert run_app(*_train(flags, tmp_path / "straight")).returncode == 0
+    proc = start_app(*_train(flags, tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not (checkpoints.exists() and any(
@@ -113,27 +92,26 @@ def test_killed_run_resumes_to_the_same_parameters(base_config, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "adapter.safetensors").exists(), "the run ended before it could be killed"
-    assert subprocess.run(args, env=env, cwd=ROOT, capture_output=True).returncode == 0
+    assert run_app(*_train(flags, tmp_path / "killed")).returncode == 0
     straight, resumed = _adapter(tmp_path / "straight"), _adapter(tmp_path / "killed")
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
 
 
-def test_two_devices_give_the_same_losses(base_config, tmp_path):
+def test_two_devices_give_the_same_losses(tiny_config, tmp_path):
     """Data parallel over 2 forced CPU devices vs 1 device: same losses within float tolerance."""
-    flags = _flags(base_config, steps=3, eval_every=1000)
+    flags = config_flags(tiny_config, steps=3, eval_every=1000)
     losses = {}
     for devices in (1, 2):
-        args, env = _command(flags, tmp_path / f"d{devices}",
-                             {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
-        result = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True)
+        result = run_app(*_train(flags, tmp_path / f"d{devices}"),
+                         env=app_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
         assert result.returncode == 0, result.stderr[-2000:]
         lines = (tmp_path / f"d{devices}" / "metrics.jsonl").read_text().splitlines()
         losses[devices] = [json.loads(line)["loss"] for line in lines]
     np.testing.assert_allclose(losses[1], losses[2], rtol=1e-4, atol=1e-5)
 
 
-def test_nan_loss_stops_with_the_step_named(base_config, tmp_path):
-    cfg = base_config.replace(workdir=str(tmp_path / "nan"), steps=50, learning_rate=1e38, checkpoint_every=1,
+def test_nan_loss_stops_with_the_step_named(tiny_config, tmp_path):
+    cfg = tiny_config.replace(workdir=str(tmp_path / "nan"), steps=50, learning_rate=1e38, checkpoint_every=1,
                               eval_every=1000)
     with pytest.raises(TrainingError, match=r"the loss became nan at step \d+.*last good checkpoint is step \d+"):
         train_and_evaluate(cfg)
@@ -152,15 +130,15 @@ def test_nan_loss_stops_with_the_step_named(base_config, tmp_path):
     (dict(precision="float16"), "precision 'float16'"),
     (dict(steps=-3, loss="l2", attention="flash"), "(?s)attention 'flash'.*loss 'l2'.*steps -3"),  # all at once
 ])
-def test_contradictions_fail_before_compute(base_config, change, message):
+def test_contradictions_fail_before_compute(tiny_config, change, message):
     # Settings are refused when the config is built, missing inputs by check_inputs: one error type for both.
     with pytest.raises(SamJaxError, match=message):
-        check_inputs(base_config.replace(**change))
+        check_inputs(tiny_config.replace(**change))
 
 
-def test_iterative_prompts_multimask_and_cross_slice_train(base_config, tmp_path):
+def test_iterative_prompts_multimask_and_cross_slice_train(tiny_config, tmp_path):
     """The less common paths together: 3 click rounds, SAM's multimask rule, 3-slice stacks with cross-slice."""
-    cfg = base_config.replace(workdir=str(tmp_path / "run"), steps=2, prompt_rounds=3, multimask=True, slices=3,
+    cfg = tiny_config.replace(workdir=str(tmp_path / "run"), steps=2, prompt_rounds=3, multimask=True, slices=3,
                               cross_slice=True, eval_every=1000)
     train_and_evaluate(cfg)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

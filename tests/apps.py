@@ -1,0 +1,47 @@
+"""The project's commands run as a user runs them: `python -m train.main …` (or a script path) in a fresh process,
+with the checkout importable and the test session's XLA compilation cache (conftest.py), so that each tiny model
+compiles once for the whole session."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def app_env(**changes: str) -> dict[str, str]:
+    """The environment a command runs in: this one, the checkout first on PYTHONPATH, then `changes`."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **changes}
+
+
+def command(*args) -> list[str]:
+    """`python ARGS` with this interpreter; a script path such as `convert/sam_weights.py` is taken from the
+    checkout."""
+    args = [str(a) for a in args]
+    if args and args[0] != "-m" and not Path(args[0]).is_absolute() and (ROOT / args[0]).is_file():
+        args[0] = str(ROOT / args[0])
+    return [sys.executable, *args]
+
+
+def run_app(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run `python ARGS` to its end; its output is captured as text."""
+    return subprocess.run(command(*args), cwd=cwd, env=env or app_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_app(*args, cwd=ROOT, env=None, **popen) -> subprocess.Popen:
+    """Start `python ARGS` and return at once (servers, runs to be killed, processes of one distributed run)."""
+    return subprocess.Popen(command(*args), cwd=cwd, env=env or app_env(), **popen)
+
+
+def config_flags(cfg, **changes) -> list[str]:
+    """A config's settings as the command-line flags that rebuild it (the workdir left for the caller)."""
+    values = json.loads(cfg.replace(**changes).to_json())
+    names = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("flag", True)} - {"workdir"}
+    return [f"--{k}={','.join(v) if isinstance(v, list) else v}" for k, v in values.items() if k in names]
