@@ -374,7 +374,7 @@ def markdown(report):
             rows.append(f"| {_label(r)} | {r.get('error', '')} | {r.get('slices_per_s', 0):.1f} | | | | | |")
             continue
 
-        def fmt(key, spec):
+        def fmt(key, spec, r=r):
             return format(r[key], spec) if r.get(key) is not None else ""
 
         mem = fmt("peak_memory_gb", ".2f") + (f" ({r['peak_memory_gb_per_slice']:.2f})"

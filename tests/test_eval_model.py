@@ -117,7 +117,7 @@ def kernels_traced(monkeypatch):
     """How many times each XLA attention kernel is traced (called while jit traces)."""
     calls = collections.Counter()
     for name in ("plain", "folded"):
-        def spy(*args, name=name, kernel=getattr(attention, f"_{name}")):
+        def spy(*args, name=name, kernel=getattr(attention, f"_{name}")):  # noqa: B008 (bound per loop turn)
             calls[name] += 1
             return kernel(*args)
 

@@ -141,7 +141,7 @@ def fold(model):
         if not isinstance(layer, LoRALinear):
             continue
         kernel, bias = layer.folded_kernel(), layer.bias
-        plain = nnx.Linear(*kernel.shape, use_bias=bias is not None, kernel_init=lambda *_: kernel,
-                           bias_init=lambda *_: bias[...], rngs=nnx.Rngs(0))
+        plain = nnx.Linear(*kernel.shape, use_bias=bias is not None, kernel_init=lambda *_, k=kernel: k,
+                           bias_init=lambda *_, b=bias: b[...], rngs=nnx.Rngs(0))
         setattr(parent, name, plain)
     return model
