@@ -31,8 +31,12 @@ print(json.dumps({{b: run(_case("torch" if {torch} else "jax", "train", 256, b, 
 
 def _seconds(root: Path, torch: bool = False) -> dict:
     module = "benchmarks.bench" if (root / "benchmarks" / "bench.py").exists() else "train.bench"
-    result = subprocess.run([sys.executable, "-c", _CASE.format(root=str(root), module=module, torch=torch)],
-                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
+    result = subprocess.run(
+        [sys.executable, "-c", _CASE.format(root=str(root), module=module, torch=torch)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)},
+    )
     if result.returncode:
         raise SystemExit(f"{root}: the benchmark failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -47,8 +51,9 @@ def main():
         parser.error("--rounds must be ≥ 1")
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(before), args.before],
-                       check=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(before), args.before], check=True
+        )
         try:
             rounds = {"before": [], "after": []}
             for i in range(args.rounds):
@@ -61,8 +66,10 @@ def main():
     for b in ("1", "4"):
         old = statistics.median(r[b] for r in rounds["before"])
         new = statistics.median(r[b] for r in rounds["after"])
-        print(f"batch {b}: before {old:.3f} s/step, after {new:.3f} s/step (after/before {new / old:.3f}); "
-              f"PyTorch {torch[b]:.3f} s/step: {torch[b] / old:.2f}x → {torch[b] / new:.2f}x")
+        print(
+            f"batch {b}: before {old:.3f} s/step, after {new:.3f} s/step (after/before {new / old:.3f}); "
+            f"PyTorch {torch[b]:.3f} s/step: {torch[b] / old:.2f}x → {torch[b] / new:.2f}x"
+        )
 
 
 if __name__ == "__main__":

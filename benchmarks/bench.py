@@ -43,40 +43,85 @@ CPU_VOLUME_SLICES = 32  # 2 CPU cores take minutes per volume: time 32 slices an
 PEAK_FLOPS = {"H100": {"bfloat16": 989e12, "float32": 494e12}, "H200": {"bfloat16": 989e12, "float32": 494e12}}
 
 
-def _case(framework, kind, size, batch, *, z=1, dtype="float32", attention="folded", remat=False, steps=3,
-          volume_slices=VOLUME_SLICES, model="vit_b"):
+def _case(
+    framework,
+    kind,
+    size,
+    batch,
+    *,
+    z=1,
+    dtype="float32",
+    attention="folded",
+    remat=False,
+    steps=3,
+    volume_slices=VOLUME_SLICES,
+    model="vit_b",
+):
     """One measurement; `batch` may be a list of candidates tried largest first (the largest that fits wins)."""
-    return dict(framework=framework, kind=kind, image_size=size, batch=batch, z=z, dtype=dtype,
-                attention=attention if framework == "jax" else "sam", remat=remat, steps=steps,
-                volume_slices=volume_slices, model=model)
+    return dict(
+        framework=framework,
+        kind=kind,
+        image_size=size,
+        batch=batch,
+        z=z,
+        dtype=dtype,
+        attention=attention if framework == "jax" else "sam",
+        remat=remat,
+        steps=steps,
+        volume_slices=volume_slices,
+        model=model,
+    )
 
 
 def cpu_groups():
-    jax256 = [_case("jax", "train", 256, 1), _case("jax", "train", 256, 4), _case("jax", "encode", 256, 4),
-              _case("jax", "volume", 256, 8, steps=1, volume_slices=CPU_VOLUME_SLICES)]
-    torch256 = [_case("torch", "train", 256, 1), _case("torch", "train", 256, 4), _case("torch", "encode", 256, 4),
-                _case("torch", "volume", 256, 8, steps=1, volume_slices=CPU_VOLUME_SLICES)]
+    jax256 = [
+        _case("jax", "train", 256, 1),
+        _case("jax", "train", 256, 4),
+        _case("jax", "encode", 256, 4),
+        _case("jax", "volume", 256, 8, steps=1, volume_slices=CPU_VOLUME_SLICES),
+    ]
+    torch256 = [
+        _case("torch", "train", 256, 1),
+        _case("torch", "train", 256, 4),
+        _case("torch", "encode", 256, 4),
+        _case("torch", "volume", 256, 8, steps=1, volume_slices=CPU_VOLUME_SLICES),
+    ]
     plain256 = [_case("jax", "train", 256, 4, attention="plain"), _case("jax", "encode", 256, 4, attention="plain")]
     jax512 = [_case("jax", "train", 512, 1), _case("jax", "encode", 512, 1)]
     torch512 = [_case("torch", "train", 512, 1), _case("torch", "encode", 512, 1)]
     # SAM's own input size, inference only (a 1024² train step takes most of a minute on 2 cores)
     jax1024, torch1024 = [_case("jax", "encode", 1024, 1)], [_case("torch", "encode", 1024, 1)]
-    return [jax256, torch256, plain256, jax512, torch512, jax1024, torch1024,
-            [dict(framework="host", kind="pipeline", batch=4, z=1)]]
+    return [
+        jax256,
+        torch256,
+        plain256,
+        jax512,
+        torch512,
+        jax1024,
+        torch1024,
+        [dict(framework="host", kind="pipeline", batch=4, z=1)],
+    ]
 
 
 def gpu_groups():
     bf16 = dict(dtype="bfloat16", steps=10)
-    main = [_case("jax", "train", 1024, [32, 16, 8], attention="cudnn", **bf16),
-            _case("jax", "volume", 1024, 32, attention="cudnn", dtype="bfloat16", steps=2),
-            _case("jax", "encode", 1024, 32, attention="cudnn", **bf16)]
-    torch = [_case("torch", "train", 1024, 2, steps=5), _case("torch", "train", 1024, 4, dtype="bfloat16", steps=5),
-             _case("torch", "encode", 1024, 8, steps=5),
-             _case("torch", "volume", 1024, 16, dtype="bfloat16", steps=1)]
-    levers = [_case("jax", "train", 1024, [32, 16], attention="cudnn", remat=True, **bf16),
-              _case("jax", "train", 1024, [8, 4], z=4, attention="cudnn", **bf16),
-              _case("jax", "train", 1024, [16, 8, 4], attention="folded", remat=True, **bf16),
-              _case("jax", "train", 1024, [8, 4, 2], attention="folded", steps=5)]
+    main = [
+        _case("jax", "train", 1024, [32, 16, 8], attention="cudnn", **bf16),
+        _case("jax", "volume", 1024, 32, attention="cudnn", dtype="bfloat16", steps=2),
+        _case("jax", "encode", 1024, 32, attention="cudnn", **bf16),
+    ]
+    torch = [
+        _case("torch", "train", 1024, 2, steps=5),
+        _case("torch", "train", 1024, 4, dtype="bfloat16", steps=5),
+        _case("torch", "encode", 1024, 8, steps=5),
+        _case("torch", "volume", 1024, 16, dtype="bfloat16", steps=1),
+    ]
+    levers = [
+        _case("jax", "train", 1024, [32, 16], attention="cudnn", remat=True, **bf16),
+        _case("jax", "train", 1024, [8, 4], z=4, attention="cudnn", **bf16),
+        _case("jax", "train", 1024, [16, 8, 4], attention="folded", remat=True, **bf16),
+        _case("jax", "train", 1024, [8, 4, 2], attention="folded", steps=5),
+    ]
     return [main, torch, levers, [dict(framework="host", kind="pipeline", batch=32, z=1)]]
 
 
@@ -84,9 +129,11 @@ def gpu_quick_groups():
     """The GPU configuration in short: encoder inference (bf16, cuDNN) and the LoRA train step (bf16, folded
     attention, remat) at two batch sizes, ViT-B at 1024; PyTorch's bf16 step beside them when it is installed."""
     bf16 = dict(dtype="bfloat16", steps=10)
-    ours = [_case("jax", "encode", 1024, 32, attention="cudnn", **bf16),
-            _case("jax", "train", 1024, 8, attention="folded", remat=True, **bf16),
-            _case("jax", "train", 1024, 16, attention="folded", remat=True, **bf16)]
+    ours = [
+        _case("jax", "encode", 1024, 32, attention="cudnn", **bf16),
+        _case("jax", "train", 1024, 8, attention="folded", remat=True, **bf16),
+        _case("jax", "train", 1024, 16, attention="folded", remat=True, **bf16),
+    ]
     return [ours, [_case("torch", "train", 1024, 8, dtype="bfloat16", steps=5)]]
 
 
@@ -98,8 +145,12 @@ def smoke_groups():
 
 
 # preset → (its groups, the default --budget_s)
-PRESETS = {"cpu": (cpu_groups, 570), "gpu": (gpu_groups, 400), "gpu_quick": (gpu_quick_groups, 300),
-           "smoke": (smoke_groups, 120)}
+PRESETS = {
+    "cpu": (cpu_groups, 570),
+    "gpu": (gpu_groups, 400),
+    "gpu_quick": (gpu_quick_groups, 300),
+    "smoke": (smoke_groups, 120),
+}
 
 
 # ----------------------------------------------------------------------------------------------- measurements
@@ -118,9 +169,13 @@ def _synthetic_batch(batch, z, seed=0):
             cy, cx, r = rng.integers(60, 180), rng.integers(60, 180), rng.integers(10, 40)
             masks[i, t] = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
             coords[i, t, 0] = cx, cy
-    return {"image": rng.normal(size=(batch, z, CANVAS, CANVAS, 4)).astype(np.float32), "mask": masks,
-            "valid_hw": np.full((batch, 2), CANVAS, np.int32), "point_coords": coords,
-            "point_labels": np.ones((batch, z, 1), np.int32)}
+    return {
+        "image": rng.normal(size=(batch, z, CANVAS, CANVAS, 4)).astype(np.float32),
+        "mask": masks,
+        "valid_hw": np.full((batch, 2), CANVAS, np.int32),
+        "point_coords": coords,
+        "point_labels": np.ones((batch, z, 1), np.int32),
+    }
 
 
 def _timed(fn, steps, warmup=2):
@@ -143,9 +198,18 @@ def _jax_case(case, batch):
     from sam_jax.training.step import build_train_step, cast_floats, make_eval_forward
 
     size, z, dtype = case["image_size"], case["z"], jnp.dtype(case["dtype"])
-    step_cfg = TrainConfig(model_type=case["model"], image_size=size, attention=case["attention"],
-                           remat_attention=case["remat"], cross_slice=z > 1, slices=z, loss="bce",
-                           precision=case["dtype"], trainable="lora", learning_rate=1e-4)
+    step_cfg = TrainConfig(
+        model_type=case["model"],
+        image_size=size,
+        attention=case["attention"],
+        remat_attention=case["remat"],
+        cross_slice=z > 1,
+        slices=z,
+        loss="bce",
+        precision=case["dtype"],
+        trainable="lora",
+        learning_rate=1e-4,
+    )
     train = build_train_step(step_cfg)  # random weights (seed 0), Adam
     graphdef, trainable, frozen = train.graphdef, train.trainable, jax.device_put(train.frozen)
     out = {}
@@ -167,8 +231,7 @@ def _jax_case(case, batch):
         seconds = _timed(run, case["steps"])
         slices = batch * z
     elif case["kind"] == "encode":
-        images = jax.device_put(jnp.asarray(
-            jax.random.normal(jax.random.key(1), (batch, size, size, 4)), dtype))
+        images = jax.device_put(jnp.asarray(jax.random.normal(jax.random.key(1), (batch, size, size, 4)), dtype))
         params = jax.device_put(cast_floats(trainable, dtype))
 
         @jax.jit
@@ -188,7 +251,7 @@ def _jax_case(case, batch):
         volume = _synthetic_batch(count, 1)
         chunks = []
         for start in range(0, count, batch):
-            chunk = {k: v[start:start + batch] for k, v in volume.items()}
+            chunk = {k: v[start : start + batch] for k, v in volume.items()}
             pad = batch - len(chunk["image"])
             chunks.append({k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) if pad else v for k, v in chunk.items()})
 
@@ -210,8 +273,9 @@ def _compiled_figures(compiled):
     figures = {}
     try:
         m = compiled.memory_analysis()
-        figures["compiled_bytes"] = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                                     - m.alias_size_in_bytes)
+        figures["compiled_bytes"] = (
+            m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+        )
     except Exception:  # not every backend reports it
         pass
     try:
@@ -312,8 +376,7 @@ def run_worker(cases_file, lines_file, deadline):
         result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         with open(lines_file, "a") as f:
             f.write(json.dumps(result) + "\n")
-        print(f"  {_label(result)}: " + (result.get("error") or f"{result['slices_per_s']:.2f} slices/s"),
-              flush=True)
+        print(f"  {_label(result)}: " + (result.get("error") or f"{result['slices_per_s']:.2f} slices/s"), flush=True)
 
 
 # ------------------------------------------------------------------------------------------------- reporting
@@ -323,9 +386,12 @@ def _label(r):
     if r["kind"] == "pipeline":
         return f"host pipeline batch {r['batch']}"
     model = "" if r["model"] == "vit_b" else f" {r['model']}"
-    return (f"{r['framework']}{model} {r['kind']} {r['image_size']} b{r['batch']}"
-            + (f" z{r['z']}" if r["z"] > 1 else "") + f" {r['dtype']} {r['attention']}"
-            + (" remat" if r["remat"] else ""))
+    return (
+        f"{r['framework']}{model} {r['kind']} {r['image_size']} b{r['batch']}"
+        + (f" z{r['z']}" if r["z"] > 1 else "")
+        + f" {r['dtype']} {r['attention']}"
+        + (" remat" if r["remat"] else "")
+    )
 
 
 def _annotate(results, hardware):
@@ -366,9 +432,10 @@ def _annotate(results, hardware):
 
 
 def markdown(report):
-    rows = ["| case | s/step | slices/s | peak mem GB (per slice) | × torch fp32 | × torch bf16 | model TFLOP/s "
-            "| MFU |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| case | s/step | slices/s | peak mem GB (per slice) | × torch fp32 | × torch bf16 | model TFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
         if "error" in r or r["kind"] == "pipeline":
             rows.append(f"| {_label(r)} | {r.get('error', '')} | {r.get('slices_per_s', 0):.1f} | | | | | |")
@@ -377,17 +444,22 @@ def markdown(report):
         def fmt(key, spec, r=r):
             return format(r[key], spec) if r.get(key) is not None else ""
 
-        mem = fmt("peak_memory_gb", ".2f") + (f" ({r['peak_memory_gb_per_slice']:.2f})"
-                                             if "peak_memory_gb_per_slice" in r else "")
+        mem = fmt("peak_memory_gb", ".2f") + (
+            f" ({r['peak_memory_gb_per_slice']:.2f})" if "peak_memory_gb_per_slice" in r else ""
+        )
         seconds = r.get("volume_seconds", r["seconds"])
-        rows.append(f"| {_label(r)} | {seconds:.3f} | {r['slices_per_s']:.2f} | {mem} | "
-                    f"{fmt('x_torch_float32', '.2f')} | {fmt('x_torch_bfloat16', '.2f')} | "
-                    f"{fmt('model_tflops_per_s', '.3f')} | {fmt('mfu', '.1%')} |")
-    head = (f"Benchmark `{report['command']}`, {report['date']}, {report['hardware']}. Steps timed after warm-up "
-            f"(median; with --repeat, each case's median round); for volume rows the time is for {VOLUME_SLICES} "
-            f"slices end to end "
-            f"(host slices in, logits out; on CPU extrapolated from {CPU_VOLUME_SLICES}). "
-            f"Memory: {report['memory_note']}")
+        rows.append(
+            f"| {_label(r)} | {seconds:.3f} | {r['slices_per_s']:.2f} | {mem} | "
+            f"{fmt('x_torch_float32', '.2f')} | {fmt('x_torch_bfloat16', '.2f')} | "
+            f"{fmt('model_tflops_per_s', '.3f')} | {fmt('mfu', '.1%')} |"
+        )
+    head = (
+        f"Benchmark `{report['command']}`, {report['date']}, {report['hardware']}. Steps timed after warm-up "
+        f"(median; with --repeat, each case's median round); for volume rows the time is for {VOLUME_SLICES} "
+        f"slices end to end "
+        f"(host slices in, logits out; on CPU extrapolated from {CPU_VOLUME_SLICES}). "
+        f"Memory: {report['memory_note']}"
+    )
     return head + "\n\n" + "\n".join(rows) + "\n"
 
 
@@ -401,14 +473,27 @@ def _run_group(group, stem, preset, env, deadline):
     cases_file.write_text(json.dumps(group))
     lines_file.unlink(missing_ok=True)
     try:
-        subprocess.run([sys.executable, "-m", "benchmarks.bench", "--preset", preset, "--worker", str(cases_file),
-                        str(lines_file), str(deadline)], env=env, timeout=max(deadline - time.time() + 60, 1))
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench",
+                "--preset",
+                preset,
+                "--worker",
+                str(cases_file),
+                str(lines_file),
+                str(deadline),
+            ],
+            env=env,
+            timeout=max(deadline - time.time() + 60, 1),
+        )
     except subprocess.TimeoutExpired:
         print("  group timed out", flush=True)
     done = [json.loads(x) for x in lines_file.read_text().splitlines()] if lines_file.exists() else []
     cases_file.unlink()
     lines_file.unlink(missing_ok=True)
-    return done + [dict(c, error="not run: the group crashed or timed out") for c in group[len(done):]]
+    return done + [dict(c, error="not run: the group crashed or timed out") for c in group[len(done) :]]
 
 
 def _median_round(rounds):
@@ -427,8 +512,7 @@ def _median_round(rounds):
 
 
 def _hardware():
-    code = ("import jax; d = jax.devices()[0]; print(d.platform, getattr(d, 'device_kind', ''), "
-            "jax.device_count())")
+    code = "import jax; d = jax.devices()[0]; print(d.platform, getattr(d, 'device_kind', ''), jax.device_count())"
     try:
         text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     except subprocess.TimeoutExpired:
@@ -472,10 +556,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
     parser.add_argument("--output", default="results.json")
-    parser.add_argument("--budget_s", type=float, default=None, help="Stop starting cases after this many seconds "
-                        "(default: " + ", ".join(f"{s} {p}" for p, (_, s) in PRESETS.items()) + ").")
-    parser.add_argument("--repeat", type=int, default=1, help="Run every group this many times, interleaved, and "
-                        "report each case's median round (a shared machine's speed drifts).")
+    parser.add_argument(
+        "--budget_s",
+        type=float,
+        default=None,
+        help="Stop starting cases after this many seconds "
+        "(default: " + ", ".join(f"{s} {p}" for p, (_, s) in PRESETS.items()) + ").",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="Run every group this many times, interleaved, and "
+        "report each case's median round (a shared machine's speed drifts).",
+    )
     parser.add_argument("--worker", nargs=3, metavar=("CASES", "LINES", "DEADLINE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -489,14 +583,22 @@ def main(argv=None):
     hardware = _hardware()
     print(f"hardware: {hardware}", flush=True)
     repeat = f" --repeat {args.repeat}" if args.repeat > 1 else ""
-    report = {"command": f"python -m benchmarks.bench --preset {args.preset}{repeat} --output {args.output}",
-              "date": datetime.date.today().isoformat(), "hardware": hardware, "cpu": _cpu(),
-              "versions": _versions(), "results": [],
-              "memory_note": "CPU: process peak RSS (imports included); GPU: JAX compiled step memory, "
-                             "torch max_memory_allocated."}
+    report = {
+        "command": f"python -m benchmarks.bench --preset {args.preset}{repeat} --output {args.output}",
+        "date": datetime.date.today().isoformat(),
+        "hardware": hardware,
+        "cpu": _cpu(),
+        "versions": _versions(),
+        "results": [],
+        "memory_note": "CPU: process peak RSS (imports included); GPU: JAX compiled step memory, "
+        "torch max_memory_allocated.",
+    }
     root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        XLA_PYTHON_CLIENT_PREALLOCATE="false",
+        PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    )
     groups = make_groups()
     rounds = []  # each round runs every group once, so slow spells of a shared machine hit both frameworks
     for r in range(args.repeat):

@@ -60,13 +60,20 @@ def measure(data_dir: str, cache_dir: str, workers: int) -> dict:
     start = time.perf_counter()
     cache = build_cache(data_dir, cache_dir, workers=workers)
     wall = time.perf_counter() - start
-    seconds = [json.loads((Path(cache_dir) / "cases" / c / "meta.json").read_text())["build_seconds"]
-               for c in cache.case_ids]
-    return dict(workers=workers, processes=min(workers or _available_cores(), len(seconds)), cases=len(seconds),
-                wall_s=round(wall, 2), cases_per_s=round(len(seconds) / wall, 4),
-                case_s_mean=round(statistics.mean(seconds), 3), case_s_median=round(statistics.median(seconds), 3),
-                cache_mb_per_case=round(_folder_bytes(Path(cache_dir) / "cases") / len(seconds) / 1e6, 1),
-                peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    seconds = [
+        json.loads((Path(cache_dir) / "cases" / c / "meta.json").read_text())["build_seconds"] for c in cache.case_ids
+    ]
+    return dict(
+        workers=workers,
+        processes=min(workers or _available_cores(), len(seconds)),
+        cases=len(seconds),
+        wall_s=round(wall, 2),
+        cases_per_s=round(len(seconds) / wall, 4),
+        case_s_mean=round(statistics.mean(seconds), 3),
+        case_s_median=round(statistics.median(seconds), 3),
+        cache_mb_per_case=round(_folder_bytes(Path(cache_dir) / "cases") / len(seconds) / 1e6, 1),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    )
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -75,8 +82,12 @@ def _folder_bytes(folder: Path) -> int:
 
 def _run_in_fresh_process(data_dir: Path, cache_dir: Path, workers: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, __file__, "--measure", str(data_dir), str(cache_dir), str(workers)],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, __file__, "--measure", str(data_dir), str(cache_dir), str(workers)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if result.returncode:
         raise SystemExit(f"the build with {workers} workers failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -87,12 +98,17 @@ def _hours(seconds: float) -> str:
 
 
 def report_lines(report: dict) -> list[str]:
-    lines = [f"{report['hardware']}; {report['cases']} phantom cases at 240 x 240 x 155",
-             "| workers | processes | cases/s | s per case (mean) | peak RSS of the parent (MB) | "
-             f"projected {BRATS_2023_CASES} cases |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"{report['hardware']}; {report['cases']} phantom cases at 240 x 240 x 155",
+        "| workers | processes | cases/s | s per case (mean) | peak RSS of the parent (MB) | "
+        f"projected {BRATS_2023_CASES} cases |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
-        lines.append(f"| {r['workers']} | {r['processes']} | {r['cases_per_s']:.3f} | {r['case_s_mean']:.2f} | "
-                     f"{r['peak_rss_mb']} | {_hours(r['projected_s'])} |")
+        lines.append(
+            f"| {r['workers']} | {r['processes']} | {r['cases_per_s']:.3f} | {r['case_s_mean']:.2f} | "
+            f"{r['peak_rss_mb']} | {_hours(r['projected_s'])} |"
+        )
     if "speed_up" in report:
         lines.append(f"speed-up of all cores over one worker: {report['speed_up']:.2f}x")
     mb = report["results"][0]["cache_mb_per_case"]
@@ -103,11 +119,17 @@ def report_lines(report: dict) -> list[str]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases_per_domain", type=int, default=8)
-    parser.add_argument("--data_dir", default="", help="Phantom cases are written here (missing ones only) and kept; "
-                        "default: a scratch folder.")
+    parser.add_argument(
+        "--data_dir",
+        default="",
+        help="Phantom cases are written here (missing ones only) and kept; default: a scratch folder.",
+    )
     parser.add_argument("--workers", default="1,0", help="Comma-separated worker counts to time (0: one per core).")
-    parser.add_argument("--output", default="", help="Write the results as JSON here (e.g. under "
-                        "benchmarks/results/); printed only by default.")
+    parser.add_argument(
+        "--output",
+        default="",
+        help="Write the results as JSON here (e.g. under benchmarks/results/); printed only by default.",
+    )
     parser.add_argument("--measure", nargs=3, metavar=("DATA", "CACHE", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
@@ -121,9 +143,13 @@ def main(argv=None):
     try:
         data_dir = Path(args.data_dir) if args.data_dir else scratch / "data"
         cases = write_cases(data_dir, args.cases_per_domain)
-        report = dict(command="python benchmarks/cache_build.py " + " ".join(argv or sys.argv[1:]),
-                      date=datetime.date.today().isoformat(), cases=cases, results=[],
-                      hardware=f"{platform.processor() or platform.machine()}, {_available_cores()} cores available")
+        report = dict(
+            command="python benchmarks/cache_build.py " + " ".join(argv or sys.argv[1:]),
+            date=datetime.date.today().isoformat(),
+            cases=cases,
+            results=[],
+            hardware=f"{platform.processor() or platform.machine()}, {_available_cores()} cores available",
+        )
         for w in workers:
             print(f"building the cache with workers={w} ...", flush=True)
             result = _run_in_fresh_process(data_dir, scratch / f"cache_{w}", w)

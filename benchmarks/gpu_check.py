@@ -47,14 +47,22 @@ MARGIN_S = 60  # the benchmark's last group may run this long past its budget
 
 def _env() -> dict:
     # Each process takes the GPU memory it uses, not XLA's default 75% of it, so the next one finds it free.
-    return dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
-                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return dict(
+        os.environ,
+        XLA_PYTHON_CLIENT_PREALLOCATE="false",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
 
 
 def jax_backend(env) -> str:
     """JAX's default backend, asked in a fresh process (this one must not hold the GPU)."""
-    result = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.default_backend())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = (result.stdout.strip() or result.stderr.strip() or "no output").splitlines()
     return lines[-1] if result.returncode == 0 else f"none (JAX failed to start: {lines[-1]})"
 
@@ -62,15 +70,22 @@ def jax_backend(env) -> str:
 def run_tests(output_dir: Path, env, timeout_s: float) -> dict:
     """The GPU tests in a fresh process, their output in tests.log; the counts from pytest's closing line."""
     try:
-        result = subprocess.run([sys.executable, *TESTS], cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=timeout_s)
+        result = subprocess.run(
+            [sys.executable, *TESTS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
         text, returncode = result.stdout + result.stderr, result.returncode
     except subprocess.TimeoutExpired as e:  # its output may come back as bytes
         text = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
         text, returncode = f"{text}\ntimed out after {timeout_s:.0f} s", None
     (output_dir / "tests.log").write_text(text)
-    closing = next((line.strip("= ") for line in reversed(text.splitlines())
-                    if re.search(r"\d+ (passed|failed|skipped|error)", line)), "no test ran")
+    closing = next(
+        (
+            line.strip("= ")
+            for line in reversed(text.splitlines())
+            if re.search(r"\d+ (passed|failed|skipped|error)", line)
+        ),
+        "no test ran",
+    )
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|deselected|error)", closing)}
     return {"command": "python " + " ".join(TESTS), "returncode": returncode, "summary": closing, "counts": counts}
 
@@ -87,18 +102,28 @@ def tests_passed(tests: dict, on_gpu: bool) -> bool:
 def markdown(check: dict, bench_md: str) -> str:
     tests = check["tests"]
     verdict = "ok" if check["tests_ok"] else "**FAILED** (tests.log)"
-    return (f"GPU check `{check['command']}`, {check['date']}, JAX backend {check['backend']}, "
-            f"{check['wall_s']:.0f} s.\n\nGPU tests (`{tests['command']}`): {tests['summary']}: {verdict}.\n\n"
-            + bench_md)
+    return (
+        f"GPU check `{check['command']}`, {check['date']}, JAX backend {check['backend']}, "
+        f"{check['wall_s']:.0f} s.\n\nGPU tests (`{tests['command']}`): {tests['summary']}: {verdict}.\n\n" + bench_md
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", required=True, help="Folder for the logs, JSON and markdown (made if absent).")
-    parser.add_argument("--preset", choices=PRESETS, default="gpu_quick",
-                        help="The speed table's preset in benchmarks/bench.py; smoke: the tiny model, any backend.")
-    parser.add_argument("--budget_s", type=float, default=420, help="Seconds for the whole check; the benchmark "
-                        "starts no case past what the tests leave of it (less a margin for its last case).")
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="gpu_quick",
+        help="The speed table's preset in benchmarks/bench.py; smoke: the tiny model, any backend.",
+    )
+    parser.add_argument(
+        "--budget_s",
+        type=float,
+        default=420,
+        help="Seconds for the whole check; the benchmark "
+        "starts no case past what the tests leave of it (less a margin for its last case).",
+    )
     args = parser.parse_args(argv)
     start = time.time()
     output_dir = Path(args.output_dir)
@@ -123,8 +148,11 @@ def main(argv=None) -> int:
     check.update(bench=json.loads(bench_json.read_text()), wall_s=time.time() - start)
     (output_dir / "gpu_check.json").write_text(json.dumps(check, indent=1))
     (output_dir / "gpu_check.md").write_text(markdown(check, bench_json.with_suffix(".md").read_text()))
-    print(f"GPU tests: {check['tests']['summary']}: {'ok' if check['tests_ok'] else 'FAILED'}; "
-          f"{output_dir / 'gpu_check.md'}", flush=True)
+    print(
+        f"GPU tests: {check['tests']['summary']}: {'ok' if check['tests_ok'] else 'FAILED'}; "
+        f"{output_dir / 'gpu_check.md'}",
+        flush=True,
+    )
     return 0 if check["tests_ok"] else 1
 
 

@@ -33,16 +33,37 @@ def steady_slices_per_s(metrics_path: Path, slices_per_step: int) -> float:
 
 
 def run(flags, processes: int, devices_per_process: int, timeout: int) -> float:
-    env = {**os.environ, "PYTHONPATH": str(ROOT),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+    }
     port = portpicker.pick_unused_port()
-    group = lambda i: [] if processes == 1 else [  # noqa: E731
-        "--distributed", f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
-        f"--process_id={i}"]
+
+    def group(i):
+        return (
+            []
+            if processes == 1
+            else [
+                "--distributed",
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={processes}",
+                f"--process_id={i}",
+            ]
+        )
+
     tick = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "train.main", *flags, *group(i)], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for i in range(processes)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "train.main", *flags, *group(i)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=timeout)
         if p.returncode:
@@ -60,17 +81,30 @@ def main():
     args = parser.parse_args()
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="multi_process_"))
     batch = 8  # train/demo.flags
-    common = ["--flagfile=train/demo.flags", f"--data_dir={scratch / 'data'}", f"--cache_dir={scratch / 'cache'}",
-              f"--steps={args.steps}", f"--log_every={args.log_every}", "--eval_every=100000",
-              f"--checkpoint_every={args.steps}", "--eval_domains=", f"--batch_size={batch}"]
+    common = [
+        "--flagfile=train/demo.flags",
+        f"--data_dir={scratch / 'data'}",
+        f"--cache_dir={scratch / 'cache'}",
+        f"--steps={args.steps}",
+        f"--log_every={args.log_every}",
+        "--eval_every=100000",
+        f"--checkpoint_every={args.steps}",
+        "--eval_domains=",
+        f"--batch_size={batch}",
+    ]
     results = {}
-    for name, processes, devices in (("1 process x %d devices" % args.processes, 1, args.processes),
-                                     ("%d processes x 1 device" % args.processes, args.processes, 1)):
+    for name, processes, devices in (
+        ("1 process x %d devices" % args.processes, 1, args.processes),
+        ("%d processes x 1 device" % args.processes, args.processes, 1),
+    ):
         workdir = scratch / name.replace(" ", "_")
         wall = run([*common, f"--workdir={workdir}"], processes, devices, args.timeout)
         results[name] = {"slices_per_s": steady_slices_per_s(workdir / "metrics.jsonl", batch), "wall_s": wall}
-        print(f"{name}: {results[name]['slices_per_s']:.2f} slices/s after the first logged step "
-              f"(wall {wall:.0f} s with start-up and compilation)", flush=True)
+        print(
+            f"{name}: {results[name]['slices_per_s']:.2f} slices/s after the first logged step "
+            f"(wall {wall:.0f} s with start-up and compilation)",
+            flush=True,
+        )
     one, many = results.values()
     print(f"{args.processes} processes / 1 process: {many['slices_per_s'] / one['slices_per_s']:.2f}x")
     print(json.dumps(results, indent=2))

@@ -51,22 +51,36 @@ OPTIONS = {
     "random_decoder_mlps": ["--random_decoder_mlps=true"],
     "decoder_first_residual": ["--decoder_first_residual=true"],
     "volume_batch_4": ["--volume_batch=4", "--batch_size=1"],
-    "all_original": ["--resize=stretch", "--loss_grid=input", "--click_order=row_col", "--broadcast_clicks=true",
-                     "--zero_rel_pos=true", "--random_decoder_mlps=true", "--decoder_first_residual=true",
-                     "--volume_batch=4", "--batch_size=1"],
+    "all_original": [
+        "--resize=stretch",
+        "--loss_grid=input",
+        "--click_order=row_col",
+        "--broadcast_clicks=true",
+        "--zero_rel_pos=true",
+        "--random_decoder_mlps=true",
+        "--decoder_first_residual=true",
+        "--volume_batch=4",
+        "--batch_size=1",
+    ],
 }
 
 # The choices that moved the scores most on seed 0, again on seeds 1 and 2 (the plain run's seeds are the modality
 # group's all4 runs, the same settings).
-OPTIONS |= {f"{name}_seed{seed}": [*OPTIONS[name], f"--seed={seed}"]
-            for name in ("volume_batch_4", "all_original") for seed in SEEDS[1:]}
+OPTIONS |= {
+    f"{name}_seed{seed}": [*OPTIONS[name], f"--seed={seed}"]
+    for name in ("volume_batch_4", "all_original")
+    for seed in SEEDS[1:]
+}
 
 LAYOUTS = ("all4", "t2f_x3", "t1n_x3", "t1c_x3", "t2w_x3")
 
 
 def _modality_runs() -> dict[str, list[str]]:
-    runs = {f"{layout}_seed{seed}": [f"--modalities={layout}", f"--seed={seed}"]
-            for layout in LAYOUTS for seed in (SEEDS if layout in ("all4", "t2f_x3") else SEEDS[:1])}
+    runs = {
+        f"{layout}_seed{seed}": [f"--modalities={layout}", f"--seed={seed}"]
+        for layout in LAYOUTS
+        for seed in (SEEDS if layout in ("all4", "t2f_x3") else SEEDS[:1])
+    }
     # The model side: a 4-channel patch embedding that sees FLAIR only; training 2.5x longer; raw intensities.
     runs |= {f"t2f_x4_seed{seed}": ["--modalities=t2f,t2f,t2f,t2f", f"--seed={seed}"] for seed in SEEDS}
     runs |= {f"{layout}_steps1500_seed0": [f"--modalities={layout}", "--steps=1500"] for layout in ("all4", "t2f_x3")}
@@ -83,8 +97,13 @@ def _write_phantom(data_dir: Path, kind: str, cases_per_domain: int) -> None:
     if kind == "derived":
         from sam_jax.data.phantom import write_phantom
     else:
-        source = subprocess.run(["git", "show", f"{HANDPICKED_COMMIT}:sam_jax/data/phantom.py"], cwd=ROOT,
-                                capture_output=True, text=True, check=True).stdout
+        source = subprocess.run(
+            ["git", "show", f"{HANDPICKED_COMMIT}:sam_jax/data/phantom.py"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
             f.write(source)
         spec = importlib.util.spec_from_file_location("handpicked_phantom", f.name)
@@ -112,9 +131,17 @@ def _train(name: str, flags: list[str], args, data_dir: Path, cores: str) -> dic
     summary = workdir / "summary.json"
     if not summary.exists():
         normalisation = _normalisation(flags)
-        command = [sys.executable, "-m", "train.main", "--flagfile=train/demo.flags", f"--data_dir={data_dir}",
-                   f"--cache_dir={data_dir.parent / f'cache_{normalisation}'}", f"--workdir={workdir}",
-                   f"--steps={args.steps}", *flags]
+        command = [
+            sys.executable,
+            "-m",
+            "train.main",
+            "--flagfile=train/demo.flags",
+            f"--data_dir={data_dir}",
+            f"--cache_dir={data_dir.parent / f'cache_{normalisation}'}",
+            f"--workdir={workdir}",
+            f"--steps={args.steps}",
+            *flags,
+        ]
         if cores:
             command = ["taskset", "-c", cores, *command]
         tick = time.perf_counter()
@@ -127,15 +154,24 @@ def _train(name: str, flags: list[str], args, data_dir: Path, cores: str) -> dic
         print(f"{name}: {time.perf_counter() - tick:.0f} s", flush=True)
     scores = json.loads(summary.read_text())
     wall = workdir / "wall_seconds"
-    return {"name": name, "flags": flags, "steps": scores["steps"],
-            "wall_seconds": float(wall.read_text()) if wall.exists() else None,
-            "paper_dice": {d: 100 * scores["paper_dice"][d] for d in DOMAINS},
-            "tumour_slice_dice": {d: 100 * scores["tumour_slice_dice"][d] for d in DOMAINS}}
+    return {
+        "name": name,
+        "flags": flags,
+        "steps": scores["steps"],
+        "wall_seconds": float(wall.read_text()) if wall.exists() else None,
+        "paper_dice": {d: 100 * scores["paper_dice"][d] for d in DOMAINS},
+        "tumour_slice_dice": {d: 100 * scores["tumour_slice_dice"][d] for d in DOMAINS},
+    }
 
 
 def _table(results: list[dict]) -> str:
-    head = "| run | " + " | ".join(f"{d} paper" for d in DOMAINS) + " | " + " | ".join(f"{d} tumour-slice"
-                                                                                   for d in DOMAINS) + " |"
+    head = (
+        "| run | "
+        + " | ".join(f"{d} paper" for d in DOMAINS)
+        + " | "
+        + " | ".join(f"{d} tumour-slice" for d in DOMAINS)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (1 + 2 * len(DOMAINS))]
     for r in results:
         if "failed" in r:
@@ -150,8 +186,11 @@ def _table(results: list[dict]) -> str:
             by_setting.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
     for setting, rows in by_setting.items():
         if len(rows) > 1:
-            cells = [f"{statistics.mean(r[k][d] for r in rows):.1f} ± {statistics.stdev(r[k][d] for r in rows):.1f}"
-                     for k in ("paper_dice", "tumour_slice_dice") for d in DOMAINS]
+            cells = [
+                f"{statistics.mean(r[k][d] for r in rows):.1f} ± {statistics.stdev(r[k][d] for r in rows):.1f}"
+                for k in ("paper_dice", "tumour_slice_dice")
+                for d in DOMAINS
+            ]
             lines.append(f"| **{setting}, mean ± sd of {len(rows)} seeds** | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -182,8 +221,10 @@ def main() -> None:
     _build_caches(data_dir, runs)
     cores = sorted(os.sched_getaffinity(0))
     share = max(len(cores) // args.parallel, 1)
-    slots = [",".join(map(str, cores[i * share:(i + 1) * share])) if args.parallel > 1 else ""
-             for i in range(args.parallel)]
+    slots = [
+        ",".join(map(str, cores[i * share : (i + 1) * share])) if args.parallel > 1 else ""
+        for i in range(args.parallel)
+    ]
     results = {}
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
         free, running = list(slots), {}
@@ -199,12 +240,26 @@ def main() -> None:
     table = _table(results)
     print(table)
     output = Path(args.output or Path(args.root) / f"{args.phantom}_{args.group}.json")
-    output.write_text(json.dumps({
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "phantom": args.phantom, "cases_per_domain": args.cases_per_domain, "steps": args.steps,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": len(cores),
-                    "parallel": args.parallel},
-        "command": " ".join(sys.argv), "runs": results, "table": table}, indent=2) + "\n")
+    output.write_text(
+        json.dumps(
+            {
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "phantom": args.phantom,
+                "cases_per_domain": args.cases_per_domain,
+                "steps": args.steps,
+                "machine": {
+                    "cpu": platform.processor() or platform.machine(),
+                    "cores": len(cores),
+                    "parallel": args.parallel,
+                },
+                "command": " ".join(sys.argv),
+                "runs": results,
+                "table": table,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {output}")
 
 

@@ -18,8 +18,12 @@ from scipy import ndimage
 
 def _call(url: str, body: dict | None = None, method: str | None = None):
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method or ("POST" if data is not None else "GET"),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request) as response:
         raw = response.read()
         if response.headers.get_content_type() == "application/json":
@@ -39,8 +43,10 @@ def main():
     tick = time.perf_counter()
     while not ((s := _call(session))["embedded"] >= s["slices"] and s["warmed"]):
         time.sleep(0.5)
-    print(f"{args.case}: {s['slices']} slices embedded and the decoder compiled {time.perf_counter() - tick:.1f} s "
-          f"after opening")
+    print(
+        f"{args.case}: {s['slices']} slices embedded and the decoder compiled {time.perf_counter() - tick:.1f} s "
+        f"after opening"
+    )
     X, Y, Z = info["shape"]
     targets = []
     for z in range(*info["slices"]):
@@ -52,7 +58,7 @@ def main():
             targets.append((int(col), Y - 1 - int(row), z))  # planes.plane's axial orientation, inverted
     step = max(1, len(targets) // args.slices)
     server, whole = [], []
-    for x, y, z in targets[::step][:args.slices]:
+    for x, y, z in targets[::step][: args.slices]:
         tick = time.perf_counter()
         answer = _call(f"{session}/click", {"x": x, "y": y, "z": z, "positive": True})
         _call(f"{session}/labels?axis=axial&index={z}")
@@ -60,8 +66,10 @@ def main():
         server.append(answer["milliseconds"])
         _call(f"{session}/undo", {})
     for name, values in (("server edit", server), ("click + redraw request", whole)):
-        print(f"{name}: median {np.median(values):.0f} ms, 90th percentile {np.percentile(values, 90):.0f} ms "
-              f"over {len(values)} clicks")
+        print(
+            f"{name}: median {np.median(values):.0f} ms, 90th percentile {np.percentile(values, 90):.0f} ms "
+            f"over {len(values)} clicks"
+        )
 
 
 if __name__ == "__main__":

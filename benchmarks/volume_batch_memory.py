@@ -29,12 +29,22 @@ def compiled_bytes(k: int) -> int:
     from sam_jax.training.config import TrainConfig
     from sam_jax.training.step import build_train_step
 
-    cfg = TrainConfig(model_type="vit_b", image_size=1024, loss="bce", loss_grid="input", resize="stretch",
-                      volume_batch=k, broadcast_clicks=True, precision="float32", trainable="lora",
-                      learning_rate=1e-4)
+    cfg = TrainConfig(
+        model_type="vit_b",
+        image_size=1024,
+        loss="bce",
+        loss_grid="input",
+        resize="stretch",
+        volume_batch=k,
+        broadcast_clicks=True,
+        precision="float32",
+        trainable="lora",
+        learning_rate=1e-4,
+    )
     train = build_train_step(cfg)  # random weights (seed 0), Adam
-    lowered = train.step.lower(train.trainable, train.opt_state, train.frozen, _synthetic_batch(k, 1),
-                               jax.random.key(0))
+    lowered = train.step.lower(
+        train.trainable, train.opt_state, train.frozen, _synthetic_batch(k, 1), jax.random.key(0)
+    )
     return _compiled_figures(lowered.compile())["compiled_bytes"]
 
 
@@ -49,20 +59,33 @@ def main(argv=None) -> int:
     for k in sizes:
         tick = time.perf_counter()
         measured[k] = compiled_bytes(k)
-        print(f"K={k}: {measured[k] / 2**30:.2f} GiB compiled step ({time.perf_counter() - tick:.0f} s to compile)",
-              flush=True)
+        print(
+            f"K={k}: {measured[k] / 2**30:.2f} GiB compiled step ({time.perf_counter() - tick:.0f} s to compile)",
+            flush=True,
+        )
     per_slice, fixed = np.polyfit(sizes, [measured[k] for k in sizes], 1)
     worst = max(abs(fixed + per_slice * k - measured[k]) / measured[k] for k in sizes)
     budget = 0.9 * args.gpu_gib * 2**30
     largest = int((budget - fixed) // per_slice)
-    print(f"fit: {fixed / 2**30:.2f} GiB fixed + {per_slice / 2**30:.3f} GiB per slice (worst misfit "
-          f"{100 * worst:.1f}%)")
+    print(
+        f"fit: {fixed / 2**30:.2f} GiB fixed + {per_slice / 2**30:.3f} GiB per slice (worst misfit {100 * worst:.1f}%)"
+    )
     print(f"largest volume batch within 90% of {args.gpu_gib:g} GiB: K = {largest}")
     if args.output:
-        Path(args.output).write_text(json.dumps(dict(
-            command=" ".join(["python benchmarks/volume_batch_memory.py", *(argv or sys.argv[1:])]),
-            compiled_bytes=measured, fixed_bytes=fixed, bytes_per_slice=per_slice, worst_misfit=worst,
-            gpu_gib=args.gpu_gib, largest_volume_batch=largest), indent=2))
+        Path(args.output).write_text(
+            json.dumps(
+                dict(
+                    command=" ".join(["python benchmarks/volume_batch_memory.py", *(argv or sys.argv[1:])]),
+                    compiled_bytes=measured,
+                    fixed_bytes=fixed,
+                    bytes_per_slice=per_slice,
+                    worst_misfit=worst,
+                    gpu_gib=args.gpu_gib,
+                    largest_volume_batch=largest,
+                ),
+                indent=2,
+            )
+        )
     return 0
 
 

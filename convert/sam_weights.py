@@ -15,8 +15,12 @@ from sam_jax.weights.convert import convert_checkpoint
 
 flags.DEFINE_string("checkpoint", None, "PyTorch SAM checkpoint (.pth), e.g. sam_vit_b_01ec64.pth.", required=True)
 flags.DEFINE_string("output", None, "Where to write the safetensors file.", required=True)
-flags.DEFINE_enum("model_type", "auto", ["auto", *PRESETS],
-                  "SAM size; auto detects it from the tensor shapes (the small presets are for tests and demos).")
+flags.DEFINE_enum(
+    "model_type",
+    "auto",
+    ["auto", *PRESETS],
+    "SAM size; auto detects it from the tensor shapes (the small presets are for tests and demos).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -27,8 +31,10 @@ def main(argv):
     except SamJaxError as e:
         print(f"error: {e}\nNo output was written.", file=sys.stderr)
         return 1
-    print(f"wrote {FLAGS.output}: {metadata['model_type']}, {int(metadata['num_parameters']):,} parameters, "
-          f"source sha256 {metadata['source_sha256'][:12]}…")
+    print(
+        f"wrote {FLAGS.output}: {metadata['model_type']}, {int(metadata['num_parameters']):,} parameters, "
+        f"source sha256 {metadata['source_sha256'][:12]}…"
+    )
     return 0
 
 

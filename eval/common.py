@@ -16,18 +16,33 @@ EXPECTED_ERRORS = SamJaxError  # every fault in the user's input; anything else 
 
 def define_model_flags():
     flags.DEFINE_string("checkpoint", "", "Training workdir (config.json + adapter.safetensors).")
-    flags.DEFINE_string("sam_weights", None, "Converted SAM weights; overrides the path in config.json, and is the "
-                                             "model itself with --zero_shot.")
+    flags.DEFINE_string(
+        "sam_weights",
+        None,
+        "Converted SAM weights; overrides the path in config.json, and is the model itself with --zero_shot.",
+    )
     flags.DEFINE_bool("zero_shot", False, "Plain SAM, no adapter (Table 1): needs --sam_weights.")
-    flags.DEFINE_enum("model_type", "auto", ["auto", *PRESETS], "Zero-shot only: SAM size; auto: the one the "
-                      "weights file holds.")
+    flags.DEFINE_enum(
+        "model_type", "auto", ["auto", *PRESETS], "Zero-shot only: SAM size; auto: the one the weights file holds."
+    )
     flags.DEFINE_integer("image_size", 1024, "Zero-shot only: model input size.", lower_bound=16)
-    flags.DEFINE_string("modalities", ZERO_SHOT_MODALITIES, "Zero-shot only: a 3-channel layout (t1n_t2w_t2f, "
-                                                            "t2f_x3, …).")
-    flags.DEFINE_enum("zero_shot_input", "sam_rgb", ["sam_rgb", "raw_crop"], "Zero-shot only: SAM's own input "
-                      "(0–255, its RGB statistics), or raw_crop: the original code's raw brain-cropped intensities.")
-    flags.DEFINE_enum("select", "final", list(ADAPTERS), "Which model of the run: its last step, or its best "
-                      "validation Dice (adapter_best.safetensors; what the paper reported).")
+    flags.DEFINE_string(
+        "modalities", ZERO_SHOT_MODALITIES, "Zero-shot only: a 3-channel layout (t1n_t2w_t2f, t2f_x3, …)."
+    )
+    flags.DEFINE_enum(
+        "zero_shot_input",
+        "sam_rgb",
+        ["sam_rgb", "raw_crop"],
+        "Zero-shot only: SAM's own input "
+        "(0–255, its RGB statistics), or raw_crop: the original code's raw brain-cropped intensities.",
+    )
+    flags.DEFINE_enum(
+        "select",
+        "final",
+        list(ADAPTERS),
+        "Which model of the run: its last step, or its best "
+        "validation Dice (adapter_best.safetensors; what the paper reported).",
+    )
     flags.DEFINE_integer("batch_size", 8, "Slices per encoder/decoder call.", lower_bound=1)
 
 
@@ -36,8 +51,14 @@ def load_model(f=flags.FLAGS):
         if not f.sam_weights:
             raise EvaluationError("--zero_shot needs --sam_weights (converted SAM weights)")
         raw = f.zero_shot_input == "raw_crop"
-        return load_zero_shot(f.sam_weights, f.model_type, f.image_size, f.modalities,
-                              normalisation="none" if raw else "sam_rgb", crop_to_brain=raw)
+        return load_zero_shot(
+            f.sam_weights,
+            f.model_type,
+            f.image_size,
+            f.modalities,
+            normalisation="none" if raw else "sam_rgb",
+            crop_to_brain=raw,
+        )
     if not f.checkpoint:
         raise EvaluationError("--checkpoint WORKDIR is required (or --zero_shot with --sam_weights)")
     return load_trained(f.checkpoint, f.sam_weights, f.select)

@@ -18,8 +18,11 @@ from sam_jax.outputs import check_output_dir
 
 flags.DEFINE_enum("domain", None, list(COLUMNS), "Domain the folders scored; default: the one they recorded.")
 flags.DEFINE_integer("cases", 4, "How many cases to draw.", lower_bound=1)
-flags.DEFINE_string("metric", "dice_3d", "Per-case score of cases.csv whose spread ranks the cases (dice_3d, "
-                                         "paper_dice, lesion_dice, …).")
+flags.DEFINE_string(
+    "metric",
+    "dice_3d",
+    "Per-case score of cases.csv whose spread ranks the cases (dice_3d, paper_dice, lesion_dice, …).",
+)
 flags.DEFINE_string("data_dir", "", "BraTS cases; default: the data directory the evaluations recorded.")
 flags.DEFINE_string("output_dir", "compare_overlays", "Where the PNGs go.")
 FLAGS = flags.FLAGS
@@ -28,8 +31,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     try:
         out = check_output_dir(FLAGS.output_dir, "--output_dir")
-        drawn = compare(argv[1:], out, domain=FLAGS.domain or "", cases=FLAGS.cases, metric=FLAGS.metric,
-                        data_dir=FLAGS.data_dir)
+        drawn = compare(
+            argv[1:], out, domain=FLAGS.domain or "", cases=FLAGS.cases, metric=FLAGS.metric, data_dir=FLAGS.data_dir
+        )
     except EXPECTED_ERRORS as e:
         return fail(e)
     print(f"{len(drawn)} cases where the models disagree most ({FLAGS.metric}, spread = max − min):")

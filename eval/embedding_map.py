@@ -24,8 +24,7 @@ from sam_jax.progress import progress_bar
 
 define_model_flags()
 flags.DEFINE_string("data_dir", "", "BraTS cases of several domains; default: the run's training data_dir.")
-flags.DEFINE_integer("cases_per_domain", 4, "Cases sampled per domain (the first ones by id).",
-                     lower_bound=1)
+flags.DEFINE_integer("cases_per_domain", 4, "Cases sampled per domain (the first ones by id).", lower_bound=1)
 flags.DEFINE_integer("slices_per_case", 16, "Tumour slices sampled per case.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the slice sample and t-SNE.", lower_bound=0)
 flags.DEFINE_string("output_dir", "embedding_map", "Where the PNG and JSON go.")
@@ -40,7 +39,7 @@ def main(argv):
         rng = np.random.default_rng(FLAGS.seed)
         features, domains, case_ids = [], [], []
         data_dir = FLAGS.data_dir or trained.training.get("data_dir", "")
-        cases = [c for d in DOMAINS for c in find_cases(data_dir, d)[:FLAGS.cases_per_domain]]
+        cases = [c for d in DOMAINS for c in find_cases(data_dir, d)[: FLAGS.cases_per_domain]]
         for case_files in progress_bar(cases, desc="embeddings", unit="case"):
             volume = prepare_volume(load_case(case_files), trained.spec)
             if volume.tumour is None:
@@ -52,16 +51,22 @@ def main(argv):
                 case_ids += [case_files.case_id] * chosen.size
         features = np.concatenate(features) if features else np.zeros((0, 1))
         scores = separation(features, np.asarray(domains), np.asarray(case_ids), seed=FLAGS.seed)
-        scatter_by_domain(tsne(features, FLAGS.seed), domains, out / "embedding_map.png",
-                          f"t-SNE of encoder embeddings ({trained.name})")
+        scatter_by_domain(
+            tsne(features, FLAGS.seed),
+            domains,
+            out / "embedding_map.png",
+            f"t-SNE of encoder embeddings ({trained.name})",
+        )
         (out / "separation.json").write_text(json.dumps(scores, indent=2))
     except EXPECTED_ERRORS as e:
         return fail(e)
     print(json.dumps(scores, indent=2))
     low, high = scores["knn_ci95"]
-    print(f"k-NN domain accuracy, neighbours from other cases only (k={scores['knn_k']}): {scores['knn_accuracy']:.3f} "
-          f"[95% CI {low:.3f}-{high:.3f}, bootstrap over {scores['cases']} cases] vs chance {scores['chance']:.3f}; "
-          f"silhouette {scores['silhouette']:.3f} over {scores['slices']} slices")
+    print(
+        f"k-NN domain accuracy, neighbours from other cases only (k={scores['knn_k']}): {scores['knn_accuracy']:.3f} "
+        f"[95% CI {low:.3f}-{high:.3f}, bootstrap over {scores['cases']} cases] vs chance {scores['chance']:.3f}; "
+        f"silhouette {scores['silhouette']:.3f} over {scores['slices']} slices"
+    )
     return 0
 
 

@@ -36,15 +36,18 @@ def main(argv):
             rows = discrepancy(a, b)
             stem = f"{labels[i]}__{labels[j]}"
             with open(out / f"{stem}.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, ["block", "target", "weyl_bound", "spectral_distance"],
-                                        extrasaction="ignore")
+                writer = csv.DictWriter(
+                    f, ["block", "target", "weyl_bound", "spectral_distance"], extrasaction="ignore"
+                )
                 writer.writeheader()
                 writer.writerows(rows)
             for value in ("weyl_bound", "spectral_distance"):
                 grid, blocks, targets = as_heatmap(rows, value)
                 heatmap(grid, blocks, targets, out / f"{stem}_{value}.png", f"{value}: {labels[i]} vs {labels[j]}")
-            print(f"{stem}: mean bound {sum(r['weyl_bound'] for r in rows) / len(rows):.4g}, mean exact distance "
-                  f"{sum(r['spectral_distance'] for r in rows) / len(rows):.4g} over {len(rows)} layers")
+            print(
+                f"{stem}: mean bound {sum(r['weyl_bound'] for r in rows) / len(rows):.4g}, mean exact distance "
+                f"{sum(r['spectral_distance'] for r in rows) / len(rows):.4g} over {len(rows)} layers"
+            )
         if len(factors) > 2:
             matrix = pairwise(factors)
             with open(out / "pairwise.csv", "w", newline="") as f:

@@ -31,20 +31,27 @@ from sam_jax.metrics import NOC_MAX_CLICKS
 define_model_flags()
 define_flags(distributed.ProcessGroup)
 flags.DEFINE_enum("domain", "GLI", list(COLUMNS), "Domain to score.")
-flags.DEFINE_enum("split", "auto", list(SPLITS), "val: held-out cases of the saved split; all: every case; auto: "
-                                                 "val for the training domain, all for the others.")
+flags.DEFINE_enum(
+    "split",
+    "auto",
+    list(SPLITS),
+    "val: held-out cases of the saved split; all: every case; auto: val for the training domain, all for the others.",
+)
 flags.DEFINE_string("data_dir", "", "BraTS cases; default: the run's training data_dir.")
-flags.DEFINE_string("cache_dir", "", "Where the saved split lives; default: the run's cache (or <data_dir>/"
-                                     ".sam_jax_cache).")
-flags.DEFINE_string("output_dir", "", "Default: <checkpoint>/eval/<domain>[_best]; zero-shot: "
-                                      "workdir/<model name>/eval/<domain>, beside the trained runs.")
+flags.DEFINE_string(
+    "cache_dir", "", "Where the saved split lives; default: the run's cache (or <data_dir>/.sam_jax_cache)."
+)
+flags.DEFINE_string(
+    "output_dir",
+    "",
+    "Default: <checkpoint>/eval/<domain>[_best]; zero-shot: "
+    "workdir/<model name>/eval/<domain>, beside the trained runs.",
+)
 flags.DEFINE_list("protocols", list(PROTOCOLS), f"Any of {', '.join(PROTOCOLS)}.")
 flags.DEFINE_integer("seed", 0, "Seed of the paper protocol's clicks.", lower_bound=0)
-flags.DEFINE_integer("max_clicks", NOC_MAX_CLICKS, "Interactive protocol: clicks per slice.",
-                     lower_bound=1)
+flags.DEFINE_integer("max_clicks", NOC_MAX_CLICKS, "Interactive protocol: clicks per slice.", lower_bound=1)
 flags.DEFINE_bool("save_predictions", False, "Write each case's native-grid mask to O/predictions/.")
-flags.DEFINE_integer("overlays", 2, "PNG overlays (Figure 7) of the first N cases in O/overlays/.",
-                     lower_bound=0)
+flags.DEFINE_integer("overlays", 2, "PNG overlays (Figure 7) of the first N cases in O/overlays/.", lower_bound=0)
 flags.DEFINE_string("model_name", "", "Row label in tables; default: the workdir's name.")
 FLAGS = flags.FLAGS
 
@@ -70,11 +77,18 @@ def main(argv):
         run_dir = Path("workdir") / trained.name if FLAGS.zero_shot else Path(FLAGS.checkpoint)
         selected = "_best" if FLAGS.select == "best" and not FLAGS.zero_shot else ""
         out_dir = Path(FLAGS.output_dir or run_dir / "eval" / f"{FLAGS.domain}{selected}")
-        rows = evaluate_cases(SliceSegmenter(trained, FLAGS.batch_size), trained, cases[index::count], out_dir,
-                              protocols=tuple(FLAGS.protocols), seed=FLAGS.seed, max_clicks=FLAGS.max_clicks,
-                              save_predictions=FLAGS.save_predictions,
-                              overlays=FLAGS.overlays if index == 0 else 0,  # process 0's first cases
-                              csv_name="cases.csv" if count == 1 else process_csv(index, count))
+        rows = evaluate_cases(
+            SliceSegmenter(trained, FLAGS.batch_size),
+            trained,
+            cases[index::count],
+            out_dir,
+            protocols=tuple(FLAGS.protocols),
+            seed=FLAGS.seed,
+            max_clicks=FLAGS.max_clicks,
+            save_predictions=FLAGS.save_predictions,
+            overlays=FLAGS.overlays if index == 0 else 0,  # process 0's first cases
+            csv_name="cases.csv" if count == 1 else process_csv(index, count),
+        )
         distributed.barrier("cases scored")
         if not distributed.is_writer():
             return 0
@@ -83,15 +97,26 @@ def main(argv):
     except EXPECTED_ERRORS as e:
         distributed.fail_fast(str(e))  # several processes: the others stop too, naming this one
         return 1
-    summary = summarise(rows, tuple(FLAGS.protocols), model=name, domain=FLAGS.domain, column=COLUMNS[FLAGS.domain],
-                        split=split, data_dir=str(data_dir), seed=FLAGS.seed, checkpoint=FLAGS.checkpoint)
+    summary = summarise(
+        rows,
+        tuple(FLAGS.protocols),
+        model=name,
+        domain=FLAGS.domain,
+        column=COLUMNS[FLAGS.domain],
+        split=split,
+        data_dir=str(data_dir),
+        seed=FLAGS.seed,
+        checkpoint=FLAGS.checkpoint,
+    )
     write_summary(summary, out_dir)
     for metric, scale in (("paper_dice", 100), ("dice_3d", 100), ("lesion_dice", 100), ("noc90", 1)):
         value = summary["means"].get(metric)
         if value is not None:
             print(markdown(metric, {name: {COLUMNS[FLAGS.domain]: value * scale}}))
-    print(f"{summary['scored']} of {summary['cases']} cases scored; {len(summary['failed'])} failed; "
-          f"per-case scores in {out_dir / 'cases.csv'}")
+    print(
+        f"{summary['scored']} of {summary['cases']} cases scored; {len(summary['failed'])} failed; "
+        f"per-case scores in {out_dir / 'cases.csv'}"
+    )
     return 0
 
 

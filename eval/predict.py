@@ -44,8 +44,9 @@ def main(argv):
             raise EvaluationError(f"{FLAGS.case_dir}: no --clicks and no segmentation to take them from")
         case = load_case(found[0], require_seg=clicks is None)
         if clicks is None and empty_segmentation(case):
-            raise EvaluationError(f"{found[0].seg}: the segmentation is empty: no tumour to take clicks from; "
-                                  "give --clicks")
+            raise EvaluationError(
+                f"{found[0].seg}: the segmentation is empty: no tumour to take clicks from; give --clicks"
+            )
         trained = load_model()
         tick = time.perf_counter()
         volume = prepare_volume(case, trained.spec)
@@ -53,8 +54,9 @@ def main(argv):
         seconds = time.perf_counter() - tick
         save_prediction(case, mask, output)
         if overlay_path:
-            overlay(case.images, case.whole_tumour if case.seg is not None else None, mask, overlay_path,
-                    title=case.case_id)
+            overlay(
+                case.images, case.whole_tumour if case.seg is not None else None, mask, overlay_path, title=case.case_id
+            )
     except EXPECTED_ERRORS as e:
         return fail(e)
     print(f"{output}: {int(mask.sum())} tumour voxels from clicks {used.tolist()} in {seconds:.1f} s")

@@ -20,8 +20,13 @@ from sam_jax.errors import SamJaxError
 from sam_jax.evaluation.reproduce import TABLES, VARIANTS, plan
 
 flags.DEFINE_string("table", "all", "1–5, a comma list, or all.")
-flags.DEFINE_enum("variant", "paper", list(VARIANTS), "paper: the paper's method with the code's defects fixed; "
-                  "paper_code: the original code's choices (train/paper_code/).")
+flags.DEFINE_enum(
+    "variant",
+    "paper",
+    list(VARIANTS),
+    "paper: the paper's method with the code's defects fixed; "
+    "paper_code: the original code's choices (train/paper_code/).",
+)
 flags.DEFINE_string("data_dir", "", "BraTS 2023 (all four domains).")
 flags.DEFINE_string("sam_weights", "", "Converted SAM weights (convert/sam_weights.py).")
 flags.DEFINE_string("root", "reproduce", "Where the runs go: <root>/<variant>/<run>.")
@@ -50,8 +55,15 @@ def main(argv):
         tables = _tables(FLAGS.table)
         if not FLAGS.dry_run and not (FLAGS.data_dir and FLAGS.sam_weights):
             raise SamJaxError("--data_dir and --sam_weights are required (or --dry_run)")
-        steps = plan(tables, FLAGS.variant, FLAGS.root, FLAGS.data_dir, FLAGS.sam_weights,
-                     shlex.split(FLAGS.train_flags), shlex.split(FLAGS.eval_flags))
+        steps = plan(
+            tables,
+            FLAGS.variant,
+            FLAGS.root,
+            FLAGS.data_dir,
+            FLAGS.sam_weights,
+            shlex.split(FLAGS.train_flags),
+            shlex.split(FLAGS.eval_flags),
+        )
     except SamJaxError as e:
         return fail(e)
     if FLAGS.dry_run:
@@ -79,8 +91,11 @@ def main(argv):
             else:
                 print(f"{label}: {time.perf_counter() - tick:.0f} s", flush=True)
     out = f"{FLAGS.root}/{FLAGS.variant}/tables"
-    table = subprocess.run([sys.executable, "-m", "eval.table", f"{FLAGS.root}/{FLAGS.variant}",
-                            f"--output_dir={out}"], capture_output=True, text=True)
+    table = subprocess.run(
+        [sys.executable, "-m", "eval.table", f"{FLAGS.root}/{FLAGS.variant}", f"--output_dir={out}"],
+        capture_output=True,
+        text=True,
+    )
     print(table.stdout if table.returncode == 0 else f"eval.table failed: {table.stderr.strip()}")
     for what, reason in failed_runs.items():
         print(f"failed: {what}: {reason}")

@@ -28,8 +28,11 @@ def main(argv):
     if not summaries:
         return fail(EvaluationError(f"no summary.json under {argv[1:] or 'the given folders (none given)'}"))
     paper = write_paper_tables(summaries, FLAGS.output_dir)
-    print(write_tables(summaries, FLAGS.output_dir, preface="## The paper's tables\n\n" + paper
-                       + "\n## Every run, by metric\n"))
+    print(
+        write_tables(
+            summaries, FLAGS.output_dir, preface="## The paper's tables\n\n" + paper + "\n## Every run, by metric\n"
+        )
+    )
     return 0
 
 

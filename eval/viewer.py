@@ -23,8 +23,12 @@ flags.DEFINE_string("output_dir", None, "Where 'save' writes masks; default: nex
 flags.DEFINE_string("host", LOCALHOST, "Address to listen on; 0.0.0.0 exposes the data to the network.")
 flags.DEFINE_integer("port", 8765, "Port; 0 picks a free one.")
 flags.DEFINE_integer("cases_in_memory", 2, "Opened cases kept in memory with their slice embeddings.")
-flags.DEFINE_integer("warm_clicks", 4, "Compile the decoder for prompts of up to this many clicks when a case opens "
-                     "(each count is a new compilation: seconds on a first click otherwise).")
+flags.DEFINE_integer(
+    "warm_clicks",
+    4,
+    "Compile the decoder for prompts of up to this many clicks when a case opens "
+    "(each count is a new compilation: seconds on a first click otherwise).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -37,8 +41,13 @@ def main(argv):
         output_dir = check_output_dir(FLAGS.output_dir, "--output_dir") if FLAGS.output_dir else None
         trained = load_model()
         segmenter = SliceSegmenter(trained, FLAGS.batch_size)
-        store = CaseStore(FLAGS.data_dir or FLAGS.case_dir, segmenter, trained.spec, keep=FLAGS.cases_in_memory,
-                          warm_clicks=FLAGS.warm_clicks)
+        store = CaseStore(
+            FLAGS.data_dir or FLAGS.case_dir,
+            segmenter,
+            trained.spec,
+            keep=FLAGS.cases_in_memory,
+            warm_clicks=FLAGS.warm_clicks,
+        )
         if not store.files:
             raise EvaluationError(f"{store.data_dir}: no BraTS cases found")
         sock = bind(FLAGS.host, FLAGS.port)

@@ -67,18 +67,38 @@ class SamConfig:
 
 PRESETS = {
     "vit_b": SamConfig(),
-    "vit_l": SamConfig(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16,
-                       encoder_global_attn_indexes=(5, 11, 17, 23)),
-    "vit_h": SamConfig(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16,
-                       encoder_global_attn_indexes=(7, 15, 23, 31)),
+    "vit_l": SamConfig(
+        encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=(5, 11, 17, 23)
+    ),
+    "vit_h": SamConfig(
+        encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=(7, 15, 23, 31)
+    ),
     # A small SAM-shaped model that trains on two CPU cores in minutes: the out-of-the-box demo.
-    "demo": SamConfig(encoder_embed_dim=128, encoder_depth=4, encoder_num_heads=4, encoder_global_attn_indexes=(1, 3),
-                      image_size=128, window_size=4, prompt_embed_dim=64, decoder_mlp_dim=256, decoder_num_heads=4,
-                      iou_head_hidden_dim=64),
+    "demo": SamConfig(
+        encoder_embed_dim=128,
+        encoder_depth=4,
+        encoder_num_heads=4,
+        encoder_global_attn_indexes=(1, 3),
+        image_size=128,
+        window_size=4,
+        prompt_embed_dim=64,
+        decoder_mlp_dim=256,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=64,
+    ),
     # Small enough for CPU tests in seconds, with every kind of block SAM has.
-    "tiny": SamConfig(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
-                      image_size=128, window_size=3, prompt_embed_dim=32, decoder_mlp_dim=64,
-                      decoder_num_heads=2, iou_head_hidden_dim=32),
+    "tiny": SamConfig(
+        encoder_embed_dim=64,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=128,
+        window_size=3,
+        prompt_embed_dim=32,
+        decoder_mlp_dim=64,
+        decoder_num_heads=2,
+        iou_head_hidden_dim=32,
+    ),
 }
 
 

@@ -35,16 +35,26 @@ class DistributedError(SamJaxError, RuntimeError):
 class ProcessGroup:
     """The settings that make one run of several processes (shared by training and evaluation)."""
 
-    distributed: bool = setting(False, "Run as one of several processes on JAX's distributed runtime (one per "
-                                       "host or per GPU): found by SLURM or JAX_COORDINATOR_ADDRESS, or named by "
-                                       "coordinator_address, num_processes, process_id. See README 'Scaling out'.")
-    coordinator_address: str = setting("", "host:port of process 0's coordination service (with --distributed; "
-                                           "empty: SLURM or JAX_COORDINATOR_ADDRESS).")
+    distributed: bool = setting(
+        False,
+        "Run as one of several processes on JAX's distributed runtime (one per "
+        "host or per GPU): found by SLURM or JAX_COORDINATOR_ADDRESS, or named by "
+        "coordinator_address, num_processes, process_id. See README 'Scaling out'.",
+    )
+    coordinator_address: str = setting(
+        "",
+        "host:port of process 0's coordination service (with --distributed; empty: SLURM or JAX_COORDINATOR_ADDRESS).",
+    )
     num_processes: int = setting(0, "Processes in the run (with --distributed; 0: from the cluster).")
-    process_id: int = setting(-1, "This process's index in [0, num_processes) (with --distributed; -1: from the "
-                                  "cluster).")
-    heartbeat_timeout_seconds: int = setting(100, "With --distributed: a process silent this long is declared dead "
-                                                  "and every process stops (JAX's coordination service).", at_least=1)
+    process_id: int = setting(
+        -1, "This process's index in [0, num_processes) (with --distributed; -1: from the cluster)."
+    )
+    heartbeat_timeout_seconds: int = setting(
+        100,
+        "With --distributed: a process silent this long is declared dead "
+        "and every process stops (JAX's coordination service).",
+        at_least=1,
+    )
 
     def problems(self) -> list[str]:
         problems = settings.problems(self, ProcessGroup)
@@ -52,8 +62,9 @@ class ProcessGroup:
         if any(named) and not self.distributed:
             problems.append("coordinator_address, num_processes and process_id need --distributed")
         if any(named[1:]) and not all(named[1:]):
-            problems.append(f"num_processes {self.num_processes} and process_id {self.process_id}: give both or "
-                            f"neither")
+            problems.append(
+                f"num_processes {self.num_processes} and process_id {self.process_id}: give both or neither"
+            )
         if self.num_processes > 0 and not 0 <= self.process_id < self.num_processes:
             problems.append(f"process_id {self.process_id}: expected an integer in [0, {self.num_processes})")
         return problems
@@ -66,13 +77,17 @@ def initialize(group: ProcessGroup) -> None:
     if problems := group.problems():
         raise DistributedError("cannot join the distributed run:\n  - " + "\n  - ".join(problems))
     try:
-        jax.distributed.initialize(coordinator_address=group.coordinator_address or None,
-                                   num_processes=group.num_processes or None,
-                                   process_id=None if group.process_id < 0 else group.process_id,
-                                   heartbeat_timeout_seconds=group.heartbeat_timeout_seconds)
+        jax.distributed.initialize(
+            coordinator_address=group.coordinator_address or None,
+            num_processes=group.num_processes or None,
+            process_id=None if group.process_id < 0 else group.process_id,
+            heartbeat_timeout_seconds=group.heartbeat_timeout_seconds,
+        )
     except (ValueError, RuntimeError) as e:
-        raise DistributedError(f"cannot join the distributed run ({e}); outside SLURM pass --coordinator_address, "
-                               f"--num_processes and --process_id, or set JAX_COORDINATOR_ADDRESS") from None
+        raise DistributedError(
+            f"cannot join the distributed run ({e}); outside SLURM pass --coordinator_address, "
+            f"--num_processes and --process_id, or set JAX_COORDINATOR_ADDRESS"
+        ) from None
     # The first collective sets up the processes' communicator, and gloo (CPU) gives that rendezvous 30 s; later
     # collectives wait as long as it takes. So all processes meet first, then run a tiny collective together: no
     # later gap between processes (process 0 building the data cache, one compiling slower) can fail it.
@@ -99,8 +114,10 @@ def data_mesh() -> Mesh:
 
 def local_rows(sharding: NamedSharding, global_rows: int) -> tuple[int, int]:
     """[start, stop) of the rows of a `global_rows` batch this process's devices hold under `sharding`."""
-    spans = {(s[0].start or 0, global_rows if s[0].stop is None else s[0].stop)
-             for s in sharding.addressable_devices_indices_map((global_rows,)).values()}
+    spans = {
+        (s[0].start or 0, global_rows if s[0].stop is None else s[0].stop)
+        for s in sharding.addressable_devices_indices_map((global_rows,)).values()
+    }
     start, stop = min(a for a, _ in spans), max(b for _, b in spans)
     if sum(b - a for a, b in spans) != stop - start:
         raise DistributedError(f"{who()}: its devices hold no contiguous block of a batch of {global_rows}")
@@ -112,14 +129,17 @@ def check_even_split(global_rows: int, name: str) -> None:
     rows = global_rows // jax.process_count()
     start, stop = local_rows(NamedSharding(data_mesh(), jax.sharding.PartitionSpec("data")), global_rows)
     if (start, stop) != (jax.process_index() * rows, (jax.process_index() + 1) * rows):
-        raise DistributedError(f"{who()}: --{name} {global_rows} does not split into equal blocks of {rows} per "
-                               f"process (every process needs the same number of devices)")
+        raise DistributedError(
+            f"{who()}: --{name} {global_rows} does not split into equal blocks of {rows} per "
+            f"process (every process needs the same number of devices)"
+        )
 
 
 def global_batch(local: dict, sharding: NamedSharding, global_rows: int) -> dict:
     """One global array per leaf, sharded on the batch axis, from this process's block of rows."""
-    return {k: jax.make_array_from_process_local_data(sharding, v, (global_rows,) + v.shape[1:])
-            for k, v in local.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (global_rows,) + v.shape[1:]) for k, v in local.items()
+    }
 
 
 def replicate(tree, sharding: NamedSharding):

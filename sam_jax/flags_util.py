@@ -115,6 +115,7 @@ def expand_flagfiles(argv, app_dir, _including_dir=None, _seen=()) -> list[str]:
 def run_app(main, app_file) -> None:
     """`absl.app.run(main)` with flagfiles looked up beside the app (`--flagfile=adult.flags` from anywhere): the
     app's folder is the one holding `app_file`, its `__file__`, in the checkout or in site-packages alike."""
+
     def parse(argv):
         try:
             expanded = [argv[0], *expand_flagfiles(argv[1:], Path(app_file).resolve().parent)]

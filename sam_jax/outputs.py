@@ -34,8 +34,10 @@ def free_bytes(path) -> int:
 
 
 def disk_full(path, needed: int | None = None) -> OutputError:
-    return OutputError(f"{path}: the disk is full: writing it needs {_size(needed)}, {_size(free_bytes(path))} free. "
-                       "Free some space or write elsewhere; nothing was left half-written.")
+    return OutputError(
+        f"{path}: the disk is full: writing it needs {_size(needed)}, {_size(free_bytes(path))} free. "
+        "Free some space or write elsewhere; nothing was left half-written."
+    )
 
 
 def _writable_folder(folder: Path, what: str) -> None:
@@ -61,8 +63,9 @@ def check_output_file(path, what: str, inputs=(), needed: int | None = None) -> 
         raise OutputError(f"{what} {path}: is a folder; give a file name")
     for source in inputs:
         if source and Path(source).exists() and path.exists() and os.path.samefile(path, source):
-            raise OutputError(f"{what} {path}: is the input file {source}; it would be replaced. Choose another "
-                              "output name")
+            raise OutputError(
+                f"{what} {path}: is the input file {source}; it would be replaced. Choose another output name"
+            )
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"{what} {path}: exists and is not writable")
     _writable_folder(path.parent, what)

@@ -69,8 +69,9 @@ class SamPredictor:
             boxes = jnp.asarray(np.asarray(box, np.float32).reshape(1, 4) * scale)
         if mask_input is not None:
             masks = jnp.asarray(np.asarray(mask_input, np.float32).reshape(1, *np.shape(mask_input)[-2:], 1))
-        low_res, iou = self._decode(self.model, self.embedding, coords, labels, boxes, masks,
-                                    multimask_output=multimask_output)
+        low_res, iou = self._decode(
+            self.model, self.embedding, coords, labels, boxes, masks, multimask_output=multimask_output
+        )
         logits = postprocess_masks(low_res[0], self.input_hw, self.original_hw, self.size)
         return np.asarray(logits > 0), np.asarray(iou[0]), np.asarray(low_res[0])
 

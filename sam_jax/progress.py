@@ -38,6 +38,9 @@ def progress_bar(iterable=None, *, total: int | None = None, file=None, **kwargs
         total = len(iterable)
     remaining = total - kwargs.get("initial", 0) if total else 0
     # miniters alone decides (mininterval 0); an infinite maxinterval keeps tqdm's monitor thread from resetting it.
-    rare = (dict(miniters=math.ceil(remaining / LINES_OFF_TERMINAL), mininterval=0) if remaining > 0 else
-            dict(mininterval=SECONDS_OFF_TERMINAL))
+    rare = (
+        dict(miniters=math.ceil(remaining / LINES_OFF_TERMINAL), mininterval=0)
+        if remaining > 0
+        else dict(mininterval=SECONDS_OFF_TERMINAL)
+    )
     return tqdm(iterable, total=total, file=_LinePerStatus(file), maxinterval=math.inf, **rare, **kwargs)

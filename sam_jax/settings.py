@@ -22,8 +22,9 @@ def setting(default, help: str, *, flag: bool = True, at_least: int | None = Non
     otherwise (`sam_jax.training.workdir`)."""
     if resume not in typing.get_args(Resume):
         raise ValueError(f"resume {resume!r}: expected one of {', '.join(typing.get_args(Resume))}")
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "at_least": at_least,
-                                                        "resume": resume})
+    return dataclasses.field(
+        default=default, metadata={"help": help, "flag": flag, "at_least": at_least, "resume": resume}
+    )
 
 
 def choices(kind) -> tuple:
@@ -50,8 +51,9 @@ def problems(config, cls) -> list[str]:
             continue
         if typing.get_origin(kind) is tuple:
             if unknown := [v for v in value if v not in allowed]:
-                found.append(f"{field.name} {','.join(map(str, value))}: unknown {unknown}; expected among "
-                             f"{', '.join(allowed)}")
+                found.append(
+                    f"{field.name} {','.join(map(str, value))}: unknown {unknown}; expected among {', '.join(allowed)}"
+                )
         elif value not in allowed:
             found.append(f"{field.name} {value!r}: expected one of {', '.join(allowed)}")
     for field, _ in _own_fields(cls):
@@ -63,5 +65,6 @@ def problems(config, cls) -> list[str]:
 
 def names(cls, **metadata) -> frozenset[str]:
     """The fields of `cls` (inherited ones included) whose metadata has these values, e.g. `resume="may_change"`."""
-    return frozenset(f.name for f in dataclasses.fields(cls)
-                     if all(f.metadata.get(k) == v for k, v in metadata.items()))
+    return frozenset(
+        f.name for f in dataclasses.fields(cls) if all(f.metadata.get(k) == v for k, v in metadata.items())
+    )

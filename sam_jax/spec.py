@@ -29,30 +29,44 @@ _SAM = SamConfig()
 @dataclasses.dataclass(frozen=True)
 class RunSpec(AdaptationConfig):
     model_type: Literal[tuple(PRESETS)] = setting("vit_b", "SAM's size (tiny and demo are small test models).")
-    image_size: int = setting(_SAM.image_size, "Model input size (a multiple of 16); SAM's weights are resized "
-                                               "to it.")
+    image_size: int = setting(_SAM.image_size, "Model input size (a multiple of 16); SAM's weights are resized to it.")
     attention: Literal[ATTENTION_IMPLEMENTATIONS] = setting(
-        _SAM.attention, "Attention kernel: plain (bias added to the logits, as SAM), folded (the bias folded into "
-                        "longer q/k vectors; same maths, faster on CPU), cudnn (folded through cuDNN flash attention; "
-                        "GPU with bfloat16).")
-    remat_attention: bool = setting(_SAM.remat_attention, "Recompute attention probabilities in the backward pass "
-                                                          "(less memory).")
-    slices: int = setting(1, "Z: contiguous slices per sample (a cross-slice model sees each slice in its stack).",
-                          at_least=1)
+        _SAM.attention,
+        "Attention kernel: plain (bias added to the logits, as SAM), folded (the bias folded into "
+        "longer q/k vectors; same maths, faster on CPU), cudnn (folded through cuDNN flash attention; "
+        "GPU with bfloat16).",
+    )
+    remat_attention: bool = setting(
+        _SAM.remat_attention, "Recompute attention probabilities in the backward pass (less memory)."
+    )
+    slices: int = setting(
+        1, "Z: contiguous slices per sample (a cross-slice model sees each slice in its stack).", at_least=1
+    )
     normalisation: Literal[NORMALISATIONS] = setting(
-        "zscore", "Per-modality intensities over the brain: zscore (clipped to the 0.5–99.5 percentiles), none (raw, "
-                  "the paper), sam_rgb (zero-shot SAM: percentiles stretched to 0–255, then SAM's RGB statistics).")
+        "zscore",
+        "Per-modality intensities over the brain: zscore (clipped to the 0.5–99.5 percentiles), none (raw, "
+        "the paper), sam_rgb (zero-shot SAM: percentiles stretched to 0–255, then SAM's RGB statistics).",
+    )
     crop_to_brain: bool = setting(False, "Crop volumes to the brain's bounding box (the paper does).")
-    resize: Literal[RESIZE_RULES] = setting(RESIZE_RULES[0], "Slice to model input: longest_side (SAM's rule: aspect "
-                                                             "kept, padded bottom/right) or stretch (the original "
-                                                             "code: each axis to the square).")
-    click_order: Literal["xy", "row_col"] = setting("xy", "Clicks as SAM expects them (xy), or row_col (the original "
-                                                          "code passed (row, col) where SAM reads (x, y)).")
-    broadcast_clicks: bool = setting(False, "Original code: every slice of a batch (of a volume, in the paper "
-                                            "protocol) decoded with the clicks of all its slices.")
+    resize: Literal[RESIZE_RULES] = setting(
+        RESIZE_RULES[0],
+        "Slice to model input: longest_side (SAM's rule: aspect "
+        "kept, padded bottom/right) or stretch (the original "
+        "code: each axis to the square).",
+    )
+    click_order: Literal["xy", "row_col"] = setting(
+        "xy",
+        "Clicks as SAM expects them (xy), or row_col (the original code passed (row, col) where SAM reads (x, y)).",
+    )
+    broadcast_clicks: bool = setting(
+        False,
+        "Original code: every slice of a batch (of a volume, in the paper "
+        "protocol) decoded with the clicks of all its slices.",
+    )
     seed: int = setting(0, "Seed for initialisation, data order and clicks.", at_least=0)
-    sam_weights: str = setting("", "Converted SAM weights (convert/sam_weights.py). Empty: random init, loudly.",
-                               resume="may_change")  # where they now lie; their identity is base_sha256
+    sam_weights: str = setting(
+        "", "Converted SAM weights (convert/sam_weights.py). Empty: random init, loudly.", resume="may_change"
+    )  # where they now lie; their identity is base_sha256
     base_sha256: str = setting("", "Identity of the base weights; filled in when a run starts.", flag=False)
 
     @staticmethod
@@ -67,14 +81,17 @@ class RunSpec(AdaptationConfig):
             if str(e) not in problems:
                 problems.append(str(e))
         if self.normalisation == "sam_rgb" and len(self.modalities) != 3:
-            problems.append(f"normalisation sam_rgb feeds SAM's RGB input: it takes 3 channels (modalities), "
-                            f"not {len(self.modalities)}")
+            problems.append(
+                f"normalisation sam_rgb feeds SAM's RGB input: it takes 3 channels (modalities), "
+                f"not {len(self.modalities)}"
+            )
         return problems
 
     def sam_config(self) -> SamConfig:
         """SAM's 3-channel config at this input size and kernel (the adaptation sets the channels)."""
-        return sam_config(self.model_type, image_size=self.image_size, attention=self.attention,
-                          remat_attention=self.remat_attention)
+        return sam_config(
+            self.model_type, image_size=self.image_size, attention=self.attention, remat_attention=self.remat_attention
+        )
 
     @property
     def stack(self) -> int:

@@ -31,8 +31,9 @@ def command(*args) -> list[str]:
 
 def run_app(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run `python ARGS` to its end; its output is captured as text."""
-    return subprocess.run(command(*args), cwd=cwd, env=env or app_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        command(*args), cwd=cwd, env=env or app_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start_app(*args, cwd=ROOT, env=None, **popen) -> subprocess.Popen:

@@ -38,6 +38,7 @@ def box_surfels(corner, size, spacing):
 def reference_hd95(boxes_a, boxes_b, spacing):
     """HD95 of two masks, each a union of boxes at least one empty voxel apart (so no 2×2×2 neighbourhood mixes two
     boxes): per direction the smallest distance whose cumulative surfel area reaches 95 %; the larger direction."""
+
     def surfels(boxes):
         parts = [box_surfels(c, z, spacing) for c, z in boxes]
         return np.concatenate([p for p, _ in parts]), np.concatenate([a for _, a in parts])

@@ -106,10 +106,26 @@ def tiny_config(phantom_dir, phantom_cache_dir):
     4-channel LoRA model at 128², two slices a step, four steps, every domain trained and scored."""
     from sam_jax.training.config import TrainConfig
 
-    return TrainConfig(data_dir=str(phantom_dir), cache_dir=str(phantom_cache_dir), domain="ALL",
-                       eval_domains=("GLI", "MEN", "PED", "SSA"), model_type="tiny", image_size=128, modalities="all4",
-                       trainable="lora", lora_rank=2, batch_size=2, steps=4, learning_rate=1e-3, loss="bce_dice",
-                       slice_policy="tumour", checkpoint_every=2, val_slices=8, log_every=1, seed=3)
+    return TrainConfig(
+        data_dir=str(phantom_dir),
+        cache_dir=str(phantom_cache_dir),
+        domain="ALL",
+        eval_domains=("GLI", "MEN", "PED", "SSA"),
+        model_type="tiny",
+        image_size=128,
+        modalities="all4",
+        trainable="lora",
+        lora_rank=2,
+        batch_size=2,
+        steps=4,
+        learning_rate=1e-3,
+        loss="bce_dice",
+        slice_policy="tumour",
+        checkpoint_every=2,
+        val_slices=8,
+        log_every=1,
+        seed=3,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -118,8 +134,18 @@ def tiny_trained_run(tiny_config, tmp_path_factory):
     from sam_jax.training.loop import train_and_evaluate
 
     workdir = tmp_path_factory.mktemp("tiny_run")
-    train_and_evaluate(tiny_config.replace(eval_domains=(), steps=2, learning_rate=1e-2, loss="bce", val_slices=2,
-                                           log_every=10, seed=5, workdir=str(workdir)))
+    train_and_evaluate(
+        tiny_config.replace(
+            eval_domains=(),
+            steps=2,
+            learning_rate=1e-2,
+            loss="bce",
+            val_slices=2,
+            log_every=10,
+            seed=5,
+            workdir=str(workdir),
+        )
+    )
     return workdir
 
 

@@ -12,5 +12,6 @@ def randomise(model, variable_type, seed, scale=0.1):
     state = nnx.state(model, variable_type)
     leaves, treedef = jax.tree.flatten(state)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    nnx.update(model, jax.tree.unflatten(treedef, [scale * jax.random.normal(k, x.shape)
-                                                   for k, x in zip(keys, leaves)]))
+    nnx.update(
+        model, jax.tree.unflatten(treedef, [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+    )

@@ -13,7 +13,7 @@ class SquareSegmenter:
         for i in range(len(coords)):
             for (x, y), label in zip(coords[i], labels[i]):
                 if label >= 0:
-                    out[i, max(int(y) - 1, 0):int(y) + 2, max(int(x) - 1, 0):int(x) + 2] = 5.0 if label else -5.0
+                    out[i, max(int(y) - 1, 0) : int(y) + 2, max(int(x) - 1, 0) : int(x) + 2] = 5.0 if label else -5.0
         return out
 
     def to_slice_grid(self, low_res, hw):
@@ -25,6 +25,7 @@ class ComponentSegmenter(SquareSegmenter):
 
     def __init__(self, truth):
         from scipy import ndimage
+
         self.components = [ndimage.label(t)[0] for t in truth]
 
     def decode(self, embeddings, coords, labels, hw, mask_input=None):

@@ -76,4 +76,3 @@ def test_base_identity_prefers_the_source_checksum(tmp_path):
     assert base_weights_sha256(tmp_path / "without.safetensors") == expected
     with pytest.raises(AdapterFileError, match="no such file"):
         base_weights_sha256(tmp_path / "missing.safetensors")
-

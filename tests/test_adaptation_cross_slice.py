@@ -29,8 +29,9 @@ def model():
     model = build_model(CONFIG, AdaptationConfig(lora_targets=ALL_TARGETS, cross_slice=True), rngs=nnx.Rngs(0))
     randomise(model, nnx.LoRAParam, seed=1)
     for i, block in enumerate(model.image_encoder.blocks):
-        block.cross_slice.gate[...] = jax.random.uniform(jax.random.key(10 + i), (CONFIG.encoder_embed_dim,),
-                                                         minval=0.5)
+        block.cross_slice.gate[...] = jax.random.uniform(
+            jax.random.key(10 + i), (CONFIG.encoder_embed_dim,), minval=0.5
+        )
     return model
 
 
@@ -60,8 +61,9 @@ def test_slices_interact_only_through_the_gated_branch(model):
 
 def test_branch_off_or_zero_gate_is_plain_sam():
     sam = Sam(CONFIG, rngs=nnx.Rngs(0))
-    adapted = adapt(nnx.clone(sam), AdaptationConfig(modalities="t1n_t2w_t2f", lora_rank=0, cross_slice=True),
-                    rngs=nnx.Rngs(1))
+    adapted = adapt(
+        nnx.clone(sam), AdaptationConfig(modalities="t1n_t2w_t2f", lora_rank=0, cross_slice=True), rngs=nnx.Rngs(1)
+    )
     x = jax.random.normal(jax.random.key(4), (2 * SLICES, CONFIG.grid_size, CONFIG.grid_size, CONFIG.encoder_embed_dim))
     for ours, plain in zip(adapted.image_encoder.blocks, sam.image_encoder.blocks):
         np.testing.assert_array_equal(ours(x, SLICES), plain(x))
@@ -73,8 +75,9 @@ def _effective_kernel(layer, sections):
     width = kernel.shape[1] // len(sections)
     for i, section in enumerate(sections):
         a, b = (f"lora_{section}_a", f"lora_{section}_b") if section else ("lora_a", "lora_b")
-        kernel[:, i * width:(i + 1) * width] += layer.scale * (np.asarray(getattr(layer, a)[...], np.float64)
-                                                               @ np.asarray(getattr(layer, b)[...], np.float64))
+        kernel[:, i * width : (i + 1) * width] += layer.scale * (
+            np.asarray(getattr(layer, a)[...], np.float64) @ np.asarray(getattr(layer, b)[...], np.float64)
+        )
     return kernel
 
 
@@ -109,8 +112,9 @@ def test_windowed_block_attends_across_slices_at_each_position(model):
     depth = _depth_reference(block.attn, np.asarray(normed), SLICES)
     # SAM's own order for the spatial part: zero-pad x, cut windows, then qkv, attention and proj per window.
     windows = window_partition(normed, block.window_size)
-    spatial = window_unpartition(block.attn.proj(block.attn.mix(block.attn.qkv(windows))), block.window_size,
-                                 normed.shape[1:3])
+    spatial = window_unpartition(
+        block.attn.proj(block.attn.mix(block.attn.qkv(windows))), block.window_size, normed.shape[1:3]
+    )
     expected = x + spatial + block.cross_slice.gate[...] * jnp.asarray(depth, jnp.float32)
     expected = expected + block.mlp(block.norm2(expected))
     got = block(x, SLICES)

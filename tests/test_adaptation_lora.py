@@ -14,6 +14,8 @@ from sam_jax.weights.io import model_arrays, save_arrays
 from sam_jax.weights.params import model_shapes
 
 CONFIG = sam_config("tiny")
+
+
 @nnx.jit(static_argnums=(4,))
 def _forward(model, images, coords, labels, slices):
     return model.decode(model.encode_image(images, slices), coords, labels, multimask_output=True)
@@ -38,17 +40,28 @@ def test_sam_paths_unchanged_and_lora_leaves_added(tmp_path):
     expected = {}
     for i in range(CONFIG.encoder_depth):
         block = f"image_encoder.blocks.{i}"
-        expected.update({f"{block}.attn.qkv.lora_q_a": (c, r), f"{block}.attn.qkv.lora_q_b": (r, c),
-                         f"{block}.attn.qkv.lora_v_a": (c, r), f"{block}.attn.qkv.lora_v_b": (r, c),
-                         f"{block}.mlp.lin1.lora_a": (c, r), f"{block}.mlp.lin1.lora_b": (r, hidden),
-                         f"{block}.mlp.lin2.lora_a": (hidden, r), f"{block}.mlp.lin2.lora_b": (r, c)})
+        expected.update(
+            {
+                f"{block}.attn.qkv.lora_q_a": (c, r),
+                f"{block}.attn.qkv.lora_q_b": (r, c),
+                f"{block}.attn.qkv.lora_v_a": (c, r),
+                f"{block}.attn.qkv.lora_v_b": (r, c),
+                f"{block}.mlp.lin1.lora_a": (c, r),
+                f"{block}.mlp.lin1.lora_b": (r, hidden),
+                f"{block}.mlp.lin2.lora_a": (hidden, r),
+                f"{block}.mlp.lin2.lora_b": (r, c),
+            }
+        )
     assert added == expected
 
 
 def test_adapted_model_equals_sam_exactly_at_step_zero():
     sam = Sam(CONFIG, rngs=nnx.Rngs(0))
-    adapted = adapt(nnx.clone(sam), AdaptationConfig(modalities="t1n_t2w_t2f", lora_targets=ALL_TARGETS,
-                                                     cross_slice=True), rngs=nnx.Rngs(1))
+    adapted = adapt(
+        nnx.clone(sam),
+        AdaptationConfig(modalities="t1n_t2w_t2f", lora_targets=ALL_TARGETS, cross_slice=True),
+        rngs=nnx.Rngs(1),
+    )
     images = jax.random.normal(jax.random.key(2), (4, CONFIG.image_size, CONFIG.image_size, 3))
     coords, labels = _prompts(4)
     ref = _forward(sam, images, coords, labels, 1)
@@ -73,8 +86,9 @@ def test_lora_linear_computes_the_low_rank_update_on_its_sections():
 def test_low_rank_update_gradients_match_autodiff():
     """The update's hand-written backward against autodiff of s·(x·A)·B, with several token axes."""
     rng = np.random.default_rng(5)
-    x, a, b, cotangent = (jnp.asarray(rng.normal(size=shape), jnp.float32)
-                          for shape in ((2, 3, 4, 6), (6, 2), (2, 5), (2, 3, 4, 5)))
+    x, a, b, cotangent = (
+        jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((2, 3, 4, 6), (6, 2), (2, 5), (2, 3, 4, 5))
+    )
     ours = jax.grad(lambda *args: (low_rank_update(*args, 0.5) * cotangent).sum(), argnums=(0, 1, 2))(x, a, b)
     expected = jax.grad(lambda x, a, b: (0.5 * ((x @ a) @ b) * cotangent).sum(), argnums=(0, 1, 2))(x, a, b)
     for got, want in zip(ours, expected):

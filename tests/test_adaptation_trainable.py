@@ -23,8 +23,9 @@ def _flat(state):
 
 @pytest.mark.parametrize("cross_slice", [False, True])
 def test_vit_b_lora_preset_counts_the_papers_5_36_million(cross_slice):
-    abstract = nnx.eval_shape(lambda: build_model(sam_config("vit_b"), AdaptationConfig(cross_slice=cross_slice),
-                                                  rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: build_model(sam_config("vit_b"), AdaptationConfig(cross_slice=cross_slice), rngs=nnx.Rngs(0))
+    )
     _, trainable, frozen = partition(abstract, "lora")
     lora, patch_embed, mask_decoder = 516_096, 4 * 16 * 16 * 768 + 768, 4_058_340  # docs/reference.md §1, §4
     gates = 12 * 768 if cross_slice else 0
@@ -38,8 +39,9 @@ def test_vit_b_lora_preset_counts_the_papers_5_36_million(cross_slice):
 @pytest.mark.parametrize("modalities", ["t1n_x3", "t1n_t2w_t2f"])
 def test_lora_keeps_sams_rgb_patch_embedding_frozen(modalities):
     """The paper's 3-channel baselines (§4.3) train LoRA and the decoder; SAM's own embedding stays as it is."""
-    abstract = nnx.eval_shape(lambda: build_model(sam_config("vit_b"), AdaptationConfig(modalities=modalities),
-                                                  rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: build_model(sam_config("vit_b"), AdaptationConfig(modalities=modalities), rngs=nnx.Rngs(0))
+    )
     _, trainable, _ = partition(abstract, "lora")
     assert not any(path[:2] == ("image_encoder", "patch_embed") for path, _ in nnx.to_flat_state(trainable))
     assert count_parameters(trainable) == 516_096 + 4_058_340  # LoRA + mask decoder, docs/reference.md §4
@@ -59,8 +61,11 @@ def model():
 
 def test_presets_pick_the_intended_parts(model):
     expected = {
-        "lora": lambda p: ".lora_" in p or p.startswith(("image_encoder.patch_embed.", "mask_decoder."))
-        or p.endswith("cross_slice.gate"),
+        "lora": lambda p: (
+            ".lora_" in p
+            or p.startswith(("image_encoder.patch_embed.", "mask_decoder."))
+            or p.endswith("cross_slice.gate")
+        ),
         "patch_embed_only": lambda p: p.startswith("image_encoder.patch_embed."),
         "lora_frozen_patch": lambda p: ".lora_" in p or p.startswith("mask_decoder.") or p.endswith("cross_slice.gate"),
         "full": lambda p: "gaussian_matrix" not in p,  # the prompt encoder's buffer is not a parameter
@@ -107,9 +112,11 @@ def adam_step(model):
         return optax.apply_updates(trainable, updates), opt_state, grads
 
     rng = np.random.default_rng(0)
-    batch = (jnp.asarray(rng.normal(size=(2 * SLICES, CONFIG.image_size, CONFIG.image_size, 4)), jnp.float32),
-             jnp.asarray(rng.uniform(0, CONFIG.image_size, (2 * SLICES, 1, 2)), jnp.float32),
-             jnp.ones((2 * SLICES, 1), jnp.int32))
+    batch = (
+        jnp.asarray(rng.normal(size=(2 * SLICES, CONFIG.image_size, CONFIG.image_size, 4)), jnp.float32),
+        jnp.asarray(rng.uniform(0, CONFIG.image_size, (2 * SLICES, 1, 2)), jnp.float32),
+        jnp.ones((2 * SLICES, 1), jnp.int32),
+    )
     before = (_flat(trainable), _flat(frozen))
     new_trainable, _, grads = step(trainable, optimizer.init(trainable), frozen, batch)
     return before, _flat(new_trainable), _flat(frozen), _flat(grads)

@@ -33,9 +33,11 @@ from sam_jax.training.config import TrainConfig
 from sam_jax.weights.io import read_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
-OVERRIDES = {"train.main": ["--model_type=tiny", "--image_size=64", "--steps=0", "--epochs=1", "--warmup_steps=0"],
-             "eval.main": ["--max_clicks=3", "--image_size=64"],  # the input size is the zero-shot model's
-             "eval.viewer": ["--port=0"]}
+OVERRIDES = {
+    "train.main": ["--model_type=tiny", "--image_size=64", "--steps=0", "--epochs=1", "--warmup_steps=0"],
+    "eval.main": ["--max_clicks=3", "--image_size=64"],  # the input size is the zero-shot model's
+    "eval.viewer": ["--port=0"],
+}
 # GLI 3 cases and MEN 2: the saved split (seed 0) then holds out one of each, so both paper runs validate.
 PHANTOM_CASES = {"GLI": 3, "MEN": 2, "PED": 1, "SSA": 2}
 BOX = (48, 40, 8)  # voxels kept around each tumour's centre
@@ -52,8 +54,10 @@ def _small_phantom(out: Path, raw: Path) -> None:
         (out / files.case_id).mkdir(parents=True)
         for path in [*files.images.values(), files.seg]:
             image = nib.load(path)
-            nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[box], image.affine, image.header),
-                     out / files.case_id / path.name)
+            nib.save(
+                nib.Nifti1Image(np.asarray(image.dataobj)[box], image.affine, image.header),
+                out / files.case_id / path.name,
+            )
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +67,10 @@ def workspace(tmp_path_factory, tiny_sam_checkpoint):
     _small_phantom(cwd / "brats", tmp_path_factory.mktemp("raw"))
     shutil.copy(tiny_sam_checkpoint, cwd / "sam_tiny.pth")
     # The runs share programs (the ×3 ablations compile the same step): compile each once.
-    env = app_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = app_env(
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
     return cwd, env
 
 
@@ -169,11 +175,15 @@ def test_readme_commands_run_as_written(workspace):
     case = find_cases(cwd / "brats", "GLI")[0]
     seg = np.asarray(nib.load(case.seg).dataobj) > 0
     click = ",".join(map(str, np.argwhere(seg)[len(np.argwhere(seg)) // 2]))
-    substitutions = {"sam_vit_b_01ec64.pth": "sam_tiny.pth", "sam_vit_b.safetensors": "sam_tiny.safetensors",
-                     "/data/BraTS-GLI-00001-000": str(cwd / "brats" / case.case_id),
-                     "/data/BraTS2023": str(cwd / "brats"),
-                     "120,98,77": click, "--cases_per_domain 4": "--cases_per_domain 1",
-                     "/tmp/cache": str(cwd / "bench_cache")}
+    substitutions = {
+        "sam_vit_b_01ec64.pth": "sam_tiny.pth",
+        "sam_vit_b.safetensors": "sam_tiny.safetensors",
+        "/data/BraTS-GLI-00001-000": str(cwd / "brats" / case.case_id),
+        "/data/BraTS2023": str(cwd / "brats"),
+        "120,98,77": click,
+        "--cases_per_domain 4": "--cases_per_domain 1",
+        "/tmp/cache": str(cwd / "bench_cache"),
+    }
     commands = readme_commands()
     assert len(commands) >= 15, commands
     outputs = {}
@@ -212,8 +222,14 @@ def test_readme_commands_run_as_written(workspace):
     for name in ("adult", "meningioma"):
         arrays, meta = read_arrays(cwd / "workdir" / name / "adapter.safetensors")
         block, target = row["block"], row["target"]
-        layer = {"q": "attn.qkv.lora_q", "k": "attn.qkv.lora_k", "v": "attn.qkv.lora_v", "proj": "attn.proj.lora",
-                 "lin1": "mlp.lin1.lora", "lin2": "mlp.lin2.lora"}[target]
+        layer = {
+            "q": "attn.qkv.lora_q",
+            "k": "attn.qkv.lora_k",
+            "v": "attn.qkv.lora_v",
+            "proj": "attn.proj.lora",
+            "lin1": "mlp.lin1.lora",
+            "lin2": "mlp.lin2.lora",
+        }[target]
         a, b = (arrays[f"image_encoder.blocks.{block}.{layer}_{f}"].astype(np.float64) for f in "ab")
         deltas.append(float(meta["lora_alpha"]) / int(meta["lora_rank"]) * a @ b)
     assert float(row["spectral_distance"]) == pytest.approx(np.linalg.norm(deltas[0] - deltas[1], 2), rel=1e-4)
@@ -237,18 +253,30 @@ def test_every_training_flagfile_trains_and_is_evaluated(workspace):
     assert "ablations/two_step_2.flags" in flagfiles and len(flagfiles) >= 10
 
     def train_and_evaluate(name):
-        _run(f"python -m train.main --flagfile={name} --data_dir={cwd / 'brats'} --sam_weights=sam_tiny.safetensors",
-             cwd, env)
-        workdir = cwd / "workdir" / next(line.split("=", 1)[1].split("/")[-1]
-                                          for line in (ROOT / "train" / name).read_text().splitlines()
-                                          if line.startswith("--workdir="))
+        _run(
+            f"python -m train.main --flagfile={name} --data_dir={cwd / 'brats'} --sam_weights=sam_tiny.safetensors",
+            cwd,
+            env,
+        )
+        workdir = (
+            cwd
+            / "workdir"
+            / next(
+                line.split("=", 1)[1].split("/")[-1]
+                for line in (ROOT / "train" / name).read_text().splitlines()
+                if line.startswith("--workdir=")
+            )
+        )
         # One epoch of the training domain's cases' slices, one step each (batch 1); cross-slice runs take a stack
         # around each centre slice, which still counts once; the paper-code runs take one step per case.
         domain = json.loads((workdir / "config.json").read_text())["domain"]
         per_case = name.startswith("paper_code/")
         _check_training(workdir, _training_cases(cwd, domain) if per_case else _slices_per_epoch(cwd, domain))
-        _run(f"python -m eval.main --flagfile=eval/adult.flags --checkpoint {workdir} --data_dir {cwd / 'brats'}", cwd,
-             env)
+        _run(
+            f"python -m eval.main --flagfile=eval/adult.flags --checkpoint {workdir} --data_dir {cwd / 'brats'}",
+            cwd,
+            env,
+        )
         _check_eval(workdir / "eval" / "GLI_best", 1)  # eval/adult.flags: GLI's held-out split (--split=val)
         return workdir
 
@@ -287,9 +315,15 @@ def _check_two_step(step1: Path, step2: Path) -> None:
     summary = json.loads((step2 / "summary.json").read_text())
     for domain, expected in summary["paper_dice"].items():
         ids = summary["per_case"][domain]
-        predictions = low_res_predictions(lambda b, r: forward(params, rest, b, r), cache, list(ids),
-                                          modalities=trained.spec.modalities, slices=cfg.slices,
-                                          batch_size=cfg.batch_size, seed=cfg.seed)
+        predictions = low_res_predictions(
+            lambda b, r: forward(params, rest, b, r),
+            cache,
+            list(ids),
+            modalities=trained.spec.modalities,
+            slices=cfg.slices,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
         assert paper_dice(predictions)["mean"] == pytest.approx(expected, abs=1e-6)
 
 
@@ -299,19 +333,23 @@ def test_one_command_reproduces_a_table(workspace):
     cwd, env = workspace
     if not (cwd / "sam_tiny.safetensors").exists():
         _run("python convert/sam_weights.py --checkpoint sam_tiny.pth --output sam_tiny.safetensors", cwd, env)
-    line = (f"python -m eval.reproduce --table 4 --data_dir {cwd / 'brats'} --sam_weights sam_tiny.safetensors "
-            f"--root repro --train_flags='--model_type=tiny --image_size=64 --epochs=1' --eval_flags=--max_clicks=3")
+    line = (
+        f"python -m eval.reproduce --table 4 --data_dir {cwd / 'brats'} --sam_weights sam_tiny.safetensors "
+        f"--root repro --train_flags='--model_type=tiny --image_size=64 --epochs=1' --eval_flags=--max_clicks=3"
+    )
     first = _run(line, cwd, env).stdout
     run = cwd / "repro" / "paper" / "full_finetune"
     _check_training(run, _slices_per_epoch(cwd, "GLI"))
-    scores = {d: _check_eval(run / "eval" / f"{d}_best", n) for d, n in
-              (("GLI", 1), *((d, len(find_cases(cwd / "brats", d))) for d in ("MEN", "PED", "SSA")))}
+    scores = {
+        d: _check_eval(run / "eval" / f"{d}_best", n)
+        for d, n in (("GLI", 1), *((d, len(find_cases(cwd / "brats", d))) for d in ("MEN", "PED", "SSA")))
+    }
     # Table 4's row: our paper-protocol Dice per column, the published value and the difference, in percent.
     row = next(r for r in first.splitlines() if r.startswith("| Full fine-tuning") and "full_finetune" in r)
     cells = [c.strip() for c in row.strip("|").split("|")]
     for i, (domain, published) in enumerate((("GLI", 17.2), ("MEN", 14.9), ("PED", 12.0), ("SSA", 11.7))):
         ours = 100 * scores[domain]["means"]["paper_dice"]
-        assert cells[2 + 3 * i: 5 + 3 * i] == [f"{ours:.1f}", f"{published:.1f}", f"{round(ours, 1) - published:+.1f}"]
+        assert cells[2 + 3 * i : 5 + 3 * i] == [f"{ours:.1f}", f"{published:.1f}", f"{round(ours, 1) - published:+.1f}"]
     again = _run(line, cwd, env).stdout
     assert again.count("done already") == 5 and row in again
     dry = _run("python -m eval.reproduce --table all --dry_run", cwd, env).stdout.splitlines()

@@ -44,13 +44,22 @@ def test_vit_b_1024_end_to_end(tmp_path):
     encoded = []  # the reference's image embedding, kept from its one encoder pass
     ref.image_encoder.register_forward_hook(lambda module, inputs, output: encoded.append(to_numpy(output)))
     with torch.no_grad():
-        out = ref([{"image": torch.from_numpy(image[0]).permute(2, 0, 1), "original_size": (1024, 1024),
-                    "point_coords": torch.from_numpy(coords), "point_labels": torch.from_numpy(labels)}],
-                  multimask_output=True)[0]
+        out = ref(
+            [
+                {
+                    "image": torch.from_numpy(image[0]).permute(2, 0, 1),
+                    "original_size": (1024, 1024),
+                    "point_coords": torch.from_numpy(coords),
+                    "point_labels": torch.from_numpy(labels),
+                }
+            ],
+            multimask_output=True,
+        )[0]
     (ref_embedding,) = encoded
     embedding = nnx.jit(lambda m, x: m.encode_image(x))(model, normalize_rgb(jnp.asarray(image)))
     masks, iou = nnx.jit(lambda m, e: m.decode(e, jnp.asarray(coords), jnp.asarray(labels), multimask_output=True))(
-        model, embedding)
+        model, embedding
+    )
     assert_close(np.moveaxis(np.asarray(embedding), -1, 1), ref_embedding)
     assert_close(masks, to_numpy(out["low_res_logits"]))
     assert_close(iou, to_numpy(out["iou_predictions"]))
@@ -126,8 +135,11 @@ def test_cli_refuses_bad_files_without_output(tmp_path):
 
 
 def test_loading_weights_of_another_size_is_refused(tmp_path):
-    save_arrays(tmp_path / "l.safetensors", {"x": np.zeros(1, np.float32)},
-                {"model_type": "vit_l", "encoder_embed_dim": "1024", "encoder_depth": "24"})
+    save_arrays(
+        tmp_path / "l.safetensors",
+        {"x": np.zeros(1, np.float32)},
+        {"model_type": "vit_l", "encoder_embed_dim": "1024", "encoder_depth": "24"},
+    )
     with pytest.raises(WeightsError, match="holds vit_l weights"):
         load_sam_weights(Sam(sam_config("tiny"), rngs=nnx.Rngs(0)), tmp_path / "l.safetensors")
 

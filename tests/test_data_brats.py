@@ -128,8 +128,13 @@ def test_missing_segmentation_is_a_fault_unless_unlabelled(tmp_path, write_tiny_
 def test_corrupt_gzip_stream_is_caught_by_its_checksum(tmp_path, write_tiny_case):
     """A flipped bit inside the deflate stream that the decoder accepts: only the gzip CRC tells, and nibabel,
     which stops reading at the last voxel, returns wrong voxels without an error."""
-    folder = write_tiny_case(tmp_path, images={m: np.random.default_rng(i).normal(size=(12, 10, 6)).astype(np.float32)
-                                               for i, m in enumerate(("t1n", "t1c", "t2w", "t2f"))})
+    folder = write_tiny_case(
+        tmp_path,
+        images={
+            m: np.random.default_rng(i).normal(size=(12, 10, 6)).astype(np.float32)
+            for i, m in enumerate(("t1n", "t1c", "t2w", "t2f"))
+        },
+    )
     path = folder / "BraTS-GLI-00001-000-t2w.nii.gz"
     original, raw = nib.load(path).get_fdata(), path.read_bytes()
 

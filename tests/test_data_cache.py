@@ -76,7 +76,6 @@ def test_zscore_over_brain_voxels(tmp_path, write_tiny_case):
     assert np.all(stored[~brain] == 0)
 
 
-
 def test_sam_rgb_stretches_to_255_then_applies_sams_pixel_statistics():
     """Zero-shot SAM's input: the brain percentiles stretched to 0–255, then segment_anything's ImageNet mean and
     std (its `Sam.pixel_mean` / `pixel_std`, written out here from SAM's source)."""
@@ -92,6 +91,7 @@ def test_sam_rgb_stretches_to_255_then_applies_sams_pixel_statistics():
         np.testing.assert_allclose(slices[..., c], ((rgb - mean) / std).transpose(2, 1, 0), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="sam_rgb needs 3 modalities"):
         volume_slices({**images, "t1c": images["t1n"]}, None, (*modalities, "t1c"), "sam_rgb", crop_to_brain=False)
+
 
 def test_rebuild_is_incremental(tmp_path, write_tiny_case):
     for i in (1, 2):
@@ -241,18 +241,21 @@ print(json.dumps(report))
 def test_full_disk_names_the_cache_and_the_bytes_and_resumes(tmp_path, write_tiny_case):
     """On a real 4 MB tmpfs (mounted in a private mount namespace): two ~1.5 MB cases fit, the third does not."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
-        pytest.fail("this test needs `unshare -rm` (user and mount namespaces) to mount a small tmpfs; it is "
-                    "unavailable here, so the full-disk behaviour is untested")
+        pytest.fail(
+            "this test needs `unshare -rm` (user and mount namespaces) to mount a small tmpfs; it is "
+            "unavailable here, so the full-disk behaviour is untested"
+        )
     case_ids = [f"BraTS-GLI-0000{i}-000" for i in range(3)]
     for case_id in case_ids:
         write_tiny_case(tmp_path / "data", case_id, shape=(64, 64, 40))
     mount = tmp_path / "small_disk"
     mount.mkdir()
-    script = f"mount -t tmpfs -o size=4m tmpfs {mount} && exec {sys.executable} -c \"$0\" {tmp_path / 'data'} {mount}"
+    script = f'mount -t tmpfs -o size=4m tmpfs {mount} && exec {sys.executable} -c "$0" {tmp_path / "data"} {mount}'
     root = str(Path(__file__).parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", script, _FULL_DISK_SCRIPT], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, _FULL_DISK_SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     error = report["error"]

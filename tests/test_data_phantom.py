@@ -21,9 +21,15 @@ from sam_jax.data.phantom import (
 
 # The parameters docs/phantom.md cites (3 T): T1 ms, T2 ms, proton density, fraction of the volume gadolinium reaches.
 PARAMETERS = {
-    "wm": (832, 79.2, 0.65, 0), "gm": (1331, 110, 0.78, 0), "csf": (3817, 503, 0.97, 0),
-    1: (2500, 250, 0.90, 0), 2: (1500, 150, 0.80, 0), 3: (1650, 130, 0.80, 0.3),
-    "MEN3": (1400, 110, 0.80, 0.5), "PED2": (1800, 170, 0.85, 0), "PED3": (1650, 130, 0.80, 0.05),
+    "wm": (832, 79.2, 0.65, 0),
+    "gm": (1331, 110, 0.78, 0),
+    "csf": (3817, 503, 0.97, 0),
+    1: (2500, 250, 0.90, 0),
+    2: (1500, 150, 0.80, 0),
+    3: (1650, 130, 0.80, 0.3),
+    "MEN3": (1400, 110, 0.80, 0.5),
+    "PED2": (1800, 170, 0.85, 0),
+    "PED3": (1650, 130, 0.80, 0.05),
 }
 TIMINGS = {"t1n": (500, 10), "t1c": (500, 10), "t2w": (5000, 100), "t2f": (9000, 100)}  # TR, TE in ms
 R1_PER_MM_S = 4.0  # gadolinium relaxivity, L/(mmol s)
@@ -76,9 +82,13 @@ def test_written_in_brats_layout(cases, phantom_dir):
 
 def test_contrasts_follow_the_signal_equations():
     scale = TISSUE_CONTRAST["wm"][0] / _table("wm")[0]  # one scale for every tissue and modality
-    for key, table in [*TISSUE_CONTRAST.items(), *TUMOUR_CONTRAST.items(),
-                       ("MEN3", _DOMAIN_CONTRAST["MEN"][3]), ("PED2", _DOMAIN_CONTRAST["PED"][2]),
-                       ("PED3", _DOMAIN_CONTRAST["PED"][3])]:
+    for key, table in [
+        *TISSUE_CONTRAST.items(),
+        *TUMOUR_CONTRAST.items(),
+        ("MEN3", _DOMAIN_CONTRAST["MEN"][3]),
+        ("PED2", _DOMAIN_CONTRAST["PED"][2]),
+        ("PED3", _DOMAIN_CONTRAST["PED"][3]),
+    ]:
         np.testing.assert_allclose(table, scale * _table(key), rtol=1e-9, err_msg=str(key))
     assert list(SEQUENCES) == list(MODALITIES)
     assert 2200 < SEQUENCES["t2f"].ti < 2600  # a clinical 3 T FLAIR inversion time
@@ -115,8 +125,9 @@ def test_tumour_visibility_follows_the_contrasts(cases):
                 continue
             measured = np.array([case.images[m][inside].mean() for m in MODALITIES]) / reference
             expected = _table(keys.get(label, label)) / _table("wm")
-            np.testing.assert_allclose(measured, expected, rtol=0.15 if label == 1 else 0.06,
-                                       err_msg=f"{domain} label {label}")
+            np.testing.assert_allclose(
+                measured, expected, rtol=0.15 if label == 1 else 0.06, err_msg=f"{domain} label {label}"
+            )
 
 
 def test_labels_are_nested(cases):

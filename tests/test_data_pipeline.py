@@ -158,12 +158,15 @@ class _Drawn:
         return self.i
 
 
-@pytest.mark.parametrize("n, i, expected", [
-    (155, 50, [40, 50, 60, 70]),  # i − 10, i, i + 10, i + 20
-    (155, 3, [0, 10, 20, 30]),  # shifted up at the first slice
-    (155, 154, [124, 134, 144, 154]),  # shifted down at the last
-    (25, 12, [0, 10, 20, 24]),  # a volume shorter than the set: the edge slice repeats
-])
+@pytest.mark.parametrize(
+    "n, i, expected",
+    [
+        (155, 50, [40, 50, 60, 70]),  # i − 10, i, i + 10, i + 20
+        (155, 3, [0, 10, 20, 30]),  # shifted up at the first slice
+        (155, 154, [124, 134, 144, 154]),  # shifted down at the last
+        (25, 12, [0, 10, 20, 24]),  # a volume shorter than the set: the edge slice repeats
+    ],
+)
 def test_spaced_slices_are_the_original_select_equi_slices(n, i, expected):
     assert spaced_slices(n, _Drawn(i), 4).tolist() == expected
 

@@ -47,8 +47,11 @@ def _adapter(path, rng, blocks=2, rank=2, alpha=1.0):
         arrays[f"image_encoder.blocks.{b}.mlp.lin1.lora_a"] = rng.normal(size=(16, rank))
         arrays[f"image_encoder.blocks.{b}.mlp.lin1.lora_b"] = rng.normal(size=(rank, 64))
     arrays["mask_decoder.iou_token.embedding"] = rng.normal(size=(1, 8))
-    save_arrays(path, {k: v.astype(np.float32) for k, v in arrays.items()},
-                {"kind": "sam_jax_adapter", "lora_rank": str(rank), "lora_alpha": repr(alpha)})
+    save_arrays(
+        path,
+        {k: v.astype(np.float32) for k, v in arrays.items()},
+        {"kind": "sam_jax_adapter", "lora_rank": str(rank), "lora_alpha": repr(alpha)},
+    )
     return arrays
 
 
@@ -74,7 +77,8 @@ def test_adapter_files_give_per_block_and_target_discrepancies(tmp_path):
         sv = [np.linalg.svd(d, compute_uv=False) for d in (first, second)]
         expected[r["block"], r["target"]] = (np.abs(sv[0] - sv[1]).max(), np.linalg.norm(first - second, 2))
     assert {(r["block"], r["target"]): (r["weyl_bound"], r["spectral_distance"]) for r in rows} == {
-        k: (pytest.approx(w, rel=1e-6), pytest.approx(d, rel=1e-6)) for k, (w, d) in expected.items()}
+        k: (pytest.approx(w, rel=1e-6), pytest.approx(d, rel=1e-6)) for k, (w, d) in expected.items()
+    }
     grid, blocks, targets = as_heatmap(rows, "weyl_bound")
     assert grid.shape == (2, 3) and targets == ["q", "v", "lin1"] and blocks == [0, 1]
     assert discrepancy(a, a)[0]["spectral_distance"] == pytest.approx(0, abs=1e-9)

@@ -31,9 +31,17 @@ def _eval_folder(root: Path, model: str, data_dir: Path) -> Path:
         writer.writeheader()
         for case_id, score in zip(CASES, SCORES[model]):
             failed = score is None
-            writer.writerow({"case": case_id, "domain": "GLI", "status": "failed" if failed else "ok",
-                             "error": "unreadable" if failed else "", "seconds": 1.0, "paper_dice": 0.5,
-                             "dice_3d": "" if failed else score})
+            writer.writerow(
+                {
+                    "case": case_id,
+                    "domain": "GLI",
+                    "status": "failed" if failed else "ok",
+                    "error": "unreadable" if failed else "",
+                    "seconds": 1.0,
+                    "paper_dice": 0.5,
+                    "dice_3d": "" if failed else score,
+                }
+            )
     for files in find_cases(data_dir, "GLI"):
         if model == "B" and files.case_id == CASES[4]:
             continue

@@ -42,9 +42,13 @@ def _stack_loop_logits(trained, slices, clicks):
         for t in range(Z):
             if 0 <= k - Z // 2 + t < n:
                 image[0, t, :h, :w] = slices[k - Z // 2 + t]
-        batch = {"image": image, "mask": np.zeros(image.shape[:-1], np.uint8), "valid_hw": np.array([[h, w]]),
-                 "point_coords": np.repeat(clicks[k][None, None], Z, axis=1),
-                 "point_labels": np.ones((1, Z, 1), np.int32)}
+        batch = {
+            "image": image,
+            "mask": np.zeros(image.shape[:-1], np.uint8),
+            "valid_hw": np.array([[h, w]]),
+            "point_coords": np.repeat(clicks[k][None, None], Z, axis=1),
+            "point_labels": np.ones((1, Z, 1), np.int32),
+        }
         out.append(np.asarray(run(state, batch))[Z // 2, 0])
     return np.stack(out)
 
@@ -59,8 +63,9 @@ def test_each_slice_is_encoded_in_its_own_stack(trained):
     ours = segmenter.decode(segmenter.encode(slices), clicks, np.ones((5, 1), np.int32), (20, 17))
     np.testing.assert_allclose(ours, expected, atol=1e-4)
     # Choosing slices keeps their neighbours: the embeddings of slices 0 and 3 are those of the whole volume's.
-    np.testing.assert_allclose(np.asarray(segmenter.encode(slices, [0, 3])),
-                               np.asarray(segmenter.encode(slices))[[0, 3]], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(segmenter.encode(slices, [0, 3])), np.asarray(segmenter.encode(slices))[[0, 3]], atol=1e-5
+    )
 
     # The test can fail: one slice at a time (the old evaluation) gives other logits.
     flat = dataclasses.replace(trained, spec=trained.spec.replace(slices=1))

@@ -85,9 +85,11 @@ def test_clicks_accumulate_edit_and_undo(case_volume):
     assert editor.voxels() == 32
     editor.click(5, 4, 3, positive=False)  # added to the same slice's prompt: a 3×3 hole
     assert editor.voxels() == 23
-    assert editor.clicks() == [dict(x=5, y=4, z=2, positive=True, by_user=True),
-                               dict(x=5, y=4, z=3, positive=True, by_user=True),
-                               dict(x=5, y=4, z=3, positive=False, by_user=True)]
+    assert editor.clicks() == [
+        dict(x=5, y=4, z=2, positive=True, by_user=True),
+        dict(x=5, y=4, z=3, positive=True, by_user=True),
+        dict(x=5, y=4, z=3, positive=False, by_user=True),
+    ]
     assert editor.undo() and editor.voxels() == 32
     editor.clear_slice(3)
     assert editor.voxels() == 16 and editor.undo() and editor.voxels() == 32

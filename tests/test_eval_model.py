@@ -84,8 +84,10 @@ def test_the_adapter_file_alone_rebuilds_the_model(trained, tiny_trained_run, tm
     shutil.copy(Path(tiny_trained_run) / "adapter.safetensors", workdir)
     alone = load_trained(workdir)
     assert alone.spec == trained.spec == TrainConfig.load(tiny_trained_run).spec() and alone.training == {}
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(nnx.state(alone.model)),
-                                                     jax.tree.leaves(nnx.state(trained.model))))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(nnx.state(alone.model)), jax.tree.leaves(nnx.state(trained.model)))
+    )
 
 
 def test_bad_checkpoints_are_refused_by_name(tiny_trained_run, tmp_path):
@@ -117,6 +119,7 @@ def kernels_traced(monkeypatch):
     """How many times each XLA attention kernel is traced (called while jit traces)."""
     calls = collections.Counter()
     for name in ("plain", "folded"):
+
         def spy(*args, name=name, kernel=getattr(attention, f"_{name}")):  # noqa: B008 (bound per loop turn)
             calls[name] += 1
             return kernel(*args)
@@ -149,14 +152,19 @@ def test_segmenter_matches_the_training_forward_pass(trained, gli_volume, tiny_t
     rows, cols = np.nonzero(gli_volume.tumour[k])
     click = np.array([[[cols[0], rows[0]]]], np.float32)
     segmenter = SliceSegmenter(trained, batch_size=1)
-    ours = segmenter.decode(segmenter.encode(gli_volume.slices[k:k + 1]), click, np.ones((1, 1), np.int32),
-                            gli_volume.slices.shape[1:3])
+    ours = segmenter.decode(
+        segmenter.encode(gli_volume.slices[k : k + 1]), click, np.ones((1, 1), np.int32), gli_volume.slices.shape[1:3]
+    )
     h, w = gli_volume.slices.shape[1:3]
     canvas = np.zeros((1, 1, max(h, w), max(h, w), 4), np.float32)  # training's square canvas, slice top-left
     canvas[0, 0, :h, :w] = gli_volume.slices[k]
-    batch = {"image": canvas, "mask": np.zeros(canvas.shape[:-1], np.uint8),
-             "valid_hw": np.array([[h, w]], np.int32), "point_coords": click[None],
-             "point_labels": np.ones((1, 1, 1), np.int32)}
+    batch = {
+        "image": canvas,
+        "mask": np.zeros(canvas.shape[:-1], np.uint8),
+        "valid_hw": np.array([[h, w]], np.int32),
+        "point_coords": click[None],
+        "point_labels": np.ones((1, 1, 1), np.int32),
+    }
     graphdef, state = nnx.split(trained.model)
     cfg = TrainConfig.load(tiny_trained_run)
     run = jax.jit(lambda s, b: forward(nnx.merge(graphdef, s), b, jax.random.key(0), cfg))
@@ -196,8 +204,15 @@ def test_a_bad_case_is_recorded_and_the_others_are_scored(trained, small_data, g
     tumour = gli_volume.tumour
     has_tumour = np.flatnonzero(tumour.any(axis=(1, 2)))
     missed = int(has_tumour[-1])  # the last tumour slice: propagation from the clicks below reaches all the others
-    rows = evaluate_cases(TruthExceptOneSlice(tumour, missed), trained, find_cases(data), tmp_path / "out",
-                          max_clicks=2, save_predictions=True, overlays=1)
+    rows = evaluate_cases(
+        TruthExceptOneSlice(tumour, missed),
+        trained,
+        find_cases(data),
+        tmp_path / "out",
+        max_clicks=2,
+        save_predictions=True,
+        overlays=1,
+    )
     by_case = {r["case"]: r for r in rows}
     assert by_case[bad.name]["status"] == "failed" and "t2w.nii.gz: unreadable" in by_case[bad.name]["error"]
     scored = by_case[good.case_id]
@@ -216,7 +231,8 @@ def test_a_bad_case_is_recorded_and_the_others_are_scored(trained, small_data, g
     with open(tmp_path / "out" / "cases.csv") as f:
         written = {r["case"]: r for r in csv.DictReader(f)}
     assert written[bad.name]["status"] == "failed" and float(written[good.case_id]["paper_dice"]) == pytest.approx(
-        scored["paper_dice"])
+        scored["paper_dice"]
+    )
     assert (tmp_path / "out" / "predictions" / f"{good.case_id}.nii.gz").is_file()
     assert (tmp_path / "out" / "overlays" / f"{good.case_id}.png").stat().st_size > 1000
 
@@ -249,10 +265,20 @@ def test_zero_shot_is_plain_sam_on_three_channels(tiny_sam_file, small_data):
 
 def test_eval_app_writes_csv_summary_and_table(tiny_sam_file, small_data, tmp_path):
     out = tmp_path / "men"
-    result = run_app("-m", "eval.main", "--flagfile=eval/meningioma.flags", "--zero_shot",
-                     f"--sam_weights={tiny_sam_file}", "--model_type=tiny", "--image_size=128",
-                     f"--data_dir={small_data}", f"--output_dir={out}", "--protocols=paper,volumetric", "--overlays=0",
-                     "--model_name=tiny zero-shot")
+    result = run_app(
+        "-m",
+        "eval.main",
+        "--flagfile=eval/meningioma.flags",
+        "--zero_shot",
+        f"--sam_weights={tiny_sam_file}",
+        "--model_type=tiny",
+        "--image_size=128",
+        f"--data_dir={small_data}",
+        f"--output_dir={out}",
+        "--protocols=paper,volumetric",
+        "--overlays=0",
+        "--model_name=tiny zero-shot",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["column"], summary["split"], summary["scored"]) == ("VD2", "all", 1)

@@ -52,8 +52,9 @@ def test_round_trip_keeps_the_oblique_affine_and_every_voxel(oblique_case, tmp_p
 
 def test_user_clicks_in_voxel_indices(oblique_case):
     volume = prepare_volume(oblique_case, RunSpec(crop_to_brain=True))
-    mask, _ = predict_volume(ComponentSegmenter(volume.tumour), volume, parse_clicks("6,4,3"),
-                             embeddings=np.arange(len(volume.slices)))
+    mask, _ = predict_volume(
+        ComponentSegmenter(volume.tumour), volume, parse_clicks("6,4,3"), embeddings=np.arange(len(volume.slices))
+    )
     assert np.array_equal(mask, oblique_case.seg > 0)
 
 
@@ -71,8 +72,9 @@ def test_bad_clicks_are_refused_with_the_reason(oblique_case):
 
 def test_cases_without_ground_truth_brain_or_tumour_are_recorded(write_tiny_case, tmp_path):
     write_tiny_case(tmp_path / "data", "BraTS-PED-00001-000", modalities=MODALITIES)
-    write_tiny_case(tmp_path / "data", "BraTS-PED-00002-000",
-                    images={m: np.zeros((12, 10, 6), np.float32) for m in MODALITIES})
+    write_tiny_case(
+        tmp_path / "data", "BraTS-PED-00002-000", images={m: np.zeros((12, 10, 6), np.float32) for m in MODALITIES}
+    )
     write_tiny_case(tmp_path / "data", "BraTS-PED-00003-000", seg=np.zeros((12, 10, 6), np.uint8))
     trained = SimpleNamespace(spec=RunSpec(), training={})
     rows = evaluate_cases(None, trained, find_cases(tmp_path / "data"), tmp_path / "out", protocols=("paper",))

@@ -36,7 +36,7 @@ def test_paper_clicks_are_positive_everywhere_and_inside_tumour():
 
 def _cube(mask, corner, size=4):
     x, y, z = corner
-    mask[x:x + size, y:y + size, z:z + size] = True
+    mask[x : x + size, y : y + size, z : z + size] = True
 
 
 def test_volumetric_scores_with_a_missed_lesion_and_a_false_positive():
@@ -88,9 +88,11 @@ def test_propagation_follows_the_tumour_up_and_down_and_stops_where_it_ends():
 
 
 def test_summary_means_skip_failed_cases_and_tables_scale_to_percent():
-    rows = [{"case": "a", "status": "ok", "paper_dice": 0.5, "tumour_slice_dice": 0.25},
-            {"case": "b", "status": "ok", "paper_dice": 0.7, "tumour_slice_dice": float("nan")},
-            {"case": "c", "status": "failed", "error": "unreadable"}]
+    rows = [
+        {"case": "a", "status": "ok", "paper_dice": 0.5, "tumour_slice_dice": 0.25},
+        {"case": "b", "status": "ok", "paper_dice": 0.7, "tumour_slice_dice": float("nan")},
+        {"case": "c", "status": "failed", "error": "unreadable"},
+    ]
     summary = summarise(rows, ("paper",), model="m", column="VD2")
     assert summary["means"] == {"paper_dice": pytest.approx(0.6), "tumour_slice_dice": 0.25}
     assert summary["failed"] == {"c": "unreadable"} and summary["scored"] == 2

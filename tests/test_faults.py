@@ -20,8 +20,14 @@ def _in_namespace(script: str, timeout=600) -> str:
     """Run a bash script as root of a private user + mount namespace; its own mounts vanish with it."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
         pytest.fail("these tests need `unshare -rm` (user and mount namespaces) to mount a small or read-only disk")
-    done = subprocess.run(["unshare", "-rm", "bash", "-c", f"set -u\n{script}"], env=app_env(PY=sys.executable),
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        ["unshare", "-rm", "bash", "-c", f"set -u\n{script}"],
+        env=app_env(PY=sys.executable),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -38,13 +44,35 @@ def _sha(path: Path) -> str:
 
 
 def test_nonsense_training_flags_are_all_named_before_compute(tmp_path):
-    result = run_app("-m", "train.main", f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'w'}", "--batch_size=0",
-                  "--learning_rate=-0.01", "--prompt_rounds=0", "--eval_domains=GLI,XYZ", "--checkpoint_every=0",
-                  "--log_every=0", "--empty_fraction=2.5", "--steps=10", "--schedule=cosine", "--warmup_steps=10",
-                  "--seed=-1")
-    _clean_error(result, "batch_size 0: expected an integer ≥ 1", "learning_rate -0.01: expected a finite number > 0",
-                 "prompt_rounds 0", "unknown ['XYZ']", "checkpoint_every 0", "log_every 0", "empty_fraction 2.5",
-                 "warmup_steps 10 ≥ steps 10", "seed -1")
+    result = run_app(
+        "-m",
+        "train.main",
+        f"--data_dir={tmp_path}",
+        f"--workdir={tmp_path / 'w'}",
+        "--batch_size=0",
+        "--learning_rate=-0.01",
+        "--prompt_rounds=0",
+        "--eval_domains=GLI,XYZ",
+        "--checkpoint_every=0",
+        "--log_every=0",
+        "--empty_fraction=2.5",
+        "--steps=10",
+        "--schedule=cosine",
+        "--warmup_steps=10",
+        "--seed=-1",
+    )
+    _clean_error(
+        result,
+        "batch_size 0: expected an integer ≥ 1",
+        "learning_rate -0.01: expected a finite number > 0",
+        "prompt_rounds 0",
+        "unknown ['XYZ']",
+        "checkpoint_every 0",
+        "log_every 0",
+        "empty_fraction 2.5",
+        "warmup_steps 10 ≥ steps 10",
+        "seed -1",
+    )
     assert not (tmp_path / "w").exists()  # refused before anything was written
 
     result = run_app("-m", "eval.main", "--checkpoint=x", "--batch_size=0")
@@ -62,8 +90,15 @@ def test_a_finished_run_is_kept_when_rerun_with_another_model(tiny_trained_run, 
     shutil.copytree(tiny_trained_run, workdir)
     saved = _sha(workdir / "config.json")
     config = json.loads((workdir / "config.json").read_text())
-    result = run_app("-m", "train.main", *tiny_flags, f"--cache_dir={config['cache_dir']}", f"--workdir={workdir}",
-                     "--model_type=demo", "--steps=2")
+    result = run_app(
+        "-m",
+        "train.main",
+        *tiny_flags,
+        f"--cache_dir={config['cache_dir']}",
+        f"--workdir={workdir}",
+        "--model_type=demo",
+        "--steps=2",
+    )
     _clean_error(result, f"{workdir} holds a run with other settings", "model_type: 'tiny' there, 'demo' now")
     assert _sha(workdir / "config.json") == saved
 
@@ -123,8 +158,10 @@ def test_full_disk_during_training_stops_cleanly_and_the_run_resumes(phantom_dir
     unlabelled.mkdir()
     for image in case.parent.glob("*-t*.nii.gz"):
         shutil.copy(image, unlabelled / image.name.replace(case.parent.name, unlabelled.name))
-    command = (f'"$PY" -m train.main {" ".join(tiny_flags)} --data_dir={data} --cache_dir={tmp_path}/cache '
-               f'--workdir={tmp_path}/disk/run --skip_bad_cases --steps=3 --checkpoint_every=1')
+    command = (
+        f'"$PY" -m train.main {" ".join(tiny_flags)} --data_dir={data} --cache_dir={tmp_path}/cache '
+        f"--workdir={tmp_path}/disk/run --skip_bad_cases --steps=3 --checkpoint_every=1"
+    )
     out = _in_namespace(f"""
         mkdir -p {tmp_path}/disk
         mount -t tmpfs -o size=3m tmpfs {tmp_path}/disk
@@ -136,8 +173,9 @@ def test_full_disk_during_training_stops_cleanly_and_the_run_resumes(phantom_dir
     first, second = (tmp_path / "first.txt").read_text(), (tmp_path / "second.txt").read_text()
     assert "first rc=1" in out and "second rc=0" in out, first[-3000:] + second[-3000:]
     errors = [line for line in first.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {tmp_path}/disk/run/checkpoints/2: the disk is full: writing it needs "
-                      + errors[0].split("needs ")[1]], first[-3000:]
+    assert errors == [
+        f"error: {tmp_path}/disk/run/checkpoints/2: the disk is full: writing it needs " + errors[0].split("needs ")[1]
+    ], first[-3000:]
     assert "The last complete checkpoint is step 1" in first and "Traceback" not in first
     assert "resumed from step 1" in second
     steps = [json.loads(line)["step"] for line in (tmp_path / "kept" / "metrics.jsonl").read_text().splitlines()]
@@ -165,19 +203,29 @@ def test_a_domain_without_held_out_cases_is_a_loud_warning(phantom_dir, phantom_
 
     split = Cache.open(phantom_cache_dir).split()
     unvalidated = next(d for d in ("GLI", "MEN", "PED", "SSA") if not any(f"-{d}-" in c for c in split["val"]))
-    cfg = TrainConfig(data_dir=str(phantom_dir), cache_dir=str(phantom_cache_dir), domain=unvalidated,
-                      eval_domains=(unvalidated,))
+    cfg = TrainConfig(
+        data_dir=str(phantom_dir), cache_dir=str(phantom_cache_dir), domain=unvalidated, eval_domains=(unvalidated,)
+    )
     *_, eval_sets, warnings = prepare_data(cfg)
     assert unvalidated not in eval_sets
-    assert warnings == [f"no held-out case of domain {unvalidated} in the split: no validation, no best checkpoint, "
-                        f"no final score for {unvalidated}"]
+    assert warnings == [
+        f"no held-out case of domain {unvalidated} in the split: no validation, no best checkpoint, "
+        f"no final score for {unvalidated}"
+    ]
 
 
 def test_predict_on_an_empty_segmentation_asks_for_clicks(tiny_trained_run, write_tiny_case, tmp_path):
     import numpy as np
 
     case = write_tiny_case(tmp_path / "data", seg=np.zeros((12, 10, 6), np.uint8))
-    result = run_app("-m", "eval.predict", f"--checkpoint={tiny_trained_run}", f"--case_dir={case}",
-                  f"--output={tmp_path / 'out' / 'pred.nii.gz'}")
-    _clean_error(result, "BraTS-GLI-00001-000-seg.nii.gz: the segmentation is empty: no tumour to take clicks "
-                         "from; give --clicks")
+    result = run_app(
+        "-m",
+        "eval.predict",
+        f"--checkpoint={tiny_trained_run}",
+        f"--case_dir={case}",
+        f"--output={tmp_path / 'out' / 'pred.nii.gz'}",
+    )
+    _clean_error(
+        result,
+        "BraTS-GLI-00001-000-seg.nii.gz: the segmentation is empty: no tumour to take clicks from; give --clicks",
+    )

@@ -19,7 +19,11 @@ def test_flagfiles_expand_in_order_from_the_apps_folder(tmp_path, monkeypatch):
     (app / "ablations" / "x.flags").write_text("--flagfile=base.flags\n// a comment\n--lr=2\n")
     monkeypatch.chdir(tmp_path)  # neither file is reachable from here as written
     assert expand_flagfiles(["--flagfile=ablations/x.flags", "--epochs=1"], app) == [
-        "--epochs=25", "--lr=1", "--lr=2", "--epochs=1"]
+        "--epochs=25",
+        "--lr=1",
+        "--lr=2",
+        "--epochs=1",
+    ]
     # The repository-relative form works too, from anywhere.
     assert expand_flagfiles(["--flagfile", "train/base.flags"], app) == ["--epochs=25", "--lr=1"]
 
@@ -28,8 +32,11 @@ def test_a_missing_or_looping_flagfile_is_named_with_every_place_tried(tmp_path,
     app = tmp_path / "train"
     app.mkdir()
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FlagfileError, match=rf"--flagfile=nope.flags: not found; looked in {tmp_path}/nope.flags, "
-                                            rf"{app}/nope.flags"):
+    with pytest.raises(
+        FlagfileError,
+        match=rf"--flagfile=nope.flags: not found; looked in {tmp_path}/nope.flags, "
+        rf"{app}/nope.flags",
+    ):
         expand_flagfiles(["--flagfile=nope.flags"], app)
     (app / "loop.flags").write_text("--flagfile=loop.flags\n")
     with pytest.raises(FlagfileError, match="includes itself"):
@@ -37,8 +44,13 @@ def test_a_missing_or_looping_flagfile_is_named_with_every_place_tried(tmp_path,
 
 
 def test_the_training_app_refuses_an_unknown_flagfile_cleanly(tmp_path):
-    result = run_app("-m", "train.main", "--flagfile=adutl.flags", cwd=tmp_path,
-                     env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    result = run_app(
+        "-m",
+        "train.main",
+        "--flagfile=adutl.flags",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"error: --flagfile=adutl.flags: not found; looked in {tmp_path}/adutl.flags" in result.stderr
     assert f"{ROOT}/train/adutl.flags" in result.stderr

@@ -20,9 +20,12 @@ from sam_jax.model.attention import attend
 from sam_jax.training.config import TrainConfig
 from sam_jax.training.step import cast_floats, make_train_step
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(jax.default_backend() != "gpu",
-                                 reason=f"needs a GPU: JAX's backend here is {jax.default_backend()!r}")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        jax.default_backend() != "gpu", reason=f"needs a GPU: JAX's backend here is {jax.default_backend()!r}"
+    ),
+]
 
 DEMO = sam_config("demo")
 CUDNN_CALL = "__cudnn$fmha"  # the custom call jax.nn.dot_product_attention(implementation="cudnn") lowers to
@@ -86,8 +89,16 @@ def test_cudnn_model_forward_is_as_close_to_fp32_as_xla_bf16():
 def _one_step(precision: str, attention: str, remat: bool = False):
     """One SGD step of the tiny LoRA model with cross-slice attention (two slices) on a synthetic host batch, all
     arguments on the device: (loss, update, whether the old trainable buffers were freed, the step's StableHLO)."""
-    cfg = TrainConfig(model_type="tiny", image_size=128, attention=attention, remat_attention=remat,
-                      cross_slice=True, slices=2, loss="bce", precision=precision)
+    cfg = TrainConfig(
+        model_type="tiny",
+        image_size=128,
+        attention=attention,
+        remat_attention=remat,
+        cross_slice=True,
+        slices=2,
+        loss="bce",
+        precision=precision,
+    )
     graphdef, trainable, frozen = partition(build_model(cfg.sam_config(), cfg, rngs=nnx.Rngs(0)), "lora")
     # A non-zero LoRA B and gate, so that gradients reach every leaf.
     trainable = jax.device_put(jax.tree.map(lambda x: x + 0.01, trainable))

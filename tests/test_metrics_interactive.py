@@ -35,8 +35,12 @@ def test_summary_over_cases():
     # NoC@85: 1, 2, 20 -> 23/3; NoC@90: 2, 20, 20 -> 14; failures: 1 and 2.
     assert mean_noc(curves, 0.85) == pytest.approx(23 / 3)
     assert noc_failures(curves, 0.90) == 2
-    assert noc_summary(curves) == {"noc@85": pytest.approx(23 / 3), "failures@85": 1,
-                                   "noc@90": pytest.approx(14.0), "failures@90": 2}
+    assert noc_summary(curves) == {
+        "noc@85": pytest.approx(23 / 3),
+        "failures@85": 1,
+        "noc@90": pytest.approx(14.0),
+        "failures@90": 2,
+    }
     np.testing.assert_allclose(mean_dice_after_clicks(curves), [1.56 / 3, 2.07 / 3, 2.24 / 3])
 
 

@@ -17,12 +17,12 @@ SHAPE = (8, 8, 40)
 def box(x_start, x_size, size=4):
     """A size^2 x x_size block at rows/slices 2..2+size, columns x_start..x_start+x_size."""
     mask = np.zeros(SHAPE, bool)
-    mask[2:2 + size, 2:2 + size, x_start:x_start + x_size] = True
+    mask[2 : 2 + size, 2 : 2 + size, x_start : x_start + x_size] = True
     return mask
 
 
 EMPTY = np.zeros(SHAPE, bool)
-CUBE_A = box(0, 4)     # 64 voxels
+CUBE_A = box(0, 4)  # 64 voxels
 CUBE_FAR = box(30, 4)  # 64 voxels, far from CUBE_A for any dilation
 
 
@@ -179,16 +179,18 @@ def test_per_lesion_hd95_matches_the_reference(spacing):
     shape = (9, 9, 30)
     lesions = [((0, 0, 0), (3, 3, 3)), ((4, 5, 20), (3, 3, 3))]
     predictions = [((1, 1, 1), (3, 2, 3)), ((5, 3, 22), (3, 3, 3))]
-    result = lesion_wise_scores(boxes_mask(shape, predictions), boxes_mask(shape, lesions), spacing,
-                                small_lesion_mm3=0.0)
+    result = lesion_wise_scores(
+        boxes_mask(shape, predictions), boxes_mask(shape, lesions), spacing, small_lesion_mm3=0.0
+    )
     expected = [reference_hd95([p], [g], spacing) for p, g in zip(predictions, lesions)]
     assert [s.hd95 for s in result.lesions] == pytest.approx(expected, abs=1e-6)
     assert result.hd95 == pytest.approx(sum(expected) / 2, abs=1e-6)
 
 
 def test_domain_table_matches_the_2023_challenge():
-    assert {d: (r.dilation_iterations, r.small_lesion_mm3) for d, r in BRATS_2023_LESION_RULES.items()
-            if d != "MET"} == {"GLI": (3, 50.0), "SSA": (3, 50.0), "PED": (3, 50.0), "MEN": (1, 50.0)}
+    assert {
+        d: (r.dilation_iterations, r.small_lesion_mm3) for d, r in BRATS_2023_LESION_RULES.items() if d != "MET"
+    } == {"GLI": (3, 50.0), "SSA": (3, 50.0), "PED": (3, 50.0), "MEN": (1, 50.0)}
 
 
 def test_bad_inputs_raise_named_errors():

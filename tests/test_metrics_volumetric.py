@@ -43,7 +43,7 @@ def test_hd95_single_voxels_anisotropic():
     spacing = (0.5, 0.8, 2.5)
     a = cube((6, 6, 4), (0, 0, 0), (1, 1, 1))
     b = cube((6, 6, 4), (2, 3, 1), (1, 1, 1))
-    assert hd95(a, b, spacing) == pytest.approx(math.sqrt(1.0 ** 2 + 2.4 ** 2 + 2.5 ** 2))
+    assert hd95(a, b, spacing) == pytest.approx(math.sqrt(1.0**2 + 2.4**2 + 2.5**2))
 
 
 def test_hd95_concentric_cubes():
@@ -54,8 +54,9 @@ def test_hd95_concentric_cubes():
     gt = cube((7, 7, 7), (1, 1, 1), (5, 5, 5))
     pred = cube((7, 7, 7), (2, 2, 2), (3, 3, 3))
     assert hd95(pred, gt) == pytest.approx(math.sqrt(2))
-    assert hd95(pred, gt) == pytest.approx(reference_hd95([((2, 2, 2), (3, 3, 3))], [((1, 1, 1), (5, 5, 5))],
-                                                          (1.0, 1.0, 1.0)))
+    assert hd95(pred, gt) == pytest.approx(
+        reference_hd95([((2, 2, 2), (3, 3, 3))], [((1, 1, 1), (5, 5, 5))], (1.0, 1.0, 1.0))
+    )
 
 
 @pytest.mark.parametrize("gap", [5, 25])
@@ -100,18 +101,27 @@ def test_hd95_ignores_a_single_outlier_voxel():
 
 HARD_CASES = {
     # name: (shape, boxes of a, boxes of b, spacing)
-    "tiny cubes shifted, (1, 1, 3) mm": ((8, 8, 10), [((1, 1, 2), (3, 3, 3))], [((2, 3, 3), (3, 3, 3))],
-                                         (1.0, 1.0, 3.0)),
-    "tiny cubes shifted, (0.5, 0.8, 2.5) mm": ((8, 8, 10), [((1, 1, 2), (3, 3, 3))], [((3, 2, 4), (3, 3, 3))],
-                                               (0.5, 0.8, 2.5)),
-    "touching the volume border": ((6, 7, 8), [((0, 0, 0), (3, 4, 2))], [((3, 4, 0), (3, 3, 8))],
-                                   (0.5, 0.8, 2.5)),
-    "thin slab vs bar at the border": ((5, 9, 9), [((0, 0, 0), (1, 9, 9))], [((2, 3, 3), (3, 2, 2))],
-                                       (1.0, 1.0, 3.0)),
-    "missed tiny lesion, (1, 1, 3) mm": ((23, 17, 22), [((2, 2, 2), (13, 13, 6))],
-                                         [((2, 2, 2), (13, 13, 6)), ((7, 7, 12), (3, 3, 3))], (1.0, 1.0, 3.0)),
-    "concentric, (0.5, 0.8, 2.5) mm": ((9, 9, 9), [((2, 2, 2), (3, 3, 3))], [((1, 1, 1), (6, 5, 7))],
-                                       (0.5, 0.8, 2.5)),
+    "tiny cubes shifted, (1, 1, 3) mm": (
+        (8, 8, 10),
+        [((1, 1, 2), (3, 3, 3))],
+        [((2, 3, 3), (3, 3, 3))],
+        (1.0, 1.0, 3.0),
+    ),
+    "tiny cubes shifted, (0.5, 0.8, 2.5) mm": (
+        (8, 8, 10),
+        [((1, 1, 2), (3, 3, 3))],
+        [((3, 2, 4), (3, 3, 3))],
+        (0.5, 0.8, 2.5),
+    ),
+    "touching the volume border": ((6, 7, 8), [((0, 0, 0), (3, 4, 2))], [((3, 4, 0), (3, 3, 8))], (0.5, 0.8, 2.5)),
+    "thin slab vs bar at the border": ((5, 9, 9), [((0, 0, 0), (1, 9, 9))], [((2, 3, 3), (3, 2, 2))], (1.0, 1.0, 3.0)),
+    "missed tiny lesion, (1, 1, 3) mm": (
+        (23, 17, 22),
+        [((2, 2, 2), (13, 13, 6))],
+        [((2, 2, 2), (13, 13, 6)), ((7, 7, 12), (3, 3, 3))],
+        (1.0, 1.0, 3.0),
+    ),
+    "concentric, (0.5, 0.8, 2.5) mm": ((9, 9, 9), [((2, 2, 2), (3, 3, 3))], [((1, 1, 1), (6, 5, 7))], (0.5, 0.8, 2.5)),
 }
 
 
@@ -130,8 +140,11 @@ def random_boxes(rng, shape):
     boxes = []
     for slot in rng.choice(shape[2] // 8, size=int(rng.integers(1, 4)), replace=False):
         size = tuple(int(rng.integers(1, n + 1)) for n in (shape[0], shape[1], 7))
-        corner = (int(rng.integers(0, shape[0] - size[0] + 1)), int(rng.integers(0, shape[1] - size[1] + 1)),
-                  8 * int(slot) + int(rng.integers(0, 8 - size[2])))
+        corner = (
+            int(rng.integers(0, shape[0] - size[0] + 1)),
+            int(rng.integers(0, shape[1] - size[1] + 1)),
+            8 * int(slot) + int(rng.integers(0, 8 - size[2])),
+        )
         boxes.append((corner, size))
     return boxes
 
@@ -143,7 +156,8 @@ def test_hd95_matches_the_reference_on_random_box_layouts(seed):
     spacing = tuple(float(s) for s in rng.uniform(0.4, 3.0, 3))
     boxes_a, boxes_b = random_boxes(rng, shape), random_boxes(rng, shape)
     assert hd95(boxes_mask(shape, boxes_a), boxes_mask(shape, boxes_b), spacing) == pytest.approx(
-        reference_hd95(boxes_a, boxes_b, spacing), abs=1e-6)
+        reference_hd95(boxes_a, boxes_b, spacing), abs=1e-6
+    )
 
 
 def test_bad_spacing_and_masks_raise_named_errors():

@@ -29,16 +29,17 @@ RUN_TIMEOUT_S = 600  # a hung run fails the test instead of the CI job
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Each process sees one CPU device unless told; all runs share one compilation cache."""
-    return app_env(XLA_FLAGS="--xla_force_host_platform_device_count=1",
-                   JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR")
-                   or str(tmp_path_factory.mktemp("jax_cache")),
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    return app_env(
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        or str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
 
 
 @pytest.fixture(scope="module")
 def train_flags(tiny_config):
-    return config_flags(tiny_config, eval_domains=("PED",), steps=8, schedule="cosine", warmup_steps=2,
-                        eval_every=1000)
+    return config_flags(tiny_config, eval_domains=("PED",), steps=8, schedule="cosine", warmup_steps=2, eval_every=1000)
 
 
 def _start(module, flags, processes, env, logs: Path, port=None):
@@ -48,9 +49,17 @@ def _start(module, flags, processes, env, logs: Path, port=None):
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for i in range(processes):
-        group = [] if processes == 1 else ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
-                                           f"--num_processes={processes}", f"--process_id={i}",
-                                           f"--heartbeat_timeout_seconds={HEARTBEAT_S}"]
+        group = (
+            []
+            if processes == 1
+            else [
+                "--distributed",
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={processes}",
+                f"--process_id={i}",
+                f"--heartbeat_timeout_seconds={HEARTBEAT_S}",
+            ]
+        )
         with open(logs / f"p{i}.log", "w") as log:
             procs.append(start_app("-m", module, *flags, *group, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
@@ -70,8 +79,13 @@ def _finish(procs, logs: Path, timeout=RUN_TIMEOUT_S):
 
 
 def _train(flags, workdir, processes, env, **env_changes):
-    procs = _start("train.main", [*flags, f"--workdir={workdir}"], processes, {**env, **env_changes},
-                   Path(workdir).with_suffix(".logs"))
+    procs = _start(
+        "train.main",
+        [*flags, f"--workdir={workdir}"],
+        processes,
+        {**env, **env_changes},
+        Path(workdir).with_suffix(".logs"),
+    )
     _finish(procs, Path(workdir).with_suffix(".logs"))
 
 
@@ -116,8 +130,11 @@ def test_killed_process_stops_the_other_and_the_same_command_resumes(runs, train
     procs = _start("train.main", flags, 2, env, logs, port)
     checkpoints = workdir / "checkpoints"
     deadline = time.time() + RUN_TIMEOUT_S
-    while time.time() < deadline and all(p.poll() is None for p in procs) and not (
-            checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    while (
+        time.time() < deadline
+        and all(p.poll() is None for p in procs)
+        and not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()))
+    ):
         time.sleep(0.05)
     assert procs[0].poll() is None and procs[1].poll() is None, (logs / "p0.log").read_text()[-3000:]
     procs[1].send_signal(signal.SIGKILL)
@@ -134,8 +151,10 @@ def test_killed_process_stops_the_other_and_the_same_command_resumes(runs, train
     assert procs[0].returncode != 0
     assert not (workdir / "adapter.safetensors").exists(), "the run ended before it could be killed"
     assert "process 0 of 2: stopped" in log or "JAX distributed service detected fatal errors" in log, log[-3000:]
-    print("process 0 said:", next(line for line in log.splitlines()
-                                  if "stopped" in line or "detected fatal errors" in line))
+    print(
+        "process 0 said:",
+        next(line for line in log.splitlines() if "stopped" in line or "detected fatal errors" in line),
+    )
 
     _finish(_start("train.main", flags, 2, env, tmp_path / "resumed.logs"), tmp_path / "resumed.logs")
     assert "resumed from step" in (tmp_path / "resumed.logs" / "p0.log").read_text()
@@ -155,18 +174,29 @@ def test_evaluation_over_two_processes_writes_what_one_process_writes(runs, env,
     workdir = runs / "one_process"
     for processes in (1, 2):
         out = tmp_path / f"eval{processes}"
-        flags = [f"--checkpoint={workdir}", f"--data_dir={tmp_path / 'data'}", "--domain=GLI", "--split=all",
-                 "--protocols=paper", "--overlays=0", f"--output_dir={out}"]
-        _finish(_start("eval.main", flags, processes, env, tmp_path / f"eval{processes}.logs"),
-                tmp_path / f"eval{processes}.logs")
+        flags = [
+            f"--checkpoint={workdir}",
+            f"--data_dir={tmp_path / 'data'}",
+            "--domain=GLI",
+            "--split=all",
+            "--protocols=paper",
+            "--overlays=0",
+            f"--output_dir={out}",
+        ]
+        _finish(
+            _start("eval.main", flags, processes, env, tmp_path / f"eval{processes}.logs"),
+            tmp_path / f"eval{processes}.logs",
+        )
     one, two = _eval_rows(tmp_path / "eval1"), _eval_rows(tmp_path / "eval2")
     assert len(one) == 3 and all(r["status"] == "ok" for r in one) and one == two
-    assert (json.loads((tmp_path / "eval1" / "summary.json").read_text())
-            == json.loads((tmp_path / "eval2" / "summary.json").read_text()))
+    assert json.loads((tmp_path / "eval1" / "summary.json").read_text()) == json.loads(
+        (tmp_path / "eval2" / "summary.json").read_text()
+    )
     assert sorted(p.name for p in (tmp_path / "eval2").iterdir()) == ["cases.csv", "summary.json"]
 
 
 # Fast checks of the parts, in this process.
+
 
 def test_process_blocks_of_a_batch_make_the_whole_batch(tmp_path, write_tiny_case):
     import grain
@@ -181,20 +211,24 @@ def test_process_blocks_of_a_batch_make_the_whole_batch(tmp_path, write_tiny_cas
     for volume_batch, batch_size in ((0, 4), (4, 1)):
         settings = dict(batch_size=batch_size, volume_batch=volume_batch, seed=7, z=3, drop_remainder=True)
         whole = make_dataset(cache, list(cases), **settings)
-        blocks = [make_dataset(cache, list(cases), shard=grain.sharding.ShardOptions(i, 2), **settings)
-                  for i in range(2)]
+        blocks = [
+            make_dataset(cache, list(cases), shard=grain.sharding.ShardOptions(i, 2), **settings) for i in range(2)
+        ]
         for step in range(5):  # same images, masks and clicks, whatever the number of processes
             joined = {k: np.concatenate([b[step][k] for b in blocks]) for k in whole[step]}
             for k, v in whole[step].items():
                 np.testing.assert_array_equal(joined[k], v, err_msg=f"{k} at step {step}")
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(num_processes=2, process_id=0), "need --distributed"),
-    (dict(distributed=True, num_processes=2), "give both or neither"),
-    (dict(distributed=True, num_processes=2, process_id=2), r"process_id 2: expected an integer in \[0, 2\)"),
-    (dict(distributed=True, heartbeat_timeout_seconds=0), "heartbeat_timeout_seconds 0"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(num_processes=2, process_id=0), "need --distributed"),
+        (dict(distributed=True, num_processes=2), "give both or neither"),
+        (dict(distributed=True, num_processes=2, process_id=2), r"process_id 2: expected an integer in \[0, 2\)"),
+        (dict(distributed=True, heartbeat_timeout_seconds=0), "heartbeat_timeout_seconds 0"),
+    ],
+)
 def test_process_group_settings_are_checked(change, message):
     from sam_jax.errors import SamJaxError
 
@@ -210,6 +244,9 @@ def test_process_rows_merge_in_case_order(tmp_path):
     (tmp_path / process_csv(1, 2)).write_text(header + "b,GLI,ok,,2.0,0.125\n")
     rows = merge_process_csvs(tmp_path, ["a", "b", "c"], 2)
     assert (tmp_path / "cases.csv").read_text().splitlines()[1:] == [
-        "a,GLI,ok,,1.5,0.25", "b,GLI,ok,,2.0,0.125", "c,GLI,failed,unreadable,0.1,"]
+        "a,GLI,ok,,1.5,0.25",
+        "b,GLI,ok,,2.0,0.125",
+        "c,GLI,failed,unreadable,0.1,",
+    ]
     assert rows[1] == {"case": "b", "domain": "GLI", "status": "ok", "seconds": 2.0, "paper_dice": 0.125}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]

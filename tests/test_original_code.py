@@ -30,12 +30,19 @@ def test_stretch_is_bilinear_interpolate_to_the_square():
     rng = np.random.default_rng(0)
     canvas, image = _canvas(rng, 13, 20, 24)
     ours, scale = to_model_frame(jnp.asarray(canvas), jnp.array([[13, 20]]), 64, "stretch")
-    expected = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None], size=(64, 64), mode="bilinear",
-                             align_corners=False)[0].permute(1, 2, 0).numpy()
+    expected = (
+        F.interpolate(
+            torch.from_numpy(image).permute(2, 0, 1)[None], size=(64, 64), mode="bilinear", align_corners=False
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     np.testing.assert_allclose(np.asarray(ours[0]), expected, atol=1e-5)
     np.testing.assert_allclose(np.asarray(scale[0]), [64 / 20, 64 / 13])  # (x, y): columns by 64/20, rows by 64/13
     assert click_scale((13, 20), 64, "stretch") == (64 / 20, 64 / 13) and valid_shape((13, 20), 64, "stretch") == (
-        64, 64)
+        64,
+        64,
+    )
     # The test can fail: SAM's rule keeps the aspect and pads.
     kept, _ = to_model_frame(jnp.asarray(canvas), jnp.array([[13, 20]]), 64)
     assert np.abs(np.asarray(kept[0]) - expected).max() > 0.1
@@ -47,12 +54,14 @@ def test_input_grid_loss_is_nearest_logits_against_the_bilinear_mask():
     mask[0, 3:9, 5:14] = 1
     logits = rng.normal(size=(1, 1, 16, 16)).astype(np.float32)
     target = input_grid_target(jnp.asarray(mask), jnp.array([[13, 20]]), 64, "stretch")
-    expected_target = F.interpolate(torch.from_numpy(mask[:, None, :13, :20]), size=(64, 64), mode="bilinear",
-                                    align_corners=False)[:, 0]
+    expected_target = F.interpolate(
+        torch.from_numpy(mask[:, None, :13, :20]), size=(64, 64), mode="bilinear", align_corners=False
+    )[:, 0]
     np.testing.assert_allclose(np.asarray(target), expected_target.numpy(), atol=1e-5)
     upsampled = jnp.asarray(logits).repeat(4, axis=-2).repeat(4, axis=-1)  # the step's own expression
-    np.testing.assert_array_equal(np.asarray(upsampled), F.interpolate(torch.from_numpy(logits), scale_factor=4,
-                                                                       mode="nearest").numpy())
+    np.testing.assert_array_equal(
+        np.asarray(upsampled), F.interpolate(torch.from_numpy(logits), scale_factor=4, mode="nearest").numpy()
+    )
 
 
 def test_broadcast_prompt_is_sams_decoder_given_one_prompt_for_the_batch(tiny_sam_pair):
@@ -63,10 +72,12 @@ def test_broadcast_prompt_is_sams_decoder_given_one_prompt_for_the_batch(tiny_sa
     coords = rng.uniform(0, CONFIG.image_size, size=(n, 1, 2)).astype(np.float32)
     labels = np.ones((n, 1), np.int32)
     with torch.no_grad():  # the original's call: embeddings of n slices, one prompt holding all n clicks
-        sparse, dense = ref.prompt_encoder((torch.from_numpy(coords.reshape(1, n, 2)),
-                                            torch.from_numpy(labels.reshape(1, n))), None, None)
-        expected, _ = ref.mask_decoder(torch.from_numpy(emb).permute(0, 3, 1, 2), ref.prompt_encoder.get_dense_pe(),
-                                       sparse, dense, False)
+        sparse, dense = ref.prompt_encoder(
+            (torch.from_numpy(coords.reshape(1, n, 2)), torch.from_numpy(labels.reshape(1, n))), None, None
+        )
+        expected, _ = ref.mask_decoder(
+            torch.from_numpy(emb).permute(0, 3, 1, 2), ref.prompt_encoder.get_dense_pe(), sparse, dense, False
+        )
     broadcast = original_code_prompts(jnp.asarray(coords), jnp.asarray(labels), click_order="xy", broadcast=True)
     logits, _ = ours.decode(jnp.asarray(emb), *broadcast)
     assert_close(logits, to_numpy(expected))
@@ -78,20 +89,25 @@ def test_broadcast_prompt_is_sams_decoder_given_one_prompt_for_the_batch(tiny_sa
 
 def test_first_decoder_residual_is_sams_block_with_that_residual(tiny_sam_pair):
     ref, _ = tiny_sam_pair
-    ours = adapt(flax_twin(CONFIG, ref), AdaptationConfig(modalities="t1n_t2w_t2f", lora_rank=0,
-                                                          decoder_first_residual=True), rngs=nnx.Rngs(0))
+    ours = adapt(
+        flax_twin(CONFIG, ref),
+        AdaptationConfig(modalities="t1n_t2w_t2f", lora_rank=0, decoder_first_residual=True),
+        rngs=nnx.Rngs(0),
+    )
     g, c = CONFIG.grid_size, CONFIG.prompt_embed_dim
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(1, g, g, c)).astype(np.float32)
     coords = rng.uniform(0, CONFIG.image_size, size=(1, 2, 2)).astype(np.float32)
     labels = np.array([[1, 0]], np.int32)
     hook = ref.mask_decoder.transformer.layers[0].self_attn.register_forward_hook(
-        lambda module, args, kwargs, out: out + kwargs["q"], with_kwargs=True)
+        lambda module, args, kwargs, out: out + kwargs["q"], with_kwargs=True
+    )
     try:
         with torch.no_grad():
             sparse, dense = ref.prompt_encoder((torch.from_numpy(coords), torch.from_numpy(labels)), None, None)
-            expected, _ = ref.mask_decoder(torch.from_numpy(emb).permute(0, 3, 1, 2),
-                                           ref.prompt_encoder.get_dense_pe(), sparse, dense, False)
+            expected, _ = ref.mask_decoder(
+                torch.from_numpy(emb).permute(0, 3, 1, 2), ref.prompt_encoder.get_dense_pe(), sparse, dense, False
+            )
     finally:
         hook.remove()
     logits, _ = ours.decode(jnp.asarray(emb), jnp.asarray(coords), jnp.asarray(labels))
@@ -103,8 +119,11 @@ def test_loading_defects_leave_zero_tables_and_random_decoder_mlps(tiny_sam_pair
     sam = flax_twin(CONFIG, ref)
     loaded = {i: np.asarray(layer.mlp.lin1.kernel[...]) for i, layer in enumerate(sam.mask_decoder.transformer.layers)}
     assert any(np.abs(block.attn.rel_pos_h[...]).max() > 0 for block in sam.image_encoder.blocks)
-    adapt(sam, AdaptationConfig(modalities="t1n_t2w_t2f", lora_rank=0, zero_rel_pos=True, random_decoder_mlps=True),
-          rngs=nnx.Rngs(0))
+    adapt(
+        sam,
+        AdaptationConfig(modalities="t1n_t2w_t2f", lora_rank=0, zero_rel_pos=True, random_decoder_mlps=True),
+        rngs=nnx.Rngs(0),
+    )
     for block in sam.image_encoder.blocks:
         assert not np.asarray(block.attn.rel_pos_h[...]).any() and not np.asarray(block.attn.rel_pos_w[...]).any()
     for i, layer in enumerate(sam.mask_decoder.transformer.layers):
@@ -117,10 +136,22 @@ def test_loading_defects_leave_zero_tables_and_random_decoder_mlps(tiny_sam_pair
 
 def test_options_are_off_by_default_and_travel_in_the_spec():
     spec = RunSpec()
-    assert (spec.resize, spec.click_order, spec.broadcast_clicks, spec.zero_rel_pos, spec.random_decoder_mlps,
-            spec.decoder_first_residual) == ("longest_side", "xy", False, False, False, False)
-    original = spec.replace(resize="stretch", click_order="row_col", broadcast_clicks=True, zero_rel_pos=True,
-                            random_decoder_mlps=True, decoder_first_residual=True)
+    assert (
+        spec.resize,
+        spec.click_order,
+        spec.broadcast_clicks,
+        spec.zero_rel_pos,
+        spec.random_decoder_mlps,
+        spec.decoder_first_residual,
+    ) == ("longest_side", "xy", False, False, False, False)
+    original = spec.replace(
+        resize="stretch",
+        click_order="row_col",
+        broadcast_clicks=True,
+        zero_rel_pos=True,
+        random_decoder_mlps=True,
+        decoder_first_residual=True,
+    )
     assert RunSpec.from_metadata(original.to_metadata()) == original
     assert AdaptationConfig.from_metadata(original.to_metadata()) == original.adaptation()
     with pytest.raises(ValueError, match="click_order 'yx'"):

@@ -14,8 +14,11 @@ CONFIG = sam_config("tiny")
 
 
 def _image(config, batch=2, seed=0):
-    return np.random.default_rng(seed).normal(size=(batch, config.image_size, config.image_size, config.in_chans)
-                                              ).astype(np.float32)
+    return (
+        np.random.default_rng(seed)
+        .normal(size=(batch, config.image_size, config.image_size, config.in_chans))
+        .astype(np.float32)
+    )
 
 
 def _nchw(x):
@@ -34,8 +37,9 @@ def test_block(tiny_sam_pair, index):
     assert (ours.image_encoder.blocks[index].window_size == 0) == (index in CONFIG.encoder_global_attn_indexes)
     g = CONFIG.grid_size  # 8 tokens per side with window 3: padding and 3×3 windows are exercised
     x = np.random.default_rng(1).normal(size=(2, g, g, CONFIG.encoder_embed_dim)).astype(np.float32)
-    assert_close(ours.image_encoder.blocks[index](jnp.asarray(x)),
-                 to_numpy(ref.image_encoder.blocks[index](torch.from_numpy(x))))
+    assert_close(
+        ours.image_encoder.blocks[index](jnp.asarray(x)), to_numpy(ref.image_encoder.blocks[index](torch.from_numpy(x)))
+    )
 
 
 def test_neck(tiny_sam_pair):
@@ -72,15 +76,21 @@ def test_prompt_encoder(tiny_sam_pair, use):
     mask = masks if "mask" in use else None
     sparse, dense = ours.prompt_encoder(
         None if pts is None else (jnp.asarray(coords), jnp.asarray(labels)),
-        None if box is None else jnp.asarray(box), None if mask is None else jnp.asarray(mask), batch_size=3)
+        None if box is None else jnp.asarray(box),
+        None if mask is None else jnp.asarray(mask),
+        batch_size=3,
+    )
     with torch.no_grad():
         rs, rd = ref.prompt_encoder(
             None if pts is None else (torch.from_numpy(coords), torch.from_numpy(labels)),
-            None if box is None else torch.from_numpy(box), None if mask is None else _nchw(mask))
+            None if box is None else torch.from_numpy(box),
+            None if mask is None else _nchw(mask),
+        )
     assert_close(sparse, to_numpy(rs))
     assert_close(np.moveaxis(np.asarray(dense), -1, 1), to_numpy(rd))
-    assert_close(np.moveaxis(np.asarray(ours.prompt_encoder.dense_pe()), -1, 1),
-                 to_numpy(ref.prompt_encoder.get_dense_pe()))
+    assert_close(
+        np.moveaxis(np.asarray(ours.prompt_encoder.dense_pe()), -1, 1), to_numpy(ref.prompt_encoder.get_dense_pe())
+    )
 
 
 @pytest.mark.parametrize("multimask", [False, True])
@@ -94,8 +104,9 @@ def test_mask_decoder(tiny_sam_pair, multimask):
         rs, rd = ref.prompt_encoder((torch.from_numpy(coords), torch.from_numpy(labels)), None, None)
         rm, ri = ref.mask_decoder(_nchw(emb), ref.prompt_encoder.get_dense_pe(), rs, rd, multimask)
     sparse, dense = ours.prompt_encoder((jnp.asarray(coords), jnp.asarray(labels)))
-    om, oi = ours.mask_decoder(jnp.broadcast_to(jnp.asarray(emb), (3, g, g, c)), ours.prompt_encoder.dense_pe(),
-                               sparse, dense, multimask)
+    om, oi = ours.mask_decoder(
+        jnp.broadcast_to(jnp.asarray(emb), (3, g, g, c)), ours.prompt_encoder.dense_pe(), sparse, dense, multimask
+    )
     assert om.shape == (3, 3 if multimask else 1, 4 * g, 4 * g)
     assert_close(om, to_numpy(rm))
     assert_close(oi, to_numpy(ri))
@@ -107,10 +118,24 @@ def test_whole_model(tiny_sam_pair):
     x = np.random.default_rng(5).uniform(0, 255, size=(1, CONFIG.image_size, CONFIG.image_size, 3)).astype(np.float32)
     coords, labels, boxes, _ = _prompts(batch=1)
     with torch.no_grad():
-        out = ref([{"image": _nchw(x)[0], "original_size": (CONFIG.image_size,) * 2,
-                    "point_coords": torch.from_numpy(coords), "point_labels": torch.from_numpy(labels),
-                    "boxes": torch.from_numpy(boxes)}], multimask_output=True)[0]
-    masks, iou = ours(normalize_rgb(jnp.asarray(x)), jnp.asarray(coords), jnp.asarray(labels), jnp.asarray(boxes),
-                      multimask_output=True)
+        out = ref(
+            [
+                {
+                    "image": _nchw(x)[0],
+                    "original_size": (CONFIG.image_size,) * 2,
+                    "point_coords": torch.from_numpy(coords),
+                    "point_labels": torch.from_numpy(labels),
+                    "boxes": torch.from_numpy(boxes),
+                }
+            ],
+            multimask_output=True,
+        )[0]
+    masks, iou = ours(
+        normalize_rgb(jnp.asarray(x)),
+        jnp.asarray(coords),
+        jnp.asarray(labels),
+        jnp.asarray(boxes),
+        multimask_output=True,
+    )
     assert_close(masks, to_numpy(out["low_res_logits"]))
     assert_close(iou, to_numpy(out["iou_predictions"]))

@@ -130,16 +130,19 @@ def test_folded_blocks_keep_parity_with_pytorch_sam(index):
 def _one_step(attention, remat, dtype="float32"):
     config = CONFIG.replace(attention=attention, remat_attention=remat)
     model = adapt(Sam(config, rngs=nnx.Rngs(0)), AdaptationConfig(lora_rank=2, cross_slice=True), rngs=nnx.Rngs(1))
-    train = build_train_step(TrainConfig(image_size=CONFIG.image_size, loss="bce", precision=dtype,
-                                         trainable="lora"), model, optax.sgd(1.0))
+    train = build_train_step(
+        TrainConfig(image_size=CONFIG.image_size, loss="bce", precision=dtype, trainable="lora"), model, optax.sgd(1.0)
+    )
     # A non-zero LoRA B and gate, so that gradients reach every leaf.
     trainable = jax.tree.map(lambda x: x + 0.01, train.trainable)
     rng = np.random.default_rng(0)
-    batch = {"image": rng.normal(size=(1, 2, 40, 40, 4)).astype(np.float32),
-             "mask": (rng.random((1, 2, 40, 40)) > 0.5).astype(np.uint8),
-             "valid_hw": np.array([[40, 36]], np.int32),
-             "point_coords": rng.uniform(0, 36, (1, 2, 1, 2)).astype(np.float32),
-             "point_labels": np.ones((1, 2, 1), np.int32)}
+    batch = {
+        "image": rng.normal(size=(1, 2, 40, 40, 4)).astype(np.float32),
+        "mask": (rng.random((1, 2, 40, 40)) > 0.5).astype(np.uint8),
+        "valid_hw": np.array([[40, 36]], np.int32),
+        "point_coords": rng.uniform(0, 36, (1, 2, 1, 2)).astype(np.float32),
+        "point_labels": np.ones((1, 2, 1), np.int32),
+    }
     before = jax.tree.map(jnp.copy, trainable)
     after, _, metrics = train.step(trainable, train.opt_state, train.frozen, batch, jax.random.key(0))
     return metrics["loss"], jax.tree.map(lambda a, b: a - b, after, before)

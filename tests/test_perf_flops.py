@@ -10,8 +10,16 @@ def test_one_global_block_by_hand():
     # grid 2×2 (4 tokens), C 8, MLP 16, one input channel, neck 4 channels; multiply-adds:
     # patch 4·256·1·8 = 8192, qkv+proj 4·8·32 = 1024, q·k and w·v 2·4·4·8 = 256, rel-pos 2·4·2·8 = 128,
     # MLP 2·4·8·16 = 1024, neck 4·8·4 + 4·4·4·9 = 704: 11,328 MACs.
-    config = SamConfig(encoder_embed_dim=8, encoder_depth=1, encoder_num_heads=1, encoder_global_attn_indexes=(0,),
-                       image_size=32, in_chans=1, mlp_ratio=2.0, prompt_embed_dim=4)
+    config = SamConfig(
+        encoder_embed_dim=8,
+        encoder_depth=1,
+        encoder_num_heads=1,
+        encoder_global_attn_indexes=(0,),
+        image_size=32,
+        in_chans=1,
+        mlp_ratio=2.0,
+        prompt_embed_dim=4,
+    )
     assert encoder_forward_flops(config) == 2 * 11_328
 
 

@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _check(*args, timeout=300):
-    return subprocess.run([sys.executable, "benchmarks/gpu_check.py", *args], cwd=ROOT, env=gpu_check._env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", *args],
+        cwd=ROOT,
+        env=gpu_check._env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_the_gpu_tests_run_and_their_outcome_is_read(tmp_path):
@@ -32,11 +38,21 @@ def test_the_gpu_tests_run_and_their_outcome_is_read(tmp_path):
 
 def test_the_report_holds_the_test_outcome_and_the_speed_table():
     row = dict(bench._case("jax", "train", 64, 2, model="tiny"), seconds=0.5, slices_per_s=4.0, peak_rss_bytes=2e9)
-    report = {"command": "python -m benchmarks.bench --preset smoke", "date": "2026-12-04", "hardware": "cpu",
-              "memory_note": "RSS", "results": bench._annotate([row], "cpu")}
-    check = {"command": "python benchmarks/gpu_check.py --output_dir out", "date": "2026-12-04", "backend": "gpu",
-             "wall_s": 12.3, "tests_ok": False,
-             "tests": {"command": "python -m pytest -m gpu tests/test_gpu.py", "summary": "4 passed, 1 failed in 9s"}}
+    report = {
+        "command": "python -m benchmarks.bench --preset smoke",
+        "date": "2026-12-04",
+        "hardware": "cpu",
+        "memory_note": "RSS",
+        "results": bench._annotate([row], "cpu"),
+    }
+    check = {
+        "command": "python benchmarks/gpu_check.py --output_dir out",
+        "date": "2026-12-04",
+        "backend": "gpu",
+        "wall_s": 12.3,
+        "tests_ok": False,
+        "tests": {"command": "python -m pytest -m gpu tests/test_gpu.py", "summary": "4 passed, 1 failed in 9s"},
+    }
     text = gpu_check.markdown(check, bench.markdown(report))
     assert "GPU tests (`python -m pytest -m gpu tests/test_gpu.py`): 4 passed, 1 failed in 9s: **FAILED**" in text
     per_slice = train_step_flops(sam_config("tiny", image_size=64, in_chans=4), 1)
@@ -59,13 +75,16 @@ def test_pytorch_rows_are_skipped_without_pytorch(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # no worker was started
 
 
-@pytest.mark.parametrize("counts,returncode,on_gpu,ok", [
-    ({"passed": 5}, 0, True, True),
-    ({"passed": 4, "skipped": 1}, 0, True, False),  # a test that skips on a GPU checked nothing
-    ({"passed": 4, "failed": 1}, 1, True, False),
-    ({"skipped": 5}, 0, False, True),
-    ({"skipped": 5}, 0, True, False),
-    ({}, None, True, False),  # timed out
-])
+@pytest.mark.parametrize(
+    "counts,returncode,on_gpu,ok",
+    [
+        ({"passed": 5}, 0, True, True),
+        ({"passed": 4, "skipped": 1}, 0, True, False),  # a test that skips on a GPU checked nothing
+        ({"passed": 4, "failed": 1}, 1, True, False),
+        ({"skipped": 5}, 0, False, True),
+        ({"skipped": 5}, 0, True, False),
+        ({}, None, True, False),  # timed out
+    ],
+)
 def test_the_verdict_needs_every_gpu_test_to_run_and_pass(counts, returncode, on_gpu, ok):
     assert gpu_check.tests_passed({"counts": counts, "returncode": returncode}, on_gpu) is ok

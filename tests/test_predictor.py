@@ -43,13 +43,15 @@ def test_predict_scales_clicks_and_returns_masks_at_image_size(tiny_sam_pair):
     assert frame_scale == pytest.approx(scale)
     canvas = np.zeros((200, 200, 3), np.float32)  # zero (the mean colour) right of the image, as SAM pads
     canvas[:, :130] = (image - np.array(PIXEL_MEAN)) / np.array(PIXEL_STD)
-    resized = jax.image.scale_and_translate(jnp.asarray(canvas), (128, 128, 3), (0, 1),
-                                            jnp.array([scale, scale]), jnp.zeros(2), "linear", antialias=True)
+    resized = jax.image.scale_and_translate(
+        jnp.asarray(canvas), (128, 128, 3), (0, 1), jnp.array([scale, scale]), jnp.zeros(2), "linear", antialias=True
+    )
     np.testing.assert_allclose(x, resized, atol=1e-4)
     assert not np.asarray(x)[:, 84:].any()  # 130·0.64 = 83.2 columns hold the image, the rest is padding
     embedding = model.encode_image(x[None])
-    expected_low, expected_iou = model.decode(embedding, jnp.array([[[65.0 * scale, 50.0 * scale]]]),
-                                              jnp.array([[1]]), multimask_output=True)
+    expected_low, expected_iou = model.decode(
+        embedding, jnp.array([[[65.0 * scale, 50.0 * scale]]]), jnp.array([[1]]), multimask_output=True
+    )
     np.testing.assert_allclose(low_res, expected_low[0], atol=1e-5)
     np.testing.assert_allclose(scores, expected_iou[0], atol=1e-5)
     logits = postprocess_masks(expected_low[0], resized_shape(200, 130, 128), (200, 130), CONFIG.image_size)

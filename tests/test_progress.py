@@ -25,8 +25,15 @@ bar.close()
 
 
 def _run(stderr):
-    return subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, stderr=stderr, stdout=subprocess.DEVNULL,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
+        stderr=stderr,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+        timeout=60,
+    )
 
 
 def test_off_a_terminal_the_bar_prints_a_line_each_tenth_of_the_way(tmp_path):
@@ -45,8 +52,13 @@ def test_on_a_terminal_the_bar_redraws_one_line():
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty has 0 columns
     with os.fdopen(primary, "rb", buffering=0) as terminal:
-        proc = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, stderr=secondary,
-                                stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SCRIPT],
+            cwd=ROOT,
+            stderr=secondary,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         os.close(secondary)
         output = b""
         while True:

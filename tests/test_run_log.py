@@ -53,13 +53,13 @@ def read_events(logdir):
         raw = path.read_bytes()
         at = 0
         while at < len(raw):
-            header = raw[at:at + 8]
+            header = raw[at : at + 8]
             (length,) = struct.unpack("<Q", header)
-            (length_crc,) = struct.unpack("<I", raw[at + 8:at + 12])
+            (length_crc,) = struct.unpack("<I", raw[at + 8 : at + 12])
             assert length_crc == masked_crc(header), f"{path.name}: bad length CRC at byte {at}"
-            data = raw[at + 12:at + 12 + length]
+            data = raw[at + 12 : at + 12 + length]
             assert len(data) == length, f"{path.name}: truncated record at byte {at}"
-            (data_crc,) = struct.unpack("<I", raw[at + 12 + length:at + 16 + length])
+            (data_crc,) = struct.unpack("<I", raw[at + 12 + length : at + 16 + length])
             assert data_crc == masked_crc(data), f"{path.name}: bad data CRC at byte {at}"
             events.append(event_pb2.Event.FromString(data))
             at += 16 + length
@@ -74,8 +74,14 @@ def scalars(events):
 def records(first, last, val_every=2):
     out = []
     for step in range(first, last + 1):
-        r = {"step": step, "epoch": step / 4, "loss": 1.0 / step + 0.1, "grad_norm": 0.3 * step, "dice": 0.1 * step,
-             "slices_per_s": 12.5 + step}
+        r = {
+            "step": step,
+            "epoch": step / 4,
+            "loss": 1.0 / step + 0.1,
+            "grad_norm": 0.3 * step,
+            "dice": 0.1 * step,
+            "slices_per_s": 12.5 + step,
+        }
         if step % val_every == 0:
             r["val_dice"] = 0.05 * step + 0.01
         out.append(r)
@@ -83,8 +89,14 @@ def records(first, last, val_every=2):
 
 
 def expected_scalars(recs):
-    tags = {"epoch": "train/epoch", "loss": "train/loss", "grad_norm": "train/grad_norm", "dice": "train/dice",
-            "slices_per_s": "train/slices_per_s", "val_dice": "val/dice"}
+    tags = {
+        "epoch": "train/epoch",
+        "loss": "train/loss",
+        "grad_norm": "train/grad_norm",
+        "dice": "train/dice",
+        "slices_per_s": "train/slices_per_s",
+        "val_dice": "val/dice",
+    }
     return {(tags[k], r["step"]): float(np.float32(v)) for r in recs for k, v in r.items() if k != "step"}
 
 
@@ -121,7 +133,13 @@ def test_writes_jsonl_tensorboard_and_curve(tmp_path, curve_steps):
     events = read_events(tmp_path / "tensorboard")
     assert scalars(events) == expected_scalars(recs)
     assert {v.tag for e in events for v in e.summary.value} == {
-        "train/epoch", "train/loss", "train/grad_norm", "train/dice", "train/slices_per_s", "val/dice"}
+        "train/epoch",
+        "train/loss",
+        "train/grad_norm",
+        "train/dice",
+        "train/slices_per_s",
+        "val/dice",
+    }
 
     assert_png(tmp_path / "training_curve.png")
     assert not list(tmp_path.glob("*.partial"))
@@ -169,7 +187,8 @@ def test_resume_from_an_earlier_checkpoint_supersedes_the_tail(tmp_path, curve_s
     starts = [e.step for e in events if e.HasField("session_log") and e.session_log.status == e.session_log.START]
     assert starts[-1] == 3  # TensorBoard hides the crashed run's steps ≥ 3
     assert scalars(events) == expected_scalars(crashed[:2] + resumed) | {
-        k: v for k, v in expected_scalars(crashed).items() if k not in expected_scalars(resumed)}
+        k: v for k, v in expected_scalars(crashed).items() if k not in expected_scalars(resumed)
+    }
 
 
 def test_no_records_no_png(tmp_path):

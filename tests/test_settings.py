@@ -34,8 +34,10 @@ class Derived(Base):
 def test_each_fault_is_named_once_by_the_class_that_declares_the_field():
     bad = Derived(size="xl", count=0, colours=("red", "green"), order="sideways")
     assert settings.problems(bad, Base) == ["size 'xl': expected one of s, m", "count 0: expected an integer ≥ 1"]
-    assert settings.problems(bad, Derived) == ["colours red,green: unknown ['green']; expected among red, blue",
-                                               "order 'sideways': expected one of up, down"]
+    assert settings.problems(bad, Derived) == [
+        "colours red,green: unknown ['green']; expected among red, blue",
+        "order 'sideways': expected one of up, down",
+    ]
     assert settings.problems(Derived(count=True), Base) == ["count True: expected an integer ≥ 1"]
     assert settings.problems(Derived(count=2.0), Base) == ["count 2.0: expected an integer ≥ 1"]
     assert settings.problems(Derived(size="m", colours=("blue", "red"), order="down"), Derived) == []
@@ -48,8 +50,7 @@ def test_flags_and_their_help_follow_the_declaration():
     assert flag_values["size"].help == "<s|m>: How big."
     assert flag_values["colours"].help == "Which colours. Any of: red, blue."
     flag_values(["app", "--size=m", "--colours=blue,red", "--order=down", "--count=3"])
-    assert config_from_flags(Derived, flag_values) == Derived(size="m", count=3, colours=("blue", "red"),
-                                                              order="down")
+    assert config_from_flags(Derived, flag_values) == Derived(size="m", count=3, colours=("blue", "red"), order="down")
     refusing = flags.FlagValues()
     define_flags(Derived, refusing)
     with pytest.raises(flags.IllegalFlagValueError, match=r"--size=xl: value should be one of <s\|m>"):
@@ -59,8 +60,20 @@ def test_flags_and_their_help_follow_the_declaration():
 def test_what_a_resumed_run_may_change_is_read_from_the_fields(tmp_path):
     assert settings.names(Derived, resume="may_change") == {"order"}
     assert MAY_CHANGE_ON_RESUME == {
-        "steps", "epochs", "checkpoint_every", "keep_checkpoints", "eval_every", "val_slices", "log_every",
-        "num_workers", "cache_workers", "eval_domains", "sam_weights", "cache_dir", "phantom_cases_per_domain"}
+        "steps",
+        "epochs",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "eval_every",
+        "val_slices",
+        "log_every",
+        "num_workers",
+        "cache_workers",
+        "eval_domains",
+        "sam_weights",
+        "cache_dir",
+        "phantom_cases_per_domain",
+    }
     config = TrainConfig(workdir=str(tmp_path / "run"), steps=10)
     claim(config)
     (tmp_path / "run" / "checkpoints" / "5").mkdir(parents=True)  # progress: the run may only resume
@@ -70,8 +83,11 @@ def test_what_a_resumed_run_may_change_is_read_from_the_fields(tmp_path):
 
 
 def test_every_choice_of_the_training_config_is_checked_from_its_type():
-    with pytest.raises(SpecError, match=r"(?s)model_type 'vit_x': expected one of vit_b, vit_l, vit_h, demo, tiny.*"
-                                        r"resize 'crop'.*click_order 'yx'.*schedule 'linear'") as refused:
+    with pytest.raises(
+        SpecError,
+        match=r"(?s)model_type 'vit_x': expected one of vit_b, vit_l, vit_h, demo, tiny.*"
+        r"resize 'crop'.*click_order 'yx'.*schedule 'linear'",
+    ) as refused:
         TrainConfig(model_type="vit_x", resize="crop", click_order="yx", schedule="linear")
     assert str(refused.value).count("model_type") == 1  # SAM's config refuses it too: named once
     with pytest.raises(SpecError, match="heartbeat_timeout_seconds 0: expected an integer ≥ 1"):

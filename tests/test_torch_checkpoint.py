@@ -98,7 +98,7 @@ def many_dtypes():
         "float16": torch.randn(5, 3, generator=generator).half(),
         "bfloat16": torch.randn(2, 7, generator=generator).bfloat16(),
         "float64": torch.randn(3, generator=generator).double(),
-        "int64": torch.randint(-2**40, 2**40, (6,), generator=generator),
+        "int64": torch.randint(-(2**40), 2**40, (6,), generator=generator),
         "int32": torch.randint(-1000, 1000, (2, 2), generator=generator, dtype=torch.int32),
         "int8": torch.tensor([-128, 0, 127], dtype=torch.int8),
         "uint8": torch.tensor([0, 1, 255], dtype=torch.uint8),
@@ -130,11 +130,15 @@ def test_arrays_are_independent_writable_copies(tmp_path):
     np.testing.assert_array_equal(arrays["transposed"], base.t().numpy())
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda state: state,
-    lambda state: {"state_dict": state, "epoch": 3},
-    lambda state: {"model": state, "optimizer": {"lr": 1e-4, "step": torch.tensor(7)}},
-], ids=["raw", "state_dict", "model"])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda state: state,
+        lambda state: {"state_dict": state, "epoch": 3},
+        lambda state: {"model": state, "optimizer": {"lr": 1e-4, "step": torch.tensor(7)}},
+    ],
+    ids=["raw", "state_dict", "model"],
+)
 def test_parameters_and_wrapped_state_dicts(tmp_path, wrap):
     state = {"weight": torch.nn.Parameter(torch.randn(3, 2)), "bias": torch.nn.Parameter(torch.zeros(3))}
     assert_same_tensors(read_torch_checkpoint(saved(tmp_path, wrap(state))), state)
@@ -143,8 +147,12 @@ def test_parameters_and_wrapped_state_dicts(tmp_path, wrap):
 def test_small_model_state_dict_reads_back_identically(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.GELU(),
-        torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 2), torch.nn.LayerNorm(2),
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.GELU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 5 * 5, 2),
+        torch.nn.LayerNorm(2),
     )
     model(torch.randn(2, 3, 5, 5))  # moves BatchNorm's running statistics and its int64 batch counter
     state = model.state_dict()
@@ -159,10 +167,14 @@ class CallsOnLoad:
         return self.function, (self.argument,)
 
 
-@pytest.mark.parametrize("function, command", [
-    (os.system, "touch {marker}"),
-    (builtins.eval, "open({marker!r}, 'w').close()"),
-], ids=["os.system", "builtins.eval"])
+@pytest.mark.parametrize(
+    "function, command",
+    [
+        (os.system, "touch {marker}"),
+        (builtins.eval, "open({marker!r}, 'w').close()"),
+    ],
+    ids=["os.system", "builtins.eval"],
+)
 def test_code_in_the_pickle_is_refused_without_running(tmp_path, function, command):
     def payload(marker):
         return pickle.dumps({"weight": CallsOnLoad(function, command.format(marker=str(marker)))}, protocol=2)
@@ -195,20 +207,28 @@ def test_corrupt_storage_bytes_fail_the_crc(tmp_path):
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo("ckpt/data/0")
     raw = bytearray(path.read_bytes())
-    local_header = raw[info.header_offset: info.header_offset + 30]
-    data_start = info.header_offset + 30 + int.from_bytes(local_header[26:28], "little") + \
-        int.from_bytes(local_header[28:30], "little")
+    local_header = raw[info.header_offset : info.header_offset + 30]
+    data_start = (
+        info.header_offset
+        + 30
+        + int.from_bytes(local_header[26:28], "little")
+        + int.from_bytes(local_header[28:30], "little")
+    )
     raw[data_start + 100] ^= 0xFF
     path.write_bytes(bytes(raw))
     with pytest.raises(UnsafeCheckpointError, match="ckpt/data/0 is corrupt"):
         read_torch_checkpoint(path)
 
 
-@pytest.mark.parametrize("content, fault", [
-    (b"\x00" + bytes(range(256)) * 4, "not a PyTorch checkpoint"),
-    (b"model weights, honestly\n", "not a PyTorch checkpoint"),
-    (b"", "not a PyTorch checkpoint"),
-], ids=["binary", "text", "empty"])
+@pytest.mark.parametrize(
+    "content, fault",
+    [
+        (b"\x00" + bytes(range(256)) * 4, "not a PyTorch checkpoint"),
+        (b"model weights, honestly\n", "not a PyTorch checkpoint"),
+        (b"", "not a PyTorch checkpoint"),
+    ],
+    ids=["binary", "text", "empty"],
+)
 def test_not_a_zip(tmp_path, content, fault):
     path = tmp_path / "weights.pth"
     path.write_bytes(content)
@@ -249,15 +269,20 @@ def test_storage_record_shorter_than_declared(tmp_path):
         read_torch_checkpoint(path)
 
 
-@pytest.mark.parametrize("offset, size, stride", [
-    (0, (5,), (1,)),        # longer than the storage
-    (2, (3,), (1,)),        # offset pushes the end past it
-    (0, (2, 2), (3, 1)),    # last element at 3 + 1 = 4
-], ids=["size", "offset", "stride"])
+@pytest.mark.parametrize(
+    "offset, size, stride",
+    [
+        (0, (5,), (1,)),  # longer than the storage
+        (2, (3,), (1,)),  # offset pushes the end past it
+        (0, (2, 2), (3, 1)),  # last element at 3 + 1 = 4
+    ],
+    ids=["size", "offset", "stride"],
+)
 def test_tensor_reaching_past_its_storage(tmp_path, offset, size, stride):
     storage = FakeStorage("0", 4)
-    pickled = torch_like_pickle({"fits": FakeTensor(storage, 0, (2, 2), (2, 1)),
-                                 "overruns": FakeTensor(storage, offset, size, stride)})
+    pickled = torch_like_pickle(
+        {"fits": FakeTensor(storage, 0, (2, 2), (2, 1)), "overruns": FakeTensor(storage, offset, size, stride)}
+    )
     path = checkpoint_zip(tmp_path / "overrun.pth", pickled, {"0": np.arange(4, dtype="<f4").tobytes()})
     with pytest.raises(UnsafeCheckpointError, match="tensor 'overruns'.*holds 4"):
         read_torch_checkpoint(path)
@@ -265,19 +290,24 @@ def test_tensor_reaching_past_its_storage(tmp_path, offset, size, stride):
 
 def test_hand_made_pickle_reads_like_torch(tmp_path):
     storage = FakeStorage("0", 6)
-    pickled = torch_like_pickle({"rows": FakeTensor(storage, 0, (2, 3), (3, 1)),
-                                 "column": FakeTensor(storage, 1, (2,), (3,))})
+    pickled = torch_like_pickle(
+        {"rows": FakeTensor(storage, 0, (2, 3), (3, 1)), "column": FakeTensor(storage, 1, (2,), (3,))}
+    )
     path = checkpoint_zip(tmp_path / "made.pth", pickled, {"0": np.arange(6, dtype="<f4").tobytes()})
     arrays = read_torch_checkpoint(path)
     np.testing.assert_array_equal(arrays["rows"], [[0, 1, 2], [3, 4, 5]])
     np.testing.assert_array_equal(arrays["column"], [1, 4])
 
 
-@pytest.mark.parametrize("tree, fault", [
-    ({"weight": torch.ones(2), "step": 3}, "entry 'step' of its state dict is a int"),
-    ({"state_dict": {"weight": [1.0, 2.0]}}, "entry 'weight' of its state dict is a list"),
-    ([torch.ones(2)], "holds a list, not a state dict"),
-], ids=["int", "list", "top-level list"])
+@pytest.mark.parametrize(
+    "tree, fault",
+    [
+        ({"weight": torch.ones(2), "step": 3}, "entry 'step' of its state dict is a int"),
+        ({"state_dict": {"weight": [1.0, 2.0]}}, "entry 'weight' of its state dict is a list"),
+        ([torch.ones(2)], "holds a list, not a state dict"),
+    ],
+    ids=["int", "list", "top-level list"],
+)
 def test_non_tensor_leaves(tmp_path, tree, fault):
     with pytest.raises(UnsafeCheckpointError, match=fault):
         read_torch_checkpoint(saved(tmp_path, tree))

@@ -44,8 +44,9 @@ EPS = 1e-8
 
 def _keep_gradients():
     """An optax stage passing gradients through unchanged and keeping them as its state (read after the step)."""
-    return optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),
-                                        lambda grads, state, params=None: (grads, grads))
+    return optax.GradientTransformation(
+        lambda params: jax.tree.map(jnp.zeros_like, params), lambda grads, state, params=None: (grads, grads)
+    )
 
 
 def _ours(torch_arrays, shapes):
@@ -76,16 +77,21 @@ def _batch(seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:s, :s]
     centres = [(40, 70, 22), (85, 50, 30)]  # (row, col, radius)
-    masks = np.stack([(yy - r) ** 2 + (xx - c) ** 2 < rad ** 2 for r, c, rad in centres]).astype(np.uint8)
+    masks = np.stack([(yy - r) ** 2 + (xx - c) ** 2 < rad**2 for r, c, rad in centres]).astype(np.uint8)
     coords = np.array([[[c + 3.0, r - 5.0]] for r, c, _ in centres], np.float32)  # (x, y), inside each disc
-    return {"image": rng.normal(size=(2, 1, s, s, 4)).astype(np.float32), "mask": masks[:, None],
-            "valid_hw": np.full((2, 2), s, np.int32), "point_coords": coords[:, None],
-            "point_labels": np.ones((2, 1, 1), np.int32)}
+    return {
+        "image": rng.normal(size=(2, 1, s, s, 4)).astype(np.float32),
+        "mask": masks[:, None],
+        "valid_hw": np.full((2, 2), s, np.int32),
+        "point_coords": coords[:, None],
+        "point_labels": np.ones((2, 1, 1), np.int32),
+    }
 
 
 def _report(figures):
-    return "\n".join(f"  {name:<13} " + ", ".join(f"{k} {v:.2e}" for k, v in row.items())
-                     for name, row in figures.items())
+    return "\n".join(
+        f"  {name:<13} " + ", ".join(f"{k} {v:.2e}" for k, v in row.items()) for name, row in figures.items()
+    )
 
 
 def _torch_trainable(ref, shapes, attribute=None):
@@ -122,18 +128,25 @@ def stepped():
     assert target.shape == (2, s // 4, s // 4) and ((target > 0) & (target < 1)).any()  # soft at the edges
 
     # The step under test, as a paper run configures it: LoRA, BCE, fp32, one click, one mask.
-    train = build_train_step(TrainConfig(model_type="tiny", image_size=s, loss="bce", trainable="lora"), model,
-                             optax.chain(_keep_gradients(), optax.adam(LR)))
+    train = build_train_step(
+        TrainConfig(model_type="tiny", image_size=s, loss="bce", trainable="lora"),
+        model,
+        optax.chain(_keep_gradients(), optax.adam(LR)),
+    )
     ours = {"before": _flat(train.trainable)}
-    new, opt_state, metrics = train.step(train.trainable, train.opt_state, train.frozen, jax.device_put(batch),
-                                         jax.random.key(0))
+    new, opt_state, metrics = train.step(
+        train.trainable, train.opt_state, train.frozen, jax.device_put(batch), jax.random.key(0)
+    )
     ours.update(after=_flat(new), grad=_flat(opt_state[0]), loss=float(metrics["loss"]))
 
     theirs = {"before": _torch_trainable(ref, shapes)}
     images = torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch["image"][:, 0], -1, 1)))
-    theirs["loss"] = torch_train_step(ref, lr=LR)(images, torch.from_numpy(batch["point_coords"][:, 0]),
-                                                   torch.from_numpy(batch["point_labels"][:, 0]),
-                                                   torch.from_numpy(target[:, None]))
+    theirs["loss"] = torch_train_step(ref, lr=LR)(
+        images,
+        torch.from_numpy(batch["point_coords"][:, 0]),
+        torch.from_numpy(batch["point_labels"][:, 0]),
+        torch.from_numpy(target[:, None]),
+    )
     theirs.update(after=_torch_trainable(ref, shapes), grad=_torch_trainable(ref, shapes, "grad"))
     return ours, theirs
 
@@ -169,8 +182,10 @@ def test_one_adam_step_matches_pytorch(stepped):
     # Only the IoU head and the three multimask outputs are off the single-mask loss, and attention's key biases have
     # none in exact arithmetic; everything else, LoRA's A and B included, has a gradient worth comparing.
     no_gradient = {p for p, g in theirs["grad"].items() if not np.abs(g).max() > 1e-2 * scales[p]}
-    off_loss = ("mask_decoder.iou_prediction_head.",
-                *(f"mask_decoder.output_hypernetworks_mlps.{i}." for i in (1, 2, 3)))
+    off_loss = (
+        "mask_decoder.iou_prediction_head.",
+        *(f"mask_decoder.output_hypernetworks_mlps.{i}." for i in (1, 2, 3)),
+    )
     assert no_gradient == {p for p in theirs["grad"] if p.startswith(off_loss) or p.endswith(".k_proj.bias")}
     figures = {g: {"grad": 0.0, "adam": 0.0, "update": 0.0, "param": 0.0} for g in GROUPS}
     failures = []
@@ -189,11 +204,13 @@ def test_one_adam_step_matches_pytorch(stepped):
             # a layer with no gradient at all (IoU head, multimask outputs) must get exactly none on our side either
             "grad": np.abs(g_ours - g_ref).max() / g_scale if g_scale > 0 else np.abs(g_ours).max(),
             # each side's update is Adam's first step on its own gradient (this pins lr, eps, bias correction, sign)
-            "adam": max(np.abs(d_ours - _adam_first_step(g_ours)).max(),
-                        np.abs(d_ref - _adam_first_step(g_ref)).max()) / LR,
+            "adam": max(np.abs(d_ours - _adam_first_step(g_ours)).max(), np.abs(d_ref - _adam_first_step(g_ref)).max())
+            / LR,
             "update": (np.abs(d_ours - d_ref) - explained)[signed].max(initial=0.0) / LR,
-            "param": ((np.abs(ours["after"][path] - theirs["after"][path]) - explained)[signed].max(initial=0.0)
-                      / np.abs(theirs["after"][path]).max()),
+            "param": (
+                (np.abs(ours["after"][path] - theirs["after"][path]) - explained)[signed].max(initial=0.0)
+                / np.abs(theirs["after"][path]).max()
+            ),
         }
         group = figures[_group(path)]
         for k, e in errors.items():
@@ -201,10 +218,12 @@ def test_one_adam_step_matches_pytorch(stepped):
             if e > REL:
                 failures.append(f"{path}: {k} error {e:.3g}")
     loss_error = abs(ours["loss"] - theirs["loss"]) / abs(theirs["loss"])
-    report = (f"loss ours {ours['loss']:.7f} torch {theirs['loss']:.7f} (rel {loss_error:.2e}); max error per group: "
-              f"grad / its layer's gradient scale; adam: update vs Adam's step on the side's own gradient / lr; "
-              f"update: ours vs torch, beyond what the gradients' difference explains / lr; param after the step, "
-              f"likewise / the leaf's scale:\n{_report(figures)}")
+    report = (
+        f"loss ours {ours['loss']:.7f} torch {theirs['loss']:.7f} (rel {loss_error:.2e}); max error per group: "
+        f"grad / its layer's gradient scale; adam: update vs Adam's step on the side's own gradient / lr; "
+        f"update: ours vs torch, beyond what the gradients' difference explains / lr; param after the step, "
+        f"likewise / the leaf's scale:\n{_report(figures)}"
+    )
     print(report)  # shown with pytest -s
     assert loss_error <= 1e-6 and not failures, report + "\n" + "\n".join(failures[:20])
     with_gradient = sum(int((theirs["grad"][p] != 0).sum()) for p in theirs["grad"])

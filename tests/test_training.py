@@ -34,6 +34,7 @@ def test_steps_train_exactly_the_trainable_leaves(tiny_config, tmp_path, monkeyp
         def stand_in(batch, rng):
             logits, iou, target = forward(batch, rng)
             return np.full(np.shape(logits), -5.0, np.float32), iou, target
+
         predictions = real_predictions(stand_in, *args, **kwargs)
         scored.update(predictions)  # the final evaluation of whole volumes comes after validation
         return predictions
@@ -43,8 +44,8 @@ def test_steps_train_exactly_the_trainable_leaves(tiny_config, tmp_path, monkeyp
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in lines)
     # Trained on all domains, each is scored on its validation cases: one phantom case of the four is held out.
-    (domain, per_case), = summary["per_case"].items()
-    (case, score), = per_case.items()
+    ((domain, per_case),) = summary["per_case"].items()
+    ((case, score),) = per_case.items()
     tumour_slices = (scored[case][1] > 0.5).any(axis=(1, 2))  # its soft targets, as the evaluation binarises them
     assert tumour_slices.any() and not tumour_slices.all()  # slices with and without tumour: not a trivial score
     assert score == pytest.approx(1 - tumour_slices.mean())
@@ -56,10 +57,18 @@ def test_steps_train_exactly_the_trainable_leaves(tiny_config, tmp_path, monkeyp
     assert any(".lora_" in p for p in trained) and any(p.startswith("mask_decoder.") for p in trained)
     unchanged = {p for p in trained if np.array_equal(trained[p], flat_initial[p])}
     # Everything on the single-mask path moves; the IoU head and the three multimask heads get no gradient.
-    off_path = {p for p in trained if p.startswith(("mask_decoder.iou_prediction_head.",
-                                                     "mask_decoder.output_hypernetworks_mlps.1.",
-                                                     "mask_decoder.output_hypernetworks_mlps.2.",
-                                                     "mask_decoder.output_hypernetworks_mlps.3."))}
+    off_path = {
+        p
+        for p in trained
+        if p.startswith(
+            (
+                "mask_decoder.iou_prediction_head.",
+                "mask_decoder.output_hypernetworks_mlps.1.",
+                "mask_decoder.output_hypernetworks_mlps.2.",
+                "mask_decoder.output_hypernetworks_mlps.3.",
+            )
+        )
+    }
     assert unchanged == off_path
     # Frozen leaves never reach the adapter file, and nothing frozen is in the trainable set.
     assert not any(p.startswith(("prompt_encoder.", "image_encoder.blocks.0.attn.qkv.kernel")) for p in trained)
@@ -80,14 +89,16 @@ def _train(flags, workdir):
 
 def test_killed_run_resumes_to_the_same_parameters(tiny_config, tmp_path):
     """SIGKILL after the first checkpoint, then the same command: the result equals an uninterrupted run."""
-    flags = config_flags(tiny_config, steps=40, checkpoint_every=5, eval_every=1000, schedule="cosine",
-                         warmup_steps=3)
+    flags = config_flags(tiny_config, steps=40, checkpoint_every=5, eval_every=1000, schedule="cosine", warmup_steps=3)
     assert run_app(*_train(flags, tmp_path / "straight")).returncode == 0
     proc = start_app(*_train(flags, tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not (checkpoints.exists() and any(
-            p.name.isdigit() for p in checkpoints.iterdir())):
+    while (
+        time.time() < deadline
+        and proc.poll() is None
+        and not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()))
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -102,8 +113,10 @@ def test_two_devices_give_the_same_losses(tiny_config, tmp_path):
     flags = config_flags(tiny_config, steps=3, eval_every=1000)
     losses = {}
     for devices in (1, 2):
-        result = run_app(*_train(flags, tmp_path / f"d{devices}"),
-                         env=app_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
+        result = run_app(
+            *_train(flags, tmp_path / f"d{devices}"),
+            env=app_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         lines = (tmp_path / f"d{devices}" / "metrics.jsonl").read_text().splitlines()
         losses[devices] = [json.loads(line)["loss"] for line in lines]
@@ -111,25 +124,29 @@ def test_two_devices_give_the_same_losses(tiny_config, tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_named(tiny_config, tmp_path):
-    cfg = tiny_config.replace(workdir=str(tmp_path / "nan"), steps=50, learning_rate=1e38, checkpoint_every=1,
-                              eval_every=1000)
+    cfg = tiny_config.replace(
+        workdir=str(tmp_path / "nan"), steps=50, learning_rate=1e38, checkpoint_every=1, eval_every=1000
+    )
     with pytest.raises(TrainingError, match=r"the loss became nan at step \d+.*last good checkpoint is step \d+"):
         train_and_evaluate(cfg)
     assert not (tmp_path / "nan" / "adapter.safetensors").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(sam_weights="/nonexistent/sam.safetensors"), "no such file"),
-    (dict(data_dir="/nonexistent"), "no BraTS cases found"),
-    (dict(trainable="lora_frozen_patch"), "need a trained patch embedding"),
-    (dict(modalities="t1n,flair"), "flair"),
-    (dict(batch_size=3, steps=0, epochs=0), "nothing to train"),
-    (dict(steps=0, epochs=-1.0), "nothing to train: steps 0 and epochs -1.0"),
-    (dict(steps=-3), "steps -3: expected an integer ≥ 0"),
-    (dict(loss="l2"), "loss 'l2': expected one of bce, dice, bce_dice, focal"),
-    (dict(precision="float16"), "precision 'float16'"),
-    (dict(steps=-3, loss="l2", attention="flash"), "(?s)attention 'flash'.*loss 'l2'.*steps -3"),  # all at once
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(sam_weights="/nonexistent/sam.safetensors"), "no such file"),
+        (dict(data_dir="/nonexistent"), "no BraTS cases found"),
+        (dict(trainable="lora_frozen_patch"), "need a trained patch embedding"),
+        (dict(modalities="t1n,flair"), "flair"),
+        (dict(batch_size=3, steps=0, epochs=0), "nothing to train"),
+        (dict(steps=0, epochs=-1.0), "nothing to train: steps 0 and epochs -1.0"),
+        (dict(steps=-3), "steps -3: expected an integer ≥ 0"),
+        (dict(loss="l2"), "loss 'l2': expected one of bce, dice, bce_dice, focal"),
+        (dict(precision="float16"), "precision 'float16'"),
+        (dict(steps=-3, loss="l2", attention="flash"), "(?s)attention 'flash'.*loss 'l2'.*steps -3"),  # all at once
+    ],
+)
 def test_contradictions_fail_before_compute(tiny_config, change, message):
     # Settings are refused when the config is built, missing inputs by check_inputs: one error type for both.
     with pytest.raises(SamJaxError, match=message):
@@ -138,8 +155,15 @@ def test_contradictions_fail_before_compute(tiny_config, change, message):
 
 def test_iterative_prompts_multimask_and_cross_slice_train(tiny_config, tmp_path):
     """The less common paths together: 3 click rounds, SAM's multimask rule, 3-slice stacks with cross-slice."""
-    cfg = tiny_config.replace(workdir=str(tmp_path / "run"), steps=2, prompt_rounds=3, multimask=True, slices=3,
-                              cross_slice=True, eval_every=1000)
+    cfg = tiny_config.replace(
+        workdir=str(tmp_path / "run"),
+        steps=2,
+        prompt_rounds=3,
+        multimask=True,
+        slices=3,
+        cross_slice=True,
+        eval_every=1000,
+    )
     train_and_evaluate(cfg)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(np.isfinite(r["loss"]) for r in lines)

@@ -31,7 +31,7 @@ def test_low_res_target_is_a_soft_downsampling():
     np.testing.assert_allclose(low[:, 3], 0.0, atol=1e-6)
     # Soft at the edge: a triangle filter of half-width 4 input pixels centred on 6 weighs pixels 2…9 by
     # (1, 3, 5, 7, 7, 5, 3, 1)/32; the mask covers 2…7, 28/32 = 0.875 along each axis.
-    assert abs(low[1, 1] - 0.875 ** 2) < 1e-6
+    assert abs(low[1, 1] - 0.875**2) < 1e-6
     assert abs(low.sum() - 64 / 16) < 1e-4  # the antialiasing filter keeps the area
 
 

@@ -71,8 +71,9 @@ def viewer(tiny_trained_run, data_dir, tmp_path_factory):
     segmenter = SliceSegmenter(trained, batch_size=8)
     output = tmp_path_factory.mktemp("viewer_out")
     store = CaseStore(data_dir, segmenter, trained.spec, warm_clicks=2)
-    return types.SimpleNamespace(app=build_app(store, segmenter, output), segmenter=segmenter, spec=trained.spec,
-                                 output=output, data=data_dir)
+    return types.SimpleNamespace(
+        app=build_app(store, segmenter, output), segmenter=segmenter, spec=trained.spec, output=output, data=data_dir
+    )
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +155,14 @@ def test_only_the_data_directory_cases_and_the_page_are_served(client, server, v
         assert answer.status_code == 404 and "no case" in answer.json()["error"], case
     # Raw paths, as a hostile client sends them (an HTTP library would normalise the dots away first).
     host, port = server.removeprefix("http://").rstrip("/").split(":")
-    for path in ("/static/../../secret.txt", "/static/%2e%2e/%2e%2e/secret.txt", "/static/..%2f..%2fsecret.txt",
-                 "/static//etc/passwd", "/../secret.txt", "/static/../app.py"):
+    for path in (
+        "/static/../../secret.txt",
+        "/static/%2e%2e/%2e%2e/secret.txt",
+        "/static/..%2f..%2fsecret.txt",
+        "/static//etc/passwd",
+        "/../secret.txt",
+        "/static/../app.py",
+    ):
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
         connection.request("GET", path)
         response = connection.getresponse()
@@ -188,8 +195,12 @@ def test_malformed_requests_get_a_clear_4xx(client):
     refused(client.get(f"{session}/image?modality=ct&axis=axial&index=2"), 400, "modality 'ct'")
     refused(client.get(f"{session}/download"), 404, "save first")
     refused(client.get("/api/sessions/nope"), 404, "no such session")
-    assert client.post(f"{session}/click", content=b"{" + b" " * 100_000 + b"}",
-                       headers={"Content-Type": "application/json"}).status_code == 413
+    assert (
+        client.post(
+            f"{session}/click", content=b"{" + b" " * 100_000 + b"}", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 413
+    )
     assert client.get("/api/sessions").status_code == 405
     assert client.get(f"{session}/image?axis=axial&index=2").status_code == 200  # the session survived it all
 
@@ -238,7 +249,8 @@ def test_clicks_then_propagation_give_eval_predicts_mask_and_tabs_are_independen
 
 def _wait(driver, script: str, what: str):
     WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(
-        lambda d: d.execute_script(f"return document.body.dataset.busy === '0' && ({script})"), what)
+        lambda d: d.execute_script(f"return document.body.dataset.busy === '0' && ({script})"), what
+    )
 
 
 def _shown_mask(driver) -> np.ndarray:
@@ -246,7 +258,8 @@ def _shown_mask(driver) -> np.ndarray:
     rows, cols, alpha = driver.execute_script(
         "const c = document.getElementById('mask');"
         "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-        "return [c.height, c.width, Array.from(d.filter((_, i) => i % 4 === 3))];")
+        "return [c.height, c.width, Array.from(d.filter((_, i) => i % 4 === 3))];"
+    )
     return (np.asarray(alpha).reshape(rows, cols) > 0)[::-1].T
 
 
@@ -278,8 +291,11 @@ def test_click_propagate_edit_and_save_in_the_browser(server, browser, viewer):
     assert BROKEN in browser.find_element(By.ID, "error").text
 
     browser.find_element(By.CSS_SELECTOR, f"button[data-case='{GOOD}']").click()
-    _wait(browser, "viewer.summary && viewer.summary.embedded === viewer.summary.slices && viewer.summary.warmed",
-          "every slice embedded")
+    _wait(
+        browser,
+        "viewer.summary && viewer.summary.embedded === viewer.summary.slices && viewer.summary.warmed",
+        "every slice embedded",
+    )
     assert browser.find_element(By.ID, "error").is_displayed() is False
     assert "ready" in browser.find_element(By.ID, "progress").text
     slider = browser.find_element(By.ID, "slice")
@@ -322,7 +338,8 @@ def test_click_propagate_edit_and_save_in_the_browser(server, browser, viewer):
     assert np.array_equal(mask, predict_volume(viewer.segmenter, volume, np.array([[x, y, z]]))[0])
     downloaded = browser.execute_async_script(
         "const done = arguments[arguments.length - 1];"
-        "fetch(document.getElementById('download').href).then(r => r.arrayBuffer()).then(b => done(b.byteLength));")
+        "fetch(document.getElementById('download').href).then(r => r.arrayBuffer()).then(b => done(b.byteLength));"
+    )
     assert downloaded == saved_path.stat().st_size
 
     browser.switch_to.new_window("tab")  # a second tab on the same case: its own, empty mask

@@ -45,8 +45,22 @@ def _build_wheel(tmp: Path) -> Path:
             shutil.copytree(package, src / package.name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    _check([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-            "-w", tmp / "dist", src], cwd=tmp)
+    _check(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            tmp / "dist",
+            src,
+        ],
+        cwd=tmp,
+    )
     (wheel,) = (tmp / "dist").glob("sam_jax-*.whl")
     return wheel
 
@@ -90,19 +104,34 @@ def test_the_installed_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
     assert where["demo_flags"] == str(site / "train" / "demo.flags")
     assert Path(where["demo_flags"]).read_text() == (ROOT / "train" / "demo.flags").read_text()
     # The library reads the paper code's flagfile from the wheel too (every option of it but its include and workdir).
-    options = [line for line in (ROOT / "train" / "paper_code" / "adult.flags").read_text().splitlines()
-               if line.startswith("--") and not line.startswith(("--flagfile", "--workdir"))]
+    options = [
+        line
+        for line in (ROOT / "train" / "paper_code" / "adult.flags").read_text().splitlines()
+        if line.startswith("--") and not line.startswith(("--flagfile", "--workdir"))
+    ]
     assert where["paper_code_options"] == options and "--volume_batch=4" in options
 
     # The README's demo, shrunk: the flagfile's own settings (full training of an all-four-modality model with
     # BCE + Dice) reach the run, which writes its adapter and summary.
-    demo = run(python, "-m", "train.main", "--flagfile=train/demo.flags", *DEMO, f"--data_dir={tmp_path / 'phantom'}",
-               f"--workdir={tmp_path / 'w'}")
+    demo = run(
+        python,
+        "-m",
+        "train.main",
+        "--flagfile=train/demo.flags",
+        *DEMO,
+        f"--data_dir={tmp_path / 'phantom'}",
+        f"--workdir={tmp_path / 'w'}",
+    )
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert (tmp_path / "w" / "adapter.safetensors").is_file() and (tmp_path / "w" / "summary.json").is_file()
     config = json.loads((tmp_path / "w" / "config.json").read_text())
     assert (config["trainable"], config["lora_rank"], config["loss"], config["model_type"], config["steps"]) == (
-        "full", 0, "bce_dice", "tiny", 3)
+        "full",
+        0,
+        "bce_dice",
+        "tiny",
+        3,
+    )
     assert config["modalities"] == ["t1n", "t1c", "t2w", "t2f"]
 
     # absl's --help exits with 1; the app's docstring and flags tell that the app itself answered. A console script
@@ -119,4 +148,5 @@ def test_the_installed_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
     missing = run(venv / "bin" / "sam-jax-train", "--flagfile=nope.flags")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert f"error: --flagfile=nope.flags: not found; looked in {empty}/nope.flags, {site}/train/nope.flags" in (
-        missing.stderr)
+        missing.stderr
+    )

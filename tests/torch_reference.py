@@ -18,18 +18,39 @@ def torch_sam(config: SamConfig, seed: int = 0) -> Sam:
     dim = config.prompt_embed_dim
     g = config.grid_size
     encoder = ImageEncoderViT(
-        img_size=config.image_size, patch_size=config.patch_size, in_chans=config.in_chans,
-        embed_dim=config.encoder_embed_dim, depth=config.encoder_depth, num_heads=config.encoder_num_heads,
-        mlp_ratio=config.mlp_ratio, out_chans=dim, qkv_bias=True,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, rel_pos_zero_init=True,
-        window_size=config.window_size, global_attn_indexes=config.encoder_global_attn_indexes)
-    prompt = PromptEncoder(embed_dim=dim, image_embedding_size=(g, g),
-                           input_image_size=(config.image_size, config.image_size), mask_in_chans=16)
+        img_size=config.image_size,
+        patch_size=config.patch_size,
+        in_chans=config.in_chans,
+        embed_dim=config.encoder_embed_dim,
+        depth=config.encoder_depth,
+        num_heads=config.encoder_num_heads,
+        mlp_ratio=config.mlp_ratio,
+        out_chans=dim,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        rel_pos_zero_init=True,
+        window_size=config.window_size,
+        global_attn_indexes=config.encoder_global_attn_indexes,
+    )
+    prompt = PromptEncoder(
+        embed_dim=dim,
+        image_embedding_size=(g, g),
+        input_image_size=(config.image_size, config.image_size),
+        mask_in_chans=16,
+    )
     decoder = MaskDecoder(
-        num_multimask_outputs=config.num_multimask_outputs, transformer_dim=dim,
-        transformer=TwoWayTransformer(depth=config.decoder_depth, embedding_dim=dim, mlp_dim=config.decoder_mlp_dim,
-                                      num_heads=config.decoder_num_heads),
-        iou_head_depth=config.iou_head_depth, iou_head_hidden_dim=config.iou_head_hidden_dim)
+        num_multimask_outputs=config.num_multimask_outputs,
+        transformer_dim=dim,
+        transformer=TwoWayTransformer(
+            depth=config.decoder_depth,
+            embedding_dim=dim,
+            mlp_dim=config.decoder_mlp_dim,
+            num_heads=config.decoder_num_heads,
+        ),
+        iou_head_depth=config.iou_head_depth,
+        iou_head_hidden_dim=config.iou_head_hidden_dim,
+    )
     model = Sam(encoder, prompt, decoder, pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
     _randomise(model)
     return model.eval()

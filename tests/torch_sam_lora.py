@@ -50,18 +50,39 @@ class LoRASam(nn.Module):
         super().__init__()
         g, dim = config.grid_size, config.prompt_embed_dim
         self.image_encoder = ImageEncoderViT(
-            img_size=config.image_size, patch_size=config.patch_size, in_chans=3,
-            embed_dim=config.encoder_embed_dim, depth=config.encoder_depth, num_heads=config.encoder_num_heads,
-            mlp_ratio=config.mlp_ratio, out_chans=dim, qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, rel_pos_zero_init=True,
-            window_size=config.window_size, global_attn_indexes=config.encoder_global_attn_indexes)
-        self.prompt_encoder = PromptEncoder(embed_dim=dim, image_embedding_size=(g, g),
-                                            input_image_size=(config.image_size, config.image_size), mask_in_chans=16)
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=3,
+            embed_dim=config.encoder_embed_dim,
+            depth=config.encoder_depth,
+            num_heads=config.encoder_num_heads,
+            mlp_ratio=config.mlp_ratio,
+            out_chans=dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            rel_pos_zero_init=True,
+            window_size=config.window_size,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+        )
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(g, g),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=16,
+        )
         self.mask_decoder = MaskDecoder(
-            num_multimask_outputs=config.num_multimask_outputs, transformer_dim=dim,
-            transformer=TwoWayTransformer(depth=config.decoder_depth, embedding_dim=dim,
-                                          mlp_dim=config.decoder_mlp_dim, num_heads=config.decoder_num_heads),
-            iou_head_depth=config.iou_head_depth, iou_head_hidden_dim=config.iou_head_hidden_dim)
+            num_multimask_outputs=config.num_multimask_outputs,
+            transformer_dim=dim,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        )
         self.requires_grad_(False)
         p = config.patch_size
         self.image_encoder.patch_embed.proj = nn.Conv2d(in_chans, config.encoder_embed_dim, p, p)
@@ -79,11 +100,14 @@ class LoRASam(nn.Module):
         embeddings = self.encode(images)
         logits = []
         for i in range(images.shape[0]):
-            sparse, dense = self.prompt_encoder(points=(coords[i:i + 1], labels[i:i + 1]), boxes=None, masks=None)
-            low_res, _ = self.mask_decoder(image_embeddings=embeddings[i:i + 1],
-                                           image_pe=self.prompt_encoder.get_dense_pe(),
-                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                           multimask_output=False)
+            sparse, dense = self.prompt_encoder(points=(coords[i : i + 1], labels[i : i + 1]), boxes=None, masks=None)
+            low_res, _ = self.mask_decoder(
+                image_embeddings=embeddings[i : i + 1],
+                image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
             logits.append(low_res)
         return torch.cat(logits)
 

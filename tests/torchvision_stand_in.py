@@ -27,6 +27,7 @@ def install() -> None:
     """Register the stand-in unless a working torchvision imports."""
     try:
         import torchvision  # noqa: F401
+
         return
     except Exception:
         for key in [k for k in sys.modules if k.startswith("torchvision")]:

@@ -28,23 +28,33 @@ def adapt(model: Sam, adaptation_config: AdaptationConfig, *, rngs: nnx.Rngs) ->
     if model.config.in_chans != 3:
         raise AdaptationError(f"adapt a plain 3-channel SAM; this one takes {model.config.in_chans} channels")
     adapt_patch_embed(model, adaptation_config.in_chans, adaptation_config.patch_embed_init, rngs=rngs)
-    apply_lora(model, rank=adaptation_config.lora_rank, alpha=adaptation_config.lora_alpha,
-               targets=adaptation_config.lora_targets, rngs=rngs)
+    apply_lora(
+        model,
+        rank=adaptation_config.lora_rank,
+        alpha=adaptation_config.lora_alpha,
+        targets=adaptation_config.lora_targets,
+        rngs=rngs,
+    )
     if adaptation_config.cross_slice:
         add_cross_slice(model)
-    reproduce_defects(model, zero_rel_pos=adaptation_config.zero_rel_pos,
-                      random_decoder_mlps=adaptation_config.random_decoder_mlps,
-                      decoder_first_residual=adaptation_config.decoder_first_residual, rngs=rngs)
+    reproduce_defects(
+        model,
+        zero_rel_pos=adaptation_config.zero_rel_pos,
+        random_decoder_mlps=adaptation_config.random_decoder_mlps,
+        decoder_first_residual=adaptation_config.decoder_first_residual,
+        rngs=rngs,
+    )
     model.config = model.config.replace(in_chans=adaptation_config.in_chans)
     return model
 
 
-def build_model(sam_config: SamConfig, adaptation_config: AdaptationConfig, *, sam_weights=None,
-                rngs: nnx.Rngs) -> Sam:
+def build_model(sam_config: SamConfig, adaptation_config: AdaptationConfig, *, sam_weights=None, rngs: nnx.Rngs) -> Sam:
     """SAM from its 3-channel config, filled from `sam_weights` (a converted file) if given, then adapted."""
     if sam_config.in_chans != 3:
-        raise AdaptationError(f"build from SAM's 3-channel config (in_chans={sam_config.in_chans} given); "
-                              f"the input channels come from the adaptation's modalities")
+        raise AdaptationError(
+            f"build from SAM's 3-channel config (in_chans={sam_config.in_chans} given); "
+            f"the input channels come from the adaptation's modalities"
+        )
     if sam_weights is None:
         model = Sam(sam_config, rngs=rngs)
     else:  # every variable comes from the file: build the structure only, with no initialiser run or compiled
@@ -53,5 +63,17 @@ def build_model(sam_config: SamConfig, adaptation_config: AdaptationConfig, *, s
     return adapt(model, adaptation_config, rngs=rngs)
 
 
-__all__ = ["AdaptationConfig", "AdaptationError", "PRESETS", "adapt", "base_weights_sha256", "build_model",
-           "count_parameters", "fold", "load_adapter", "parse_modalities", "partition", "save_adapter"]
+__all__ = [
+    "AdaptationConfig",
+    "AdaptationError",
+    "PRESETS",
+    "adapt",
+    "base_weights_sha256",
+    "build_model",
+    "count_parameters",
+    "fold",
+    "load_adapter",
+    "parse_modalities",
+    "partition",
+    "save_adapter",
+]

@@ -42,8 +42,14 @@ def base_weights_sha256(path) -> str:
     return source or file_sha256(path)
 
 
-def save_adapter(path, trainable_state: nnx.State, adaptation_config: AdaptationConfig, base_sha256: str,
-                 inherited: Mapping[str, np.ndarray] | None = None, parent_sha256: str = "") -> None:
+def save_adapter(
+    path,
+    trainable_state: nnx.State,
+    adaptation_config: AdaptationConfig,
+    base_sha256: str,
+    inherited: Mapping[str, np.ndarray] | None = None,
+    parent_sha256: str = "",
+) -> None:
     """`inherited`: frozen parameters that came from the parent adapter (`init_from_adapter`), path → array."""
     arrays = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(trainable_state)}
     inherited = {p: np.asarray(a) for p, a in (inherited or {}).items()}
@@ -68,16 +74,22 @@ def load_adapter(model: nnx.Module, path, adaptation_config: AdaptationConfig, b
         raise AdapterFileError(f"{path}: {e}") from None
     adaptation_config = adaptation_config.adaptation()  # a run spec's other fields are not the adapter's to check
     if stored != adaptation_config:
-        differ = {k: (v, adaptation_config.to_metadata()[k]) for k, v in stored.to_metadata().items()
-                  if v != adaptation_config.to_metadata()[k]}
+        differ = {
+            k: (v, adaptation_config.to_metadata()[k])
+            for k, v in stored.to_metadata().items()
+            if v != adaptation_config.to_metadata()[k]
+        }
         raise AdapterFileError(f"{path}: made with another adaptation; file vs requested: {differ}")
     shapes = parameter_paths(model)
     expected = {p for p, trains in trainable_paths(model, adaptation_config.trainable).items() if trains}
     expected |= {p for p in metadata.get("inherited", "").split(",") if p}
     problems = [f"missing {p!r}" for p in sorted(expected - set(arrays))]
     problems += [f"unexpected {p!r}" for p in sorted(set(arrays) - expected)]
-    problems += [f"{p!r} has shape {tuple(a.shape)}, the model needs {shapes[p]}"
-                 for p, a in sorted(arrays.items()) if p in expected and tuple(a.shape) != shapes[p]]
+    problems += [
+        f"{p!r} has shape {tuple(a.shape)}, the model needs {shapes[p]}"
+        for p, a in sorted(arrays.items())
+        if p in expected and tuple(a.shape) != shapes[p]
+    ]
     if problems:
         raise AdapterFileError(f"{path}: does not fit the adapted model: {summarise_problems(problems)}")
     assign(model, arrays)
@@ -94,9 +106,13 @@ def init_from_adapter(model: nnx.Module, path, base_sha256: str) -> dict:
     if metadata.get("base_sha256") != base_sha256:
         raise AdapterFileError(f"{path}: made on base weights {metadata.get('base_sha256')}, not on {base_sha256}")
     shapes = parameter_paths(model)
-    problems = [f"{p!r} is not in the model" if p not in shapes else
-                f"{p!r} has shape {tuple(a.shape)}, the model needs {shapes[p]}"
-                for p, a in sorted(arrays.items()) if shapes.get(p) != tuple(a.shape)]
+    problems = [
+        f"{p!r} is not in the model"
+        if p not in shapes
+        else f"{p!r} has shape {tuple(a.shape)}, the model needs {shapes[p]}"
+        for p, a in sorted(arrays.items())
+        if shapes.get(p) != tuple(a.shape)
+    ]
     if problems:
         raise AdapterFileError(f"{path}: cannot initialise this model from it: {summarise_problems(problems)}")
     assign(model, arrays)

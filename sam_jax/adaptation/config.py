@@ -23,27 +23,37 @@ _DEFECTS = ("zero_rel_pos", "random_decoder_mlps", "decoder_first_residual")
 
 @dataclasses.dataclass(frozen=True)
 class AdaptationConfig:
-    modalities: Tuple[str, ...] = setting(LAYOUTS["all4"], f"Input channels: a layout ({', '.join(LAYOUTS)}) or a "
-                                                           f"comma list of {', '.join(MODALITIES)}.")
+    modalities: Tuple[str, ...] = setting(
+        LAYOUTS["all4"], f"Input channels: a layout ({', '.join(LAYOUTS)}) or a comma list of {', '.join(MODALITIES)}."
+    )
     patch_embed_init: Literal["random", "rgb_mean"] = setting(
-        "random", "New patch embedding for != 3 channels: random (the paper), or rgb_mean (each channel the mean of "
-                  "SAM's RGB filters: equal channels embed as SAM embeds that image).")
+        "random",
+        "New patch embedding for != 3 channels: random (the paper), or rgb_mean (each channel the mean of "
+        "SAM's RGB filters: equal channels embed as SAM embeds that image).",
+    )
     lora_rank: int = setting(4, "LoRA rank (0: no LoRA).", at_least=0)
     lora_alpha: float = setting(1.0, "LoRA alpha; the update is scaled by alpha / rank.")
     lora_targets: Tuple[Literal["q", "k", "v", "proj", "lin1", "lin2"], ...] = setting(
-        ("q", "v", "lin1", "lin2"), "Layers of every encoder block given LoRA (proj: attention's output; lin1, "
-                                    "lin2: the MLP's).")
+        ("q", "v", "lin1", "lin2"),
+        "Layers of every encoder block given LoRA (proj: attention's output; lin1, lin2: the MLP's).",
+    )
     cross_slice: bool = setting(False, "Cross-slice attention in every encoder block (needs slices > 1 to act).")
     trainable: Literal[tuple(PRESETS)] = setting(
-        "lora", "Which parameters train: lora is the paper's (LoRA, patch embedding, mask decoder); "
-                "patch_embed_only then lora_frozen_patch make the two-step ablation.")
+        "lora",
+        "Which parameters train: lora is the paper's (LoRA, patch embedding, mask decoder); "
+        "patch_embed_only then lora_frozen_patch make the two-step ablation.",
+    )
     # The original paper code's model defects (sam_jax.adaptation.original; docs/reference.md §4), off by default.
-    zero_rel_pos: bool = setting(False, "Original code: the encoder's relative-position tables left at zero "
-                                        "(never loaded from SAM).")
-    random_decoder_mlps: bool = setting(False, "Original code: the decoder's two-way transformer MLPs left at "
-                                               "PyTorch's random init (never loaded from SAM).")
-    decoder_first_residual: bool = setting(False, "Original code: a residual around the decoder's first token "
-                                                  "self-attention (SAM has none).")
+    zero_rel_pos: bool = setting(
+        False, "Original code: the encoder's relative-position tables left at zero (never loaded from SAM)."
+    )
+    random_decoder_mlps: bool = setting(
+        False,
+        "Original code: the decoder's two-way transformer MLPs left at PyTorch's random init (never loaded from SAM).",
+    )
+    decoder_first_residual: bool = setting(
+        False, "Original code: a residual around the decoder's first token self-attention (SAM has none)."
+    )
 
     def __post_init__(self):
         problems = []
@@ -115,7 +125,13 @@ class AdaptationConfig:
             if metadata[name] not in ("true", "false"):
                 raise AdaptationError(f"adaptation metadata: {name} {metadata[name]!r} is not true/false")
         split = lambda s: tuple(p for p in s.split(",") if p)  # noqa: E731
-        return cls(modalities=split(metadata["modalities"]), patch_embed_init=metadata["patch_embed_init"],
-                   lora_rank=rank, lora_alpha=alpha, lora_targets=split(metadata["lora_targets"]),
-                   cross_slice=metadata["cross_slice"] == "true", trainable=metadata["trainable"],
-                   **{name: metadata[name] == "true" for name in _DEFECTS})
+        return cls(
+            modalities=split(metadata["modalities"]),
+            patch_embed_init=metadata["patch_embed_init"],
+            lora_rank=rank,
+            lora_alpha=alpha,
+            lora_targets=split(metadata["lora_targets"]),
+            cross_slice=metadata["cross_slice"] == "true",
+            trainable=metadata["trainable"],
+            **{name: metadata[name] == "true" for name in _DEFECTS},
+        )

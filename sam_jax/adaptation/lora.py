@@ -65,8 +65,16 @@ class LoRALinear(nnx.Module):
     whole output; `targets`: those that get an update.
     """
 
-    def __init__(self, base: nnx.Linear, *, sections: Tuple[str, ...], targets: Tuple[str, ...], rank: int,
-                 scale: float, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        base: nnx.Linear,
+        *,
+        sections: Tuple[str, ...],
+        targets: Tuple[str, ...],
+        rank: int,
+        scale: float,
+        rngs: nnx.Rngs,
+    ):
         self.kernel = base.kernel
         self.bias = base.bias
         self.sections = tuple(sections)
@@ -104,7 +112,7 @@ class LoRALinear(nnx.Module):
         for i, section in enumerate(self.sections):
             if section in self.targets:
                 a, b = self.factors(section)
-                kernel = kernel.at[:, i * width:(i + 1) * width].add(self.scale * (a @ b))
+                kernel = kernel.at[:, i * width : (i + 1) * width].add(self.scale * (a @ b))
         return kernel
 
 
@@ -127,8 +135,13 @@ def apply_lora(model, *, rank: int, alpha: float, targets: Tuple[str, ...], rngs
             continue
         if len(sections) == 1:  # one whole output: its leaves are plain `lora_a`, `lora_b`
             sections = wanted = ("",)
-        setattr(parent, name, LoRALinear(getattr(parent, name), sections=sections, targets=wanted, rank=rank,
-                                         scale=alpha / rank, rngs=rngs))
+        setattr(
+            parent,
+            name,
+            LoRALinear(
+                getattr(parent, name), sections=sections, targets=wanted, rank=rank, scale=alpha / rank, rngs=rngs
+            ),
+        )
 
 
 def fold(model):
@@ -141,7 +154,12 @@ def fold(model):
         if not isinstance(layer, LoRALinear):
             continue
         kernel, bias = layer.folded_kernel(), layer.bias
-        plain = nnx.Linear(*kernel.shape, use_bias=bias is not None, kernel_init=lambda *_, k=kernel: k,
-                           bias_init=lambda *_, b=bias: b[...], rngs=nnx.Rngs(0))
+        plain = nnx.Linear(
+            *kernel.shape,
+            use_bias=bias is not None,
+            kernel_init=lambda *_, k=kernel: k,
+            bias_init=lambda *_, b=bias: b[...],
+            rngs=nnx.Rngs(0),
+        )
         setattr(parent, name, plain)
     return model

@@ -27,8 +27,10 @@ def check_modalities(modalities: Tuple[str, ...]) -> Tuple[str, ...]:
         raise AdaptationError("no modalities given; at least one input channel is needed")
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown:
-        raise AdaptationError(f"unknown modalities {unknown}; expected names among {sorted(MODALITIES)} "
-                              f"or a layout among {sorted(LAYOUTS)}")
+        raise AdaptationError(
+            f"unknown modalities {unknown}; expected names among {sorted(MODALITIES)} "
+            f"or a layout among {sorted(LAYOUTS)}"
+        )
     return modalities
 
 

@@ -14,8 +14,9 @@ from flax import nnx
 from sam_jax.adaptation.init import kaiming_uniform_sqrt5
 
 
-def reproduce_defects(model, *, zero_rel_pos: bool, random_decoder_mlps: bool, decoder_first_residual: bool,
-                      rngs: nnx.Rngs) -> None:
+def reproduce_defects(
+    model, *, zero_rel_pos: bool, random_decoder_mlps: bool, decoder_first_residual: bool, rngs: nnx.Rngs
+) -> None:
     """Apply the chosen defects to a SAM whose weights are loaded, in place."""
     if zero_rel_pos:
         for block in model.image_encoder.blocks:

@@ -31,5 +31,12 @@ def adapt_patch_embed(model, in_chans: int, init: str, *, rngs: nnx.Rngs) -> Non
         raise AdaptationError(f"patch embedding init {init!r}: expected 'random' or 'rgb_mean'")
     bias = old.bias[...]
     model.image_encoder.patch_embed.proj = nnx.Conv(
-        in_chans, dim, (kh, kw), strides=old.strides, padding=old.padding, kernel_init=kernel_init,
-        bias_init=lambda key, shape, dtype: bias.astype(dtype), rngs=rngs)
+        in_chans,
+        dim,
+        (kh, kw),
+        strides=old.strides,
+        padding=old.padding,
+        kernel_init=kernel_init,
+        bias_init=lambda key, shape, dtype: bias.astype(dtype),
+        rngs=rngs,
+    )

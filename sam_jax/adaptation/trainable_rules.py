@@ -90,6 +90,9 @@ def partition(model: nnx.Module, rules: Union[str, Rules]):
         return isinstance(variable, nnx.Param) and decided[".".join(map(str, path))]
 
     graphdef, trainable, frozen = nnx.split(model, is_trainable, ...)
-    logging.info("trainable: %s parameters; frozen: %s variables", f"{count_parameters(trainable):,}",
-                 f"{count_parameters(frozen):,}")
+    logging.info(
+        "trainable: %s parameters; frozen: %s variables",
+        f"{count_parameters(trainable):,}",
+        f"{count_parameters(frozen):,}",
+    )
     return graphdef, trainable, frozen

@@ -181,8 +181,9 @@ def check_case(case_files: CaseFiles, require_seg: bool = True) -> tuple[Case | 
         if m not in case_files.images
     ]
     if require_seg and case_files.seg is None:
-        faults.append(CaseFault(case_files.expected_path("seg"), "missing segmentation (training and scoring need "
-                                                                 "the labels)"))
+        faults.append(
+            CaseFault(case_files.expected_path("seg"), "missing segmentation (training and scoring need the labels)")
+        )
     volumes: dict[str, tuple[Path, nib.Nifti1Image, np.ndarray]] = {}
     named_paths = list(case_files.images.items()) + ([("seg", case_files.seg)] if case_files.seg else [])
     for name, path in named_paths:

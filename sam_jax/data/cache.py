@@ -225,9 +225,15 @@ def _build_all(jobs: list[tuple], workers: int, skip_bad_cases: bool, cache_dir:
     if jobs:
         elapsed = time.perf_counter() - start
         seconds = [meta["build_seconds"] for meta in results.values() if isinstance(meta, dict)]
-        log.info("cache %s: built %d cases in %.1f s with %d workers (%.2f cases/s; %.2f s per case on average)",
-                 cache_dir, len(seconds), elapsed, workers, len(seconds) / elapsed,
-                 sum(seconds) / max(len(seconds), 1))
+        log.info(
+            "cache %s: built %d cases in %.1f s with %d workers (%.2f cases/s; %.2f s per case on average)",
+            cache_dir,
+            len(seconds),
+            elapsed,
+            workers,
+            len(seconds) / elapsed,
+            sum(seconds) / max(len(seconds), 1),
+        )
     return results
 
 
@@ -246,9 +252,14 @@ def _warn_if_short_of_space(cache_dir: Path, jobs: list[tuple]) -> None:
     """A BraTS-scale build takes hours and ~80 MB a case: say at the start when the disk will not hold it."""
     needed, free = sum(_estimated_bytes(job[0]) for job in jobs), shutil.disk_usage(cache_dir).free
     if needed > free:
-        log.warning("cache %s: the %d cases to build need about %.1f GB and %.1f GB are free there; the build will "
-                    "stop when the disk is full (cases built by then are kept)", cache_dir, len(jobs), needed / 1e9,
-                    free / 1e9)
+        log.warning(
+            "cache %s: the %d cases to build need about %.1f GB and %.1f GB are free there; the build will "
+            "stop when the disk is full (cases built by then are kept)",
+            cache_dir,
+            len(jobs),
+            needed / 1e9,
+            free / 1e9,
+        )
 
 
 @dataclasses.dataclass
@@ -383,8 +394,9 @@ def build_cache(
             skipped[case_files.case_id] = [str(f) for f in outcome.faults]
         else:
             cases.append(case_files.case_id)
-    log.info("cache %s: %d cases, %d (re)built, %d skipped", cache_dir, len(cases), len(built) - len(skipped),
-             len(skipped))
+    log.info(
+        "cache %s: %d cases, %d (re)built, %d skipped", cache_dir, len(cases), len(built) - len(skipped), len(skipped)
+    )
     manifest = dict(
         version=FORMAT_VERSION,
         data_dir=str(Path(data_dir).resolve()),
@@ -415,6 +427,7 @@ def default_cache_dir(data_dir) -> Path:
     except OSError:
         user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         fallback = user_cache / "sam_jax" / f"{data_dir.name}-{hashlib.sha1(str(data_dir).encode()).hexdigest()[:10]}"
-        log.warning("%s is not writable: the preprocessing cache goes to %s (--cache_dir to choose)", data_dir,
-                    fallback)
+        log.warning(
+            "%s is not writable: the preprocessing cache goes to %s (--cache_dir to choose)", data_dir, fallback
+        )
         return fallback

@@ -246,8 +246,9 @@ def make_case(domain: str, index: int, seed: int) -> tuple[dict[str, np.ndarray]
     bbox = ndimage.find_objects(body.astype(np.int8))[0]
     labels_box, body_box = labels[bbox], body[bbox]
     # Partial-volume weights: tissue fractions fade where the tumour's smoothed label maps take over.
-    tumour_weight = {label: ndimage.gaussian_filter((labels_box == label).astype(np.float32), 0.7)
-                     for label in TUMOUR_CONTRAST}
+    tumour_weight = {
+        label: ndimage.gaussian_filter((labels_box == label).astype(np.float32), 0.7) for label in TUMOUR_CONTRAST
+    }
     remaining = np.clip(1 - sum(tumour_weight.values()), 0, 1)
     texture = 1 + 0.08 * _smooth_noise(labels_box.shape, rng, sigma=2)
     contrast = {**TUMOUR_CONTRAST, **_DOMAIN_CONTRAST.get(domain, {})}

@@ -60,8 +60,14 @@ class LoadBatch(grain.transforms.RandomMap):
     """Reads a batch of (case index, slice) rows from the cache and draws one click per slice. Memory maps open
     lazily per process, so the transform pickles cheaply into grain's worker processes."""
 
-    def __init__(self, cache: Cache, z: int, modalities, click_policy: str,
-                 shard: grain.sharding.ShardOptions = grain.sharding.NoSharding()):
+    def __init__(
+        self,
+        cache: Cache,
+        z: int,
+        modalities,
+        click_policy: str,
+        shard: grain.sharding.ShardOptions = grain.sharding.NoSharding(),
+    ):
         if click_policy not in CLICK_POLICIES:
             raise ValueError(f"unknown click policy {click_policy!r}; expected one of {CLICK_POLICIES}")
         if unknown := [m for m in modalities if m not in MODALITIES]:
@@ -162,8 +168,14 @@ class LoadVolume(grain.transforms.RandomMap):
         return self.load.random_map(np.stack([np.full(self.k, case_index), slices], axis=1), rng)
 
 
-def select_slices(cache: Cache, case_ids, slice_policy: str = "all", empty_fraction: float = 0.1,
-                  click_policy: str = "negative_on_empty", seed: int = 0) -> np.ndarray:
+def select_slices(
+    cache: Cache,
+    case_ids,
+    slice_policy: str = "all",
+    empty_fraction: float = 0.1,
+    click_policy: str = "negative_on_empty",
+    seed: int = 0,
+) -> np.ndarray:
     """The (case index, slice) rows one epoch visits once each: `slice_table`'s choice, less the tumour-free centre
     slices under 'skip_empty' (so every element has a clicked centre slice)."""
     table = slice_table(cache, case_ids, slice_policy, empty_fraction, seed)

@@ -61,15 +61,17 @@ class VolumeSlices:
     box: tuple[tuple[int, int], ...]  # (x, y, z) half-open ranges of the crop in the native volume
 
 
-def volume_slices(images: dict[str, np.ndarray], seg: np.ndarray | None, modalities, normalisation: str,
-                  crop_to_brain: bool) -> VolumeSlices:
+def volume_slices(
+    images: dict[str, np.ndarray], seg: np.ndarray | None, modalities, normalisation: str, crop_to_brain: bool
+) -> VolumeSlices:
     """A case's volumes (X, Y, Z) → its axial slices, normalised and cropped as the run spec says."""
     brain = brain_mask(images)
     box = brain_box(brain) if crop_to_brain else tuple((0, n) for n in brain.shape)
     crop = tuple(slice(*b) for b in box)
     # (X, Y, Z) -> (Z, Y, X): slices first, image rows along voxel Y, columns along voxel X.
-    slices = np.stack([normalise(images[m], brain, normalisation)[crop].transpose(2, 1, 0) for m in modalities],
-                      axis=-1)
+    slices = np.stack(
+        [normalise(images[m], brain, normalisation)[crop].transpose(2, 1, 0) for m in modalities], axis=-1
+    )
     if normalisation == "sam_rgb":
         if slices.shape[-1] != len(PIXEL_MEAN):
             raise ValueError(f"normalisation sam_rgb needs {len(PIXEL_MEAN)} modalities, not {slices.shape[-1]}")

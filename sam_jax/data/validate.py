@@ -32,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir")
     parser.add_argument("--domain", choices=DOMAINS)
-    parser.add_argument("--unlabelled", action="store_true", help="cases without segmentations are not faulty "
-                                                                    "(data for prediction only)")
+    parser.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="cases without segmentations are not faulty (data for prediction only)",
+    )
     args = parser.parse_args(argv)
     try:
         count, bad, empty = validate(args.data_dir, args.domain, require_seg=not args.unlabelled)
@@ -45,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         for fault in faults:
             print(f"  {fault.path}: {fault.fault}")
     for case_id in empty:
-        print(f"{case_id}: warning: the segmentation is empty (no tumour voxel); training keeps its slices as "
-              "tumour-free, evaluation leaves it out of the means")
+        print(
+            f"{case_id}: warning: the segmentation is empty (no tumour voxel); training keeps its slices as "
+            "tumour-free, evaluation leaves it out of the means"
+        )
     print(
         f"{count} cases, {count - len(bad)} valid, {len(bad)} with faults"
         + ("" if count else f" (no BraTS files found under {args.data_dir})")

@@ -72,8 +72,10 @@ def rank_cases(runs: list[EvalRun], metric: str) -> list[tuple[str, float, dict]
     for run in runs:
         columns = next(iter(run.rows.values()), {}).keys()
         if run.rows and metric not in columns:
-            raise EvaluationError(f"{run.folder / 'cases.csv'} has no {metric} column; it has "
-                                  f"{', '.join(c for c in columns if c not in ('case', 'domain', 'status', 'error'))}")
+            raise EvaluationError(
+                f"{run.folder / 'cases.csv'} has no {metric} column; it has "
+                f"{', '.join(c for c in columns if c not in ('case', 'domain', 'status', 'error'))}"
+            )
     ranked = []
     for case_id in sorted(set.intersection(*(set(r.rows) for r in runs))):
         scores = {run.name: run.score(case_id, metric) for run in runs}
@@ -94,8 +96,9 @@ def _mask(path: Path, shape) -> np.ndarray:
     return mask
 
 
-def compare(run_folders, out_dir, *, domain: str = "", cases: int = 4, metric: str = "dice_3d",
-            data_dir: str = "") -> list[tuple[str, float, dict, Path]]:
+def compare(
+    run_folders, out_dir, *, domain: str = "", cases: int = 4, metric: str = "dice_3d", data_dir: str = ""
+) -> list[tuple[str, float, dict, Path]]:
     """Draw the `cases` cases the runs disagree on most to out_dir/<case>.png; returns (case, spread, scores, png)."""
     runs = [read_eval_run(f) for f in run_folders]
     if len(runs) < 2:
@@ -112,12 +115,13 @@ def compare(run_folders, out_dir, *, domain: str = "", cases: int = 4, metric: s
     domain = domain or domains.pop()
     ranked = rank_cases(runs, metric)
     if not ranked:
-        raise EvaluationError(f"no case was scored ({metric}) by every run with its mask saved in predictions/; "
-                              f"evaluate with eval.main --save_predictions")
+        raise EvaluationError(
+            f"no case was scored ({metric}) by every run with its mask saved in predictions/; "
+            f"evaluate with eval.main --save_predictions"
+        )
     data_dirs = [data_dir] if data_dir else list(dict.fromkeys(r.data_dir for r in runs if r.data_dir))
     if not data_dirs:
-        raise EvaluationError("no data directory recorded in the folders' summary.json or config.json; pass "
-                              "--data_dir")
+        raise EvaluationError("no data directory recorded in the folders' summary.json or config.json; pass --data_dir")
     files = {}
     for folder in reversed(data_dirs):  # the first recorded wins
         files.update({c.case_id: c for c in find_cases(folder, domain)})

@@ -74,8 +74,14 @@ def knn_accuracy(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, k
     return float(knn_correct(features, labels, groups, k).mean())
 
 
-def case_bootstrap_interval(correct: np.ndarray, cases: np.ndarray, strata: np.ndarray, level: float = 0.95,
-                            resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+def case_bootstrap_interval(
+    correct: np.ndarray,
+    cases: np.ndarray,
+    strata: np.ndarray,
+    level: float = 0.95,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the slice-pooled accuracy Σ correct / Σ slices, resampling whole cases with
     replacement within each stratum (domain); each case's (correct, slices) counts are kept as they are. Every case
     must lie in one stratum."""
@@ -111,12 +117,17 @@ def separation(features: np.ndarray, labels: np.ndarray, cases: np.ndarray, k: i
         raise EvaluationError(f"{len(cases)} case ids for {len(labels)} slices")
     correct = knn_correct(features, labels, cases, k)
     low, high = case_bootstrap_interval(correct, cases, labels, seed=seed)
-    return {"silhouette": float(silhouette_score(features, labels)), "knn_accuracy": float(correct.mean()),
-            "knn_ci95": [low, high], "knn_neighbours": "other cases only (leave-one-case-out)",
-            "knn_ci_method": f"percentile bootstrap over cases, stratified by domain, {RESAMPLES} resamples, "
-                             f"seed {seed}",
-            "knn_k": knn_k(cases, k), "chance": 1 / len(set(labels.tolist())), "slices": len(features),
-            "cases": len(set(cases.tolist()))}
+    return {
+        "silhouette": float(silhouette_score(features, labels)),
+        "knn_accuracy": float(correct.mean()),
+        "knn_ci95": [low, high],
+        "knn_neighbours": "other cases only (leave-one-case-out)",
+        "knn_ci_method": f"percentile bootstrap over cases, stratified by domain, {RESAMPLES} resamples, seed {seed}",
+        "knn_k": knn_k(cases, k),
+        "chance": 1 / len(set(labels.tolist())),
+        "slices": len(features),
+        "cases": len(set(cases.tolist())),
+    }
 
 
 def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:

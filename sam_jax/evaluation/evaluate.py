@@ -51,8 +51,7 @@ def interactive_scores(segmenter, embeddings, tumour, max_clicks: int, feed_back
     if has_tumour.size == 0:
         return {}
     curves = ritm_dice_curves(segmenter, embeddings[has_tumour], tumour[has_tumour], max_clicks, feed_back_mask)
-    scores = {f"noc{p}": float(np.mean([clicks_to_reach(c, p / 100, max_clicks) for c in curves]))
-              for p in (85, 90)}
+    scores = {f"noc{p}": float(np.mean([clicks_to_reach(c, p / 100, max_clicks) for c in curves])) for p in (85, 90)}
     scores.update({f"dice_after_{k + 1}": float(v) for k, v in enumerate(curves.mean(axis=0))})
     return scores
 
@@ -61,8 +60,10 @@ def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks:
     """(row of scores, the case, its native-grid prediction or None without the volumetric protocol)."""
     case = load_case(case_files)
     if empty_segmentation(case):
-        raise EmptyGroundTruth(f"{case_files.seg}: the segmentation is empty (no tumour voxel): no click to prompt "
-                               "with; left out of the means")
+        raise EmptyGroundTruth(
+            f"{case_files.seg}: the segmentation is empty (no tumour voxel): no click to prompt "
+            "with; left out of the means"
+        )
     volume = prepare_volume(case, trained.spec)
     truth = volume.native_tumour()
     embeddings = segmenter.encode(volume.slices)
@@ -74,8 +75,11 @@ def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks:
         spacing = tuple(float(z) for z in case.header.get_zooms()[:3])
         row.update(volumetric_scores(prediction, truth, spacing, case_files.domain))
     if "interactive" in protocols:
-        row.update(interactive_scores(segmenter, embeddings, volume.tumour, max_clicks,
-                                          trained.training.get("prompt_rounds", 1) > 1))
+        row.update(
+            interactive_scores(
+                segmenter, embeddings, volume.tumour, max_clicks, trained.training.get("prompt_rounds", 1) > 1
+            )
+        )
     return row, case, prediction
 
 
@@ -88,9 +92,19 @@ def columns(protocols, max_clicks: int) -> list[str]:
     return out
 
 
-def evaluate_cases(segmenter, trained, cases, out_dir, *, protocols=PROTOCOLS, seed: int = 0,
-                   max_clicks: int = NOC_MAX_CLICKS, save_predictions: bool = False, overlays: int = 0,
-                   csv_name: str = CASES_CSV) -> list[dict]:
+def evaluate_cases(
+    segmenter,
+    trained,
+    cases,
+    out_dir,
+    *,
+    protocols=PROTOCOLS,
+    seed: int = 0,
+    max_clicks: int = NOC_MAX_CLICKS,
+    save_predictions: bool = False,
+    overlays: int = 0,
+    csv_name: str = CASES_CSV,
+) -> list[dict]:
     """Rows, one per CaseFiles of `cases`, also written to `out_dir/<csv_name>` (cases.csv) as they come. With the
     volumetric protocol, `save_predictions` writes `predictions/<case>.nii.gz` in each case's geometry and `overlays`
     writes PNGs of the first that many scored cases to `overlays/`."""
@@ -110,8 +124,9 @@ def evaluate_cases(segmenter, trained, cases, out_dir, *, protocols=PROTOCOLS, s
                 scores, case, prediction = score_case(segmenter, trained, case_files, protocols, seed, max_clicks)
                 row.update(scores, status="ok")
                 if prediction is not None:
-                    _write_outputs(out_dir, case, prediction, save_predictions,
-                                   overlays > sum(r["status"] == "ok" for r in rows))
+                    _write_outputs(
+                        out_dir, case, prediction, save_predictions, overlays > sum(r["status"] == "ok" for r in rows)
+                    )
             except EmptyGroundTruth as e:
                 row.update(status="empty_ground_truth", error=str(e))
             except (DataError, EvaluationError, MetricInputError, OSError) as e:
@@ -164,8 +179,9 @@ def _write_outputs(out_dir: Path, case, prediction, save_prediction_file: bool, 
         save_prediction(case, prediction, out_dir / "predictions" / f"{case.case_id}.nii.gz")
     if overlay:
         (out_dir / "overlays").mkdir(exist_ok=True)
-        figures.overlay(case.images, case.whole_tumour, prediction, out_dir / "overlays" / f"{case.case_id}.png",
-                        title=case.case_id)
+        figures.overlay(
+            case.images, case.whole_tumour, prediction, out_dir / "overlays" / f"{case.case_id}.png", title=case.case_id
+        )
 
 
 def summarise(rows, protocols, **about) -> dict:
@@ -174,13 +190,20 @@ def summarise(rows, protocols, **about) -> dict:
     ok = [r for r in rows if r["status"] == "ok"]
     metrics = [c for p in protocols for c in SCORE_COLUMNS[p]]
     means = {}
-    for m in metrics + sorted({k for r in ok for k in r if k.startswith("dice_after_")},
-                              key=lambda k: int(k.rsplit("_", 1)[1])):
+    for m in metrics + sorted(
+        {k for r in ok for k in r if k.startswith("dice_after_")}, key=lambda k: int(k.rsplit("_", 1)[1])
+    ):
         values = [float(r[m]) for r in ok if m in r and np.isfinite(float(r[m]))]
         means[m] = float(np.mean(values)) if values else None
-    return {**about, "protocols": list(protocols), "cases": len(rows), "scored": len(ok),
-            "failed": {r["case"]: r["error"] for r in rows if r["status"] == "failed"},
-            "empty_ground_truth": [r["case"] for r in rows if r["status"] == "empty_ground_truth"], "means": means}
+    return {
+        **about,
+        "protocols": list(protocols),
+        "cases": len(rows),
+        "scored": len(ok),
+        "failed": {r["case"]: r["error"] for r in rows if r["status"] == "failed"},
+        "empty_ground_truth": [r["case"] for r in rows if r["status"] == "empty_ground_truth"],
+        "means": means,
+    }
 
 
 def write_summary(summary: dict, out_dir) -> Path:

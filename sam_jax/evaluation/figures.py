@@ -35,8 +35,15 @@ def overlay(images: dict, truth: np.ndarray | None, prediction: np.ndarray, path
     return z
 
 
-def comparison(images: dict, truth: np.ndarray | None, predictions: dict, scores: dict, path, title: str = "",
-               background: str = "t2f") -> int:
+def comparison(
+    images: dict,
+    truth: np.ndarray | None,
+    predictions: dict,
+    scores: dict,
+    path,
+    title: str = "",
+    background: str = "t2f",
+) -> int:
     """Top row: the four modalities at the axial slice with most tumour (truth, else all predictions together),
     ground truth contoured in green. Bottom row: one panel per model, its mask filled red over `background` with the
     truth contour, titled with its score. Volumes are (X, Y, Z). Returns the slice shown."""

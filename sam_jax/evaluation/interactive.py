@@ -10,8 +10,9 @@ from sam_jax.data.clicks import NO_CLICK, next_click
 from sam_jax.metrics import NOC_MAX_CLICKS, dice_per_slice
 
 
-def ritm_dice_curves(segmenter, embeddings, tumour: np.ndarray, max_clicks: int = NOC_MAX_CLICKS,
-                     feed_back_mask: bool = False) -> np.ndarray:
+def ritm_dice_curves(
+    segmenter, embeddings, tumour: np.ndarray, max_clicks: int = NOC_MAX_CLICKS, feed_back_mask: bool = False
+) -> np.ndarray:
     """(N, H, W) target slices and their embeddings → (N, max_clicks) Dice after each click.
 
     `feed_back_mask`: pass the previous round's low-res logits as SAM's mask prompt (only useful for a model
@@ -33,8 +34,7 @@ def ritm_dice_curves(segmenter, embeddings, tumour: np.ndarray, max_clicks: int 
                 clicked[i, int(y), int(x)] = True
         coords = np.concatenate([coords, new_coords], axis=1)
         labels = np.concatenate([labels, new_labels], axis=1)
-        low_res = segmenter.decode(embeddings, coords, labels, (h, w),
-                                   mask_input=low_res if feed_back_mask else None)
+        low_res = segmenter.decode(embeddings, coords, labels, (h, w), mask_input=low_res if feed_back_mask else None)
         prediction = segmenter.to_slice_grid(low_res, (h, w)) > 0
         curves.append(dice_per_slice(prediction, tumour))
     return np.stack(curves, axis=1)

@@ -19,9 +19,11 @@ from sam_jax.evaluation.errors import EvaluationError
 from sam_jax.weights.io import read_arrays
 
 TARGET_ORDER = ("q", "k", "v", "proj", "lin1", "lin2")
-_LEAF = re.compile(r"^image_encoder\.blocks\.(\d+)\."
-                   r"(?:attn\.qkv\.lora_(q|k|v)|attn\.(proj)\.lora|mlp\.(lin1|lin2)\.lora)"
-                   r"_(a|b)$")
+_LEAF = re.compile(
+    r"^image_encoder\.blocks\.(\d+)\."
+    r"(?:attn\.qkv\.lora_(q|k|v)|attn\.(proj)\.lora|mlp\.(lin1|lin2)\.lora)"
+    r"_(a|b)$"
+)
 
 
 def lora_factors(path) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
@@ -69,9 +71,16 @@ def discrepancy(first: dict, second: dict) -> list[dict]:
         s1, s2 = update_singular_values(*first[key]), update_singular_values(*second[key])
         if s1.shape != s2.shape:
             raise EvaluationError(f"block {key[0]} {key[1]}: LoRA ranks differ ({len(s1)} vs {len(s2)})")
-        rows.append({"block": key[0], "target": key[1], "weyl_bound": float(np.max(np.abs(s1 - s2))),
-                     "spectral_distance": difference_norm(first[key], second[key]),
-                     "sigma_1": s1.tolist(), "sigma_2": s2.tolist()})
+        rows.append(
+            {
+                "block": key[0],
+                "target": key[1],
+                "weyl_bound": float(np.max(np.abs(s1 - s2))),
+                "spectral_distance": difference_norm(first[key], second[key]),
+                "sigma_1": s1.tolist(),
+                "sigma_2": s2.tolist(),
+            }
+        )
     return rows
 
 

@@ -66,8 +66,9 @@ class MaskEditor:
         """Native axial index → slice of the model's volume."""
         (z0, z1) = self.volume.box[2]
         if not z0 <= z < z1:
-            raise ClickError(f"slice {z} lies outside the model's slices {z0}–{z1 - 1} of case "
-                             f"{self.volume.case.case_id}")
+            raise ClickError(
+                f"slice {z} lies outside the model's slices {z0}–{z1 - 1} of case {self.volume.case.case_id}"
+            )
         return z - z0
 
     def click(self, x: int, y: int, z: int, positive: bool = True) -> np.ndarray:
@@ -88,8 +89,11 @@ class MaskEditor:
             if start is None or not start.any():
                 raise ClickError(f"slice {z} has no mask to propagate: click the tumour first")
             prompts, masks = dict(self._state.prompts), dict(self._state.masks)
-            edited = {j: masks.get(j, np.zeros(self.hw, bool)) for j, prompt in prompts.items()
-                      if j != k and any(c.by_user for c in prompt)}
+            edited = {
+                j: masks.get(j, np.zeros(self.hw, bool))
+                for j, prompt in prompts.items()
+                if j != k and any(c.by_user for c in prompt)
+            }
             changed = []
             for step in (1, -1):
                 for j, point, logits in walk(self.segmenter, self.embeddings, self.hw, k, start, step, edited):
@@ -123,8 +127,17 @@ class MaskEditor:
         """Every click as native voxels: x, y, z, positive, by_user."""
         (x0, _), (y0, _), (z0, _) = self.volume.box
         state = self._state
-        return [dict(x=int(round(c.x) + x0), y=int(round(c.y) + y0), z=int(k + z0), positive=c.label == POSITIVE,
-                     by_user=c.by_user) for k, prompt in sorted(state.prompts.items()) for c in prompt]
+        return [
+            dict(
+                x=int(round(c.x) + x0),
+                y=int(round(c.y) + y0),
+                z=int(k + z0),
+                positive=c.label == POSITIVE,
+                by_user=c.by_user,
+            )
+            for k, prompt in sorted(state.prompts.items())
+            for c in prompt
+        ]
 
     def voxels(self) -> int:
         return sum(n for n, _ in self._state.counts.values())

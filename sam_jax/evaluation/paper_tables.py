@@ -60,15 +60,30 @@ class PaperTable:
 
 def _lora(layout: str, domain: str) -> Callable[[Profile], bool]:
     def match(p: Profile) -> bool:
-        return (not p.zero_shot and p.trainable == "lora" and p.lora_rank > 0 and not p.cross_slice
-                and not p.init_adapter and p.modalities == LAYOUTS[layout] and p.domain == domain)
+        return (
+            not p.zero_shot
+            and p.trainable == "lora"
+            and p.lora_rank > 0
+            and not p.cross_slice
+            and not p.init_adapter
+            and p.modalities == LAYOUTS[layout]
+            and p.domain == domain
+        )
+
     return match
 
 
 def _trained(trainable: str, two_step: bool) -> Callable[[Profile], bool]:
     def match(p: Profile) -> bool:
-        return (not p.zero_shot and p.trainable == trainable and not p.cross_slice and bool(p.init_adapter) == two_step
-                and p.modalities == LAYOUTS["all4"] and p.domain == "GLI")
+        return (
+            not p.zero_shot
+            and p.trainable == trainable
+            and not p.cross_slice
+            and bool(p.init_adapter) == two_step
+            and p.modalities == LAYOUTS["all4"]
+            and p.domain == "GLI"
+        )
+
     return match
 
 
@@ -76,39 +91,64 @@ def _zero_shot(p: Profile) -> bool:
     return p.zero_shot
 
 
-_LAYOUT_LABELS = {"t1n_x3": "T1 ×3", "t1c_x3": "T1Gd ×3", "t2w_x3": "T2 ×3", "t2f_x3": "FLAIR ×3",
-                  "t1n_t2w_t2f": "T1/T2/FLAIR stacked", "all4": "4 channels"}
+_LAYOUT_LABELS = {
+    "t1n_x3": "T1 ×3",
+    "t1c_x3": "T1Gd ×3",
+    "t2w_x3": "T2 ×3",
+    "t2f_x3": "FLAIR ×3",
+    "t1n_t2w_t2f": "T1/T2/FLAIR stacked",
+    "all4": "4 channels",
+}
 _PUBLISHED_GLI = {"VD1": 61.9, "VD2": 65.7, "D3": 50.7, "D4": 56.2}  # LoRA, 4 channels, trained on GLI
 _PUBLISHED_MEN = {"VD1": 58.4, "VD2": 75.3, "D3": 65.7, "D4": 52.4}  # LoRA, 4 channels, trained on MEN
 
 
 def _lora_rows(domain: str, four_channels: dict) -> tuple:
-    return tuple(PaperRow(f"LoRA, {label}", _lora(layout, domain), four_channels if layout == "all4" else {})
-                 for layout, label in _LAYOUT_LABELS.items())
+    return tuple(
+        PaperRow(f"LoRA, {label}", _lora(layout, domain), four_channels if layout == "all4" else {})
+        for layout, label in _LAYOUT_LABELS.items()
+    )
 
 
 TABLES = (
-    PaperTable("table1", "Table 1: zero-shot SAM and LoRA by input layout, trained on GLI",
-               (PaperRow("SAM zero-shot (any 3-channel layout)", _zero_shot, {c: "<10" for c in ORDER}),)
-               + _lora_rows("GLI", _PUBLISHED_GLI)),
+    PaperTable(
+        "table1",
+        "Table 1: zero-shot SAM and LoRA by input layout, trained on GLI",
+        (PaperRow("SAM zero-shot (any 3-channel layout)", _zero_shot, {c: "<10" for c in ORDER}),)
+        + _lora_rows("GLI", _PUBLISHED_GLI),
+    ),
     PaperTable("table2", "Table 2: LoRA by input layout, trained on MEN", _lora_rows("MEN", _PUBLISHED_MEN)),
-    PaperTable("table3", "Table 3: two-step training (patch embedding, then LoRA), 4 channels, trained on GLI", (
-        PaperRow("Step 1 alone: patch embedding", _trained("patch_embed_only", False), {}),
-        PaperRow("Two-step: patch embedding, then LoRA", _trained("lora_frozen_patch", True),
-                 {"VD1": 30.4, "VD2": 32.8, "D3": 19.4, "D4": 26.8}),
-    )),
-    PaperTable("table4", "Table 4: full fine-tuning, 4 channels, trained on GLI", (
-        PaperRow("Full fine-tuning", _trained("full", False), {"VD1": 17.2, "VD2": 14.9, "D3": 12.0, "D4": 11.7}),
-    )),
-    PaperTable("table5", "Table 5: comparison with other methods (trained on GLI)", (
-        PaperRow("SAM-Med2D", None, {"VD1": 47.2, "VD2": 74.7, "D3": 52.8, "D4": 42.3}),
-        PaperRow("Ranem et al.", None, {}),
-        PaperRow("Ours: LoRA, 4 channels", _lora("all4", "GLI"), _PUBLISHED_GLI),
-    )),
+    PaperTable(
+        "table3",
+        "Table 3: two-step training (patch embedding, then LoRA), 4 channels, trained on GLI",
+        (
+            PaperRow("Step 1 alone: patch embedding", _trained("patch_embed_only", False), {}),
+            PaperRow(
+                "Two-step: patch embedding, then LoRA",
+                _trained("lora_frozen_patch", True),
+                {"VD1": 30.4, "VD2": 32.8, "D3": 19.4, "D4": 26.8},
+            ),
+        ),
+    ),
+    PaperTable(
+        "table4",
+        "Table 4: full fine-tuning, 4 channels, trained on GLI",
+        (PaperRow("Full fine-tuning", _trained("full", False), {"VD1": 17.2, "VD2": 14.9, "D3": 12.0, "D4": 11.7}),),
+    ),
+    PaperTable(
+        "table5",
+        "Table 5: comparison with other methods (trained on GLI)",
+        (
+            PaperRow("SAM-Med2D", None, {"VD1": 47.2, "VD2": 74.7, "D3": 52.8, "D4": 42.3}),
+            PaperRow("Ranem et al.", None, {}),
+            PaperRow("Ours: LoRA, 4 channels", _lora("all4", "GLI"), _PUBLISHED_GLI),
+        ),
+    ),
 )
 
 
 # ---- Profiles: what each evaluated model is ----
+
 
 def _selection(summary: dict) -> str:
     folder = Path(summary.get("summary_path", "")).parent.name
@@ -155,8 +195,17 @@ def _trained_profile(run_dir: Path) -> Profile:
         notes.append(f"LoRA r{spec.lora_rank} α{spec.lora_alpha:g} on {','.join(spec.lora_targets)}")
     if spec.base_sha256.startswith("random-init"):
         notes.append("random init")
-    return Profile(str(run_dir.resolve()), False, tuple(spec.modalities), spec.trainable, spec.lora_rank,
-                   spec.cross_slice, raw.get("domain"), raw.get("init_adapter", ""), tuple(notes))
+    return Profile(
+        str(run_dir.resolve()),
+        False,
+        tuple(spec.modalities),
+        spec.trainable,
+        spec.lora_rank,
+        spec.cross_slice,
+        raw.get("domain"),
+        raw.get("init_adapter", ""),
+        tuple(notes),
+    )
 
 
 def profile(summary: dict) -> Profile:
@@ -171,6 +220,7 @@ def profile(summary: dict) -> Profile:
 
 
 # ---- Tables ----
+
 
 @dataclasses.dataclass
 class Entry:
@@ -247,8 +297,11 @@ def markdown(table: PaperTable, models: list[Entry]) -> str:
     head = header("Δ")
     lines = [f"### {table.title}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_lines(table, models)]
-    lines += ["", f"Paper-protocol Dice (%); Δ = ours − paper. Published: {SOURCE}; {NOT_FOUND}: not found in a "
-                  f"source; {MISSING}: no run of ours matches."]
+    lines += [
+        "",
+        f"Paper-protocol Dice (%); Δ = ours − paper. Published: {SOURCE}; {NOT_FOUND}: not found in a "
+        f"source; {MISSING}: no run of ours matches.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -275,6 +328,9 @@ def write_paper_tables(summaries, out_dir) -> str:
     if extra:
         sections.append("Runs that match no paper row: " + ", ".join(extra) + "\n")
     if unknown:
-        sections.append("Runs not placed (their settings could not be read): "
-                        + "; ".join(f"{name}: {why}" for name, why in sorted(unknown.items())) + "\n")
+        sections.append(
+            "Runs not placed (their settings could not be read): "
+            + "; ".join(f"{name}: {why}" for name, why in sorted(unknown.items()))
+            + "\n"
+        )
     return "\n".join(sections)

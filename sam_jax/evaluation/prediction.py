@@ -12,7 +12,7 @@ from sam_jax.evaluation.volume import CaseVolume
 
 
 def parse_clicks(text: str) -> np.ndarray:
-    """"x,y,z;x,y,z" → (N, 3) int voxel indices."""
+    """ "x,y,z;x,y,z" → (N, 3) int voxel indices."""
     clicks = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
         try:
@@ -32,12 +32,15 @@ def slice_clicks(volume: CaseVolume, clicks: np.ndarray) -> list[tuple[int, int,
     out = []
     for x, y, z in clicks:
         if not all(0 <= v < n for v, n in zip((x, y, z), volume.shape)):
-            raise ClickError(f"click ({x}, {y}, {z}) lies outside case {volume.case.case_id}'s volume of "
-                             f"shape {volume.shape}")
+            raise ClickError(
+                f"click ({x}, {y}, {z}) lies outside case {volume.case.case_id}'s volume of shape {volume.shape}"
+            )
         (x0, x1), (y0, y1), (z0, z1) = volume.box
         if not (x0 <= x < x1 and y0 <= y < y1 and z0 <= z < z1):
-            raise ClickError(f"click ({x}, {y}, {z}) lies outside the brain of case {volume.case.case_id} "
-                             f"(brain box x {x0}–{x1 - 1}, y {y0}–{y1 - 1}, z {z0}–{z1 - 1})")
+            raise ClickError(
+                f"click ({x}, {y}, {z}) lies outside the brain of case {volume.case.case_id} "
+                f"(brain box x {x0}–{x1 - 1}, y {y0}–{y1 - 1}, z {z0}–{z1 - 1})"
+            )
         out.append((x - x0, y - y0, z - z0))
     return out
 

@@ -24,8 +24,12 @@ def interior_point(mask: np.ndarray) -> np.ndarray:
 
 def segment_slice(segmenter, embeddings, k: int, points, labels, hw) -> np.ndarray:
     """Slice k's (H, W) logits from clicks `points` (K, 2) in slice (x, y) pixels with `labels` (K,)."""
-    low = segmenter.decode(embeddings[k:k + 1], np.asarray(points, np.float32).reshape(1, -1, 2),
-                           np.asarray(labels, np.int32).reshape(1, -1), hw)
+    low = segmenter.decode(
+        embeddings[k : k + 1],
+        np.asarray(points, np.float32).reshape(1, -1, 2),
+        np.asarray(labels, np.int32).reshape(1, -1),
+        hw,
+    )
     return segmenter.to_slice_grid(low, hw)[0]
 
 

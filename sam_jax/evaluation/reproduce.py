@@ -15,8 +15,12 @@ from pathlib import Path
 
 from sam_jax.flags_util import app_package_dir, find_flagfile
 
-DOMAIN_FLAGFILES = {"GLI": "eval/adult.flags", "MEN": "eval/meningioma.flags", "PED": "eval/pediatric.flags",
-                    "SSA": "eval/africa.flags"}
+DOMAIN_FLAGFILES = {
+    "GLI": "eval/adult.flags",
+    "MEN": "eval/meningioma.flags",
+    "PED": "eval/pediatric.flags",
+    "SSA": "eval/africa.flags",
+}
 VARIANTS = ("paper", "paper_code")
 LAYOUTS = ("t1n_x3", "t1c_x3", "t2w_x3", "t2f_x3", "t1n_t2w_t2f")
 
@@ -33,12 +37,14 @@ class Run:
 
 
 def _runs() -> dict[str, Run]:
-    runs = [Run("sam_zero_shot", ()),
-            Run("adult", ("--flagfile=train/adult.flags",)),
-            Run("meningioma", ("--flagfile=train/meningioma.flags",)),
-            Run("two_step_1", ("--flagfile=train/ablations/two_step_1.flags",)),
-            Run("two_step_2", ("--flagfile=train/ablations/two_step_2.flags",), parent="two_step_1"),
-            Run("full_finetune", ("--flagfile=train/ablations/full_finetune.flags",))]
+    runs = [
+        Run("sam_zero_shot", ()),
+        Run("adult", ("--flagfile=train/adult.flags",)),
+        Run("meningioma", ("--flagfile=train/meningioma.flags",)),
+        Run("two_step_1", ("--flagfile=train/ablations/two_step_1.flags",)),
+        Run("two_step_2", ("--flagfile=train/ablations/two_step_2.flags",), parent="two_step_1"),
+        Run("full_finetune", ("--flagfile=train/ablations/full_finetune.flags",)),
+    ]
     for layout in LAYOUTS:
         runs.append(Run(f"gli_{layout}", (f"--flagfile=train/ablations/{layout}.flags",)))
         runs.append(Run(f"men_{layout}", (f"--flagfile=train/ablations/{layout}.flags", "--domain=MEN")))
@@ -96,18 +102,53 @@ def plan(tables, variant: str, root, data_dir, sam_weights, train_flags=(), eval
             zero += ["--zero_shot_input=raw_crop"] if variant == "paper_code" else []
             for domain, flagfile in DOMAIN_FLAGFILES.items():
                 out = workdir / "eval" / domain
-                steps.append(Step(run.name, f"eval {domain}", ("eval.main", f"--flagfile={flagfile}", *zero,
-                                  f"--data_dir={data_dir}", f"--output_dir={out}", *eval_flags), out / "summary.json"))
+                steps.append(
+                    Step(
+                        run.name,
+                        f"eval {domain}",
+                        (
+                            "eval.main",
+                            f"--flagfile={flagfile}",
+                            *zero,
+                            f"--data_dir={data_dir}",
+                            f"--output_dir={out}",
+                            *eval_flags,
+                        ),
+                        out / "summary.json",
+                    )
+                )
             continue
         train = list(run.flags) + (paper_code_options() if variant == "paper_code" else [])
         if run.parent:
             train.append(f"--init_adapter={base / run.parent / 'adapter.safetensors'}")
-        steps.append(Step(run.name, "train", ("train.main", *train, f"--data_dir={data_dir}",
-                                              f"--sam_weights={sam_weights}", f"--workdir={workdir}", *train_flags),
-                          workdir / "summary.json"))
+        steps.append(
+            Step(
+                run.name,
+                "train",
+                (
+                    "train.main",
+                    *train,
+                    f"--data_dir={data_dir}",
+                    f"--sam_weights={sam_weights}",
+                    f"--workdir={workdir}",
+                    *train_flags,
+                ),
+                workdir / "summary.json",
+            )
+        )
         for domain, flagfile in DOMAIN_FLAGFILES.items():
-            steps.append(Step(run.name, f"eval {domain}", ("eval.main", f"--flagfile={flagfile}",
-                                                           f"--checkpoint={workdir}", f"--data_dir={data_dir}",
-                                                           *eval_flags), workdir / "eval" / f"{domain}_best" /
-                              "summary.json"))
+            steps.append(
+                Step(
+                    run.name,
+                    f"eval {domain}",
+                    (
+                        "eval.main",
+                        f"--flagfile={flagfile}",
+                        f"--checkpoint={workdir}",
+                        f"--data_dir={data_dir}",
+                        *eval_flags,
+                    ),
+                    workdir / "eval" / f"{domain}_best" / "summary.json",
+                )
+            )
     return steps

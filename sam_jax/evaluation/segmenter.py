@@ -52,7 +52,7 @@ class SliceSegmenter:
         def encode(state, images, valid_hw):
             model = nnx.merge(graphdef, state)
             frame, _ = to_model_frame(images, valid_hw, size, resize)
-            return model.encode_image(frame, slices=stack)[stack // 2::stack]
+            return model.encode_image(frame, slices=stack)[stack // 2 :: stack]
 
         @jax.jit
         def decode(state, embeddings, coords, labels, mask_input):
@@ -82,8 +82,8 @@ class SliceSegmenter:
             for i, centre in enumerate(which[start:stop]):
                 first = centre - z // 2
                 lo, hi = max(first, 0), min(first + z, n)
-                canvas[i, lo - first:hi - first, :h, :w] = slices[lo:hi]
-            out.append(self._encode(self.state, canvas.reshape(compiled * z, s, s, c), valid_hw)[:stop - start])
+                canvas[i, lo - first : hi - first, :h, :w] = slices[lo:hi]
+            out.append(self._encode(self.state, canvas.reshape(compiled * z, s, s, c), valid_hw)[: stop - start])
         return jnp.concatenate(out)
 
     def decode(self, embeddings, coords: np.ndarray, labels: np.ndarray, hw, mask_input=None):
@@ -92,8 +92,12 @@ class SliceSegmenter:
         `mask_input`: optional (N, 4g, 4g) logits of a previous round, as SAM's interactive loop feeds them back.
         """
         n = len(coords)
-        coords, labels = original_code_prompts(np.asarray(coords, np.float32) * self.scale(hw), np.asarray(labels),
-                                               click_order=self.click_order, broadcast=False)
+        coords, labels = original_code_prompts(
+            np.asarray(coords, np.float32) * self.scale(hw),
+            np.asarray(labels),
+            click_order=self.click_order,
+            broadcast=False,
+        )
         compiled = _compiled_size(n, self.batch_size)
         pad = functools.partial(_pad_to, size=compiled)
         out = []
@@ -102,15 +106,15 @@ class SliceSegmenter:
             emb = embeddings[start:stop]
             if stop - start < compiled:
                 emb = jnp.concatenate([emb, jnp.repeat(emb[-1:], compiled - (stop - start), axis=0)])
-            logits = self._decode(self.state, emb, pad(coords[start:stop]), pad(np.asarray(labels[start:stop])),
-                                  masks)
-            out.append(np.asarray(logits[:stop - start]))
+            logits = self._decode(self.state, emb, pad(coords[start:stop]), pad(np.asarray(labels[start:stop])), masks)
+            out.append(np.asarray(logits[: stop - start]))
         return np.concatenate(out)
 
     def to_slice_grid(self, low_res: np.ndarray, hw) -> np.ndarray:
         """(N, 4g, 4g) low-res logits → (N, H, W) logits at the slice's own size."""
-        return np.asarray(_postprocess(jnp.asarray(low_res), valid_shape(hw, self.size, self.resize), tuple(hw),
-                                       self.size))
+        return np.asarray(
+            _postprocess(jnp.asarray(low_res), valid_shape(hw, self.size, self.resize), tuple(hw), self.size)
+        )
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))

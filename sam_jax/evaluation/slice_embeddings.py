@@ -30,7 +30,7 @@ class SliceEmbeddings:
     def _store(self, which, embeddings) -> None:
         with self._lock:
             for i, k in enumerate(which):
-                self._done.setdefault(int(k), embeddings[i:i + 1])
+                self._done.setdefault(int(k), embeddings[i : i + 1])
 
     def slice_embedding(self, k: int):
         """(1, g, g, D) embedding of slice k, computed now if it is not yet."""
@@ -45,8 +45,9 @@ class SliceEmbeddings:
             raise TypeError("SliceEmbeddings takes slices: embeddings[k:k + 1]")
         return jnp.concatenate([self.slice_embedding(k) for k in range(*index.indices(len(self)))])
 
-    def precompute(self, first: int | None = None, stop: threading.Event | None = None,
-                   batches: int | None = None) -> None:
+    def precompute(
+        self, first: int | None = None, stop: threading.Event | None = None, batches: int | None = None
+    ) -> None:
         """Compute every missing slice (or `batches` batches of them), nearest to slice `first` (default: the middle)
         first; `stop` ends it between batches. Batches are always full (a short last one is topped up with slices
         already done, then kept as they were), so the encoder compiles once, for the size `eval.predict` uses."""
@@ -58,7 +59,7 @@ class SliceEmbeddings:
             missing = [k for k in order if k not in self._done][:batch]
             if not missing:
                 return
-            which = missing + [k for k in order if k not in missing][:batch - len(missing)]
+            which = missing + [k for k in order if k not in missing][: batch - len(missing)]
             embeddings = self.segmenter.encode(self.slices, which=which)
             embeddings.block_until_ready()
             self._store(which, embeddings)

@@ -69,16 +69,22 @@ def load_trained(workdir, sam_weights: str | None = None, select: str = "final")
     adapter = workdir / ADAPTERS[select]
     if not adapter.is_file():
         if select == "best" and (workdir / ADAPTERS["final"]).is_file():
-            raise CheckpointError(f"{adapter}: no such file; the run had no validation split for its domain, so it "
-                                  f"has no best checkpoint: use --select final")
-        raise CheckpointError(f"{adapter}: no such file; is {workdir} a finished training workdir? (training "
-                              f"writes it at the end of a run)")
+            raise CheckpointError(
+                f"{adapter}: no such file; the run had no validation split for its domain, so it "
+                f"has no best checkpoint: use --select final"
+            )
+        raise CheckpointError(
+            f"{adapter}: no such file; is {workdir} a finished training workdir? (training "
+            f"writes it at the end of a run)"
+        )
     spec, training = read_run(workdir, ADAPTERS[select])
     if sam_weights is not None:
         spec = spec.replace(sam_weights=sam_weights)
     if spec.sam_weights and not Path(spec.sam_weights).is_file():
-        raise CheckpointError(f"{adapter} was trained on SAM weights {spec.sam_weights}, which do not exist; "
-                              f"pass --sam_weights with their new path")
+        raise CheckpointError(
+            f"{adapter} was trained on SAM weights {spec.sam_weights}, which do not exist; "
+            f"pass --sam_weights with their new path"
+        )
     try:
         spec = spec if spec.base_sha256 else spec.with_base_identity()
         model = build_model(spec.sam_config(), spec, sam_weights=spec.sam_weights or None, rngs=nnx.Rngs(spec.seed))
@@ -88,9 +94,14 @@ def load_trained(workdir, sam_weights: str | None = None, select: str = "final")
     return TrainedModel(model, spec, workdir.name if select == "final" else f"{workdir.name}_{select}", training)
 
 
-def load_zero_shot(sam_weights: str, model_type: str = "auto", image_size: int = 1024,
-                   modalities: str = ZERO_SHOT_MODALITIES, normalisation: str = "sam_rgb",
-                   crop_to_brain: bool = False) -> TrainedModel:
+def load_zero_shot(
+    sam_weights: str,
+    model_type: str = "auto",
+    image_size: int = 1024,
+    modalities: str = ZERO_SHOT_MODALITIES,
+    normalisation: str = "sam_rgb",
+    crop_to_brain: bool = False,
+) -> TrainedModel:
     """Plain SAM on a 3-channel layout of the modalities (Table 1's zero-shot row); `auto`: the size the converted
     file says it holds. SAM's own input by default (`sam_rgb`); the original code fed it the training pipeline's
     raw, brain-cropped intensities (`normalisation="none", crop_to_brain=True`)."""
@@ -101,9 +112,16 @@ def load_zero_shot(sam_weights: str, model_type: str = "auto", image_size: int =
             model_type = read_metadata(sam_weights).get("model_type", "")
             if not model_type:
                 raise CheckpointError(f"{sam_weights}: its header names no model type; pass --model_type")
-        spec = RunSpec(model_type=model_type, image_size=image_size, sam_weights=sam_weights, modalities=modalities,
-                       lora_rank=0, trainable="none", normalisation=normalisation,
-                       crop_to_brain=crop_to_brain).with_base_identity()
+        spec = RunSpec(
+            model_type=model_type,
+            image_size=image_size,
+            sam_weights=sam_weights,
+            modalities=modalities,
+            lora_rank=0,
+            trainable="none",
+            normalisation=normalisation,
+            crop_to_brain=crop_to_brain,
+        ).with_base_identity()
         model = build_model(spec.sam_config(), spec, sam_weights=sam_weights, rngs=nnx.Rngs(0))
     except SamJaxError as e:
         raise CheckpointError(f"zero-shot SAM from {sam_weights}: {e}") from None

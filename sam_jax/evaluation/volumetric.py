@@ -10,7 +10,12 @@ from sam_jax.metrics import dice_3d, hd95, lesion_wise_scores
 
 def volumetric_scores(prediction: np.ndarray, truth: np.ndarray, spacing, domain: str) -> dict:
     lesions = lesion_wise_scores(prediction, truth, spacing, domain=domain)
-    return {"dice_3d": dice_3d(prediction, truth), "hd95": hd95(prediction, truth, spacing),
-            "lesion_dice": lesions.dice, "lesion_hd95": lesions.hd95,
-            "lesions_tp": lesions.num_true_positive, "lesions_fn": lesions.num_false_negative,
-            "lesions_fp": lesions.num_false_positive}
+    return {
+        "dice_3d": dice_3d(prediction, truth),
+        "hd95": hd95(prediction, truth, spacing),
+        "lesion_dice": lesions.dice,
+        "lesion_hd95": lesions.hd95,
+        "lesions_tp": lesions.num_true_positive,
+        "lesions_fn": lesions.num_false_negative,
+        "lesions_fp": lesions.num_false_positive,
+    }

@@ -1,6 +1,5 @@
 """The one exception the metrics raise for bad input, so callers can report it without a deep stack trace."""
 
-
 from sam_jax.errors import SamJaxError
 
 

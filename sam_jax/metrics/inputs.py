@@ -18,8 +18,9 @@ def as_mask(array, name: str, ndim: int | None = None) -> np.ndarray:
         return array
     if np.issubdtype(array.dtype, np.integer):
         if array.size and (array.min() < 0 or array.max() > 1):
-            raise MetricInputError(f"{name}: integer mask must hold only 0 and 1, found values in "
-                                   f"[{array.min()}, {array.max()}]")
+            raise MetricInputError(
+                f"{name}: integer mask must hold only 0 and 1, found values in [{array.min()}, {array.max()}]"
+            )
         return array.astype(bool)
     raise MetricInputError(f"{name}: expected a bool or 0/1 integer mask, got dtype {array.dtype}")
 

@@ -11,8 +11,9 @@ NOC_MAX_CLICKS = 20
 def _as_dice_curve(dice_after_clicks, name: str) -> np.ndarray:
     curve = np.asarray(dice_after_clicks, dtype=np.float64)
     if curve.ndim != 1 or curve.size == 0:
-        raise MetricInputError(f"{name}: expected a non-empty 1-D sequence of Dice after clicks 1..K, "
-                               f"got shape {curve.shape}")
+        raise MetricInputError(
+            f"{name}: expected a non-empty 1-D sequence of Dice after clicks 1..K, got shape {curve.shape}"
+        )
     if not np.all((curve >= 0) & (curve <= 1)):
         raise MetricInputError(f"{name}: Dice values must lie in [0, 1] (not percentages), got {curve.tolist()}")
     return curve
@@ -49,8 +50,9 @@ def mean_dice_after_clicks(dice_curves) -> np.ndarray:
     """(K,) mean over cases of the Dice after k = 1..K clicks; every case must have K values."""
     lengths = {len(c) for c in dice_curves}
     if len(lengths) != 1:
-        raise MetricInputError(f"dice_curves: expected every case to have the same number of clicks, got lengths "
-                               f"{sorted(lengths)}")
+        raise MetricInputError(
+            f"dice_curves: expected every case to have the same number of clicks, got lengths {sorted(lengths)}"
+        )
     return np.mean([_as_dice_curve(c, "dice_curves") for c in dice_curves], axis=0)
 
 

@@ -39,6 +39,7 @@ BRATS_2023_LESION_RULES = {
 @dataclasses.dataclass(frozen=True)
 class LesionScore:
     """One (merged) ground-truth lesion and its score; `counted` is False for lesions dropped by the size rule."""
+
     gt_label: int
     voxels: int
     volume_mm3: float
@@ -88,16 +89,24 @@ def _resolve_rule(domain: str, dilation_iterations, small_lesion_mm3) -> LesionR
     if domain not in BRATS_2023_LESION_RULES:
         raise MetricInputError(f"domain: expected one of {sorted(BRATS_2023_LESION_RULES)}, got {domain!r}")
     rule = BRATS_2023_LESION_RULES[domain]
-    rule = LesionRule(rule.dilation_iterations if dilation_iterations is None else int(dilation_iterations),
-                      rule.small_lesion_mm3 if small_lesion_mm3 is None else float(small_lesion_mm3))
+    rule = LesionRule(
+        rule.dilation_iterations if dilation_iterations is None else int(dilation_iterations),
+        rule.small_lesion_mm3 if small_lesion_mm3 is None else float(small_lesion_mm3),
+    )
     if rule.dilation_iterations < 0:
         raise MetricInputError(f"dilation_iterations: expected >= 0, got {rule.dilation_iterations}")
     return rule
 
 
-def lesion_wise_scores(pred, gt, spacing=(1.0, 1.0, 1.0), *, domain: str = "GLI",
-                       dilation_iterations: int | None = None,
-                       small_lesion_mm3: float | None = None) -> LesionWiseResult:
+def lesion_wise_scores(
+    pred,
+    gt,
+    spacing=(1.0, 1.0, 1.0),
+    *,
+    domain: str = "GLI",
+    dilation_iterations: int | None = None,
+    small_lesion_mm3: float | None = None,
+) -> LesionWiseResult:
     """Lesion-wise Dice and HD95 (mm) of one region, with per-lesion details and the legacy volumetric scores.
 
     pred, gt: (Z, Y, X) bool masks of one region (WT, TC or ET); spacing: mm per array axis. `domain` picks the
@@ -126,10 +135,17 @@ def lesion_wise_scores(pred, gt, spacing=(1.0, 1.0, 1.0), *, domain: str = "GLI"
         lesion = gt_labels == label
         pred_union = np.isin(pred_labels, touching)
         voxels = int(lesion_near.sum())
-        lesions.append(LesionScore(
-            gt_label=label, voxels=voxels, volume_mm3=voxels * voxel_mm3, matched_pred_labels=touching,
-            dice=dice_3d(pred_union, lesion), hd95=hd95(pred_union, lesion, spacing, one_empty=BRATS_MAX_HD95),
-            counted=voxels * voxel_mm3 > rule.small_lesion_mm3))
+        lesions.append(
+            LesionScore(
+                gt_label=label,
+                voxels=voxels,
+                volume_mm3=voxels * voxel_mm3,
+                matched_pred_labels=touching,
+                dice=dice_3d(pred_union, lesion),
+                hd95=hd95(pred_union, lesion, spacing, one_empty=BRATS_MAX_HD95),
+                counted=voxels * voxel_mm3 > rule.small_lesion_mm3,
+            )
+        )
 
     false_positives = tuple(int(p) for p in np.unique(pred_labels) if p != 0 and p not in matched)
     counted = [s for s in lesions if s.counted]
@@ -139,6 +155,11 @@ def lesion_wise_scores(pred, gt, spacing=(1.0, 1.0, 1.0), *, domain: str = "GLI"
     else:
         dice = sum(s.dice for s in counted) / denominator
         distance = (sum(s.hd95 for s in counted) + BRATS_MAX_HD95 * len(false_positives)) / denominator
-    return LesionWiseResult(dice=dice, hd95=distance, lesions=tuple(lesions),
-                            false_positive_labels=false_positives,
-                            legacy_dice=dice_3d(pred, gt), legacy_hd95=hd95(pred, gt, spacing))
+    return LesionWiseResult(
+        dice=dice,
+        hd95=distance,
+        lesions=tuple(lesions),
+        false_positive_labels=false_positives,
+        legacy_dice=dice_3d(pred, gt),
+        legacy_hd95=hd95(pred, gt, spacing),
+    )

@@ -58,5 +58,7 @@ def paper_scores(logits, tumour) -> dict:
     has_tumour = tumour.any(axis=tuple(range(1, tumour.ndim)))
     logits = np.asarray(logits)
     tumour_dice = dice_per_slice(logits[has_tumour] > 0, tumour[has_tumour]) if has_tumour.any() else []
-    return {"paper_dice": paper_slice_dice(logits, tumour),
-            "tumour_slice_dice": float(np.mean(tumour_dice)) if len(tumour_dice) else float("nan")}
+    return {
+        "paper_dice": paper_slice_dice(logits, tumour),
+        "tumour_slice_dice": float(np.mean(tumour_dice)) if len(tumour_dice) else float("nan"),
+    }

@@ -53,7 +53,8 @@ def hd95(pred, gt, spacing=(1.0, 1.0, 1.0), one_empty: float = BRATS_MAX_HD95) -
     with warnings.catch_warnings():
         # surface-distance 0.1 reaches scipy.ndimage functions through namespaces SciPy deprecates; the warning
         # is about the library, not something the caller can act on.
-        warnings.filterwarnings("ignore", message=r".*the `scipy\.ndimage\.\w+` namespace is deprecated",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*the `scipy\.ndimage\.\w+` namespace is deprecated", category=DeprecationWarning
+        )
         distances = surface_distance.compute_surface_distances(gt, pred, spacing)
     return float(surface_distance.compute_robust_hausdorff(distances, 95))

@@ -113,8 +113,10 @@ def fold_rel_pos(q, k, rel_h, rel_w):
     rows = jax.nn.one_hot(keys // kw, kh, dtype=k.dtype)
     cols = jax.nn.one_hot(keys % kw, kw, dtype=k.dtype)
     position = jnp.broadcast_to(jnp.concatenate([rows, cols], -1), k.shape[:2] + (kh * kw, kh + kw))
-    return (jnp.concatenate([scaled, rel_h.astype(q.dtype), rel_w.astype(q.dtype)], -1),
-            jnp.concatenate([k, position], -1))
+    return (
+        jnp.concatenate([scaled, rel_h.astype(q.dtype), rel_w.astype(q.dtype)], -1),
+        jnp.concatenate([k, position], -1),
+    )
 
 
 def _folded(q, k, v, rel_h, rel_w):

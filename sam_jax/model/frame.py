@@ -41,8 +41,9 @@ def _prepare(image, hw, rule: str):
 
 
 def _resize(image, scale_yx, out_hw):
-    return jax.image.scale_and_translate(image, out_hw + image.shape[2:], (0, 1), scale_yx, jnp.zeros(2), "linear",
-                                         antialias=True)
+    return jax.image.scale_and_translate(
+        image, out_hw + image.shape[2:], (0, 1), scale_yx, jnp.zeros(2), "linear", antialias=True
+    )
 
 
 def to_model_frame(images, valid_hw, size: int, rule: str = "longest_side"):
@@ -57,7 +58,8 @@ def target_to_low_res(masks, valid_hw, size: int, rule: str = "longest_side"):
     low = size // 4
     scale = _scale_yx(valid_hw, size, rule) / 4
     out = jax.vmap(lambda m, hw, sc: _resize(_prepare(m.astype(jnp.float32), hw, rule)[..., None], sc, (low, low)))(
-        masks, valid_hw, scale)
+        masks, valid_hw, scale
+    )
     return jnp.clip(out[..., 0], 0.0, 1.0)
 
 
@@ -105,5 +107,5 @@ def postprocess_masks(low_res_logits, input_hw, original_hw, size: int):
     """(..., M, 4g, 4g) logits → (..., M, H, W) logits at the original size (bilinear, as SAM)."""
     lead = low_res_logits.shape[:-2]
     x = jax.image.resize(low_res_logits, lead + (size, size), "bilinear")
-    x = x[..., :input_hw[0], :input_hw[1]]
+    x = x[..., : input_hw[0], : input_hw[1]]
     return jax.image.resize(x, lead + tuple(original_hw), "bilinear")

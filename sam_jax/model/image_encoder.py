@@ -16,8 +16,9 @@ from sam_jax.model.layers import MLPBlock, apply_sequential, gelu, layer_norm_2d
 class PatchEmbed(nnx.Module):
     def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
         p = config.patch_size
-        self.proj = nnx.Conv(config.in_chans, config.encoder_embed_dim, (p, p), strides=(p, p), padding="VALID",
-                             rngs=rngs)
+        self.proj = nnx.Conv(
+            config.in_chans, config.encoder_embed_dim, (p, p), strides=(p, p), padding="VALID", rngs=rngs
+        )
 
     def __call__(self, x):
         return self.proj(x)
@@ -111,10 +112,12 @@ class ImageEncoderViT(nnx.Module):
         dim, g = config.encoder_embed_dim, config.grid_size
         self.patch_embed = PatchEmbed(config, rngs=rngs)
         self.pos_embed = nnx.Param(jnp.zeros((1, g, g, dim)))
-        self.blocks = nnx.List([
-            Block(config, 0 if i in config.encoder_global_attn_indexes else config.window_size, rngs=rngs)
-            for i in range(config.encoder_depth)
-        ])
+        self.blocks = nnx.List(
+            [
+                Block(config, 0 if i in config.encoder_global_attn_indexes else config.window_size, rngs=rngs)
+                for i in range(config.encoder_depth)
+            ]
+        )
         out = config.prompt_embed_dim
         self.neck = sequential(
             nnx.Conv(dim, out, (1, 1), use_bias=False, rngs=rngs),

@@ -99,9 +99,11 @@ class MaskDecoder(nnx.Module):
             Gelu(),
         )
         self.output_hypernetworks_mlps = nnx.List(
-            [MLP(dim, dim, dim // 8, 3, rngs=rngs) for _ in range(self.num_mask_tokens)])
-        self.iou_prediction_head = MLP(dim, config.iou_head_hidden_dim, self.num_mask_tokens, config.iou_head_depth,
-                                       rngs=rngs)
+            [MLP(dim, dim, dim // 8, 3, rngs=rngs) for _ in range(self.num_mask_tokens)]
+        )
+        self.iou_prediction_head = MLP(
+            dim, config.iou_head_hidden_dim, self.num_mask_tokens, config.iou_head_depth, rngs=rngs
+        )
 
     def __call__(self, image_embeddings, image_pe, sparse, dense, multimask_output: bool):
         """image_embeddings (B, g, g, C), image_pe (1, g, g, C), sparse (B, N, C), dense (B, g, g, C).
@@ -117,11 +119,12 @@ class MaskDecoder(nnx.Module):
         pos = jnp.broadcast_to(image_pe, src.shape)
         hs, src = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0]
-        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
         g = image_embeddings.shape[1]
         upscaled = apply_sequential(self.output_upscaling, src.reshape(b, g, g, -1))
-        hyper_in = jnp.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-                             axis=1)
+        hyper_in = jnp.stack(
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1
+        )
         masks = jnp.einsum("bmc,bhwc->bmhw", hyper_in, upscaled)
         iou_pred = self.iou_prediction_head(iou_token_out)
         chosen = slice(1, None) if multimask_output else slice(0, 1)

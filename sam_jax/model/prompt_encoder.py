@@ -84,8 +84,12 @@ class PromptEncoder(nnx.Module):
     def embed_boxes(self, boxes):
         """boxes (B, 4) as x0, y0, x1, y1 → two corner tokens (B, 2, C)."""
         corners = self.pe_layer.points(boxes.reshape(-1, 2, 2) + 0.5, self.image_size)
-        return corners.at[:, 0].add(self.point_embeddings[2].embedding[0]).at[:, 1].add(
-            self.point_embeddings[3].embedding[0])
+        return (
+            corners.at[:, 0]
+            .add(self.point_embeddings[2].embedding[0])
+            .at[:, 1]
+            .add(self.point_embeddings[3].embedding[0])
+        )
 
     def __call__(self, points=None, boxes=None, masks=None, batch_size: int = 1):
         """points: (coords (B, N, 2), labels (B, N)) or None; boxes (B, 4) or None; masks (B, 4g, 4g, 1) or None.

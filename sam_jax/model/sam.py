@@ -25,8 +25,15 @@ class Sam(nnx.Module):
         """
         return self.image_encoder(images, slices)
 
-    def decode(self, image_embeddings, point_coords=None, point_labels=None, boxes=None, mask_inputs=None,
-               multimask_output: bool = False):
+    def decode(
+        self,
+        image_embeddings,
+        point_coords=None,
+        point_labels=None,
+        boxes=None,
+        mask_inputs=None,
+        multimask_output: bool = False,
+    ):
         """Prompts for each embedding of the batch → low-resolution mask logits (B, M, 4g, 4g) and IoU (B, M).
 
         Point coordinates are (x, y) pixels of the model's input frame; labels 1 positive, 0 negative, −1 padding.
@@ -35,10 +42,10 @@ class Sam(nnx.Module):
         sparse, dense = self.prompt_encoder(points, boxes, mask_inputs, batch_size=image_embeddings.shape[0])
         return self.mask_decoder(image_embeddings, self.prompt_encoder.dense_pe(), sparse, dense, multimask_output)
 
-    def __call__(self, images, point_coords=None, point_labels=None, boxes=None, mask_inputs=None,
-                 multimask_output: bool = False):
-        return self.decode(self.encode_image(images), point_coords, point_labels, boxes, mask_inputs,
-                           multimask_output)
+    def __call__(
+        self, images, point_coords=None, point_labels=None, boxes=None, mask_inputs=None, multimask_output: bool = False
+    ):
+        return self.decode(self.encode_image(images), point_coords, point_labels, boxes, mask_inputs, multimask_output)
 
 
 def normalize_rgb(images):

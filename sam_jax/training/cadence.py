@@ -27,9 +27,15 @@ class Cadence:
     def of(cls, cfg, slices_per_epoch: int, validation: bool) -> "Cadence":
         """The cadence of a run (`cfg`: its `TrainConfig`); `--steps`, when > 0, overrides `--epochs`."""
         total = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * slices_per_epoch / cfg.batch_size)
-        return cls(total_steps=total, batch_size=cfg.batch_size, slices_per_epoch=slices_per_epoch,
-                   log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
-                   validation=validation)
+        return cls(
+            total_steps=total,
+            batch_size=cfg.batch_size,
+            slices_per_epoch=slices_per_epoch,
+            log_every=cfg.log_every,
+            checkpoint_every=cfg.checkpoint_every,
+            eval_every=cfg.eval_every,
+            validation=validation,
+        )
 
     def epoch(self, step: int) -> float:
         """Epochs done after `step` steps; batches run across epoch ends, so it has a fraction."""

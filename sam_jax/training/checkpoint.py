@@ -20,16 +20,21 @@ _OVERHEAD = 1 << 20  # bytes of orbax metadata and the data iterator's state, ge
 
 
 def manager(workdir, keep: int) -> ocp.CheckpointManager:
-    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-        ocp.checkpoint_managers.LatestN(n=keep),
-        ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
-                                      keep_checkpoints_without_metrics=False),
-    ])
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [
+            ocp.checkpoint_managers.LatestN(n=keep),
+            ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m[BEST_METRIC], n=1, keep_checkpoints_without_metrics=False
+            ),
+        ]
+    )
     # best_fn is what makes orbax write a step's metrics at all (without it BestN has nothing to rank).
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC],
-                                           best_mode="max", create=True)
-    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
-                                 item_names=("state", "data"))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC], best_mode="max", create=True
+    )
+    return ocp.CheckpointManager(
+        Path(workdir).absolute() / "checkpoints", options=options, item_names=("state", "data")
+    )
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator, metrics: dict | None = None) -> None:
@@ -41,9 +46,14 @@ def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator, met
     if free_bytes(mngr.directory) < needed:
         raise disk_full(Path(mngr.directory) / str(step), needed)
     with reporting_full_disk(Path(mngr.directory) / str(step), needed):  # an earlier async save may fail here
-        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                data=grain.checkpoint.CheckpointSave(data_iterator)),
-                  metrics=metrics, force=True)
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+            ),
+            metrics=metrics,
+            force=True,
+        )
 
 
 def finish(mngr: ocp.CheckpointManager) -> None:
@@ -67,15 +77,20 @@ def restore_latest(mngr: ocp.CheckpointManager, state_like: dict, data_iterator)
     step = mngr.latest_step()
     if step is None:
         return None
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state_like), data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state_like), data=grain.checkpoint.CheckpointRestore(data_iterator)
+        ),
+    )
     return restored["state"]
 
 
 def best_step(mngr: ocp.CheckpointManager) -> int | None:
     """The kept step with the highest validation Dice, or None if no checkpoint carries one."""
-    scored = [(m[BEST_METRIC], s) for s in mngr.all_steps()
-              if (m := mngr.metrics(s)) and m.get(BEST_METRIC) is not None]
+    scored = [
+        (m[BEST_METRIC], s) for s in mngr.all_steps() if (m := mngr.metrics(s)) and m.get(BEST_METRIC) is not None
+    ]
     return max(scored, key=lambda t: (t[0], -t[1]))[1] if scored else None  # ties: the earliest
 
 

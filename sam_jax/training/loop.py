@@ -69,19 +69,24 @@ def check_inputs(cfg: TrainConfig) -> None:
     if not cfg.data_dir:
         problems.append("--data_dir is required")
     elif cfg.phantom_cases_per_domain <= 0 and not (Path(cfg.data_dir).is_dir() and find_cases(cfg.data_dir)):
-        problems.append(f"--data_dir {cfg.data_dir}: no BraTS cases found (files like "
-                        f"BraTS-GLI-00000-000-t1n.nii.gz, searched recursively)")
+        problems.append(
+            f"--data_dir {cfg.data_dir}: no BraTS cases found (files like "
+            f"BraTS-GLI-00000-000-t1n.nii.gz, searched recursively)"
+        )
     elif jax.process_count() > 1:
         try:
-            distributed.check_even_split(cfg.volume_batch or cfg.batch_size,
-                                         "volume_batch" if cfg.volume_batch else "batch_size")
+            distributed.check_even_split(
+                cfg.volume_batch or cfg.batch_size, "volume_batch" if cfg.volume_batch else "batch_size"
+            )
         except distributed.DistributedError as e:
             problems.append(str(e))
     if problems:
         raise TrainingError("cannot start training:\n  - " + "\n  - ".join(problems))
     if not cfg.sam_weights:
-        logging.warning("NO SAM WEIGHTS (--sam_weights empty): the model starts from RANDOM initialisation. "
-                        "Convert sam_vit_b_01ec64.pth with convert/sam_weights.py for real results.")
+        logging.warning(
+            "NO SAM WEIGHTS (--sam_weights empty): the model starts from RANDOM initialisation. "
+            "Convert sam_vit_b_01ec64.pth with convert/sam_weights.py for real results."
+        )
     if cfg.cross_slice and cfg.slices == 1:
         logging.warning("--cross_slice with --slices=1: the depth branch sees one slice and adds nothing useful")
 
@@ -92,9 +97,14 @@ def prepare_data(cfg: TrainConfig):
     if cfg.phantom_cases_per_domain > 0 and not (Path(cfg.data_dir).is_dir() and find_cases(cfg.data_dir)):
         logging.info("writing %d phantom cases per domain to %s", cfg.phantom_cases_per_domain, cfg.data_dir)
         write_phantom(cfg.data_dir, cfg.phantom_cases_per_domain, seed=cfg.seed)
-    cache = build_cache(cfg.data_dir, cfg.cache_dir or default_cache_dir(cfg.data_dir),
-                        normalisation=cfg.normalisation, crop_to_brain=cfg.crop_to_brain,
-                        skip_bad_cases=cfg.skip_bad_cases, workers=cfg.cache_workers)
+    cache = build_cache(
+        cfg.data_dir,
+        cfg.cache_dir or default_cache_dir(cfg.data_dir),
+        normalisation=cfg.normalisation,
+        crop_to_brain=cfg.crop_to_brain,
+        skip_bad_cases=cfg.skip_bad_cases,
+        workers=cfg.cache_workers,
+    )
     split = cache.split()
 
     def of(domain, ids):
@@ -105,11 +115,16 @@ def prepare_data(cfg: TrainConfig):
         raise TrainingError(f"no training cases of domain {cfg.domain} in {cfg.data_dir}")
     val_ids = of(cfg.domain, split["val"])
     warnings = [f"case {c} skipped (--skip_bad_cases): {'; '.join(faults)}" for c, faults in cache.skipped.items()]
-    warnings += [f"case {c} has an empty segmentation: its slices train as tumour-free" for c in train_ids + val_ids
-                 if cache.entries[c]["has_seg"] and not any(cache.tumour_area(c))]
+    warnings += [
+        f"case {c} has an empty segmentation: its slices train as tumour-free"
+        for c in train_ids + val_ids
+        if cache.entries[c]["has_seg"] and not any(cache.tumour_area(c))
+    ]
     if not val_ids:
-        warnings.append(f"no held-out case of domain {cfg.domain} in the split: no validation, no best checkpoint, "
-                        f"no final score for {cfg.domain}")
+        warnings.append(
+            f"no held-out case of domain {cfg.domain} in the split: no validation, no best checkpoint, "
+            f"no final score for {cfg.domain}"
+        )
     eval_sets = {}
     for domain in cfg.eval_domains:
         trained_on = cfg.domain in (domain, "ALL")
@@ -117,8 +132,10 @@ def prepare_data(cfg: TrainConfig):
         if ids:
             eval_sets[domain] = ids
         elif val_ids or not trained_on:
-            warnings.append(f"no {domain} case to score ({'held-out' if trained_on else 'any'}): {domain} is "
-                            "missing from the final scores")
+            warnings.append(
+                f"no {domain} case to score ({'held-out' if trained_on else 'any'}): {domain} is "
+                "missing from the final scores"
+            )
     for warning in warnings:
         logging.warning("WARNING: %s", warning)
     return cache, train_ids, val_ids, eval_sets, warnings
@@ -139,14 +156,17 @@ def _resumes_from(workdir: Path) -> str:
     step = checkpoint.last_complete_step(workdir)
     if step is None:
         return "No checkpoint was saved yet."
-    return (f"The last complete checkpoint is step {step} in {workdir / 'checkpoints'}: the same command resumes "
-            "there once the disk has room.")
+    return (
+        f"The last complete checkpoint is step {step} in {workdir / 'checkpoints'}: the same command resumes "
+        "there once the disk has room."
+    )
 
 
 @dataclasses.dataclass
 class Run:
     """A run set up to train (`setup`): its data, model, checkpoints and where it stands (`trainable`, `opt_state`,
     `step`, updated by `train`)."""
+
     cfg: TrainConfig
     workdir: Path
     writer: bool  # process 0: writes the logs, adapters and summary
@@ -176,22 +196,37 @@ class Run:
 
     def predictions(self, trainable, ids, max_slices=0):
         cfg = self.cfg
-        return low_res_predictions(lambda b, r: self.eval_forward(trainable, self.frozen, b, r), self.cache, ids,
-                                   modalities=cfg.modalities, slices=cfg.slices, batch_size=cfg.batch_size,
-                                   seed=cfg.seed, max_slices=max_slices, put=self.put, shard=self.shard,
-                                   to_host=distributed.to_host, gather_rows=distributed.gather_rows)
+        return low_res_predictions(
+            lambda b, r: self.eval_forward(trainable, self.frozen, b, r),
+            self.cache,
+            ids,
+            modalities=cfg.modalities,
+            slices=cfg.slices,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            max_slices=max_slices,
+            put=self.put,
+            shard=self.shard,
+            to_host=distributed.to_host,
+            gather_rows=distributed.gather_rows,
+        )
 
     def validate(self) -> float:
         return paper_dice(self.predictions(self.trainable, self.val_ids, self.cfg.val_slices))["mean"]
 
     def state(self) -> dict:
         """What a checkpoint holds besides the data iterator."""
-        return {"trainable": self.trainable, "opt_state": self.opt_state, "step": self.step,
-                "rng": jax.random.key_data(self.key)}
+        return {
+            "trainable": self.trainable,
+            "opt_state": self.opt_state,
+            "step": self.step,
+            "rng": jax.random.key_data(self.key),
+        }
 
 
 class Best(NamedTuple):
     """The checkpoint of the best validation Dice."""
+
     step: int
     val_dice: float
     trainable: nnx.State
@@ -217,56 +252,92 @@ def setup(cfg: TrainConfig) -> Run:
     cfg = cfg.with_absolute_paths()
     writer = distributed.is_writer()
     workdir, (cache, train_ids, val_ids, eval_sets, warnings) = _claim_and_prepare(cfg, writer)
-    selection = dict(slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy,
-                     seed=cfg.seed)
+    selection = dict(
+        slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy, seed=cfg.seed
+    )
     # One epoch visits every selected slice (every case, with --volume_batch) once; the stream repeats forever and
     # batches run across epoch ends.
     slices_per_epoch = len(train_ids) if cfg.volume_batch else len(select_slices(cache, train_ids, **selection))
     cadence = Cadence.of(cfg, slices_per_epoch, validation=bool(val_ids))
     if cfg.schedule == "cosine" and cfg.warmup_steps >= cadence.total_steps:
-        raise TrainingError(f"--warmup_steps {cfg.warmup_steps} ≥ the run's {cadence.total_steps} steps "
-                            f"({cfg.epochs} epochs of {slices_per_epoch} slices): it would end warming up")
+        raise TrainingError(
+            f"--warmup_steps {cfg.warmup_steps} ≥ the run's {cadence.total_steps} steps "
+            f"({cfg.epochs} epochs of {slices_per_epoch} slices): it would end warming up"
+        )
     shard = grain.sharding.ShardByJaxProcess()  # this process's block of every batch
-    train_data = make_dataset(cache, train_ids, z=cfg.slices, modalities=cfg.modalities, batch_size=cfg.batch_size,
-                              volume_batch=cfg.volume_batch, drop_remainder=True, shard=shard, **selection)
+    train_data = make_dataset(
+        cache,
+        train_ids,
+        z=cfg.slices,
+        modalities=cfg.modalities,
+        batch_size=cfg.batch_size,
+        volume_batch=cfg.volume_batch,
+        drop_remainder=True,
+        shard=shard,
+        **selection,
+    )
     iterator = make_iterator(train_data, num_workers=cfg.num_workers)
-    logging.info("%d training slices per epoch, %d steps of %d", slices_per_epoch, cadence.total_steps,
-                 cfg.batch_size)
+    logging.info("%d training slices per epoch, %d steps of %d", slices_per_epoch, cadence.total_steps, cfg.batch_size)
 
     train_step, inherited = build(cfg, optimizer(cfg, cadence.total_steps))
     mesh = distributed.data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
-    state = distributed.replicate({"trainable": train_step.trainable, "opt_state": train_step.opt_state, "step": 0,
-                                   "rng": jax.random.key_data(jax.random.key(cfg.seed))}, replicated)
+    state = distributed.replicate(
+        {
+            "trainable": train_step.trainable,
+            "opt_state": train_step.opt_state,
+            "step": 0,
+            "rng": jax.random.key_data(jax.random.key(cfg.seed)),
+        },
+        replicated,
+    )
     mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
     restored = checkpoint.restore_latest(mngr, state, iterator)  # every process: the same step, its own iterator
     if restored is not None:
         state = restored
         logging.info("resumed from step %d in %s", int(distributed.to_host(state["step"])), workdir)
-    return Run(cfg=cfg, workdir=workdir, writer=writer, cache=cache, val_ids=val_ids, eval_sets=eval_sets,
-               warnings=warnings, cadence=cadence, iterator=iterator, shard=shard,
-               batch_sharding=NamedSharding(mesh, PartitionSpec("data")), train_step=train_step.step,
-               eval_forward=make_eval_forward(train_step.graphdef, cfg),
-               frozen=distributed.replicate(train_step.frozen, replicated), inherited=inherited, mngr=mngr,
-               trainable=state["trainable"], opt_state=state["opt_state"],
-               step=int(distributed.to_host(state["step"])), key=jax.random.wrap_key_data(state["rng"]),
-               last_saved=mngr.latest_step())
+    return Run(
+        cfg=cfg,
+        workdir=workdir,
+        writer=writer,
+        cache=cache,
+        val_ids=val_ids,
+        eval_sets=eval_sets,
+        warnings=warnings,
+        cadence=cadence,
+        iterator=iterator,
+        shard=shard,
+        batch_sharding=NamedSharding(mesh, PartitionSpec("data")),
+        train_step=train_step.step,
+        eval_forward=make_eval_forward(train_step.graphdef, cfg),
+        frozen=distributed.replicate(train_step.frozen, replicated),
+        inherited=inherited,
+        mngr=mngr,
+        trainable=state["trainable"],
+        opt_state=state["opt_state"],
+        step=int(distributed.to_host(state["step"])),
+        key=jax.random.wrap_key_data(state["rng"]),
+        last_saved=mngr.latest_step(),
+    )
 
 
 def _train_one_step(run: Run, progress, run_log: RunLog | None, speed) -> None:
     """One step, then what the cadence asks for at it: validation, a log line, a checkpoint."""
     batch = next(run.iterator)
-    run.trainable, run.opt_state, metrics = run.train_step(run.trainable, run.opt_state, run.frozen, run.put(batch),
-                                                           jax.random.fold_in(run.key, run.step))
+    run.trainable, run.opt_state, metrics = run.train_step(
+        run.trainable, run.opt_state, run.frozen, run.put(batch), jax.random.fold_in(run.key, run.step)
+    )
     run.step += 1
     step = run.step
     metrics = {k: float(distributed.to_host(v)) for k, v in metrics.items()}
     loss = metrics["loss"]
     if not math.isfinite(loss):
-        raise TrainingError(f"the loss became {loss} at step {step}; training stopped. The last good "
-                            f"checkpoint is step {run.last_saved} in {run.workdir / 'checkpoints'}"
-                            if run.last_saved is not None else
-                            f"the loss became {loss} at step {step}, before any checkpoint was saved")
+        raise TrainingError(
+            f"the loss became {loss} at step {step}; training stopped. The last good "
+            f"checkpoint is step {run.last_saved} in {run.workdir / 'checkpoints'}"
+            if run.last_saved is not None
+            else f"the loss became {loss} at step {step}, before any checkpoint was saved"
+        )
     slices_per_s = speed(step)
     progress.update(1)
     progress.set_postfix(loss=f"{loss:.4f}", slices_per_s=f"{slices_per_s:.1f}", refresh=False)
@@ -278,8 +349,9 @@ def _train_one_step(run: Run, progress, run_log: RunLog | None, speed) -> None:
         run_log.write(step, record)
     if run.cadence.checkpoints(step):
         val = record.get("val_dice")
-        checkpoint.save(run.mngr, step, run.state(), run.iterator,
-                        metrics=None if val is None else {checkpoint.BEST_METRIC: val})
+        checkpoint.save(
+            run.mngr, step, run.state(), run.iterator, metrics=None if val is None else {checkpoint.BEST_METRIC: val}
+        )
         run.last_saved = step
 
 
@@ -299,8 +371,9 @@ def train(run: Run) -> Best | None:
     the run with what the same command resumes from."""
     cfg = run.cfg
     run_log = RunLog(run.workdir, resumed_at=run.step) if run.writer else None
-    progress = progress_bar(total=run.cadence.total_steps, initial=run.step, desc="train", unit="step",
-                            disable=not run.writer)
+    progress = progress_bar(
+        total=run.cadence.total_steps, initial=run.step, desc="train", unit="step", disable=not run.writer
+    )
     first_step, tick = run.step, time.perf_counter()
 
     def speed(step):  # slices per second since this process started training
@@ -328,11 +401,21 @@ def _export_adapters(run: Run, best: Best | None) -> None:
     lineage = dict(inherited=run.inherited, parent_sha256=file_sha256(cfg.init_adapter) if run.inherited else "")
     spec = cfg.spec()
     try:
-        save_adapter(run.workdir / "adapter.safetensors", jax.tree.map(distributed.to_host, run.trainable), spec,
-                     cfg.base_sha256, **lineage)
+        save_adapter(
+            run.workdir / "adapter.safetensors",
+            jax.tree.map(distributed.to_host, run.trainable),
+            spec,
+            cfg.base_sha256,
+            **lineage,
+        )
         if best is not None:  # the model the paper reports: best validation Dice
-            save_adapter(run.workdir / "adapter_best.safetensors", jax.tree.map(distributed.to_host, best.trainable),
-                         spec, cfg.base_sha256, **lineage)
+            save_adapter(
+                run.workdir / "adapter_best.safetensors",
+                jax.tree.map(distributed.to_host, best.trainable),
+                spec,
+                cfg.base_sha256,
+                **lineage,
+            )
     except OutputError as e:
         raise TrainingError(f"{e}\n{_resumes_from(run.workdir)}") from None
 
@@ -342,13 +425,17 @@ def finish(run: Run, best: Best | None) -> dict:
     if run.writer:
         _export_adapters(run, best)
     scores = {domain: paper_dice(run.predictions(run.trainable, ids)) for domain, ids in run.eval_sets.items()}
-    summary = {"steps": run.step, "epochs": run.cadence.epoch(run.step),
-               "best_step": None if best is None else best.step,
-               "best_val_dice": None if best is None else best.val_dice,
-               "paper_dice": {d: s["mean"] for d, s in scores.items()},
-               "tumour_slice_dice": {d: s["tumour_slice_dice"] for d, s in scores.items()},
-               "per_case": {d: s["per_case"] for d, s in scores.items()},
-               "skipped_cases": run.cache.skipped, "warnings": run.warnings}
+    summary = {
+        "steps": run.step,
+        "epochs": run.cadence.epoch(run.step),
+        "best_step": None if best is None else best.step,
+        "best_val_dice": None if best is None else best.val_dice,
+        "paper_dice": {d: s["mean"] for d, s in scores.items()},
+        "tumour_slice_dice": {d: s["tumour_slice_dice"] for d, s in scores.items()},
+        "per_case": {d: s["per_case"] for d, s in scores.items()},
+        "skipped_cases": run.cache.skipped,
+        "warnings": run.warnings,
+    }
     if run.writer:
         write_atomic(run.workdir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -112,8 +112,9 @@ class RunLog:
         if self._writer is None:
             # tensorboardX names event files by the second and opens them "wb": a unique suffix keeps an earlier
             # run's file from being overwritten, in the order TensorBoard reads the files in.
-            self._writer = SummaryWriter(str(self.workdir / TENSORBOARD), purge_step=step, flush_secs=10,
-                                         filename_suffix=f".{time.time_ns()}")
+            self._writer = SummaryWriter(
+                str(self.workdir / TENSORBOARD), purge_step=step, flush_secs=10, filename_suffix=f".{time.time_ns()}"
+            )
         for key, value in record.items():
             if key != "step" and isinstance(value, numbers.Real) and not isinstance(value, bool):
                 self._writer.add_scalar(tag(key), float(value), step)

@@ -33,8 +33,9 @@ from sam_jax.training.prompts import click_in_error
 def flatten_slices(batch):
     """(B, Z, …) sample stacks → (B·Z, …) slices; valid_hw repeated per slice."""
     b, z = batch["image"].shape[:2]
-    flat = {k: batch[k].reshape((b * z,) + batch[k].shape[2:])
-            for k in ("image", "mask", "point_coords", "point_labels")}
+    flat = {
+        k: batch[k].reshape((b * z,) + batch[k].shape[2:]) for k in ("image", "mask", "point_coords", "point_labels")
+    }
     flat["valid_hw"] = jnp.repeat(batch["valid_hw"], z, axis=0)
     return flat, z
 
@@ -49,8 +50,12 @@ def forward(model, batch, rng, cfg):
     images, scale = to_model_frame(flat["image"], flat["valid_hw"], cfg.image_size, cfg.resize)
     target = target_to_low_res(flat["mask"], flat["valid_hw"], cfg.image_size, cfg.resize)
     embeddings = model.encode_image(images.astype(dtype), slices=z)
-    coords, labels = original_code_prompts(clicks_to_model_frame(flat["point_coords"], scale), flat["point_labels"],
-                                           click_order=cfg.click_order, broadcast=cfg.broadcast_clicks)
+    coords, labels = original_code_prompts(
+        clicks_to_model_frame(flat["point_coords"], scale),
+        flat["point_labels"],
+        click_order=cfg.click_order,
+        broadcast=cfg.broadcast_clicks,
+    )
     mask_input = None
     for round_rng in jax.random.split(rng, cfg.prompt_rounds - 1):
         logits, _ = model.decode(embeddings, coords, labels, mask_inputs=mask_input)
@@ -98,8 +103,13 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg):
 
 def optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     """The run's optimiser (`cfg`: its `TrainConfig`); a cosine schedule decays over `total_steps`."""
-    lr = cfg.learning_rate if cfg.schedule == "constant" else optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1))
+    lr = (
+        cfg.learning_rate
+        if cfg.schedule == "constant"
+        else optax.warmup_cosine_decay_schedule(
+            0.0, cfg.learning_rate, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1)
+        )
+    )
     return optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(lr)
 
 
@@ -112,6 +122,7 @@ def initial_model(cfg) -> nnx.Module:
 class TrainStep(NamedTuple):
     """A jitted step and the state it starts from: `step(trainable, opt_state, frozen, batch, rng)` →
     (trainable, opt_state, metrics); `frozen` is already in the compute dtype."""
+
     step: Callable
     graphdef: nnx.GraphDef
     trainable: nnx.State
@@ -119,16 +130,20 @@ class TrainStep(NamedTuple):
     frozen: nnx.State
 
 
-def build_train_step(cfg, model: nnx.Module | None = None,
-                     tx: optax.GradientTransformation | None = None) -> TrainStep:
+def build_train_step(cfg, model: nnx.Module | None = None, tx: optax.GradientTransformation | None = None) -> TrainStep:
     """The train step of `cfg` (a `TrainConfig`) on `model` (default `initial_model(cfg)`), split by
     `cfg.trainable`, with `tx` (default the run's `optimizer` over `cfg.steps`) initialised on the trainable part.
     Nothing is placed on devices: the caller places `frozen` once (replicated, in the loop)."""
     model = initial_model(cfg) if model is None else model
     tx = optimizer(cfg, cfg.steps) if tx is None else tx
     graphdef, trainable, frozen = partition(model, cfg.trainable)
-    return TrainStep(make_train_step(graphdef, tx, cfg), graphdef, trainable, tx.init(trainable),
-                     cast_floats(frozen, jnp.dtype(cfg.precision)))
+    return TrainStep(
+        make_train_step(graphdef, tx, cfg),
+        graphdef,
+        trainable,
+        tx.init(trainable),
+        cast_floats(frozen, jnp.dtype(cfg.precision)),
+    )
 
 
 def make_eval_forward(graphdef, cfg):

@@ -17,16 +17,39 @@ from sam_jax.data.pipeline import make_dataset, select_slices
 from sam_jax.metrics import paper_scores
 
 
-def low_res_predictions(forward, cache, case_ids, *, modalities, slices: int, batch_size: int, seed: int,
-                        max_slices: int = 0, put=lambda b: b, shard=grain.sharding.NoSharding(),
-                        to_host=np.asarray, gather_rows=lambda rows: rows):
+def low_res_predictions(
+    forward,
+    cache,
+    case_ids,
+    *,
+    modalities,
+    slices: int,
+    batch_size: int,
+    seed: int,
+    max_slices: int = 0,
+    put=lambda b: b,
+    shard=grain.sharding.NoSharding(),
+    to_host=np.asarray,
+    gather_rows=lambda rows: rows,
+):
     """Per case: (logits (Z, h, w), soft targets (Z, h, w)) in slice order, from `forward(batch, rng)`.
 
     Several processes: each loads its `shard` of every batch, `put` makes the global batch, `to_host` reads the
     outputs back whole and `gather_rows` joins the processes' row indices; every process returns the same result."""
-    dataset = make_dataset(cache, case_ids, z=slices, slice_policy="all", click_policy="paper",
-                           modalities=modalities, batch_size=batch_size, seed=seed, shuffle=False, num_epochs=1,
-                           shard=shard, pad_remainder=True)  # the last batch filled, to the compiled shape
+    dataset = make_dataset(
+        cache,
+        case_ids,
+        z=slices,
+        slice_policy="all",
+        click_policy="paper",
+        modalities=modalities,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=False,
+        num_epochs=1,
+        shard=shard,
+        pad_remainder=True,
+    )  # the last batch filled, to the compiled shape
     total = len(select_slices(cache, case_ids, slice_policy="all", click_policy="paper", seed=seed))
     per_case = defaultdict(list)
     done = 0
@@ -55,6 +78,8 @@ def paper_dice(predictions) -> dict:
     volumes of it and of the tumour-slice Dice."""
     scores = {case: paper_scores(logits, target > 0.5) for case, (logits, target) in predictions.items()}
     tumour = [s["tumour_slice_dice"] for s in scores.values() if not np.isnan(s["tumour_slice_dice"])]
-    return {"per_case": {case: s["paper_dice"] for case, s in scores.items()},
-            "mean": float(np.mean([s["paper_dice"] for s in scores.values()])) if scores else float("nan"),
-            "tumour_slice_dice": float(np.mean(tumour)) if tumour else float("nan")}
+    return {
+        "per_case": {case: s["paper_dice"] for case, s in scores.items()},
+        "mean": float(np.mean([s["paper_dice"] for s in scores.values()])) if scores else float("nan"),
+        "tumour_slice_dice": float(np.mean(tumour)) if tumour else float("nan"),
+    }

@@ -33,7 +33,8 @@ class WorkdirError(SamJaxError):
 def has_progress(workdir: Path) -> bool:
     checkpoints = workdir / "checkpoints"
     return (workdir / "adapter.safetensors").exists() or (
-        checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()))
+        checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    )
 
 
 def differences(saved: TrainConfig, now: TrainConfig) -> dict[str, tuple]:
@@ -50,16 +51,22 @@ def claim(cfg: TrainConfig) -> Path:
         try:
             saved = TrainConfig.from_json(path.read_text(), str(path))
         except SamJaxError as e:
-            raise WorkdirError(f"{e}. It was left as it is: move it away to start afresh in {workdir}, or choose "
-                               "another --workdir") from None
+            raise WorkdirError(
+                f"{e}. It was left as it is: move it away to start afresh in {workdir}, or choose another --workdir"
+            ) from None
         changed = differences(saved, cfg)
         blocking = {k: v for k, v in changed.items() if k not in MAY_CHANGE_ON_RESUME}
         if blocking and has_progress(workdir):
             listed = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(blocking.items()))
-            raise WorkdirError(f"{workdir} holds a run with other settings ({listed}). Nothing was changed: choose "
-                               "another --workdir, or resume with the settings of its config.json")
+            raise WorkdirError(
+                f"{workdir} holds a run with other settings ({listed}). Nothing was changed: choose "
+                "another --workdir, or resume with the settings of its config.json"
+            )
         if changed:
-            logging.warning("%s: settings changed since the last run: %s", path,
-                            ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in sorted(changed.items())))
+            logging.warning(
+                "%s: settings changed since the last run: %s",
+                path,
+                ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in sorted(changed.items())),
+            )
     write_atomic(path, cfg.to_json())
     return workdir

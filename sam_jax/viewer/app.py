@@ -50,8 +50,13 @@ class Session:
         self.saved: Path | None = None
 
     def summary(self) -> dict:
-        return dict(**self.opened.progress(), clicks=self.editor.clicks(), voxels=self.editor.voxels(),
-                    dice=self.editor.dice(), saved=None if self.saved is None else str(self.saved))
+        return dict(
+            **self.opened.progress(),
+            clicks=self.editor.clicks(),
+            voxels=self.editor.voxels(),
+            dice=self.editor.dice(),
+            saved=None if self.saved is None else str(self.saved),
+        )
 
 
 class Viewer:
@@ -123,6 +128,7 @@ class Viewer:
             if not isinstance(positive, bool):
                 raise BadRequest(f"positive: expected true or false, got {positive!r}")
             editor.click(_field(body, "x"), _field(body, "y"), _field(body, "z"), positive)
+
         return await self._change(request, change)
 
     async def propagate(self, request: Request):
@@ -134,6 +140,7 @@ class Viewer:
     async def clear(self, request: Request):
         def change(editor, body):
             editor.clear() if body.get("z") is None else editor.clear_slice(_field(body, "z"))
+
         return await self._change(request, change)
 
     async def save(self, request: Request):
@@ -164,8 +171,11 @@ class Viewer:
 
 def _plane_response(values) -> Response:
     rows, cols = values.shape
-    return Response(values.tobytes(), media_type="application/octet-stream",
-                    headers={"X-Rows": str(rows), "X-Cols": str(cols), "Cache-Control": "no-store"})
+    return Response(
+        values.tobytes(),
+        media_type="application/octet-stream",
+        headers={"X-Rows": str(rows), "X-Cols": str(cols), "Cache-Control": "no-store"},
+    )
 
 
 async def _body(request: Request) -> dict:
@@ -232,7 +242,11 @@ def build_app(store: CaseStore, segmenter, output_dir: str | Path | None = None)
         yield
         store.close()  # background embedding threads stop between batches
 
-    app = Starlette(routes=routes, exception_handlers={SamJaxError: _error, Exception: _error}, lifespan=lifespan,
-                    max_body_size=MAX_BODY)
+    app = Starlette(
+        routes=routes,
+        exception_handlers={SamJaxError: _error, Exception: _error},
+        lifespan=lifespan,
+        max_body_size=MAX_BODY,
+    )
     app.state.viewer = viewer
     return app

@@ -56,12 +56,18 @@ class OpenCase:
 
     def info(self) -> dict:
         (x0, x1), (y0, y1), (z0, z1) = self.volume.box
-        return dict(case=self.case.case_id, domain=self.case.files.domain, shape=list(self.volume.shape),
-                    has_seg=self.tumour is not None, modalities=list(MODALITIES),
-                    ranges={m: list(r) for m, r in self.ranges.items()},
-                    windows={m: list(default_window(self.case.images[m])) for m in MODALITIES},
-                    slices=[z0, z1], box=[[x0, x1], [y0, y1], [z0, z1]],
-                    spacing=[float(s) for s in self.case.header.get_zooms()[:3]])
+        return dict(
+            case=self.case.case_id,
+            domain=self.case.files.domain,
+            shape=list(self.volume.shape),
+            has_seg=self.tumour is not None,
+            modalities=list(MODALITIES),
+            ranges={m: list(r) for m, r in self.ranges.items()},
+            windows={m: list(default_window(self.case.images[m])) for m in MODALITIES},
+            slices=[z0, z1],
+            box=[[x0, x1], [y0, y1], [z0, z1]],
+            spacing=[float(s) for s in self.case.header.get_zooms()[:3]],
+        )
 
     def progress(self) -> dict:
         embedded, error = self.embeddings.computed, self.background_error

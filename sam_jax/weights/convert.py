@@ -24,8 +24,9 @@ def convert_checkpoint(checkpoint, output, model_type: str = "auto") -> Dict[str
     state_dict = read_torch_checkpoint(checkpoint)
     detected = detect_model_type(state_dict)
     if model_type not in ("auto", detected):
-        raise WeightsError(f"{checkpoint}: --model_type={model_type} was asked for, but the tensors are those of "
-                           f"{detected}")
+        raise WeightsError(
+            f"{checkpoint}: --model_type={model_type} was asked for, but the tensors are those of {detected}"
+        )
     config = sam_config(detected)
     arrays = torch_to_flax(state_dict, model_shapes(config))
     metadata = {

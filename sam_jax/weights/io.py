@@ -33,8 +33,11 @@ def save_arrays(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, s
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
-                  metadata={"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}})
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
+            tmp,
+            metadata={"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}},
+        )
         os.replace(tmp, path)
     except SafetensorError as e:  # the writer reports I/O faults as its own error type, the OS error in the text
         if "os error 28" in str(e) or "os error 122" in str(e):
@@ -54,8 +57,10 @@ def _read(path, arrays: bool):
             metadata = dict(f.metadata() or {})
         return (load_file(str(path)) if arrays else None), metadata
     except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({e}). Convert a PyTorch checkpoint with "
-                           f"`python convert/sam_weights.py`.") from None
+        raise WeightsError(
+            f"{path}: not a readable safetensors file ({e}). Convert a PyTorch checkpoint with "
+            f"`python convert/sam_weights.py`."
+        ) from None
 
 
 def read_arrays(path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
@@ -75,10 +80,13 @@ def model_arrays(model: nnx.Module) -> Dict[str, jnp.ndarray]:
 def assign(model: nnx.Module, arrays: Mapping[str, np.ndarray]) -> None:
     """Write arrays into the model's variables by dot-joined path (paths must exist, shapes must match)."""
     current = {".".join(map(str, p)): (p, v) for p, v in nnx.to_flat_state(nnx.state(model))}
-    problems = [f"{path!r} is not in the model" if path not in current else
-                f"{path!r} has shape {tuple(np.shape(value))}, the model needs {tuple(current[path][1].shape)}"
-                for path, value in arrays.items()
-                if path not in current or tuple(np.shape(value)) != tuple(current[path][1].shape)]
+    problems = [
+        f"{path!r} is not in the model"
+        if path not in current
+        else f"{path!r} has shape {tuple(np.shape(value))}, the model needs {tuple(current[path][1].shape)}"
+        for path, value in arrays.items()
+        if path not in current or tuple(np.shape(value)) != tuple(current[path][1].shape)
+    ]
     if problems:  # checked before anything is written: the model is never left half-assigned
         raise WeightsError(f"cannot assign: {summarise_problems(problems)}")
     nnx.update(model, nnx.from_flat_state([(current[path][0], jnp.asarray(value)) for path, value in arrays.items()]))
@@ -92,12 +100,17 @@ def load_sam_weights(model: nnx.Module, path) -> Dict[str, str]:
     """
     arrays, metadata = read_arrays(path)
     config = getattr(model, "config", None)
-    if config is not None and "encoder_embed_dim" in metadata and (
-            int(metadata["encoder_embed_dim"]), int(metadata["encoder_depth"])) != (
-            config.encoder_embed_dim, config.encoder_depth):
-        raise WeightsError(f"{path} holds {metadata.get('model_type')} weights (width {metadata['encoder_embed_dim']}, "
-                           f"depth {metadata['encoder_depth']}), but the model is configured with width "
-                           f"{config.encoder_embed_dim} and depth {config.encoder_depth}")
+    if (
+        config is not None
+        and "encoder_embed_dim" in metadata
+        and (int(metadata["encoder_embed_dim"]), int(metadata["encoder_depth"]))
+        != (config.encoder_embed_dim, config.encoder_depth)
+    ):
+        raise WeightsError(
+            f"{path} holds {metadata.get('model_type')} weights (width {metadata['encoder_embed_dim']}, "
+            f"depth {metadata['encoder_depth']}), but the model is configured with width "
+            f"{config.encoder_embed_dim} and depth {config.encoder_depth}"
+        )
     shapes = {k: tuple(v.shape) for k, v in model_arrays(model).items()}
     arrays = fit_to_image_size(arrays, shapes)
     problems = [f"missing {k!r}" for k in sorted(shapes) if k not in arrays]
@@ -107,7 +120,9 @@ def load_sam_weights(model: nnx.Module, path) -> Dict[str, str]:
         elif tuple(v.shape) != shapes[k]:
             problems.append(f"{k!r} has shape {tuple(v.shape)}, the model needs {shapes[k]}")
     if problems:
-        raise WeightsError(f"{path}: weights do not fit the model ({metadata.get('model_type', 'unknown type')}): "
-                           f"{summarise_problems(problems)}")
+        raise WeightsError(
+            f"{path}: weights do not fit the model ({metadata.get('model_type', 'unknown type')}): "
+            f"{summarise_problems(problems)}"
+        )
     assign(model, arrays)
     return metadata

@@ -74,8 +74,7 @@ def detect_model_type(state_dict: Mapping[str, np.ndarray]) -> str:
     of encoder blocks."""
     key = "image_encoder.patch_embed.proj.weight"
     if key not in state_dict:
-        raise WeightsError(f"not a SAM state dict: it has no {key!r} (keys start with "
-                           f"{sorted(state_dict)[:3]})")
+        raise WeightsError(f"not a SAM state dict: it has no {key!r} (keys start with {sorted(state_dict)[:3]})")
     width = state_dict[key].shape[0]
     depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
     for name, c in PRESETS.items():
@@ -99,8 +98,10 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], expected_shapes: Mapping
             continue
         value = convert_array(key, np.asarray(array))
         if value.shape != tuple(expected_shapes[path]):
-            problems.append(f"{key!r} has shape {tuple(np.shape(array))}, the model needs "
-                            f"{tuple(expected_shapes[path])} (as {path})")
+            problems.append(
+                f"{key!r} has shape {tuple(np.shape(array))}, the model needs "
+                f"{tuple(expected_shapes[path])} (as {path})"
+            )
             continue
         converted[path] = value
     missing = sorted(set(expected_shapes) - {flax_path(k) for k in state_dict})

@@ -104,15 +104,21 @@ class _RebuildFunction(NamedTuple):
 def _tensor_ref(storage, offset, shape, strides, dtype=None, metadata=None) -> _TensorRef:
     if not isinstance(storage, _StorageRef):
         raise _Fault("a tensor is rebuilt from something that is not a storage of this archive")
-    if not (_is_index(offset) and isinstance(shape, tuple) and isinstance(strides, tuple)
-            and len(shape) == len(strides) and all(map(_is_index, shape + strides))):
+    if not (
+        _is_index(offset)
+        and isinstance(shape, tuple)
+        and isinstance(strides, tuple)
+        and len(shape) == len(strides)
+        and all(map(_is_index, shape + strides))
+    ):
         raise _Fault(f"a tensor has malformed geometry: offset {offset!r}, size {shape!r}, stride {strides!r}")
     metadata = dict(metadata or {})
     conjugate, negate = bool(metadata.pop("conj", False)), bool(metadata.pop("neg", False))
     if any(metadata.values()):
         raise _Fault(f"a tensor carries unsupported metadata {sorted(metadata)}")
-    return _TensorRef(storage, storage.dtype if dtype is None else dtype.dtype, offset, shape, strides,
-                      conjugate, negate)
+    return _TensorRef(
+        storage, storage.dtype if dtype is None else dtype.dtype, offset, shape, strides, conjugate, negate
+    )
 
 
 def _is_index(value) -> bool:
@@ -153,8 +159,12 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-_LEAF_KINDS = {_TensorRef: "a tensor", _StorageRef: "a bare storage", _StorageType: "a storage type",
-               _TorchDtype: "a dtype"}
+_LEAF_KINDS = {
+    _TensorRef: "a tensor",
+    _StorageRef: "a bare storage",
+    _StorageType: "a storage type",
+    _TorchDtype: "a dtype",
+}
 _NATIVE_BYTEORDER = "little" if np.little_endian else "big"
 _PICKLE_PROTOCOL_OPCODE = b"\x80"
 _READ_CHUNK_BYTES = 1 << 26
@@ -178,8 +188,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
     def persistent_load(self, pid: Any) -> _StorageRef:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and _is_index(pid[4])):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[2], str)
+            and _is_index(pid[4])
+        ):
             raise _Fault(f"its data.pkl refers to an unsupported persistent object {pid!r}")
         _, storage_type, key, _location, numel = pid
         return _StorageRef(key, storage_type.dtype, numel * storage_type.dtype.itemsize)
@@ -222,15 +238,18 @@ def _why_not_a_zip(path: str) -> str:
     if head.startswith(b"PK"):
         return "truncated or corrupt zip archive (its central directory cannot be read); copy or download it again"
     if head.startswith(_PICKLE_PROTOCOL_OPCODE):
-        return ("a bare pickle, i.e. the legacy (pre-1.6) torch.save format, which is not supported because it "
-                "cannot be read without unpickling its storages by hand; re-save it once with a current torch: "
-                "torch.save(torch.load(old_path, weights_only=True), new_path)")
+        return (
+            "a bare pickle, i.e. the legacy (pre-1.6) torch.save format, which is not supported because it "
+            "cannot be read without unpickling its storages by hand; re-save it once with a current torch: "
+            "torch.save(torch.load(old_path, weights_only=True), new_path)"
+        )
     return "not a PyTorch checkpoint: torch.save (torch >= 1.6) writes a zip archive and this file is not one"
 
 
 def _record_prefix(archive: zipfile.ZipFile) -> str:
-    prefixes = [name[: -len("/data.pkl")] for name in archive.namelist()
-                if name.endswith("/data.pkl") and name.count("/") == 1]
+    prefixes = [
+        name[: -len("/data.pkl")] for name in archive.namelist() if name.endswith("/data.pkl") and name.count("/") == 1
+    ]
     if len(prefixes) != 1:
         found = "no <name>/data.pkl" if not prefixes else f"several data.pkl records ({', '.join(prefixes)})"
         raise _Fault(f"a zip but not a torch.save checkpoint: it holds {found}")
@@ -273,8 +292,9 @@ def _state_dict_tensors(tree: Any) -> dict[str, _TensorRef]:
     return tree
 
 
-def _materialize(archive: zipfile.ZipFile, prefix: str, tensors: dict[str, _TensorRef],
-                 swap_bytes: bool) -> dict[str, np.ndarray]:
+def _materialize(
+    archive: zipfile.ZipFile, prefix: str, tensors: dict[str, _TensorRef], swap_bytes: bool
+) -> dict[str, np.ndarray]:
     # Each storage is read once and dropped after its last tensor, so peak memory stays near one checkpoint's size.
     uses_left = collections.Counter(ref.storage.key for ref in tensors.values())
     storages: dict[str, np.ndarray] = {}
@@ -309,7 +329,7 @@ def _read_storage(archive: zipfile.ZipFile, name: str, nbytes: int) -> np.ndarra
         with archive.open(info) as record:
             filled = 0
             while filled < nbytes:
-                count = record.readinto(view[filled: filled + _READ_CHUNK_BYTES])
+                count = record.readinto(view[filled : filled + _READ_CHUNK_BYTES])
                 if not count:
                     raise _Fault(f"storage record {name} ends after {filled} of its {nbytes} bytes")
                 filled += count
@@ -328,10 +348,14 @@ def _tensor_array(name: str, ref: _TensorRef, storage: np.ndarray, reuse_storage
             f"{ref.offset + reach} elements of {ref.dtype} but its storage data/{ref.storage.key} holds {elements}"
         )
     count = math.prod(ref.shape)
-    if reuse_storage and ref.offset == 0 and count * itemsize == storage.size and \
-            ref.strides == _contiguous_strides(ref.shape):
+    if (
+        reuse_storage
+        and ref.offset == 0
+        and count * itemsize == storage.size
+        and ref.strides == _contiguous_strides(ref.shape)
+    ):
         return storage.view(ref.dtype).reshape(ref.shape)
-    typed = storage[: elements * itemsize].view(ref.dtype)[ref.offset:]
+    typed = storage[: elements * itemsize].view(ref.dtype)[ref.offset :]
     view = np.lib.stride_tricks.as_strided(typed, ref.shape, [s * itemsize for s in ref.strides], writeable=False)
     return view.copy()
 
