@@ -13,19 +13,14 @@ import pytest
 from flax import nnx
 
 from benchmarks.bench import _synthetic_batch
-from sam_jax.adaptation import build_model, partition
+from sam_jax.adaptation import build_model
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
 from sam_jax.model.attention import attend
 from sam_jax.training.config import TrainConfig
-from sam_jax.training.step import cast_floats, make_train_step
+from sam_jax.training.step import build_train_step, cast_floats
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        jax.default_backend() != "gpu", reason=f"needs a GPU: JAX's backend here is {jax.default_backend()!r}"
-    ),
-]
+pytestmark = pytest.mark.gpu  # skipped off a GPU by conftest.py
 
 DEMO = sam_config("demo")
 CUDNN_CALL = "__cudnn$fmha"  # the custom call jax.nn.dot_product_attention(implementation="cudnn") lowers to
@@ -98,15 +93,14 @@ def _one_step(precision: str, attention: str, remat: bool = False):
         slices=2,
         loss="bce",
         precision=precision,
+        trainable="lora",
     )
-    graphdef, trainable, frozen = partition(build_model(cfg.sam_config(), cfg, rngs=nnx.Rngs(0)), "lora")
+    built = build_train_step(cfg, build_model(cfg.sam_config(), cfg, rngs=nnx.Rngs(0)), optax.sgd(1.0))
     # A non-zero LoRA B and gate, so that gradients reach every leaf.
-    trainable = jax.device_put(jax.tree.map(lambda x: x + 0.01, trainable))
-    frozen = jax.device_put(cast_floats(frozen, jnp.dtype(precision)))
-    tx = optax.sgd(1.0)
-    opt_state = jax.device_put(tx.init(trainable))
+    trainable = jax.device_put(jax.tree.map(lambda x: x + 0.01, built.trainable))
+    frozen, opt_state = jax.device_put(built.frozen), jax.device_put(built.opt_state)
     batch, rng = jax.device_put(_synthetic_batch(1, 2)), jax.random.key(0)
-    step = make_train_step(graphdef, tx, cfg)
+    step = built.step
     program = step.lower(trainable, opt_state, frozen, batch, rng).as_text()
     before = jax.tree.map(jnp.copy, trainable)
     with jax.transfer_guard("disallow"):  # everything is on the device already: the step must not copy
