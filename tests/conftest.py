@@ -19,7 +19,9 @@ torchvision_stand_in.install()
 
 # One XLA compilation cache for the session, inherited by the training and evaluation commands the tests start:
 # each command compiles the same tiny models, which then load in a fraction of the compile time. Set before any
-# test module imports jax.
+# test module imports jax. Only the session that made it removes it: a pytest started by a test (the GPU check's)
+# inherits it, and removing it there left the rest of the suite compiling everything anew.
+_OWNS_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 _XLA_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sam_jax_test_xla_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
@@ -36,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionfinish(session):
-    if _XLA_CACHE.startswith(tempfile.gettempdir()) and "sam_jax_test_xla_" in _XLA_CACHE:
+    if _OWNS_XLA_CACHE:
         shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 

@@ -31,6 +31,7 @@ def saved(tmp_path_factory):
     return path, _flat(trainable)
 
 
+@pytest.mark.slow
 def test_round_trip_fills_the_trainable_leaves_only(saved):
     path, trainable = saved
     model = build_model(CONFIG, ADAPTATION, rngs=nnx.Rngs(1))

@@ -40,6 +40,7 @@ def _encode(model, images, slices):
     return model.encode_image(images, slices)
 
 
+@pytest.mark.slow
 def test_slices_interact_only_through_the_gated_branch(model):
     images = jax.random.normal(jax.random.key(2), (2 * SLICES, CONFIG.image_size, CONFIG.image_size, 4))
     perturbed = images.at[1].add(jax.random.normal(jax.random.key(3), images.shape[1:]))  # sample 0, slice 1
@@ -59,6 +60,7 @@ def test_slices_interact_only_through_the_gated_branch(model):
         assert float(jnp.abs(after[j] - before[j]).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_branch_off_or_zero_gate_is_plain_sam():
     sam = Sam(CONFIG, rngs=nnx.Rngs(0))
     adapted = adapt(

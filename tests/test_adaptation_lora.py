@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from random_params import ALL_TARGETS, randomise
 
@@ -55,6 +56,7 @@ def test_sam_paths_unchanged_and_lora_leaves_added(tmp_path):
     assert added == expected
 
 
+@pytest.mark.slow
 def test_adapted_model_equals_sam_exactly_at_step_zero():
     sam = Sam(CONFIG, rngs=nnx.Rngs(0))
     adapted = adapt(
@@ -104,6 +106,7 @@ def test_lora_a_is_kaiming_uniform_and_b_zero():
     assert len(b) == 4 * CONFIG.encoder_depth and not any(np.any(x) for x in b)
 
 
+@pytest.mark.slow
 def test_fold_gives_plain_sam_layers_with_the_same_outputs():
     model = build_model(CONFIG, AdaptationConfig(lora_targets=ALL_TARGETS), rngs=nnx.Rngs(0))
     images = jax.random.normal(jax.random.key(2), (2, CONFIG.image_size, CONFIG.image_size, 4))

@@ -122,6 +122,7 @@ def adam_step(model):
     return before, _flat(new_trainable), _flat(frozen), _flat(grads)
 
 
+@pytest.mark.slow
 def test_gradients_are_nonzero_for_every_trainable_leaf(adam_step):
     (trainable, _), _, _, grads = adam_step
     assert set(grads) == set(trainable)

@@ -170,6 +170,7 @@ def _check_eval(out_dir: Path, cases: int) -> dict:
     return summary
 
 
+@pytest.mark.slow
 def test_readme_commands_run_as_written(workspace):
     cwd, env = workspace
     case = find_cases(cwd / "brats", "GLI")[0]
@@ -244,6 +245,7 @@ def _flagfiles_outside_readme() -> list[str]:
     return sorted(set(every) - in_readme, key=lambda n: (n.endswith("two_step_2.flags"), n))
 
 
+@pytest.mark.slow
 def test_every_training_flagfile_trains_and_is_evaluated(workspace):
     """Each flagfile the README does not run, named as users may (relative to train/), then eval/adult.flags on it;
     two runs at a time (two cores), step 2 of two-step after step 1."""
@@ -327,6 +329,7 @@ def _check_two_step(step1: Path, step2: Path) -> None:
         assert paper_dice(predictions)["mean"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_one_command_reproduces_a_table(workspace):
     """`eval.reproduce` trains and evaluates what a table needs, prints it beside the paper, and a second call
     finds every step done; the dry run of all five tables lists every command a user would otherwise type."""

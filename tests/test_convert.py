@@ -24,6 +24,7 @@ def _run_converter(*args):
     return run_app("convert/sam_weights.py", *args)
 
 
+@pytest.mark.slow
 def test_vit_b_1024_end_to_end(tmp_path):
     """The real ViT-B shape at 1024 through the command-line converter, against PyTorch SAM."""
     config = sam_config("vit_b")
@@ -66,6 +67,7 @@ def test_vit_b_1024_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("model_type", ["vit_l", "vit_h"])
+@pytest.mark.slow
 def test_larger_models_map_completely(model_type):
     """Random-shaped ViT-L/H state dicts (built on torch's meta device: no memory) fill every path of our model."""
     with torch.device("meta"):
@@ -76,6 +78,7 @@ def test_larger_models_map_completely(model_type):
 
 
 @pytest.mark.parametrize("size", [64, 256])
+@pytest.mark.slow
 def test_other_input_sizes(tmp_path, size):
     """Weights converted at the native size run at another size; reference: PyTorch SAM built at that size, with
     the position tables resized by torch's own F.interpolate."""
@@ -121,6 +124,7 @@ def test_refuses_incomplete_or_misshapen_state_dicts():
     assert "unexpected key 'extra.weight'" in message
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_files_without_output(tmp_path):
     (tmp_path / "notes.pth").write_text("not a checkpoint")
     result = _run_converter("--checkpoint", tmp_path / "notes.pth", "--output", tmp_path / "out.safetensors")

@@ -71,6 +71,7 @@ def _relative_to_white_matter(case, region, modality):
     return image[region].mean() / image[_pure_white_matter(case)].mean()
 
 
+@pytest.mark.slow
 def test_written_in_brats_layout(cases, phantom_dir):
     assert sorted(cases) == ["GLI", "MEN", "PED", "SSA"]
     for domain, case in cases.items():

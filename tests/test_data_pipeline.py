@@ -125,6 +125,7 @@ def test_seeded_and_resumable(tiny_cache):
     assert not _same(_take(make_iterator(other), 4), _take(make_iterator(dataset), 4))
 
 
+@pytest.mark.slow
 def test_resume_with_worker_processes(tiny_cache):
     dataset = make_dataset(tiny_cache, list(CASES), batch_size=3, seed=5)
     iterator = make_iterator(dataset, num_workers=2)

@@ -88,6 +88,7 @@ def test_adapter_files_give_per_block_and_target_discrepancies(tmp_path):
     assert matrix[0, 1] == pytest.approx(matrix[1, 2]) and matrix[1, 0] == matrix[0, 1]
 
 
+@pytest.mark.slow
 def test_real_adapter_names_are_recognised(tiny_trained_run):
     factors = lora_factors(Path(tiny_trained_run) / "adapter.safetensors")
     assert set(factors) == {(b, t) for b in (0, 1) for t in ("q", "v", "lin1", "lin2")}  # tiny: 2 blocks

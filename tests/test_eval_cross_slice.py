@@ -53,6 +53,7 @@ def _stack_loop_logits(trained, slices, clicks):
     return np.stack(out)
 
 
+@pytest.mark.slow
 def test_each_slice_is_encoded_in_its_own_stack(trained):
     rng = np.random.default_rng(0)
     slices = rng.normal(size=(5, 20, 17, 4)).astype(np.float32)

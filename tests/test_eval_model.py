@@ -147,6 +147,7 @@ def test_models_differing_only_in_kernel_compile_apart(trained, tiny_trained_run
     np.testing.assert_allclose(folded_embedding, plain_embedding, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_segmenter_matches_the_training_forward_pass(trained, gli_volume, tiny_trained_run):
     k = int(np.argmax(gli_volume.tumour.sum(axis=(1, 2))))
     rows, cols = np.nonzero(gli_volume.tumour[k])
@@ -263,6 +264,7 @@ def test_zero_shot_is_plain_sam_on_three_channels(tiny_sam_file, small_data):
         load_zero_shot(str(tiny_sam_file), "tiny", 128, modalities="all4")
 
 
+@pytest.mark.slow
 def test_eval_app_writes_csv_summary_and_table(tiny_sam_file, small_data, tmp_path):
     out = tmp_path / "men"
     result = run_app(

@@ -43,6 +43,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_nonsense_training_flags_are_all_named_before_compute(tmp_path):
     result = run_app(
         "-m",
@@ -85,6 +86,7 @@ def tiny_flags(tiny_config):
     return config_flags(tiny_config, eval_domains=("GLI",))
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_kept_when_rerun_with_another_model(tiny_trained_run, tiny_flags, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(tiny_trained_run, workdir)
@@ -111,6 +113,7 @@ def test_a_finished_run_is_kept_when_rerun_with_another_model(tiny_trained_run, 
     _clean_error(result, "config.json")
 
 
+@pytest.mark.slow
 def test_converter_refuses_outputs_it_cannot_or_must_not_write(tiny_sam_checkpoint, tmp_path):
     checkpoint = Path(shutil.copy(tiny_sam_checkpoint, tmp_path / "sam_tiny.pth"))
     original = _sha(checkpoint)
@@ -134,6 +137,7 @@ def test_converter_refuses_outputs_it_cannot_or_must_not_write(tiny_sam_checkpoi
     assert "Traceback" not in out and out.endswith("rc=1\nlisted\n")  # nothing left behind on the full disk
 
 
+@pytest.mark.slow
 def test_read_only_data_gets_its_cache_in_the_user_cache(phantom_dir, tmp_path):
     out = _in_namespace(f"""
         mkdir -p {tmp_path}/data {tmp_path}/home
@@ -147,6 +151,7 @@ print('cache at', cache.cache_dir, len(cache.case_ids))"
     assert f"cache at {tmp_path}/home/sam_jax/data-" in out and out.strip().endswith(" 4")
 
 
+@pytest.mark.slow
 def test_full_disk_during_training_stops_cleanly_and_the_run_resumes(phantom_dir, tiny_flags, tmp_path):
     """The workdir on a 3 MB disk: the first checkpoint (about 1.8 MB) fits, the second does not. One message names
     the checkpoint and the bytes; with room again, the same command resumes from step 1. The data holds a case
@@ -214,6 +219,7 @@ def test_a_domain_without_held_out_cases_is_a_loud_warning(phantom_dir, phantom_
     ]
 
 
+@pytest.mark.slow
 def test_predict_on_an_empty_segmentation_asks_for_clicks(tiny_trained_run, write_tiny_case, tmp_path):
     import numpy as np
 

@@ -43,6 +43,7 @@ def test_a_missing_or_looping_flagfile_is_named_with_every_place_tried(tmp_path,
         expand_flagfiles(["--flagfile=loop.flags"], app)
 
 
+@pytest.mark.slow
 def test_the_training_app_refuses_an_unknown_flagfile_cleanly(tmp_path):
     result = run_app(
         "-m",

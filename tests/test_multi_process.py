@@ -106,6 +106,7 @@ def runs(train_flags, env, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_train_what_one_process_over_two_devices_does(runs):
     one, two = runs / "one_process", runs / "two_processes"
     np.testing.assert_allclose(_losses(two), _losses(one), rtol=1e-5, atol=1e-6)
@@ -122,6 +123,7 @@ def test_two_processes_train_what_one_process_over_two_devices_does(runs):
     assert sorted(p.name for p in last.glob("process_*")) == ["process_0-of-2.json", "process_1-of-2.json"]
 
 
+@pytest.mark.slow
 def test_killed_process_stops_the_other_and_the_same_command_resumes(runs, train_flags, env, tmp_path):
     workdir = tmp_path / "killed"
     logs = tmp_path / "killed.logs"
@@ -167,6 +169,7 @@ def _eval_rows(out_dir):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_evaluation_over_two_processes_writes_what_one_process_writes(runs, env, tmp_path):
     from sam_jax.data.phantom import write_phantom
 

@@ -64,6 +64,7 @@ def test_input_grid_loss_is_nearest_logits_against_the_bilinear_mask():
     )
 
 
+@pytest.mark.slow
 def test_broadcast_prompt_is_sams_decoder_given_one_prompt_for_the_batch(tiny_sam_pair):
     ref, ours = tiny_sam_pair
     g, c, n = CONFIG.grid_size, CONFIG.prompt_embed_dim, 3
@@ -87,6 +88,7 @@ def test_broadcast_prompt_is_sams_decoder_given_one_prompt_for_the_batch(tiny_sa
     np.testing.assert_array_equal(swapped, coords[..., ::-1])
 
 
+@pytest.mark.slow
 def test_first_decoder_residual_is_sams_block_with_that_residual(tiny_sam_pair):
     ref, _ = tiny_sam_pair
     ours = adapt(

@@ -112,6 +112,7 @@ def test_mask_decoder(tiny_sam_pair, multimask):
     assert_close(oi, to_numpy(ri))
 
 
+@pytest.mark.slow
 def test_whole_model(tiny_sam_pair):
     """SAM's forward normalises a 0–255 image itself; ours takes it normalised."""
     ref, ours = tiny_sam_pair

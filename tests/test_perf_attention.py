@@ -148,6 +148,7 @@ def _one_step(attention, remat, dtype="float32"):
     return metrics["loss"], jax.tree.map(lambda a, b: a - b, after, before)
 
 
+@pytest.mark.slow
 def test_train_step_with_folded_attention_and_remat_matches_plain():
     plain_loss, plain_update = _one_step("plain", False)
     loss, update = _one_step("folded", True)
@@ -157,6 +158,7 @@ def test_train_step_with_folded_attention_and_remat_matches_plain():
 
 
 @pytest.mark.parametrize("attention", ["plain", "folded"])
+@pytest.mark.slow
 def test_bfloat16_step_follows_float32(attention):
     """The GPU configuration's precision, through every hand-written backward (LoRA, softmax·v), on CPU."""
     loss32, update32 = _one_step("plain", False)

@@ -27,6 +27,7 @@ def _check(*args, timeout=300):
     )
 
 
+@pytest.mark.slow
 def test_the_gpu_tests_run_and_their_outcome_is_read(tmp_path):
     """Off a GPU every GPU test is collected and skips, saying why; the counts come from pytest's closing line."""
     tests = gpu_check.run_tests(tmp_path, gpu_check._env(), timeout_s=240)

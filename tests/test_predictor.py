@@ -28,6 +28,7 @@ def test_postprocess_matches_sam(tiny_sam_pair):
     assert_close(postprocess_masks(jnp.asarray(low_res), input_hw, original_hw, CONFIG.image_size), expected)
 
 
+@pytest.mark.slow
 def test_predict_scales_clicks_and_returns_masks_at_image_size(tiny_sam_pair):
     _, model = tiny_sam_pair
     image = np.random.default_rng(1).uniform(0, 255, size=(200, 130, 3)).astype(np.float32)

@@ -171,6 +171,7 @@ def _adam_first_step(g):
     return -LR * g / (np.abs(g) + EPS)
 
 
+@pytest.mark.slow
 def test_one_adam_step_matches_pytorch(stepped):
     ours, theirs = stepped
     assert set(ours["after"]) == set(theirs["after"]), sorted(set(ours["after"]) ^ set(theirs["after"]))

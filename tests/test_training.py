@@ -22,6 +22,7 @@ def _adapter(workdir):
     return read_arrays(Path(workdir) / "adapter.safetensors")[0]
 
 
+@pytest.mark.slow
 def test_steps_train_exactly_the_trainable_leaves(tiny_config, tmp_path, monkeypatch):
     cfg = tiny_config.replace(workdir=str(tmp_path / "run"))
     initial_trainable = build(cfg)[0].trainable
@@ -74,6 +75,7 @@ def test_steps_train_exactly_the_trainable_leaves(tiny_config, tmp_path, monkeyp
     assert not any(p.startswith(("prompt_encoder.", "image_encoder.blocks.0.attn.qkv.kernel")) for p in trained)
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_parameters(tiny_config, tmp_path):
     cfg = tiny_config.replace(steps=6, eval_every=100)
     train_and_evaluate(cfg.replace(workdir=str(tmp_path / "straight")))
@@ -87,6 +89,7 @@ def _train(flags, workdir):
     return ("-m", "train.main", *flags, f"--workdir={workdir}")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tiny_config, tmp_path):
     """SIGKILL after the first checkpoint, then the same command: the result equals an uninterrupted run."""
     flags = config_flags(tiny_config, steps=40, checkpoint_every=5, eval_every=1000, schedule="cosine", warmup_steps=3)
@@ -108,6 +111,7 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_config, tmp_path):
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
 
 
+@pytest.mark.slow
 def test_two_devices_give_the_same_losses(tiny_config, tmp_path):
     """Data parallel over 2 forced CPU devices vs 1 device: same losses within float tolerance."""
     flags = config_flags(tiny_config, steps=3, eval_every=1000)
@@ -123,6 +127,7 @@ def test_two_devices_give_the_same_losses(tiny_config, tmp_path):
     np.testing.assert_allclose(losses[1], losses[2], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_named(tiny_config, tmp_path):
     cfg = tiny_config.replace(
         workdir=str(tmp_path / "nan"), steps=50, learning_rate=1e38, checkpoint_every=1, eval_every=1000
@@ -153,6 +158,7 @@ def test_contradictions_fail_before_compute(tiny_config, change, message):
         check_inputs(tiny_config.replace(**change))
 
 
+@pytest.mark.slow
 def test_iterative_prompts_multimask_and_cross_slice_train(tiny_config, tmp_path):
     """The less common paths together: 3 click rounds, SAM's multimask rule, 3-slice stacks with cross-slice."""
     cfg = tiny_config.replace(

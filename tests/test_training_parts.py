@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sam_jax.model.frame import clicks_to_model_frame, target_to_low_res, to_model_frame
 from sam_jax.training.losses import mask_loss, multimask_loss
@@ -35,6 +36,7 @@ def test_low_res_target_is_a_soft_downsampling():
     assert abs(low.sum() - 64 / 16) < 1e-4  # the antialiasing filter keeps the area
 
 
+@pytest.mark.slow
 def test_click_in_error_goes_to_the_larger_error_with_the_right_label():
     truth = np.zeros((2, 8, 8), np.float32)
     logits = -np.ones((2, 8, 8), np.float32)

@@ -212,6 +212,7 @@ def test_a_broken_case_is_an_error_and_the_server_goes_on(client):
     _session(client)
 
 
+@pytest.mark.slow
 def test_a_case_without_segmentation_is_segmented_without_a_dice(client, viewer):
     answer = client.post("/api/sessions", json={"case": NO_SEG})
     assert answer.status_code == 201 and answer.json()["has_seg"] is False
@@ -280,6 +281,7 @@ def _click_voxel(driver, x: int, y: int, negative: bool = False):
     return driver.execute_script("return viewer.lastLatency")
 
 
+@pytest.mark.slow
 def test_click_propagate_edit_and_save_in_the_browser(server, browser, viewer):
     tumour, affine = _tumour(viewer.data)
     x, y, z = _target(tumour)
