@@ -40,10 +40,10 @@ def _available_cores() -> int:
 def write_cases(data_dir: Path, cases_per_domain: int) -> int:
     """Write the phantom cases missing from `data_dir`, one process per core; returns how many cases it holds."""
     from sam_jax.data.brats import find_cases
-    from sam_jax.data.phantom import DOMAINS, case_id, write_case
+    from sam_jax.data.phantom import PHANTOM_DOMAINS, case_id, write_case
 
     have = {c.case_id for c in find_cases(data_dir)} if data_dir.is_dir() else set()
-    missing = [(d, i) for d in DOMAINS for i in range(cases_per_domain) if case_id(d, i) not in have]
+    missing = [(d, i) for d in PHANTOM_DOMAINS for i in range(cases_per_domain) if case_id(d, i) not in have]
     if missing:
         start = time.perf_counter()
         context = multiprocessing.get_context("spawn")

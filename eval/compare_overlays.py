@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from eval.common import EXPECTED_ERRORS, fail
-from sam_jax.evaluation.cases import COLUMNS
+from sam_jax.data.domains import COLUMNS
 from sam_jax.evaluation.disagreement import compare
 from sam_jax.outputs import check_output_dir
 

@@ -14,7 +14,7 @@ from absl import app, flags
 
 from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
 from sam_jax.data import find_cases, load_case
-from sam_jax.data.brats import DOMAINS
+from sam_jax.data.domains import DOMAINS
 from sam_jax.evaluation.embeddings import pooled_embeddings, sample_tumour_slices, separation, tsne
 from sam_jax.evaluation.figures import scatter_by_domain
 from sam_jax.evaluation.segmenter import SliceSegmenter

@@ -14,7 +14,8 @@ from absl import app, flags
 
 from eval.common import EXPECTED_ERRORS, define_model_flags, load_model
 from sam_jax import distributed
-from sam_jax.evaluation.cases import COLUMNS, SPLITS, resolve_split, select_cases
+from sam_jax.data.domains import COLUMNS, domain_help
+from sam_jax.evaluation.cases import SPLITS, resolve_split, select_cases
 from sam_jax.evaluation.evaluate import (
     PROTOCOLS,
     evaluate_cases,
@@ -30,7 +31,7 @@ from sam_jax.metrics import NOC_MAX_CLICKS
 
 define_model_flags()
 define_flags(distributed.ProcessGroup)
-flags.DEFINE_enum("domain", "GLI", list(COLUMNS), "Domain to score.")
+flags.DEFINE_enum("domain", "GLI", list(COLUMNS), f"Domain to score: {domain_help()}.")
 flags.DEFINE_enum(
     "split",
     "auto",

@@ -1,13 +1,15 @@
 """Segment one case into a NIfTI mask that overlays in ITK-SNAP or 3D Slicer:
 `python -m eval.predict --checkpoint WORKDIR --case_dir CASE --output pred.nii.gz [--clicks "x,y,z;..."]`.
 
-One click per tumour (voxel indices, x, y, z as the viewer shows them); the clicked slice is segmented and the
-mask propagated slice by slice. Without --clicks the case's ground truth supplies one per tumour (benchmarking)."""
+One click per tumour (the file's voxel indices x, y, z, as ITK-SNAP or 3D Slicer show them); the clicked slice is
+segmented and the mask propagated slice by slice. Without --clicks the case's ground truth supplies one per tumour
+(benchmarking)."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 from absl import app, flags
 
 from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
@@ -50,7 +52,10 @@ def main(argv):
         trained = load_model()
         tick = time.perf_counter()
         volume = prepare_volume(case, trained.spec)
+        if clicks is not None:  # the file's voxels → the LPS grid the case is read into
+            clicks = np.array([case.voxel_from_file(c) for c in clicks])
         mask, used = predict_volume(SliceSegmenter(trained, FLAGS.batch_size), volume, clicks)
+        used = [list(case.voxel_to_file(c)) for c in used]
         seconds = time.perf_counter() - tick
         save_prediction(case, mask, output)
         if overlay_path:
@@ -59,11 +64,11 @@ def main(argv):
             )
     except EXPECTED_ERRORS as e:
         return fail(e)
-    print(f"{output}: {int(mask.sum())} tumour voxels from clicks {used.tolist()} in {seconds:.1f} s")
+    print(f"{output}: {int(mask.sum())} tumour voxels from clicks {used} in {seconds:.1f} s")
     if empty_segmentation(case):
         print("no Dice: the case's segmentation is empty")
     elif case.seg is not None:
-        print(f"whole-tumour Dice against the case's segmentation: {100 * dice_3d(mask, case.seg > 0):.1f}")
+        print(f"whole-tumour Dice against the case's segmentation: {100 * dice_3d(mask, case.whole_tumour):.1f}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
+from sam_jax.data.domains import files_like
 from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.outputs import check_output_dir
@@ -49,7 +50,7 @@ def main(argv):
             warm_clicks=FLAGS.warm_clicks,
         )
         if not store.files:
-            raise EvaluationError(f"{store.data_dir}: no BraTS cases found")
+            raise EvaluationError(f"{store.data_dir}: no cases found ({files_like()})")
         sock = bind(FLAGS.host, FLAGS.port)
     except EXPECTED_ERRORS as e:
         return fail(e)

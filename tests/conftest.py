@@ -56,7 +56,7 @@ def _write_tiny_case(
     10 * (m + 1) + voxel noise; `seg` defaults to a 2x2x2 label-2 block with a label-3 voxel."""
     folder = Path(folder) / case_id
     folder.mkdir(parents=True, exist_ok=True)
-    affine = np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else affine
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) if affine is None else affine  # LPS, as BraTS ships
     rng = np.random.default_rng(zlib.crc32(case_id.encode()))
     brain = np.zeros(shape, bool)
     brain[2:-2, 1:-1, 1:-1] = True

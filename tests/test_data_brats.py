@@ -34,20 +34,6 @@ def test_load_case_keeps_geometry_and_labels(tmp_path, write_tiny_case):
     assert case.whole_tumour.sum() == 8  # the 2x2x2 block
 
 
-def test_brats_2021_names_and_label_4(tmp_path):
-    folder = tmp_path / "BraTS2021_00005"
-    folder.mkdir()
-    seg = np.zeros((4, 4, 4), np.uint8)
-    seg[1, 1, 1], seg[2, 2, 2] = 4, 1
-    for suffix in ("t1", "t1ce", "t2", "flair", "seg"):
-        data = seg if suffix == "seg" else np.arange(64, dtype=np.float32).reshape(4, 4, 4)
-        nib.save(nib.Nifti1Image(data, np.eye(4)), folder / f"BraTS2021_00005_{suffix}.nii.gz")
-    (case_files,) = find_cases(tmp_path, domain="SSA")
-    assert case_files.domain == "SSA" and set(case_files.images) == {"t1n", "t1c", "t2w", "t2f"}
-    case = load_case(case_files)
-    assert case.seg[1, 1, 1] == 3 and case.seg[2, 2, 2] == 1  # ET is 3 whatever the release
-
-
 def _single_fault(tmp_path, case_id="BraTS-GLI-00001-000"):
     with pytest.raises(BadCaseError) as caught:
         load_case(find_cases(tmp_path)[0])
@@ -64,8 +50,9 @@ def test_missing_modality(tmp_path, write_tiny_case):
 def test_shape_and_affine_mismatch(tmp_path, write_tiny_case):
     folder = write_tiny_case(tmp_path)
     ramp = np.arange(720, dtype=np.float32).reshape(12, 10, 6)
-    nib.save(nib.Nifti1Image(ramp[..., :5], np.eye(4)), folder / "BraTS-GLI-00001-000-t1c.nii.gz")
-    shifted = np.eye(4)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])  # the tiny case's orientation: only the origin differs
+    nib.save(nib.Nifti1Image(ramp[..., :5], lps), folder / "BraTS-GLI-00001-000-t1c.nii.gz")
+    shifted = lps.copy()
     shifted[0, 3] = 2.0
     nib.save(nib.Nifti1Image(ramp, shifted), folder / "BraTS-GLI-00001-000-t2w.nii.gz")
     faults = _single_fault(tmp_path)
@@ -107,7 +94,8 @@ def test_validate_reports_every_fault_in_one_pass(tmp_path, write_tiny_case, cap
     bad_seg = np.full((12, 10, 6), 9, np.uint8)
     write_tiny_case(tmp_path, "BraTS-PED-00003-000", seg=bad_seg, modalities=("t1n", "t1c", "t2w", "seg"))
     write_tiny_case(tmp_path, "BraTS-PED-00004-000", seg=np.zeros((12, 10, 6), np.uint8))
-    count, bad, empty = validate(tmp_path)
+    cases, bad, empty = validate(tmp_path)
+    count = len(cases)
     assert count == 4 and sorted(bad) == ["BraTS-PED-00002-000", "BraTS-PED-00003-000"]
     assert len(bad["BraTS-PED-00003-000"]) == 2  # missing t2f and label 9, both found
     assert empty == ["BraTS-PED-00004-000"]
@@ -164,10 +152,15 @@ def test_constant_images_are_faults(tmp_path, write_tiny_case):
 
 
 def test_prediction_written_in_case_geometry(tmp_path, write_tiny_case):
+    """An LAS case (y reversed against BraTS's LPS) is read into LPS and its prediction written back on its own
+    grid: the whole tumour written equals the segmentation file's, voxel for voxel."""
     affine = np.diag([-1.0, 1.0, 2.0, 1.0])
-    write_tiny_case(tmp_path / "in", affine=affine)
+    folder = write_tiny_case(tmp_path / "in", affine=affine)
     case = load_case(find_cases(tmp_path / "in")[0])
     save_prediction(case, case.whole_tumour, tmp_path / "pred.nii.gz")
     written = nib.load(tmp_path / "pred.nii.gz")
     np.testing.assert_allclose(written.affine, affine)
-    np.testing.assert_array_equal(np.asarray(written.dataobj), case.whole_tumour)
+    in_file = np.asarray(nib.load(folder / "BraTS-GLI-00001-000-seg.nii.gz").dataobj) > 0
+    np.testing.assert_array_equal(np.asarray(written.dataobj), in_file)
+    np.testing.assert_array_equal(case.whole_tumour, in_file[:, ::-1, :])
+    assert case.spacing == (1.0, 1.0, 2.0)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from sam_jax.data import cache as cache_module
-from sam_jax.data.brats import MODALITIES, find_cases, load_case
+from sam_jax.data.brats import find_cases, load_case
 from sam_jax.data.cache import Cache, build_cache
+from sam_jax.data.domains import MODALITIES
 from sam_jax.data.errors import BadCaseError, CacheError, SplitMismatchError
 from sam_jax.data.preprocess import volume_slices
 from sam_jax.data.split import load_split, make_split

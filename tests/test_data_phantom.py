@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sam_jax.data.brats import MODALITIES, find_cases, load_case
+from sam_jax.data.brats import find_cases, load_case
+from sam_jax.data.domains import MODALITIES
 from sam_jax.data.phantom import (
     _DOMAIN_CONTRAST,
     SEQUENCES,
@@ -17,6 +18,7 @@ from sam_jax.data.phantom import (
     anatomy,
     main,
     make_case,
+    stored_grid,
 )
 
 # The parameters docs/phantom.md cites (3 T): T1 ms, T2 ms, proton density, fraction of the volume gadolinium reaches.
@@ -63,7 +65,7 @@ def cases(phantom_dir):
 
 def _pure_white_matter(case):
     far_from_tumour = ~ndimage.binary_dilation(case.seg > 0, iterations=3)
-    return (anatomy()["wm"] > 0.95) & far_from_tumour
+    return (stored_grid(anatomy()["wm"]) > 0.95) & far_from_tumour
 
 
 def _relative_to_white_matter(case, region, modality):
@@ -135,13 +137,14 @@ def test_labels_are_nested(cases):
     seg = cases["GLI"].seg
     around_necrosis = ndimage.binary_dilation(seg == 1) & (seg != 1)
     assert (seg[around_necrosis] == 3).mean() > 0.9  # necrosis sits inside the enhancing rim
-    around_core = ndimage.binary_dilation(np.isin(seg, (1, 3))) & ~np.isin(seg, (1, 3)) & anatomy()["brain"]
+    core = np.isin(seg, (1, 3))
+    around_core = ndimage.binary_dilation(core) & ~core & stored_grid(anatomy()["brain"])
     assert (seg[around_core] == 2).mean() > 0.9  # the core sits inside oedema
 
 
 def test_domain_traits(cases):
     midline = SHAPE[0] / 2
-    brain = anatomy()["brain"]
+    brain = stored_grid(anatomy()["brain"])
 
     def centroid(domain):
         return np.argwhere(cases[domain].seg > 0).mean(axis=0)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from sam_jax.data.brats import MODALITIES
 from sam_jax.data.cache import build_cache
+from sam_jax.data.domains import MODALITIES
 from sam_jax.data.pipeline import make_dataset, make_iterator, slice_table, spaced_slices
 
 CASES = ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000")

@@ -141,7 +141,7 @@ def test_nan_loss_stops_with_the_step_named(tiny_config, tmp_path):
     "change, message",
     [
         (dict(sam_weights="/nonexistent/sam.safetensors"), "no such file"),
-        (dict(data_dir="/nonexistent"), "no BraTS cases found"),
+        (dict(data_dir="/nonexistent"), "no cases found, searched recursively"),
         (dict(trainable="lora_frozen_patch"), "need a trained patch embedding"),
         (dict(modalities="t1n,flair"), "flair"),
         (dict(batch_size=3, steps=0, epochs=0), "nothing to train"),

@@ -1,68 +1,64 @@
-"""Find and read BraTS cases: 2023 names `BraTS-{GLI,MEN,PED,SSA}-NNNNN-NNN-{t1n,t1c,t2w,t2f,seg}.nii.gz` and 2021
-names `BraTS2021_NNNNN_{t1,t1ce,t2,flair,seg}.nii.gz`, found by recursive search because release folders differ. Every
-case is read with nibabel into float32 (X, Y, Z) volumes keyed by the 2023 modality names, keeping the affine and
-header of the first modality so predictions can be written back; 2021 label 4 (ET) becomes 3 so that labels are
-always 1 NCR, 2 ED, 3 ET and whole tumour = label > 0. `check_case` collects every fault of a case in one pass;
-`load_case` raises `BadCaseError` listing them."""
+"""Find and read the cases of every release in the registry (`sam_jax.data.domains`), found by recursive search
+because release folders differ. A case is read with nibabel into float32 (X, Y, Z) volumes keyed by our modality names
+and reoriented to LPS, BraTS's own orientation, so that the model always sees the same anatomy the same way round;
+its labels are mapped to ours (whole tumour = NCR, ED and ET; a resection cavity is not tumour). The file's affine,
+header and orientation are kept so that predictions are written back on the file's own grid. `check_case` collects
+every fault of a case in one pass; `load_case` raises `BadCaseError` listing them."""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
-import re
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel import orientations
 
+from sam_jax.data.domains import DOMAINS, MODALITIES, RELEASES, Release, parse_path, whole_tumour
 from sam_jax.data.errors import BadCaseError, CaseFault
 from sam_jax.outputs import write_atomic
 
-MODALITIES = ("t1n", "t1c", "t2w", "t2f")
-DOMAINS = ("GLI", "MEN", "PED", "SSA")
-LABELS = {1: "NCR", 2: "ED", 3: "ET"}
-REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}  # BraTS sub-regions as label sets, for reports
-
-_NAME_2023 = re.compile(r"^(BraTS-(GLI|MEN|PED|SSA)-\d{5}-\d{3})-(t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$")
-_NAME_2021 = re.compile(r"^(BraTS2021_\d{5})_(t1|t1ce|t2|flair|seg)\.nii(\.gz)?$")
-_MODALITY_2021 = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
-_SUFFIX_2021 = {ours: theirs for theirs, ours in _MODALITY_2021.items()}
+LPS = orientations.axcodes2ornt(("L", "P", "S"))
 _AFFINE_TOLERANCE = 1e-3  # mm; headers written by different tools differ in float rounding only
 
 
 @dataclasses.dataclass(frozen=True)
 class CaseFiles:
-    """Where one case's files are; `images` may lack modalities (reported as faults when the case is read)."""
+    """Where one case's files are; `images` may lack modalities (reported as faults when the case is read). A 4-D
+    release (MSD) has one file for every modality."""
 
     case_id: str
     domain: str
     images: dict[str, Path]
     seg: Path | None
-    naming: str = "2023"  # or "2021": decides the label set
+    release: Release = RELEASES[1]
+    patient_id: str = ""  # the subject (a case id without its time point); the case id when empty
     duplicates: tuple[Path, ...] = ()  # a second file for an already found modality
+    other_releases: tuple[Path, ...] = ()  # files in the case's folder named as another release names them
 
-    @property
-    def patient_id(self) -> str:
-        """The subject: 2023 ids end in a 3-digit time point (BraTS-GLI-00000-001 is patient BraTS-GLI-00000)."""
-        return self.case_id[:-4] if self.naming == "2023" else self.case_id
+    def __post_init__(self):
+        if not self.patient_id:
+            object.__setattr__(self, "patient_id", self.case_id)
 
     def expected_path(self, modality: str) -> Path:
         """The file a missing modality should have been, for error messages."""
         folder = next(iter(self.images.values()), self.seg).parent
-        if self.naming == "2023":
-            return folder / f"{self.case_id}-{modality}.nii.gz"
-        return folder / f"{self.case_id}_{_SUFFIX_2021[modality]}.nii.gz"
+        return self.release.expected_file(folder, self.case_id, modality)
 
 
 @dataclasses.dataclass
 class Case:
-    """One case read into memory: float32 (X, Y, Z) images by modality, int16 labels (or None), geometry."""
+    """One case read into memory: float32 (X, Y, Z) images by modality and int16 labels (ours, or None), all in LPS;
+    the file's affine and header, and `orientation`, the nibabel transform from the file's voxel axes to LPS."""
 
     files: CaseFiles
     images: dict[str, np.ndarray]
     seg: np.ndarray | None
     affine: np.ndarray
     header: nib.Nifti1Header
+    orientation: np.ndarray = dataclasses.field(default_factory=lambda: orientations.ornt_transform(LPS, LPS))
 
     @property
     def case_id(self) -> str:
@@ -72,52 +68,107 @@ class Case:
     def whole_tumour(self) -> np.ndarray:
         if self.seg is None:
             raise ValueError(f"case {self.case_id} has no segmentation")
-        return self.seg > 0
+        return whole_tumour(self.seg)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along the LPS axes of `images`."""
+        spacing = [0.0] * 3
+        for file_axis, (axis, _) in enumerate(self.orientation):
+            spacing[int(axis)] = float(self.header.get_zooms()[file_axis])
+        return tuple(spacing)
+
+    def to_file_grid(self, volume: np.ndarray) -> np.ndarray:
+        """An (X, Y, Z) volume on `images`' LPS grid → the same on the file's voxel grid."""
+        return orientations.apply_orientation(volume, orientations.ornt_transform(LPS, self._file_ornt()))
+
+    def from_file_grid(self, volume: np.ndarray) -> np.ndarray:
+        """An (X, Y, Z) volume on the file's voxel grid (a saved prediction) → the LPS grid of `images`."""
+        return orientations.apply_orientation(volume, self.orientation)
+
+    def voxel_from_file(self, xyz) -> tuple[int, int, int]:
+        """A voxel index of the file (what ITK-SNAP or 3D Slicer show) → the same voxel's index in `images`."""
+        return _apply(np.linalg.inv(self._lps_to_file()), xyz)
+
+    def voxel_to_file(self, xyz) -> tuple[int, int, int]:
+        """A voxel index in `images` → the same voxel's index in the file."""
+        return _apply(self._lps_to_file(), xyz)
+
+    def _lps_to_file(self) -> np.ndarray:
+        """The affine from voxel indices in `images` to voxel indices in the file."""
+        shape = self.images[MODALITIES[0]].shape
+        file_shape = [0] * 3
+        for file_axis, (axis, _) in enumerate(self.orientation):
+            file_shape[file_axis] = shape[int(axis)]
+        return orientations.inv_ornt_aff(self.orientation, file_shape)
+
+    def _file_ornt(self) -> np.ndarray:
+        return orientations.io_orientation(self.affine)
 
 
-def parse_name(filename: str) -> tuple[str, str | None, str, str] | None:
-    """(case_id, domain or None, modality-or-'seg', naming) for a BraTS file name, None for any other file."""
-    if m := _NAME_2023.match(filename):
-        return m.group(1), m.group(2), m.group(3), "2023"
-    if m := _NAME_2021.match(filename):
-        return m.group(1), None, _MODALITY_2021[m.group(2)], "2021"
-    return None
+def _apply(affine: np.ndarray, xyz) -> tuple[int, int, int]:
+    return tuple(int(round(v)) for v in (affine @ [*xyz, 1])[:3])
+
+
+def _nifti_files(root: Path) -> list[Path]:
+    """Every NIfTI file under `root`, sorted, following linked folders (a subset of a dataset is often a folder of
+    links to case folders), each real folder once."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        found += [Path(folder, f) for f in files if f.endswith((".nii", ".nii.gz")) and Path(folder, f).is_file()]
+    return sorted(found)
 
 
 def find_cases(data_dir: str | Path, domain: str | None = None) -> list[CaseFiles]:
-    """All cases under `data_dir`, sorted by id. `domain` keeps only that domain's 2023 cases and labels 2021 cases
-    (whose names carry no domain), which otherwise count as GLI."""
+    """All cases under `data_dir` of every release in the registry, sorted by id; `domain` keeps only its cases."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CaseFault(data_dir, "data directory does not exist")
     if domain is not None and domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
+        raise ValueError(f"unknown domain {domain!r}; expected one of {list(DOMAINS)}")
     found: dict[str, dict] = {}
-    for path in sorted(data_dir.rglob("BraTS*.nii*")):
-        parsed = parse_name(path.name)
-        if parsed is None or not path.is_file():
+    releases_in_folder: dict[Path, dict[str, list[Path]]] = {}
+    for path in _nifti_files(data_dir):
+        named = parse_path(path)
+        if named is None:
             continue
-        case_id, name_domain, modality, naming = parsed
-        case_domain = name_domain or domain or "GLI"
-        if domain is not None and case_domain != domain:
+        releases_in_folder.setdefault(path.parent, {}).setdefault(named.release.name, []).append(path)
+        if domain is not None and named.domain != domain:
             continue
-        entry = found.setdefault(case_id, dict(domain=case_domain, naming=naming, files={}, duplicates=[]))
-        if modality in entry["files"]:
+        entry = found.setdefault(named.case_id, dict(named=named, files={}, duplicates=[], folders=set()))
+        entry["folders"].add(path.parent)
+        if named.modality in entry["files"]:
             entry["duplicates"].append(path)
         else:
-            entry["files"][modality] = path
+            entry["files"][named.modality] = path
     cases = []
     for case_id in sorted(found):
         entry = found[case_id]
-        files = entry["files"]
+        named, files = entry["named"], entry["files"]
+        images = {m: files["image"] for m in MODALITIES} if "image" in files else {}
+        images.update({m: files[m] for m in MODALITIES if m in files})
+        others = [
+            p
+            for folder in entry["folders"]
+            for release, paths in releases_in_folder[folder].items()
+            if release != named.release.name
+            for p in paths
+        ]
         cases.append(
             CaseFiles(
                 case_id=case_id,
-                domain=entry["domain"],
-                naming=entry["naming"],
-                images={m: files[m] for m in MODALITIES if m in files},
+                domain=named.domain,
+                images=images,
                 seg=files.get("seg"),
+                release=named.release,
+                patient_id=named.patient_id,
                 duplicates=tuple(entry["duplicates"]),
+                other_releases=tuple(sorted(others)),
             )
         )
     return cases
@@ -132,7 +183,8 @@ def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
     raise ValueError("no NIfTI header (its first 4 bytes are not the header size 348 or 540)")
 
 
-def _read_volume(path: Path) -> tuple[nib.Nifti1Image | None, np.ndarray | None, CaseFault | None]:
+def _read_volume(path: Path, release: Release, is_seg: bool):
+    """(image, data, None) or (None, None, fault); a 4-D release's image must hold its channels."""
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
@@ -143,13 +195,26 @@ def _read_volume(path: Path) -> tuple[nib.Nifti1Image | None, np.ndarray | None,
         data = np.asarray(image.dataobj)
     except Exception as error:  # nibabel, gzip and zlib raise many types for damaged files; all mean "unreadable"
         return None, None, CaseFault(path, f"unreadable: {type(error).__name__}: {error}")
-    if data.ndim != 3:
+    if release.channels and not is_seg:
+        if data.ndim != 4 or data.shape[3] != len(release.channels):
+            channels = ", ".join(release.channels)
+            return (
+                None,
+                None,
+                CaseFault(
+                    path,
+                    f"expected a 4-D image of {len(release.channels)} channels ({channels}) as {release.name} "
+                    f"ships them, got shape {data.shape}",
+                ),
+            )
+    elif data.ndim != 3:
         return None, None, CaseFault(path, f"expected a 3-D volume, got shape {data.shape}")
     return image, data, None
 
 
 def _check_labels(case_files: CaseFiles, data: np.ndarray) -> tuple[np.ndarray | None, list[CaseFault]]:
-    expected = {0, 1, 2, 3} if case_files.naming == "2023" else {0, 1, 2, 4}
+    """Our labels (int16) from the release's, or the fault."""
+    release = case_files.release
     if data.dtype == np.uint8:  # the usual label file: a histogram finds the labels 10x faster than np.unique
         rounded, found = data, set(np.flatnonzero(np.bincount(data.ravel(), minlength=1)).tolist())
     else:
@@ -159,22 +224,31 @@ def _check_labels(case_files: CaseFiles, data: np.ndarray) -> tuple[np.ndarray |
         if not np.array_equal(rounded, data):
             return None, [CaseFault(case_files.seg, "segmentation has non-integer values")]
         found = set(np.unique(rounded).astype(int).tolist())
-    if unknown := sorted(found - expected):
+    if unknown := sorted(found - set(release.labels)):
         return None, [
-            CaseFault(case_files.seg, f"unexpected labels {unknown}; expected a subset of {sorted(expected)}")
+            CaseFault(
+                case_files.seg,
+                f"unexpected labels {unknown}: {release.name} (the release its file names say) labels "
+                f"{sorted(release.labels)}",
+            )
         ]
-    seg = rounded.astype(np.int16)
-    if case_files.naming == "2021":
-        seg[seg == 4] = 3
-    return seg, []
+    ours = np.zeros(max(release.labels) + 1, np.int16)
+    for theirs, label in release.labels.items():
+        ours[theirs] = label
+    return ours[rounded.astype(np.intp, copy=False)], []
 
 
-def check_case(case_files: CaseFiles, require_seg: bool = True) -> tuple[Case | None, list[CaseFault]]:
-    """Read a case and collect all its faults: missing or duplicate files (the segmentation too, unless
-    `require_seg` is off: predicting from clicks needs none), unreadable or corrupt files, shape or affine
-    mismatches, non-finite or constant intensities, labels outside the expected set. Returns (case or None, faults).
-    An empty segmentation is not a fault (see `empty_segmentation`)."""
+def _file_faults(case_files: CaseFiles, require_seg: bool) -> list[CaseFault]:
+    """Faults of the file set itself: duplicates, another release's files beside it, missing files."""
     faults = [CaseFault(p, "duplicate file for a modality already found elsewhere") for p in case_files.duplicates]
+    faults += [
+        CaseFault(
+            p,
+            f"named as another release names files, beside {case_files.release.name} files of case "
+            f"{case_files.case_id}: keep one release's files per case folder",
+        )
+        for p in case_files.other_releases
+    ]
     faults += [
         CaseFault(case_files.expected_path(m), f"missing modality {m}")
         for m in MODALITIES
@@ -184,21 +258,49 @@ def check_case(case_files: CaseFiles, require_seg: bool = True) -> tuple[Case | 
         faults.append(
             CaseFault(case_files.expected_path("seg"), "missing segmentation (training and scoring need the labels)")
         )
-    volumes: dict[str, tuple[Path, nib.Nifti1Image, np.ndarray]] = {}
+    return faults
+
+
+def _read_volumes(
+    case_files: CaseFiles, faults: list[CaseFault]
+) -> dict[str, tuple[Path, nib.Nifti1Image, np.ndarray]]:
+    """Each modality's (and the segmentation's) (path, image, data); a 4-D file is read once and split."""
     named_paths = list(case_files.images.items()) + ([("seg", case_files.seg)] if case_files.seg else [])
-    for name, path in named_paths:
-        image, data, fault = _read_volume(path)
+    read = {}
+    for path in dict.fromkeys(p for _, p in named_paths):
+        image, data, fault = _read_volume(path, case_files.release, is_seg=path == case_files.seg)
         if fault:
             faults.append(fault)
         else:
+            read[path] = (image, data)
+    volumes = {}
+    for name, path in named_paths:
+        if path in read:
+            image, data = read[path]
+            if data.ndim == 4:
+                data = data[..., case_files.release.channels.index(name)]
             volumes[name] = (path, image, data)
-    if not volumes:
-        return None, faults
+    return volumes
+
+
+def _geometry_faults(volumes: dict) -> list[CaseFault]:
+    """Every file against the first: shape, orientation, affine; intensities finite and not constant."""
+    faults = []
     ref_name = next(iter(volumes))
     _, ref_image, ref_data = volumes[ref_name]
+    ref_codes = "".join(nib.aff2axcodes(ref_image.affine))
     for name, (path, image, data) in volumes.items():
+        codes = "".join(nib.aff2axcodes(image.affine))
         if data.shape != ref_data.shape:
             faults.append(CaseFault(path, f"shape {data.shape} differs from {ref_name}'s {ref_data.shape}"))
+        elif codes != ref_codes:
+            faults.append(
+                CaseFault(
+                    path,
+                    f"orientation {codes} differs from {ref_name}'s {ref_codes}: a case's files must "
+                    "share one voxel grid",
+                )
+            )
         elif not np.allclose(image.affine, ref_image.affine, atol=_AFFINE_TOLERANCE):
             faults.append(CaseFault(path, f"affine differs from {ref_name}'s:\n{image.affine}\nvs\n{ref_image.affine}"))
         if name != "seg" and not np.all(np.isfinite(data)):
@@ -206,15 +308,42 @@ def check_case(case_files: CaseFiles, require_seg: bool = True) -> tuple[Case | 
             faults.append(CaseFault(path, f"{bad} non-finite intensity values (NaN or inf)"))
         elif name != "seg" and data.size and data.min() == data.max():
             faults.append(CaseFault(path, f"constant image (every voxel is {data.flat[0]}): no scan in it"))
+    return faults
+
+
+def check_case(case_files: CaseFiles, require_seg: bool = True) -> tuple[Case | None, list[CaseFault]]:
+    """Read a case and collect all its faults: missing or duplicate files (the segmentation too, unless
+    `require_seg` is off: predicting from clicks needs none), files of two releases mixed, unreadable or corrupt
+    files, a 4-D file without its channels, shape, orientation or affine mismatches, non-finite or constant
+    intensities, labels outside the release's set. Returns (case or None, faults). An empty segmentation is not a
+    fault (see `empty_segmentation`)."""
+    faults = _file_faults(case_files, require_seg)
+    volumes = _read_volumes(case_files, faults)
+    if not volumes:
+        return None, faults
+    faults += _geometry_faults(volumes)
     seg = None
     if "seg" in volumes:
         seg, label_faults = _check_labels(case_files, volumes["seg"][2])
         faults += label_faults
     if faults:
         return None, faults
-    images = {m: volumes[m][2].astype(np.float32, copy=False) for m in MODALITIES}
+    _, ref_image, _ = next(iter(volumes.values()))
+    to_lps = orientations.ornt_transform(orientations.io_orientation(ref_image.affine), LPS)
+
+    def lps(data: np.ndarray, dtype) -> np.ndarray:
+        return np.ascontiguousarray(orientations.apply_orientation(data, to_lps), dtype=dtype)
+
+    header = ref_image.header.copy()
+    if len(header.get_data_shape()) > 3:  # a 4-D release: the geometry of one of its volumes
+        header.set_data_shape(header.get_data_shape()[:3])
     return Case(
-        files=case_files, images=images, seg=seg, affine=ref_image.affine.copy(), header=ref_image.header.copy()
+        files=case_files,
+        images={m: lps(volumes[m][2], np.float32) for m in MODALITIES},
+        seg=None if seg is None else lps(seg, np.int16),
+        affine=ref_image.affine.copy(),
+        header=header,
+        orientation=to_lps,
     ), []
 
 
@@ -223,7 +352,7 @@ def empty_segmentation(case: Case) -> bool:
     validation lists it, training warns and keeps the case's slices as tumour-free ones, and evaluation records the
     case as `empty_ground_truth` and leaves it out of the means (a click prompt comes from the tumour, so a prompted
     model is never asked anything there; BraTS would score its empty prediction 1.0)."""
-    return case.seg is not None and not case.seg.any()
+    return case.seg is not None and not case.whole_tumour.any()
 
 
 def load_case(case_files: CaseFiles, require_seg: bool = True) -> Case:
@@ -235,12 +364,14 @@ def load_case(case_files: CaseFiles, require_seg: bool = True) -> Case:
 
 
 def save_prediction(case: Case, volume: np.ndarray, path: str | Path) -> None:
-    """Write a (X, Y, Z) label or mask volume in the case's geometry (its affine and header), whole or not at all."""
+    """Write a (X, Y, Z) label or mask volume on `images`' grid in the case's file geometry (its voxel grid, affine
+    and header), whole or not at all."""
     volume = np.asarray(volume)
     expected = case.images[MODALITIES[0]].shape
     if volume.shape != expected:
         raise ValueError(f"prediction shape {volume.shape} differs from case {case.case_id}'s {expected}")
     header = case.header.copy()
     header.set_data_dtype(np.uint8)
-    raw = nib.Nifti1Image(volume.astype(np.uint8), case.affine, header).to_bytes()
+    on_file_grid = np.ascontiguousarray(case.to_file_grid(volume.astype(np.uint8)))
+    raw = nib.Nifti1Image(on_file_grid, case.affine, header).to_bytes()
     write_atomic(path, gzip.compress(raw, compresslevel=6) if str(path).endswith(".gz") else raw)

@@ -37,7 +37,8 @@ import nibabel as nib
 import numpy as np
 
 from sam_jax.data import split as split_lib
-from sam_jax.data.brats import MODALITIES, CaseFiles, find_cases, load_case
+from sam_jax.data.brats import CaseFiles, find_cases, load_case
+from sam_jax.data.domains import MODALITIES, files_like, whole_tumour
 from sam_jax.data.errors import BadCaseError, CacheError, CaseFault
 from sam_jax.data.preprocess import volume_slices
 from sam_jax.progress import progress_bar
@@ -114,7 +115,7 @@ def _build_case(case_files: CaseFiles, target: Path, settings: dict, fingerprint
         volume_shape=list(case.images[MODALITIES[0]].shape),
         box=[list(b) for b in box],
         has_seg=case.seg is not None,
-        tumour_area=(labels > 0).sum(axis=(1, 2)).tolist(),
+        tumour_area=whole_tumour(labels).sum(axis=(1, 2)).tolist(),
         brain_area=brain_slices.sum(axis=(1, 2)).tolist(),
         intensity_scale=scale,
     )
@@ -367,7 +368,7 @@ def build_cache(
     cache_dir = Path(cache_dir)
     found = find_cases(data_dir, domain)
     if not found:
-        raise CacheError(f"{data_dir}: no BraTS cases found (expected files like BraTS-GLI-00000-000-t1n.nii.gz)")
+        raise CacheError(f"{data_dir}: no cases found ({files_like()})")
     (cache_dir / "cases").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(cache_dir / "tmp", ignore_errors=True)  # leftovers of an interrupted build
     split_lib.ensure_split(cache_dir, {c.case_id: c.patient_id for c in found}, split_seed, val_fraction)

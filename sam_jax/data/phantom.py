@@ -22,9 +22,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel import orientations
 from scipy import ndimage
 
-from sam_jax.data.brats import DOMAINS, MODALITIES
+from sam_jax.data.brats import LPS
+from sam_jax.data.domains import DOMAINS, MODALITIES
+
+PHANTOM_DOMAINS = tuple(code for code, d in DOMAINS.items() if d.phantom)
 
 SHAPE = (240, 240, 155)
 _MNI_FILE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
@@ -236,9 +240,8 @@ def _thick_slices(volume: np.ndarray, thickness: int) -> np.ndarray:
 
 def make_case(domain: str, index: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """({modality: int16 volume}, uint8 labels, affine) for phantom case `index` of `domain`."""
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
-    rng = np.random.default_rng([seed, DOMAINS.index(domain), index])
+    check_domains([domain])
+    rng = np.random.default_rng([seed, list(DOMAINS).index(domain), index])
     anat = anatomy()
     labels = _tumour_labels(domain, anat, rng)
     tumour = labels > 0
@@ -265,7 +268,17 @@ def make_case(domain: str, index: int, seed: int) -> tuple[dict[str, np.ndarray]
         full = np.zeros(SHAPE, np.int16)
         full[bbox] = np.where(body_box, np.clip(volume * gain, 0, 32767), 0).astype(np.int16)
         images[modality] = full
-    return images, labels.astype(np.uint8), anat["affine"]
+    stored = {m: stored_grid(v) for m, v in images.items()}
+    return stored, stored_grid(labels.astype(np.uint8)), anat["affine"] @ orientations.inv_ornt_aff(_to_lps(), SHAPE)
+
+
+def _to_lps() -> np.ndarray:
+    return orientations.ornt_transform(orientations.io_orientation(anatomy()["affine"]), LPS)
+
+
+def stored_grid(volume: np.ndarray) -> np.ndarray:
+    """A volume on the MNI grid the phantom is drawn on (RAS) → the grid its cases are stored on: LPS, as BraTS."""
+    return np.ascontiguousarray(orientations.apply_orientation(volume, _to_lps()))
 
 
 def case_id(domain: str, index: int) -> str:
@@ -285,10 +298,25 @@ def write_case(out_dir: str | Path, domain: str, index: int, seed: int) -> Path:
     return folder
 
 
+def check_domains(domains) -> None:
+    """A clear error for a domain the phantom has no recipe for (or that does not exist)."""
+    for domain in domains:
+        if domain not in DOMAINS:
+            raise ValueError(f"unknown domain {domain!r}; expected one of {list(DOMAINS)}")
+        if not DOMAINS[domain].phantom:
+            raise ValueError(
+                f"the phantom has no recipe for domain {domain} ({DOMAINS[domain].name}); it draws "
+                f"{', '.join(PHANTOM_DOMAINS)}"
+            )
+
+
 def write_phantom(
-    out_dir: str | Path, cases_per_domain: int, seed: int = 0, domains: tuple[str, ...] | list[str] = DOMAINS
+    out_dir: str | Path, cases_per_domain: int, seed: int = 0, domains: tuple[str, ...] | list[str] = None
 ) -> list[Path]:
-    """Write `cases_per_domain` phantom cases of each domain under `out_dir`; returns the case folders."""
+    """Write `cases_per_domain` phantom cases of each domain (default: every one it can draw) under `out_dir`;
+    returns the case folders."""
+    domains = PHANTOM_DOMAINS if domains is None else domains
+    check_domains(domains)
     return [write_case(out_dir, d, i, seed) for d in domains for i in range(cases_per_domain)]
 
 
@@ -297,7 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--cases_per_domain", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated subset of GLI,MEN,PED,SSA")
+    parser.add_argument(
+        "--domains", default=",".join(PHANTOM_DOMAINS), help=f"comma-separated subset of {','.join(PHANTOM_DOMAINS)}"
+    )
     args = parser.parse_args(argv)
     domains = [d.strip().upper() for d in args.domains.split(",") if d.strip()]
     start = time.perf_counter()

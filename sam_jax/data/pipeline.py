@@ -22,9 +22,9 @@ import grain
 import numpy as np
 from absl import flags
 
-from sam_jax.data.brats import MODALITIES
 from sam_jax.data.cache import Cache
 from sam_jax.data.clicks import CLICK_POLICIES, NO_CLICK, slice_click
+from sam_jax.data.domains import MODALITIES, whole_tumour
 
 SLICE_POLICIES = ("all", "tumour", "tumour_plus")
 
@@ -130,7 +130,7 @@ class LoadBatch(grain.transforms.RandomMap):
                 k = centre - z // 2 + t
                 if not 0 <= k < len(image):
                     continue
-                tumour = labels[k] > 0
+                tumour = whole_tumour(labels[k])
                 if loads:
                     source = image[k] if self.all_channels else image[k][..., self.channels]
                     np.multiply(source, scale, out=out["image"][i, t, :h, :w])

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from sam_jax.data.brats import find_cases
 from sam_jax.data.cache import default_cache_dir
+from sam_jax.data.domains import files_like
 from sam_jax.data.split import ensure_split
 from sam_jax.evaluation.errors import EvaluationError
 
 SPLITS = ("val", "all", "auto")
-COLUMNS = {"GLI": "VD1", "MEN": "VD2", "PED": "D3", "SSA": "D4"}  # the paper's table columns
 
 
 def resolve_split(split: str, domain: str, trained_on: str | None) -> str:
@@ -29,7 +29,7 @@ def select_cases(data_dir, domain: str, split: str, cache_dir=None):
     data_dir = Path(data_dir)
     every = find_cases(data_dir)
     if not every:
-        raise EvaluationError(f"{data_dir}: no BraTS cases found (files like BraTS-GLI-00000-000-t1n.nii.gz)")
+        raise EvaluationError(f"{data_dir}: no cases found ({files_like()})")
     chosen = [c for c in every if c.domain == domain]
     if split == "val":
         cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_dir)

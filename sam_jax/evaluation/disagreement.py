@@ -86,14 +86,16 @@ def rank_cases(runs: list[EvalRun], metric: str) -> list[tuple[str, float, dict]
     return ranked
 
 
-def _mask(path: Path, shape) -> np.ndarray:
+def _mask(path: Path, case) -> np.ndarray:
+    """A saved prediction (on the case file's grid) as a mask on the case's LPS grid."""
     try:
         mask = np.asarray(nib.load(str(path)).dataobj) > 0
     except Exception as e:  # nibabel raises several types for a damaged file
         raise EvaluationError(f"{path}: unreadable prediction ({e})") from None
-    if mask.shape != tuple(shape):
-        raise EvaluationError(f"{path}: prediction shape {mask.shape} differs from the case's {tuple(shape)}")
-    return mask
+    shape = case.to_file_grid(case.images[next(iter(case.images))]).shape
+    if mask.shape != shape:
+        raise EvaluationError(f"{path}: prediction shape {mask.shape} differs from the case's {shape}")
+    return case.from_file_grid(mask)
 
 
 def compare(
@@ -133,8 +135,7 @@ def compare(
             raise EvaluationError(f"case {case_id} not found under {', '.join(data_dirs)}; pass --data_dir")
         case = load_case(files[case_id])
         truth = case.whole_tumour if case.seg is not None else None
-        shape = case.images[next(iter(case.images))].shape
-        masks = {run.name: _mask(run.prediction(case_id), shape) for run in runs}
+        masks = {run.name: _mask(run.prediction(case_id), case) for run in runs}
         path = out_dir / f"{case_id}.png"
         figures.comparison(case.images, truth, masks, scores, path, title=f"{case_id}  ({metric})")
         drawn.append((case_id, spread, scores, path))

@@ -72,7 +72,7 @@ def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks:
         row.update(run_paper_protocol(segmenter, embeddings, volume.tumour, case_rng(seed, case.case_id)))
     if "volumetric" in protocols:
         prediction, _ = predict_volume(segmenter, volume, embeddings=embeddings)
-        spacing = tuple(float(z) for z in case.header.get_zooms()[:3])
+        spacing = case.spacing
         row.update(volumetric_scores(prediction, truth, spacing, case_files.domain))
     if "interactive" in protocols:
         row.update(

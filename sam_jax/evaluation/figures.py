@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from sam_jax.data.brats import MODALITIES  # noqa: E402
+from sam_jax.data.domains import MODALITIES  # noqa: E402
 
 _TITLES = {"t1n": "T1", "t1c": "T1Gd", "t2w": "T2", "t2f": "FLAIR"}
 

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from sam_jax.adaptation.modalities import LAYOUTS, MODALITIES
+from sam_jax.data.domains import PAPER_COLUMNS
 from sam_jax.errors import SamJaxError
-from sam_jax.evaluation.cases import COLUMNS
 
-ORDER = tuple(COLUMNS.values())
 MISSING, NOT_FOUND = "–", "n/a"  # no run of ours; no published value found
 SOURCE = "docs/reference.md §7"
 PAPER_LORA = (4, 1.0, ("q", "v", "lin1", "lin2"))  # rank, alpha, targets (docs/reference.md §4)
@@ -114,7 +113,7 @@ TABLES = (
     PaperTable(
         "table1",
         "Table 1: zero-shot SAM and LoRA by input layout, trained on GLI",
-        (PaperRow("SAM zero-shot (any 3-channel layout)", _zero_shot, {c: "<10" for c in ORDER}),)
+        (PaperRow("SAM zero-shot (any 3-channel layout)", _zero_shot, {c: "<10" for c in PAPER_COLUMNS}),)
         + _lora_rows("GLI", _PUBLISHED_GLI),
     ),
     PaperTable("table2", "Table 2: LoRA by input layout, trained on MEN", _lora_rows("MEN", _PUBLISHED_MEN)),
@@ -283,14 +282,14 @@ def table_lines(table: PaperTable, models: list[Entry]) -> list[list[str]]:
         matched = [m for m in models if row.match is not None and row.match(m.profile)]
         for m in matched or [None]:
             cells = [row.label, MISSING if m is None else m.label]
-            for c in ORDER:
+            for c in PAPER_COLUMNS:
                 cells += _triple(None if m is None else m.values.get(c), row.published.get(c))
             lines.append(cells)
     return lines
 
 
 def header(diff: str) -> list[str]:
-    return ["paper row", "our run"] + [f"{c} {part}" for c in ORDER for part in ("ours", "paper", diff)]
+    return ["paper row", "our run"] + [f"{c} {part}" for c in PAPER_COLUMNS for part in ("ours", "paper", diff)]
 
 
 def markdown(table: PaperTable, models: list[Entry]) -> str:

@@ -1,5 +1,6 @@
-"""Tables in the paper's layout (rows models, columns VD1 VD2 D3 D4) from evaluation summaries, one per metric;
-markdown and CSV. The paper's own Tables 1–5, our runs beside the published values, are `paper_tables`."""
+"""Tables in the paper's layout (rows models, columns VD1 VD2 D3 D4, then any other domain scored, e.g. MET) from
+evaluation summaries, one per metric; markdown and CSV. The paper's own Tables 1–5, our runs beside the published
+values, are `paper_tables`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import io
 import json
 from pathlib import Path
 
-from sam_jax.evaluation.cases import COLUMNS
+from sam_jax.data.domains import COLUMNS, PAPER_COLUMNS
 
 # (metric key in a summary, title, multiply by) per table.
 TABLES = {
@@ -22,7 +23,12 @@ TABLES = {
     "noc85": ("Interactive: NoC@85", 1),
     "noc90": ("Interactive: NoC@90", 1),
 }
-ORDER = tuple(COLUMNS.values())
+
+
+def _order(*row_sets) -> list[str]:
+    """The paper's columns, then the registry's other columns that hold a value."""
+    present = {c for rows in row_sets for values in (rows or {}).values() for c in values}
+    return [c for c in COLUMNS.values() if c in PAPER_COLUMNS or c in present]
 
 
 def load_summaries(run_dirs) -> list[dict]:
@@ -52,18 +58,20 @@ def _cell(value) -> str:
 
 
 def markdown(title: str, rows: dict, published: dict | None = None) -> str:
-    lines = [f"### {title}", "", "| model | " + " | ".join(ORDER) + " |", "|---" * (len(ORDER) + 1) + "|"]
+    order = _order(rows, published)
+    lines = [f"### {title}", "", "| model | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
     for name, values in list(rows.items()) + list((published or {}).items()):
-        lines.append(f"| {name} | " + " | ".join(_cell(values.get(c)) for c in ORDER) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(values.get(c)) for c in order) + " |")
     return "\n".join(lines) + "\n"
 
 
 def csv_text(rows: dict, published: dict | None = None) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["model", *ORDER])
+    order = _order(rows, published)
+    writer.writerow(["model", *order])
     for name, values in list(rows.items()) + list((published or {}).items()):
-        writer.writerow([name, *(_cell(values.get(c)) for c in ORDER)])
+        writer.writerow([name, *(_cell(values.get(c)) for c in order)])
     return out.getvalue()
 
 

@@ -7,7 +7,8 @@ import dataclasses
 
 import numpy as np
 
-from sam_jax.data.brats import MODALITIES, Case
+from sam_jax.data.brats import Case
+from sam_jax.data.domains import MODALITIES, whole_tumour
 from sam_jax.data.preprocess import volume_slices
 from sam_jax.evaluation.errors import CaseError
 
@@ -37,12 +38,12 @@ class CaseVolume:
     def native_tumour(self) -> np.ndarray:
         if self.case.seg is None:
             raise CaseError(f"case {self.case.case_id} has no segmentation to score against")
-        return self.case.seg > 0
+        return self.case.whole_tumour
 
 
 def prepare_volume(case: Case, spec) -> CaseVolume:
     """The case's slices as the run spec says the model takes them (`sam_jax.data.preprocess.volume_slices`, the
     training cache's own preparation)."""
     prepared = volume_slices(case.images, case.seg, spec.modalities, spec.normalisation, spec.crop_to_brain)
-    tumour = None if prepared.labels is None else prepared.labels > 0
+    tumour = None if prepared.labels is None else whole_tumour(prepared.labels)
     return CaseVolume(case, prepared.images, tumour, prepared.box)

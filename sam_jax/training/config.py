@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Literal, Tuple
 
 from sam_jax import settings
-from sam_jax.data.brats import DOMAINS
 from sam_jax.data.clicks import CLICK_POLICIES
+from sam_jax.data.domains import DOMAINS, PAPER_DOMAINS, domain_help
 from sam_jax.data.pipeline import SLICE_POLICIES
 from sam_jax.distributed import ProcessGroup
 from sam_jax.settings import setting
@@ -42,9 +42,9 @@ class TrainConfig(RunSpec, ProcessGroup):
         "Preprocessing cache; default <data_dir>/.sam_jax_cache, or under ~/.cache/sam_jax when data_dir is read-only.",
         resume="may_change",
     )
-    domain: Literal[(*DOMAINS, "ALL")] = setting("GLI", "Domain to train on (ALL: every domain).")
-    eval_domains: Tuple[Literal[DOMAINS], ...] = setting(
-        DOMAINS,
+    domain: Literal[(*DOMAINS, "ALL")] = setting("GLI", f"Domain to train on: {domain_help()}; ALL: every domain.")
+    eval_domains: Tuple[Literal[tuple(DOMAINS)], ...] = setting(
+        PAPER_DOMAINS,
         "Domains scored at the end: the training domain on its validation split, the others on all their cases.",
         resume="may_change",
     )

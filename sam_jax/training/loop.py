@@ -31,6 +31,7 @@ from sam_jax.adaptation import save_adapter
 from sam_jax.adaptation.adapter_io import init_from_adapter
 from sam_jax.data.brats import find_cases
 from sam_jax.data.cache import Cache, build_cache, default_cache_dir
+from sam_jax.data.domains import files_like
 from sam_jax.data.phantom import write_phantom
 from sam_jax.data.pipeline import make_dataset, make_iterator, select_slices
 from sam_jax.errors import SamJaxError
@@ -69,10 +70,7 @@ def check_inputs(cfg: TrainConfig) -> None:
     if not cfg.data_dir:
         problems.append("--data_dir is required")
     elif cfg.phantom_cases_per_domain <= 0 and not (Path(cfg.data_dir).is_dir() and find_cases(cfg.data_dir)):
-        problems.append(
-            f"--data_dir {cfg.data_dir}: no BraTS cases found (files like "
-            f"BraTS-GLI-00000-000-t1n.nii.gz, searched recursively)"
-        )
+        problems.append(f"--data_dir {cfg.data_dir}: no cases found, searched recursively ({files_like()})")
     elif jax.process_count() > 1:
         try:
             distributed.check_even_split(

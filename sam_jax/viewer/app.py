@@ -30,7 +30,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from sam_jax.data.brats import MODALITIES, save_prediction
+from sam_jax.data.brats import save_prediction
+from sam_jax.data.domains import MODALITIES
 from sam_jax.errors import SamJaxError
 from sam_jax.evaluation.mask_editing import MaskEditor
 from sam_jax.outputs import check_output_file

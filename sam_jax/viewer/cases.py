@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from sam_jax.data import find_cases, load_case
-from sam_jax.data.brats import MODALITIES, Case, CaseFiles
+from sam_jax.data.brats import Case, CaseFiles
 from sam_jax.data.clicks import POSITIVE
+from sam_jax.data.domains import MODALITIES
 from sam_jax.evaluation.propagation import segment_slice
 from sam_jax.evaluation.slice_embeddings import SliceEmbeddings
 from sam_jax.evaluation.volume import CaseVolume, prepare_volume
@@ -66,7 +67,7 @@ class OpenCase:
             windows={m: list(default_window(self.case.images[m])) for m in MODALITIES},
             slices=[z0, z1],
             box=[[x0, x1], [y0, y1], [z0, z1]],
-            spacing=[float(s) for s in self.case.header.get_zooms()[:3]],
+            spacing=list(self.case.spacing),
         )
 
     def progress(self) -> dict:
