@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from apps import run_app
 from flax import nnx
+from nibabel import orientations
 
 from sam_jax.config import sam_config
 from sam_jax.data import find_cases, load_case
@@ -20,6 +21,7 @@ from sam_jax.evaluation import CheckpointError, load_trained, load_zero_shot
 from sam_jax.evaluation.evaluate import evaluate_cases
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
+from sam_jax.metrics.lesion_wise import lesion_wise_scores
 from sam_jax.model import Sam, attention
 from sam_jax.spec import RunSpec
 from sam_jax.training.config import TrainConfig
@@ -285,3 +287,36 @@ def test_eval_app_writes_csv_summary_and_table(tiny_sam_file, small_data, tmp_pa
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["column"], summary["split"], summary["scored"]) == ("VD2", "all", 1)
     assert "| tiny zero-shot |  | " in result.stdout and (out / "cases.csv").read_text().count("\n") == 2
+
+
+@pytest.mark.slow
+def test_eval_scores_metastases_a_fifth_domain_in_its_own_column(tiny_sam_file, small_data, tmp_path):
+    """A BraTS 2023 MET case, shipped in RAS as the MET samples are: eval.main scores it with the MET lesion rule
+    and eval.table gives it a column after the paper's four."""
+    gli = find_cases(small_data, "GLI")[0]
+    met = tmp_path / "met" / "BraTS-MET-00000-000"
+    met.mkdir(parents=True)
+    ras = orientations.axcodes2ornt("RAS")
+    for path in [*gli.images.values(), gli.seg]:
+        image = nib.load(path)
+        to_ras = orientations.ornt_transform(orientations.io_orientation(image.affine), ras)
+        nib.save(image.as_reoriented(to_ras), met / path.name.replace(gli.case_id, met.name))
+    out = tmp_path / "eval"
+    result = run_app(
+        "-m", "eval.main", "--domain=MET", "--zero_shot", f"--sam_weights={tiny_sam_file}", "--model_type=tiny",
+        "--image_size=128", f"--data_dir={met.parent}", f"--output_dir={out}", "--protocols=volumetric",
+        "--overlays=0", "--save_predictions", "--model_name=zero",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["domain"], summary["column"], summary["scored"]) == ("MET", "MET", 1)
+    prediction = nib.load(out / "predictions" / f"{met.name}.nii.gz")
+    assert "".join(nib.aff2axcodes(prediction.affine)) == "RAS"
+    truth = np.asarray(nib.load(met / f"{met.name}-seg.nii.gz").dataobj) > 0
+    with open(out / "cases.csv") as f:
+        (row,) = csv.DictReader(f)
+    expected = lesion_wise_scores(np.asarray(prediction.dataobj) > 0, truth, (1.0, 1.0, 1.0), domain="MET")
+    assert float(row["lesion_dice"]) == pytest.approx(expected.dice)
+    tables = run_app("-m", "eval.table", str(out), f"--output_dir={tmp_path / 'tables'}")
+    assert tables.returncode == 0, tables.stderr[-2000:]
+    assert "| model | VD1 | VD2 | D3 | D4 | MET |" in (tmp_path / "tables" / "tables.md").read_text()
