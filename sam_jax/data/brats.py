@@ -15,8 +15,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
+from nibabel.orientations import io_orientation
 
-from sam_jax.data.domains import DOMAINS, MODALITIES, RELEASES, Release, parse_path, whole_tumour
+from sam_jax.data.domains import DOMAINS, MODALITIES, Release, parse_path, whole_tumour
 from sam_jax.data.errors import BadCaseError, CaseFault
 from sam_jax.outputs import write_atomic
 
@@ -33,14 +34,10 @@ class CaseFiles:
     domain: str
     images: dict[str, Path]
     seg: Path | None
-    release: Release = RELEASES[1]
-    patient_id: str = ""  # the subject (a case id without its time point); the case id when empty
+    release: Release
+    patient_id: str  # the subject: the case id without its time point, where it has one
     duplicates: tuple[Path, ...] = ()  # a second file for an already found modality
     other_releases: tuple[Path, ...] = ()  # files in the case's folder named as another release names them
-
-    def __post_init__(self):
-        if not self.patient_id:
-            object.__setattr__(self, "patient_id", self.case_id)
 
     def expected_path(self, modality: str) -> Path:
         """The file a missing modality should have been, for error messages."""
@@ -58,7 +55,7 @@ class Case:
     seg: np.ndarray | None
     affine: np.ndarray
     header: nib.Nifti1Header
-    orientation: np.ndarray = dataclasses.field(default_factory=lambda: orientations.ornt_transform(LPS, LPS))
+    orientation: np.ndarray
 
     @property
     def case_id(self) -> str:
@@ -80,7 +77,7 @@ class Case:
 
     def to_file_grid(self, volume: np.ndarray) -> np.ndarray:
         """An (X, Y, Z) volume on `images`' LPS grid → the same on the file's voxel grid."""
-        return orientations.apply_orientation(volume, orientations.ornt_transform(LPS, self._file_ornt()))
+        return orientations.apply_orientation(volume, orientations.ornt_transform(LPS, io_orientation(self.affine)))
 
     def from_file_grid(self, volume: np.ndarray) -> np.ndarray:
         """An (X, Y, Z) volume on the file's voxel grid (a saved prediction) → the LPS grid of `images`."""
@@ -101,9 +98,6 @@ class Case:
         for file_axis, (axis, _) in enumerate(self.orientation):
             file_shape[file_axis] = shape[int(axis)]
         return orientations.inv_ornt_aff(self.orientation, file_shape)
-
-    def _file_ornt(self) -> np.ndarray:
-        return orientations.io_orientation(self.affine)
 
 
 def _apply(affine: np.ndarray, xyz) -> tuple[int, int, int]:
@@ -329,7 +323,7 @@ def check_case(case_files: CaseFiles, require_seg: bool = True) -> tuple[Case | 
     if faults:
         return None, faults
     _, ref_image, _ = next(iter(volumes.values()))
-    to_lps = orientations.ornt_transform(orientations.io_orientation(ref_image.affine), LPS)
+    to_lps = orientations.ornt_transform(io_orientation(ref_image.affine), LPS)
 
     def lps(data: np.ndarray, dtype) -> np.ndarray:
         return np.ascontiguousarray(orientations.apply_orientation(data, to_lps), dtype=dtype)
