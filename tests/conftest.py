@@ -52,8 +52,9 @@ def _write_tiny_case(
     modalities=("t1n", "t1c", "t2w", "t2f", "seg"),
     affine=None,
 ) -> Path:
-    """Write a small BraTS-2023-named case: brain = a box inside the volume with per-modality intensities
-    10 * (m + 1) + voxel noise; `seg` defaults to a 2x2x2 label-2 block with a label-3 voxel."""
+    """Write a small BraTS-2023-named case in LPS (as BraTS ships it): brain = a box inside the volume with
+    per-modality intensities 10 * (m + 1) + voxel noise; `seg` defaults to a 2x2x2 label-2 block with a label-3
+    voxel."""
     folder = Path(folder) / case_id
     folder.mkdir(parents=True, exist_ok=True)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) if affine is None else affine  # LPS, as BraTS ships

@@ -298,7 +298,7 @@ class Cache:
         return max(max(m["volume_shape"][:2]) for m in self.entries.values())
 
     def domain(self, case_id: str) -> str:
-        """GLI, MEN, PED or SSA."""
+        """Its domain code (`sam_jax.data.domains.DOMAINS`)."""
         return self.entries[case_id]["domain"]
 
     def num_slices(self, case_id: str) -> int:
