@@ -17,6 +17,7 @@ from sam_jax import distributed
 from sam_jax.data.domains import COLUMNS, domain_help
 from sam_jax.evaluation.cases import SPLITS, resolve_split, select_cases
 from sam_jax.evaluation.evaluate import (
+    DEFAULT_PROTOCOLS,
     PROTOCOLS,
     evaluate_cases,
     merge_process_csvs,
@@ -48,8 +49,12 @@ flags.DEFINE_string(
     "Default: <checkpoint>/eval/<domain>[_best]; zero-shot: "
     "workdir/<model name>/eval/<domain>, beside the trained runs.",
 )
-flags.DEFINE_list("protocols", list(PROTOCOLS), f"Any of {', '.join(PROTOCOLS)}.")
-flags.DEFINE_integer("seed", 0, "Seed of the paper protocol's clicks.", lower_bound=0)
+flags.DEFINE_list(
+    "protocols",
+    list(DEFAULT_PROTOCOLS),
+    f"Any of {', '.join(PROTOCOLS)}; box: each tumour slice from its ground-truth box, tight and jittered.",
+)
+flags.DEFINE_integer("seed", 0, "Seed of the paper protocol's clicks and the box protocol's jitter.", lower_bound=0)
 flags.DEFINE_integer("max_clicks", NOC_MAX_CLICKS, "Interactive protocol: clicks per slice.", lower_bound=1)
 flags.DEFINE_bool("save_predictions", False, "Write each case's native-grid mask to O/predictions/.")
 flags.DEFINE_integer("overlays", 2, "PNG overlays (Figure 7) of the first N cases in O/overlays/.", lower_bound=0)
@@ -110,7 +115,7 @@ def main(argv):
         checkpoint=FLAGS.checkpoint,
     )
     write_summary(summary, out_dir)
-    for metric, scale in (("paper_dice", 100), ("dice_3d", 100), ("lesion_dice", 100), ("noc90", 1)):
+    for metric, scale in (("paper_dice", 100), ("dice_3d", 100), ("lesion_dice", 100), ("noc90", 1), ("box_dice", 100)):
         value = summary["means"].get(metric)
         if value is not None:
             print(markdown(metric, {name: {COLUMNS[FLAGS.domain]: value * scale}}))

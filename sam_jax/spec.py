@@ -17,6 +17,7 @@ from typing import Literal, Mapping
 from sam_jax import settings
 from sam_jax.adaptation.config import AdaptationConfig
 from sam_jax.config import ATTENTION_IMPLEMENTATIONS, PRESETS, SamConfig, sam_config
+from sam_jax.data.boxes import PROMPTS
 from sam_jax.data.preprocess import NORMALISATIONS
 from sam_jax.errors import SpecError
 from sam_jax.model.frame import RESIZE_RULES
@@ -57,6 +58,12 @@ class RunSpec(AdaptationConfig):
     click_order: Literal["xy", "row_col"] = setting(
         "xy",
         "Clicks as SAM expects them (xy), or row_col (the original code passed (row, col) where SAM reads (x, y)).",
+    )
+    prompt: Literal[PROMPTS] = setting(
+        "click",
+        "Prompts: click (one per slice, see click_policy), box (each tumour slice's box, each side widened in "
+        "training by a random 0–5 pixels as MedSAM's; a slice without tumour gets none), or both (click and box). "
+        "Evaluation prompts the volumetric protocol as the run was trained.",
     )
     broadcast_clicks: bool = setting(
         False,

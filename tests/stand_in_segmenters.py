@@ -36,3 +36,23 @@ class ComponentSegmenter(SquareSegmenter):
             if label:
                 out[i][self.components[k] == label] = 5.0
         return out
+
+
+class BoxSegmenter:
+    """Predicts, on slice k (its 'embedding' is k), the truth inside the box (corners inclusive), or the whole box
+    without a truth; takes boxes only. Logits live on the slice grid."""
+
+    def __init__(self, truth=None):
+        self.truth = truth
+
+    def decode(self, embeddings, coords, labels, hw, mask_input=None, boxes=None):
+        assert coords is None and labels is None and boxes is not None, "a box stand-in takes boxes alone"
+        out = np.full((len(boxes),) + tuple(hw), -5.0, np.float32)
+        for i, (k, (x0, y0, x1, y1)) in enumerate(zip(np.asarray(embeddings), np.asarray(boxes).astype(int))):
+            inside = np.zeros(hw, bool)
+            inside[y0 : y1 + 1, x0 : x1 + 1] = True
+            out[i][inside if self.truth is None else inside & self.truth[k]] = 5.0
+        return out
+
+    def to_slice_grid(self, low_res, hw):
+        return low_res

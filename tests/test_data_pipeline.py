@@ -1,4 +1,5 @@
-"""The grain pipeline: element layout, channel choice, stacks, slice and click policies, determinism, exact resume."""
+"""The grain pipeline: element layout, channel choice, stacks, slice and click policies, box prompts, determinism,
+exact resume."""
 
 import numpy as np
 import pytest
@@ -186,3 +187,30 @@ def test_a_volume_batch_is_one_case_per_step(tiny_cache):
     # Repeated forever, as training streams it.
     streamed = make_iterator(make_dataset(tiny_cache, list(CASES), batch_size=1, volume_batch=4, seed=1))
     assert [next(streamed)["image"].shape[0] for _ in range(3)] == [4, 4, 4]
+
+
+def test_batches_carry_each_slices_box(tiny_cache):
+    common = dict(batch_size=6, shuffle=False, num_epochs=1, seed=1)
+    clicks_only = make_dataset(tiny_cache, list(CASES), **common)
+    assert "boxes" not in clicks_only[0] and "has_box" not in clicks_only[0]
+    tight = make_dataset(tiny_cache, list(CASES), prompt="box", box_shift=0, **common)
+    jittered = make_dataset(tiny_cache, list(CASES), prompt="both", **common)
+    for i in range(len(tight)):
+        b, j = tight[i], jittered[i]
+        assert b["boxes"].shape == (6, 1, 4) and b["boxes"].dtype == np.float32 and b["has_box"].dtype == bool
+        has_tumour = b["mask"][:, 0].any(axis=(1, 2))
+        np.testing.assert_array_equal(b["has_box"][:, 0], has_tumour)
+        np.testing.assert_array_equal(j["has_box"], b["has_box"])
+        # the fixture's tumour: columns (x) 4..5, rows (y) 3..4 of the canvas
+        assert b["boxes"][has_tumour, 0].tolist() == [[4, 3, 5, 4]] * int(has_tumour.sum())
+        assert not b["boxes"][~has_tumour].any()
+        outward = (j["boxes"][has_tumour, 0] - b["boxes"][has_tumour, 0]) * [-1, -1, 1, 1]
+        assert outward.min() >= 0 and outward.max() <= 5
+        upper = np.array([12 - 1, 10 - 1] * 2)  # the 10 x 12 slice (rows x columns)
+        assert (j["boxes"][has_tumour, 0] <= upper).all()
+    assert sum(int(tight[i]["has_box"].sum()) for i in range(len(tight))) == 4  # z 2..3 of two cases
+
+
+def test_unknown_prompt_is_refused(tiny_cache):
+    with pytest.raises(ValueError, match="unknown prompt 'boxes'"):
+        make_dataset(tiny_cache, list(CASES), prompt="boxes")

@@ -211,13 +211,16 @@ def test_process_blocks_of_a_batch_make_the_whole_batch(tmp_path, write_tiny_cas
     for case_id in cases:
         write_tiny_case(tmp_path / "data", case_id)
     cache = build_cache(tmp_path / "data", tmp_path / "cache")
-    for volume_batch, batch_size in ((0, 4), (4, 1)):
-        settings = dict(batch_size=batch_size, volume_batch=volume_batch, seed=7, z=3, drop_remainder=True)
+    for volume_batch, batch_size, prompt in ((0, 4, "click"), (4, 1, "click"), (0, 4, "both"), (4, 1, "box")):
+        settings = dict(
+            batch_size=batch_size, volume_batch=volume_batch, seed=7, z=3, drop_remainder=True, prompt=prompt
+        )
         whole = make_dataset(cache, list(cases), **settings)
         blocks = [
             make_dataset(cache, list(cases), shard=grain.sharding.ShardOptions(i, 2), **settings) for i in range(2)
         ]
-        for step in range(5):  # same images, masks and clicks, whatever the number of processes
+        assert ("boxes" in whole[0]) == (prompt != "click")
+        for step in range(5):  # same images, masks, clicks and boxes, whatever the number of processes
             joined = {k: np.concatenate([b[step][k] for b in blocks]) for k in whole[step]}
             for k, v in whole[step].items():
                 np.testing.assert_array_equal(joined[k], v, err_msg=f"{k} at step {step}")

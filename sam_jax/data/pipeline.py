@@ -4,7 +4,9 @@ the memory-mapped cache into preallocated arrays and draws the clicks. Elements 
 `image` float32 (B, Z, S, S, C), `mask` uint8 (B, Z, S, S) whole tumour, `valid_hw` int32 (B, 2), `point_coords`
 float32 (B, Z, 1, 2) in SAM's (x, y) = (column, row) pixel order, `point_labels` int32 (B, Z, 1) (1 positive,
 0 negative, -1 no click), `case_index` int32 (B,) into `cache.case_ids`, `slice_index` int32 (B,) the volume's axial
-index of the stack's centre slice (position Z // 2). A slice's row is voxel axis Y and its column voxel axis X (see
+index of the stack's centre slice (position Z // 2); with box prompts also `boxes` float32 (B, Z, 4), each slice's
+tumour box (x0, y0, x1, y1) in the same pixels (`sam_jax.data.boxes`), and `has_box` bool (B, Z), False on a slice
+without tumour. A slice's row is voxel axis Y and its column voxel axis X (see
 `sam_jax.data.cache`); a cropped slice sits top-left in the S x S canvas, `valid_hw` giving its extent; stack slices
 beyond the volume are zero with no click. The host ships these small native-size slices: resizing to the model's
 input size (1024 in the paper) happens on the accelerator inside the jitted step, which keeps host work and
@@ -12,9 +14,10 @@ host-to-device traffic ~18x smaller than shipping 1024^2 images.
 
 In a run of several processes (`shard`, e.g. `grain.sharding.ShardByJaxProcess()`), every process walks the same
 index stream, batched at the global batch size, and loads only its contiguous block of each batch's rows (process p
-of n: rows [p·B/n, (p+1)·B/n)), the rows its devices hold. Clicks are still drawn for every row of the batch, in
-order, from the masks (cheap beside the images): a sample's click, like its place in the batch, does not depend on
-how many processes share the batch, so n processes train exactly what one process over the same devices does."""
+of n: rows [p·B/n, (p+1)·B/n)), the rows its devices hold. Clicks and boxes are still drawn for every row of the
+batch, in order, from the masks (cheap beside the images): a sample's prompt, like its place in the batch, does not
+depend on how many processes share the batch, so n processes train exactly what one process over the same devices
+does."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from sam_jax.data.boxes import BOX_SHIFT, PROMPTS, slice_box
 from sam_jax.data.cache import Cache
 from sam_jax.data.clicks import CLICK_POLICIES, NO_CLICK, slice_click
 from sam_jax.data.domains import MODALITIES, whole_tumour
@@ -57,8 +61,9 @@ def slice_table(
 
 
 class LoadBatch(grain.transforms.RandomMap):
-    """Reads a batch of (case index, slice) rows from the cache and draws one click per slice. Memory maps open
-    lazily per process, so the transform pickles cheaply into grain's worker processes."""
+    """Reads a batch of (case index, slice) rows from the cache and draws one click per slice, and with `prompt`
+    box or both one box per slice after it (each side widened by a random 0…`box_shift` pixels; 0: the tight box).
+    Memory maps open lazily per process, so the transform pickles cheaply into grain's worker processes."""
 
     def __init__(
         self,
@@ -67,7 +72,11 @@ class LoadBatch(grain.transforms.RandomMap):
         modalities,
         click_policy: str,
         shard: grain.sharding.ShardOptions = grain.sharding.NoSharding(),
+        prompt: str = "click",
+        box_shift: int = BOX_SHIFT,
     ):
+        if prompt not in PROMPTS:
+            raise ValueError(f"unknown prompt {prompt!r}; expected one of {PROMPTS}")
         if click_policy not in CLICK_POLICIES:
             raise ValueError(f"unknown click policy {click_policy!r}; expected one of {CLICK_POLICIES}")
         if unknown := [m for m in modalities if m not in MODALITIES]:
@@ -79,6 +88,7 @@ class LoadBatch(grain.transforms.RandomMap):
         self.channels = [MODALITIES.index(m) for m in modalities]
         self.all_channels = self.channels == list(range(len(MODALITIES)))
         self.click_policy = click_policy
+        self.boxes, self.box_shift = prompt != "click", box_shift
         self.canvas = cache.canvas_size
         self.shard = (shard.shard_index, shard.shard_count)
         self._arrays = {}
@@ -119,6 +129,8 @@ class LoadBatch(grain.transforms.RandomMap):
             case_index=rows[start:stop, 0].astype(np.int32),
             slice_index=np.zeros(b, np.int32),
         )
+        if self.boxes:
+            out.update(boxes=np.zeros((b, z, 4), np.float32), has_box=np.zeros((b, z), bool))
         for row, (case_index, centre) in enumerate(rows):
             image, labels, packed_brain, (h, w), first, scale = self._case(int(case_index))
             loads = start <= row < stop  # other rows: their clicks only, which keeps the random stream in step
@@ -142,6 +154,10 @@ class LoadBatch(grain.transforms.RandomMap):
                 if loads:
                     out["point_coords"][i, t, 0] = point
                     out["point_labels"][i, t, 0] = label
+                if self.boxes:
+                    box, has_box = slice_box(tumour, rng, self.box_shift)
+                    if loads:
+                        out["boxes"][i, t], out["has_box"][i, t] = box, has_box
         return out
 
 
@@ -203,14 +219,16 @@ def make_dataset(
     volume_batch: int = 0,
     shard: grain.sharding.ShardOptions = grain.sharding.NoSharding(),
     pad_remainder: bool = False,
+    prompt: str = "click",
+    box_shift: int = BOX_SHIFT,
 ) -> grain.MapDataset:
     """A batched `grain.MapDataset` of slice stacks of `case_ids` (see the module docstring for the elements);
     `num_epochs=None` repeats forever (one epoch is `select_slices`' rows). Deterministic given `seed`; pass it to
     `make_iterator` to prefetch. `volume_batch` k > 0: each element is instead one case's k spaced slices
     (`spaced_slices`), one epoch every case once (`batch_size` must be 1). `shard`: this process's block of every
     batch (see the module docstring); `pad_remainder`: fill the last batch of an epoch with copies of the last row,
-    so that it splits like the others (the caller drops them)."""
-    load = LoadBatch(cache, z, tuple(modalities), click_policy, shard)
+    so that it splits like the others (the caller drops them). `prompt`, `box_shift`: see `LoadBatch`."""
+    load = LoadBatch(cache, z, tuple(modalities), click_policy, shard, prompt, box_shift)
     if volume_batch:
         if batch_size != 1:
             raise ValueError(f"a volume batch is one case per step: batch_size must be 1, not {batch_size}")

@@ -1,9 +1,11 @@
 """Score a model on a list of cases, case by case: each case's encoder embeddings are computed once and shared by
-the protocols (`paper`, `volumetric`, `interactive`); each case's row is appended to the CSV as soon as it is done,
-and a case that cannot be read or scored is recorded as failed with its reason while the others go on. The
-volumetric protocol scores the mask `eval.predict` writes: one ground-truth click per 26-connected tumour component,
-propagated slice by slice (`sam_jax.evaluation.prediction`); the interactive one runs on the tumour slices and
-reports per-slice NoC and Dice-after-k averaged over the volume's tumour slices.
+the protocols (`paper`, `volumetric`, `interactive`, and on request `box`); each case's row is appended to the CSV
+as soon as it is done, and a case that cannot be read or scored is recorded as failed with its reason while the
+others go on. The volumetric protocol scores the mask `eval.predict` writes: one ground-truth prompt per
+26-connected tumour component (a click, or a box for a run trained with boxes), propagated slice by slice
+(`sam_jax.evaluation.prediction`); the interactive one runs on the tumour slices and reports per-slice NoC and
+Dice-after-k averaged over the volume's tumour slices; the box one decodes each tumour slice from its ground-truth
+box, tight and jittered (`sam_jax.evaluation.box_protocol`).
 
 Several processes share the cases (process p of n scores cases p, p + n, …; clicks depend on the case alone), each
 writing its own rows (`process_csv`); `merge_process_csvs` joins them into the one cases.csv a single process
@@ -22,6 +24,7 @@ import numpy as np
 from sam_jax.data import DataError, load_case, save_prediction
 from sam_jax.data.brats import empty_segmentation
 from sam_jax.evaluation import figures
+from sam_jax.evaluation.box_protocol import box_scores
 from sam_jax.evaluation.errors import EmptyGroundTruth, EvaluationError
 from sam_jax.evaluation.interactive import ritm_dice_curves
 from sam_jax.evaluation.paper_protocol import run_paper_protocol
@@ -32,12 +35,14 @@ from sam_jax.metrics import NOC_MAX_CLICKS, MetricInputError, clicks_to_reach
 from sam_jax.outputs import check_output_dir, write_atomic
 from sam_jax.progress import progress_bar
 
-PROTOCOLS = ("paper", "volumetric", "interactive")
+PROTOCOLS = ("paper", "volumetric", "interactive", "box")
+DEFAULT_PROTOCOLS = PROTOCOLS[:3]  # the paper's; box on request
 CASES_CSV = "cases.csv"
 SCORE_COLUMNS = {
     "paper": ("paper_dice", "tumour_slice_dice"),
     "volumetric": ("dice_3d", "hd95", "lesion_dice", "lesion_hd95", "lesions_tp", "lesions_fn", "lesions_fp"),
     "interactive": ("noc85", "noc90"),
+    "box": ("box_dice", "box_jitter_dice"),
 }
 
 
@@ -71,7 +76,7 @@ def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks:
     if "paper" in protocols:
         row.update(run_paper_protocol(segmenter, embeddings, volume.tumour, case_rng(seed, case.case_id)))
     if "volumetric" in protocols:
-        prediction, _ = predict_volume(segmenter, volume, embeddings=embeddings)
+        prediction, _ = predict_volume(segmenter, volume, embeddings=embeddings, prompt=trained.spec.prompt)
         spacing = case.spacing
         row.update(volumetric_scores(prediction, truth, spacing, case_files.domain))
     if "interactive" in protocols:
@@ -80,6 +85,8 @@ def score_case(segmenter, trained, case_files, protocols, seed: int, max_clicks:
                 segmenter, embeddings, volume.tumour, max_clicks, trained.training.get("prompt_rounds", 1) > 1
             )
         )
+    if "box" in protocols:
+        row.update(box_scores(segmenter, embeddings, volume.tumour, case_rng(seed, case.case_id)))
     return row, case, prediction
 
 
@@ -98,7 +105,7 @@ def evaluate_cases(
     cases,
     out_dir,
     *,
-    protocols=PROTOCOLS,
+    protocols=DEFAULT_PROTOCOLS,
     seed: int = 0,
     max_clicks: int = NOC_MAX_CLICKS,
     save_predictions: bool = False,

@@ -1,6 +1,10 @@
-"""3-D segmentation from one click per tumour: segment the clicked slice, then walk up and down the volume, each
-slice prompted by a positive click at the interior-most point of the previous slice's mask, until the mask
-vanishes. Several tumours: their logits are combined by maximum. Slices never reached get `UNREACHED` logits.
+"""3-D segmentation from one click or one box per tumour: segment the prompted slice, then walk up and down the
+volume, each slice prompted from the previous slice's mask until the mask vanishes. A click's walk clicks
+positively at the interior-most point of that mask; a box's walk, as LiteMedSAM's challenge inference, gives the
+mask's bounding box widened by `PROPAGATION_MARGIN` pixels (`sam_jax.data.boxes`; the challenge also stops at its
+3-D box's ends and reuses the first box after an empty mask: a user's 2-D box has no such ends, so the walk stops
+where the mask vanishes, as a click's does). Several tumours: their logits are combined by maximum. Slices never
+reached get `UNREACHED` logits.
 
 `embeddings` is anything that slices like an array along its first axis and has a length: the encoder's output for
 all slices, or `SliceEmbeddings`, which computes each slice's on first use (the viewer)."""
@@ -10,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from sam_jax.data.boxes import PROPAGATION_MARGIN, tight_box, widen
 from sam_jax.data.clicks import POSITIVE
 
 UNREACHED = -1e4
@@ -22,28 +27,42 @@ def interior_point(mask: np.ndarray) -> np.ndarray:
     return np.array([col, row], np.float32)
 
 
-def segment_slice(segmenter, embeddings, k: int, points, labels, hw) -> np.ndarray:
-    """Slice k's (H, W) logits from clicks `points` (K, 2) in slice (x, y) pixels with `labels` (K,)."""
-    low = segmenter.decode(
-        embeddings[k : k + 1],
-        np.asarray(points, np.float32).reshape(1, -1, 2),
-        np.asarray(labels, np.int32).reshape(1, -1),
-        hw,
-    )
+def segment_slice(segmenter, embeddings, k: int, points, labels, hw, box=None) -> np.ndarray:
+    """Slice k's (H, W) logits from clicks `points` (K, 2) in slice (x, y) pixels with `labels` (K,), or from a
+    `box` (x0, y0, x1, y1) in slice pixels alone (points and labels None)."""
+    if box is None:
+        low = segmenter.decode(
+            embeddings[k : k + 1],
+            np.asarray(points, np.float32).reshape(1, -1, 2),
+            np.asarray(labels, np.int32).reshape(1, -1),
+            hw,
+        )
+    else:
+        low = segmenter.decode(embeddings[k : k + 1], None, None, hw, boxes=np.asarray(box, np.float32).reshape(1, 4))
     return segmenter.to_slice_grid(low, hw)[0]
 
 
-def walk(segmenter, embeddings, hw, k: int, mask: np.ndarray, step: int, fixed=None):
+def follow_box(mask: np.ndarray) -> np.ndarray:
+    """The next slice's box from a non-empty (H, W) mask: its bounding box widened by `PROPAGATION_MARGIN`."""
+    return widen(tight_box(mask), mask.shape, PROPAGATION_MARGIN)
+
+
+def walk(segmenter, embeddings, hw, k: int, mask: np.ndarray, step: int, fixed=None, by_box: bool = False):
     """From slice k's mask, the slices k + step, k + 2 step, … each prompted by a positive click at the interior-most
-    point of the previous slice's mask, until a mask is empty or the volume ends: yields (slice, click (x, y),
-    logits). `fixed`: slice → mask to keep instead of segmenting (a viewer user's own edit); the walk goes on from
-    it and yields (slice, None, None)."""
+    point of the previous slice's mask (`by_box`: by `follow_box` of it), until a mask is empty or the volume ends:
+    yields (slice, click (x, y) or box (x0, y0, x1, y1), logits). `fixed`: slice → mask to keep instead of
+    segmenting (a viewer user's own edit); the walk goes on from it and yields (slice, None, None)."""
     fixed = fixed or {}
     previous, j = mask, k + step
     while previous.any() and 0 <= j < len(embeddings):
         if j in fixed:
             previous = fixed[j]
             yield j, None, None
+        elif by_box:
+            box = follow_box(previous)
+            current = segment_slice(segmenter, embeddings, j, None, None, hw, box)
+            previous = current > 0
+            yield j, box, current
         else:
             point = interior_point(previous)
             current = segment_slice(segmenter, embeddings, j, point[None], [POSITIVE], hw)
@@ -52,13 +71,16 @@ def walk(segmenter, embeddings, hw, k: int, mask: np.ndarray, step: int, fixed=N
         j += step
 
 
-def propagate(segmenter, embeddings, hw, clicks) -> np.ndarray:
-    """`clicks`: (x, y, k) in slice pixels and slice index → (Z', H, W) logits."""
+def propagate(segmenter, embeddings, hw, clicks, boxes=()) -> np.ndarray:
+    """`clicks`: (x, y, k) in slice pixels and slice index; `boxes`: (x0, y0, x1, y1, k) likewise, each walked by
+    boxes → (Z', H, W) logits."""
     logits = np.full((len(embeddings),) + tuple(hw), UNREACHED, np.float32)
-    for x, y, k in clicks:
-        start = segment_slice(segmenter, embeddings, int(k), [(x, y)], [POSITIVE], hw)
-        logits[int(k)] = np.maximum(logits[int(k)], start)
+    starts = [(int(k), [(x, y)], None) for x, y, k in clicks] + [(int(b[4]), None, b[:4]) for b in boxes]
+    for k, point, box in starts:
+        labels = None if point is None else [POSITIVE]
+        start = segment_slice(segmenter, embeddings, k, point, labels, hw, box)
+        logits[k] = np.maximum(logits[k], start)
         for step in (1, -1):
-            for j, _, current in walk(segmenter, embeddings, hw, int(k), start > 0, step):
+            for j, _, current in walk(segmenter, embeddings, hw, k, start > 0, step, by_box=box is not None):
                 logits[j] = np.maximum(logits[j], current)
     return logits

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sam_jax.data.boxes import boxes_to_model_frame
 from sam_jax.evaluation.trained import TrainedModel
 from sam_jax.model.frame import click_scale, original_code_prompts, postprocess_masks, to_model_frame, valid_shape
 
@@ -55,9 +56,9 @@ class SliceSegmenter:
             return model.encode_image(frame, slices=stack)[stack // 2 :: stack]
 
         @jax.jit
-        def decode(state, embeddings, coords, labels, mask_input):
+        def decode(state, embeddings, coords, labels, boxes, mask_input):
             model = nnx.merge(graphdef, state)
-            logits, _ = model.decode(embeddings, coords, labels, mask_inputs=mask_input)
+            logits, _ = model.decode(embeddings, coords, labels, boxes, mask_input)
             return logits[:, 0]
 
         self._encode, self._decode = encode, decode
@@ -86,27 +87,34 @@ class SliceSegmenter:
             out.append(self._encode(self.state, canvas.reshape(compiled * z, s, s, c), valid_hw)[: stop - start])
         return jnp.concatenate(out)
 
-    def decode(self, embeddings, coords: np.ndarray, labels: np.ndarray, hw, mask_input=None):
-        """Clicks (N, K, 2) in slice (x, y) pixels with labels (N, K) → low-res logits (N, 4g, 4g).
+    def decode(self, embeddings, coords, labels, hw, mask_input=None, boxes=None):
+        """Clicks (N, K, 2) in slice (x, y) pixels with labels (N, K), and/or `boxes` (N, 4) (x0, y0, x1, y1) in
+        slice pixels (clicks None: the boxes alone) → low-res logits (N, 4g, 4g). Boxes are always (x, y): the
+        original code's row/column click order concerns its clicks only.
 
         `mask_input`: optional (N, 4g, 4g) logits of a previous round, as SAM's interactive loop feeds them back.
         """
-        n = len(coords)
-        coords, labels = original_code_prompts(
-            np.asarray(coords, np.float32) * self.scale(hw),
-            np.asarray(labels),
-            click_order=self.click_order,
-            broadcast=False,
-        )
+        scale = self.scale(hw)
+        if coords is not None:
+            coords, labels = original_code_prompts(
+                np.asarray(coords, np.float32) * scale,
+                np.asarray(labels),
+                click_order=self.click_order,
+                broadcast=False,
+            )
+        if boxes is not None:
+            boxes = boxes_to_model_frame(np.asarray(boxes, np.float32).reshape(-1, 4), scale)
+        n = len(coords if coords is not None else boxes)
         compiled = _compiled_size(n, self.batch_size)
         pad = functools.partial(_pad_to, size=compiled)
         out = []
         for start, stop in _padded_batches(n, self.batch_size):
+            rows = [None if a is None else pad(np.asarray(a[start:stop])) for a in (coords, labels, boxes)]
             masks = None if mask_input is None else pad(np.asarray(mask_input[start:stop]))[..., None]
             emb = embeddings[start:stop]
             if stop - start < compiled:
                 emb = jnp.concatenate([emb, jnp.repeat(emb[-1:], compiled - (stop - start), axis=0)])
-            logits = self._decode(self.state, emb, pad(coords[start:stop]), pad(np.asarray(labels[start:stop])), masks)
+            logits = self._decode(self.state, emb, *rows, masks)
             out.append(np.asarray(logits[: stop - start]))
         return np.concatenate(out)
 

@@ -207,6 +207,7 @@ class Run:
             shard=self.shard,
             to_host=distributed.to_host,
             gather_rows=distributed.gather_rows,
+            prompt=cfg.prompt,
         )
 
     def validate(self) -> float:
@@ -272,6 +273,7 @@ def setup(cfg: TrainConfig) -> Run:
         volume_batch=cfg.volume_batch,
         drop_remainder=True,
         shard=shard,
+        prompt=cfg.prompt,
         **selection,
     )
     iterator = make_iterator(train_data, num_workers=cfg.num_workers)

@@ -3,7 +3,7 @@
 `nnx.split` gives (graphdef, trainable, frozen); the step differentiates the loss with respect to `trainable` only,
 donates `trainable` and the optimiser state (they are replaced every step) and reuses `frozen`, which stays on the
 device and is never re-sent. Everything from the host slice to the loss happens inside: resize to the model frame,
-click scaling, the iterative prompt rounds, the decoder.
+click and box scaling, the iterative prompt rounds, the decoder.
 
 `build_train_step` assembles a run's step and the state it starts from; the training loop, the benchmarks and the
 parity test all take their step from it.
@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from sam_jax.adaptation import build_model, partition
+from sam_jax.data.boxes import boxes_to_model_frame
 from sam_jax.model.frame import (
     clicks_to_model_frame,
     input_grid_target,
@@ -33,18 +34,31 @@ from sam_jax.training.prompts import click_in_error
 def flatten_slices(batch):
     """(B, Z, …) sample stacks → (B·Z, …) slices; valid_hw repeated per slice."""
     b, z = batch["image"].shape[:2]
-    flat = {
-        k: batch[k].reshape((b * z,) + batch[k].shape[2:]) for k in ("image", "mask", "point_coords", "point_labels")
-    }
+    stacked = ("image", "mask", "point_coords", "point_labels", "boxes", "has_box")
+    flat = {k: batch[k].reshape((b * z,) + batch[k].shape[2:]) for k in stacked if k in batch}
     flat["valid_hw"] = jnp.repeat(batch["valid_hw"], z, axis=0)
     return flat, z
+
+
+def decode_prompts(model, embeddings, coords, labels, mask_input=None, multimask=False, *, boxes=None, has_box=None):
+    """`model.decode` of clicks (or None) and, on the rows where `has_box` (N,) holds, `boxes` (N, 4) in the model
+    frame. A row without a box gets its clicks alone (SAM's padding point appended), or no prompt at all, as SAM
+    would decode that slice by itself: both forms are decoded and chosen per row (the decoder costs little beside
+    the encoder)."""
+    if boxes is None:
+        return model.decode(embeddings, coords, labels, mask_inputs=mask_input, multimask_output=multimask)
+    boxed = model.decode(embeddings, coords, labels, boxes, mask_input, multimask)
+    bare = model.decode(embeddings, coords, labels, None, mask_input, multimask)
+    pick = lambda a, b: jnp.where(has_box.reshape(has_box.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
+    return jax.tree.map(pick, boxed, bare)
 
 
 def forward(model, batch, rng, cfg):
     """Low-res logits (N, M, h, w), IoU predictions and soft targets (N, h, w) for a batch of sample stacks.
 
-    `cfg`: the run's `TrainConfig` (its input size, resize rule, precision, click order and broadcast, prompt rounds
-    and multimask are read)."""
+    `cfg`: the run's `TrainConfig` (its input size, resize rule, precision, prompt kind, click order and broadcast,
+    prompt rounds and multimask are read). With box prompts the batch carries `boxes` and `has_box`; `box` drops
+    the clicks, `both` keeps them beside the box."""
     flat, z = flatten_slices(batch)
     dtype = jnp.dtype(cfg.precision)
     images, scale = to_model_frame(flat["image"], flat["valid_hw"], cfg.image_size, cfg.resize)
@@ -56,15 +70,22 @@ def forward(model, batch, rng, cfg):
         click_order=cfg.click_order,
         broadcast=cfg.broadcast_clicks,
     )
+    boxes = has_box = None
+    if cfg.prompt != "click":
+        boxes, has_box = boxes_to_model_frame(flat["boxes"], scale), flat["has_box"]
+    if cfg.prompt == "box":
+        coords = labels = None
     mask_input = None
     for round_rng in jax.random.split(rng, cfg.prompt_rounds - 1):
-        logits, _ = model.decode(embeddings, coords, labels, mask_inputs=mask_input)
+        logits, _ = decode_prompts(model, embeddings, coords, labels, mask_input, boxes=boxes, has_box=has_box)
         logits = jax.lax.stop_gradient(logits[:, 0].astype(jnp.float32))
         new_coords, new_labels = click_in_error(round_rng, logits, target)
-        coords = jnp.concatenate([coords, new_coords], axis=1)
-        labels = jnp.concatenate([labels, new_labels], axis=1)
+        coords = new_coords if coords is None else jnp.concatenate([coords, new_coords], axis=1)
+        labels = new_labels if labels is None else jnp.concatenate([labels, new_labels], axis=1)
         mask_input = logits[..., None].astype(dtype)
-    logits, iou = model.decode(embeddings, coords, labels, mask_inputs=mask_input, multimask_output=cfg.multimask)
+    logits, iou = decode_prompts(
+        model, embeddings, coords, labels, mask_input, cfg.multimask, boxes=boxes, has_box=has_box
+    )
     return logits.astype(jnp.float32), iou.astype(jnp.float32), target
 
 

@@ -1,7 +1,8 @@
 """Scores during and after training: the paper's per-slice Dice protocol on whole volumes, at the decoder's grid.
 
 For each volume every axial slice is decoded from one click (the paper's positive click, a random one on empty
-slices), per-slice Dice (empty/empty = 1) is averaged over the slices and over the logit thresholds
+slices; a run trained with boxes gets each tumour slice's tight box instead of it or beside it, and no box
+elsewhere), per-slice Dice (empty/empty = 1) is averaged over the slices and over the logit thresholds
 {0.1, 0.3, 0.5, 0.7, 0.9}, then over volumes. The evaluation app (`eval/`) scores at the native grid as well.
 """
 
@@ -31,11 +32,13 @@ def low_res_predictions(
     shard=grain.sharding.NoSharding(),
     to_host=np.asarray,
     gather_rows=lambda rows: rows,
+    prompt: str = "click",
 ):
     """Per case: (logits (Z, h, w), soft targets (Z, h, w)) in slice order, from `forward(batch, rng)`.
 
     Several processes: each loads its `shard` of every batch, `put` makes the global batch, `to_host` reads the
-    outputs back whole and `gather_rows` joins the processes' row indices; every process returns the same result."""
+    outputs back whole and `gather_rows` joins the processes' row indices; every process returns the same result.
+    `prompt`: the run's; boxes are the tight ones (no training jitter)."""
     dataset = make_dataset(
         cache,
         case_ids,
@@ -49,6 +52,8 @@ def low_res_predictions(
         num_epochs=1,
         shard=shard,
         pad_remainder=True,
+        prompt=prompt,
+        box_shift=0,
     )  # the last batch filled, to the compiled shape
     total = len(select_slices(cache, case_ids, slice_policy="all", click_policy="paper", seed=seed))
     per_case = defaultdict(list)
