@@ -3,6 +3,7 @@ failing case, on a tiny model trained for two steps on the phantom."""
 
 import collections
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from sam_jax.config import sam_config
 from sam_jax.data import find_cases, load_case
 from sam_jax.evaluation import CheckpointError, load_trained, load_zero_shot
 from sam_jax.evaluation.evaluate import evaluate_cases
+from sam_jax.evaluation.prediction import predict_volume
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.metrics.lesion_wise import lesion_wise_scores
@@ -150,14 +152,18 @@ def test_models_differing_only_in_kernel_compile_apart(trained, tiny_trained_run
 
 
 @pytest.mark.slow
-def test_segmenter_matches_the_training_forward_pass(trained, gli_volume, tiny_trained_run):
+@pytest.mark.parametrize("prompt", ["click", "box"])
+def test_segmenter_matches_the_training_forward_pass(trained, gli_volume, tiny_trained_run, prompt):
     k = int(np.argmax(gli_volume.tumour.sum(axis=(1, 2))))
     rows, cols = np.nonzero(gli_volume.tumour[k])
     click = np.array([[[cols[0], rows[0]]]], np.float32)
+    box = np.array([[cols.min(), rows.min(), cols.max(), rows.max()]], np.float32)
     segmenter = SliceSegmenter(trained, batch_size=1)
-    ours = segmenter.decode(
-        segmenter.encode(gli_volume.slices[k : k + 1]), click, np.ones((1, 1), np.int32), gli_volume.slices.shape[1:3]
-    )
+    embedding = segmenter.encode(gli_volume.slices[k : k + 1])
+    if prompt == "click":
+        ours = segmenter.decode(embedding, click, np.ones((1, 1), np.int32), gli_volume.slices.shape[1:3])
+    else:
+        ours = segmenter.decode(embedding, None, None, gli_volume.slices.shape[1:3], boxes=box)
     h, w = gli_volume.slices.shape[1:3]
     canvas = np.zeros((1, 1, max(h, w), max(h, w), 4), np.float32)  # training's square canvas, slice top-left
     canvas[0, 0, :h, :w] = gli_volume.slices[k]
@@ -167,9 +173,11 @@ def test_segmenter_matches_the_training_forward_pass(trained, gli_volume, tiny_t
         "valid_hw": np.array([[h, w]], np.int32),
         "point_coords": click[None],
         "point_labels": np.ones((1, 1, 1), np.int32),
+        "boxes": box[None],
+        "has_box": np.ones((1, 1), bool),
     }
     graphdef, state = nnx.split(trained.model)
-    cfg = TrainConfig.load(tiny_trained_run)
+    cfg = TrainConfig.load(tiny_trained_run).replace(prompt=prompt)
     run = jax.jit(lambda s, b: forward(nnx.merge(graphdef, s), b, jax.random.key(0), cfg))
     logits, _, _ = run(state, batch)
     np.testing.assert_allclose(ours, np.asarray(logits[:, 0]), atol=1e-4)
@@ -187,7 +195,7 @@ class TruthExceptOneSlice:
     def encode(self, slices, which=None):
         return np.arange(len(slices)) if which is None else np.asarray(which)
 
-    def decode(self, embeddings, coords, labels, hw, mask_input=None):
+    def decode(self, embeddings, coords, labels, hw, mask_input=None, boxes=None):
         k = np.asarray(embeddings)
         return np.where(self.tumour[k] & (k != self.missed)[:, None, None], 5.0, -5.0).astype(np.float32)
 
@@ -240,6 +248,40 @@ def test_a_bad_case_is_recorded_and_the_others_are_scored(trained, small_data, g
     assert (tmp_path / "out" / "overlays" / f"{good.case_id}.png").stat().st_size > 1000
 
 
+class TruthFromBoxesOnly(TruthExceptOneSlice):
+    """`TruthExceptOneSlice` that refuses clicks: every prompt of a box-trained run's evaluation is a box."""
+
+    def decode(self, embeddings, coords, labels, hw, mask_input=None, boxes=None):
+        assert coords is None and boxes is not None and len(boxes) == len(embeddings), "expected boxes alone"
+        return super().decode(embeddings, coords, labels, hw, mask_input, boxes)
+
+
+def test_box_protocol_and_box_propagation_of_a_box_trained_run(trained, small_data, gli_volume, tmp_path):
+    tumour = gli_volume.tumour
+    has_tumour = np.flatnonzero(tumour.any(axis=(1, 2)))
+    missed = int(has_tumour[-1])
+    box_run = dataclasses.replace(trained, spec=trained.spec.replace(prompt="box"))
+    (row,) = evaluate_cases(
+        TruthFromBoxesOnly(tumour, missed),
+        box_run,
+        find_cases(small_data, "GLI"),
+        tmp_path,
+        protocols=("volumetric", "box"),
+        overlays=0,
+    )
+    t = len(has_tumour)
+    assert row["status"] == "ok", row
+    # every tumour slice but the missed one, whether boxed tightly or jittered
+    assert row["box_dice"] == pytest.approx((t - 1) / t) and row["box_jitter_dice"] == row["box_dice"]
+    # volumetric: the ground truth's box on the component's middle slice, walked by boxes up and down
+    native = (nib.load(find_cases(small_data, "GLI")[0].seg).get_fdata() > 0).sum()
+    predicted = tumour.sum() - tumour[missed].sum()
+    assert row["dice_3d"] == pytest.approx(2 * predicted / (native + predicted))
+    with open(tmp_path / "cases.csv") as f:
+        (written,) = csv.DictReader(f)
+    assert float(written["box_jitter_dice"]) == pytest.approx(row["box_jitter_dice"]) and "paper_dice" not in written
+
+
 @pytest.fixture(scope="module")
 def tiny_sam_file(tmp_path_factory):
     """Plain tiny SAM weights in the converted-file format, standing in for sam_vit_b."""
@@ -289,18 +331,51 @@ def test_eval_app_writes_csv_summary_and_table(tiny_sam_file, small_data, tmp_pa
     assert "| tiny zero-shot |  | " in result.stdout and (out / "cases.csv").read_text().count("\n") == 2
 
 
+def _ras_copy(files, folder: Path) -> Path:
+    """The case's files reoriented to RAS (x and y reversed, the affine to match), as case `folder.name`."""
+    folder.mkdir(parents=True)
+    ras = orientations.axcodes2ornt("RAS")
+    for path in [*files.images.values(), files.seg]:
+        image = nib.load(path)
+        to_ras = orientations.ornt_transform(orientations.io_orientation(image.affine), ras)
+        nib.save(image.as_reoriented(to_ras), folder / path.name.replace(files.case_id, folder.name))
+    return folder
+
+
+@pytest.mark.slow
+def test_predict_from_a_box_on_the_files_grid(trained, tiny_trained_run, small_data, gli_volume, tmp_path):
+    """eval.predict --boxes on the phantom (stored LPS) and on an RAS copy given the same box in its own voxels,
+    corners unsorted there: the library's box propagation on the LPS grid, and the same mask on each file's grid."""
+    files = find_cases(small_data, "GLI")[0]
+    truth = np.asarray(nib.load(files.seg).dataobj) > 0
+    z = int(np.argmax(truth.sum(axis=(0, 1))))
+    xs, ys = np.nonzero(truth[:, :, z])
+    box = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()), z]
+    last_x, last_y = truth.shape[0] - 1, truth.shape[1] - 1
+    ras_box = [last_x - box[0], last_y - box[1], last_x - box[2], last_y - box[3], z]  # x0 > x1, y0 > y1
+    ras = _ras_copy(files, tmp_path / "ras" / files.case_id)
+    masks = {}
+    for name, folder, given in (("lps", files.seg.parent, box), ("ras", ras, ras_box)):
+        out = tmp_path / f"{name}.nii.gz"
+        boxes = "--boxes=" + ",".join(map(str, given))
+        result = run_app(
+            "-m", "eval.predict", f"--checkpoint={tiny_trained_run}", f"--case_dir={folder}", f"--output={out}", boxes
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        x0, x1, y0, y1 = sorted(given[0::2][:2]) + sorted(given[1::2][:2])
+        assert f"from boxes [[{x0}, {y0}, {x1}, {y1}, {z}]]" in result.stdout, result.stdout
+        masks[name] = np.asarray(nib.load(out).dataobj) > 0
+    expected, used = predict_volume(SliceSegmenter(trained, batch_size=8), gli_volume, boxes=np.array([box]))
+    assert used.tolist() == [box] and expected[:, :, z].any()
+    np.testing.assert_array_equal(masks["lps"], expected)
+    np.testing.assert_array_equal(masks["ras"], masks["lps"][::-1, ::-1])
+
+
 @pytest.mark.slow
 def test_eval_scores_metastases_a_fifth_domain_in_its_own_column(tiny_sam_file, small_data, tmp_path):
     """A BraTS 2023 MET case, shipped in RAS as the MET samples are: eval.main scores it with the MET lesion rule
     and eval.table gives it a column after the paper's four."""
-    gli = find_cases(small_data, "GLI")[0]
-    met = tmp_path / "met" / "BraTS-MET-00000-000"
-    met.mkdir(parents=True)
-    ras = orientations.axcodes2ornt("RAS")
-    for path in [*gli.images.values(), gli.seg]:
-        image = nib.load(path)
-        to_ras = orientations.ornt_transform(orientations.io_orientation(image.affine), ras)
-        nib.save(image.as_reoriented(to_ras), met / path.name.replace(gli.case_id, met.name))
+    met = _ras_copy(find_cases(small_data, "GLI")[0], tmp_path / "met" / "BraTS-MET-00000-000")
     out = tmp_path / "eval"
     result = run_app(
         "-m", "eval.main", "--domain=MET", "--zero_shot", f"--sam_weights={tiny_sam_file}", "--model_type=tiny",
