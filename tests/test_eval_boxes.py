@@ -56,8 +56,8 @@ def test_box_protocol_scores_tight_and_jittered_boxes_on_tumour_slices():
 def test_boxes_are_parsed_sorted_and_placed_in_the_crop():
     assert parse_boxes("1,2,3,4,5; 6,7,8,9,10;").tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
     for text, message in (
-        ("1,2,3,4", "expected 5 integers x0,y0,x1,y1,z, got 4"),
-        ("a,2,3,4,5", "5 integers"),
+        ("1,2,3,4", "expected five integers x0,y0,x1,y1,z, got 4"),
+        ("a,2,3,4,5", "five integers"),
         (";", "no boxes"),
     ):
         with pytest.raises(ClickError, match=message):

@@ -17,13 +17,14 @@ from sam_jax.evaluation.volume import CaseVolume
 def _parse(text: str, what: str, plural: str, form: str) -> np.ndarray:
     """ "a,b,…;a,b,…" → (N, len(form)) ints, `form` naming them ("x,y,z")."""
     width, rows = len(form.split(",")), []
+    count = {3: "three", 5: "five"}[width]
     for part in filter(None, (p.strip() for p in text.split(";"))):
         try:
             values = [int(v) for v in part.split(",")]
         except ValueError:
-            raise ClickError(f"{what} {part!r}: expected {width} integers {form}") from None
+            raise ClickError(f"{what} {part!r}: expected {count} integers {form}") from None
         if len(values) != width:
-            raise ClickError(f"{what} {part!r}: expected {width} integers {form}, got {len(values)}")
+            raise ClickError(f"{what} {part!r}: expected {count} integers {form}, got {len(values)}")
         rows.append(values)
     if not rows:
         raise ClickError(f"no {plural} in {text!r}; expected '{form};{form}'")
