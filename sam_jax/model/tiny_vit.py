@@ -214,9 +214,11 @@ class TinyViT(nnx.Module):
             else:
                 heads, window = config.tiny_vit_num_heads[i], config.tiny_vit_window_sizes[i]
                 blocks = [TinyViTBlock(dims[i], heads, window, config.mlp_ratio, rngs=rngs) for _ in range(depths[i])]
-            last = i == TINY_VIT_STAGES - 1
-            merge_stride = 1 if i == TINY_VIT_STAGES - 2 else 2
-            stages.append(Stage(blocks, None if last else PatchMerging(dims[i], dims[i + 1], merge_stride, rngs=rngs)))
+            downsample = None
+            if i + 1 < TINY_VIT_STAGES:  # into the next stage; the last stage keeps its input's resolution
+                merge_stride = 1 if i + 1 == TINY_VIT_STAGES - 1 else 2
+                downsample = PatchMerging(dims[i], dims[i + 1], merge_stride, rngs=rngs)
+            stages.append(Stage(blocks, downsample))
         self.layers = nnx.List(stages)
         self.neck = neck(dims[-1], config.prompt_embed_dim, rngs=rngs)
 
