@@ -1,6 +1,7 @@
-"""Convert an official SAM PyTorch checkpoint to a safetensors file of our Flax parameter tree.
+"""Convert an official SAM PyTorch checkpoint (or LiteMedSAM's) to a safetensors file of our Flax parameter tree.
 
     python convert/sam_weights.py --checkpoint sam_vit_b_01ec64.pth --output sam_vit_b.safetensors
+    python convert/sam_weights.py --checkpoint lite_medsam.pth --output lite_medsam.safetensors
 
 The checkpoint is read without torch, by a restricted unpickler that refuses any code a pickle asks to run.
 """
@@ -19,7 +20,8 @@ flags.DEFINE_enum(
     "model_type",
     "auto",
     ["auto", *PRESETS],
-    "SAM size; auto detects it from the tensor shapes (the small presets are for tests and demos).",
+    "SAM size (lite_medsam: LiteMedSAM's TinyViT); auto detects it from the tensor shapes (the small presets are "
+    "for tests and demos).",
 )
 FLAGS = flags.FLAGS
 

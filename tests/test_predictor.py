@@ -19,10 +19,13 @@ def test_resized_shape_rounds_half_up():
     assert resized_shape(4, 2, 5) == (5, 3)  # 2.5 rounds up, as SAM's int(x + 0.5)
 
 
-def test_postprocess_matches_sam(tiny_sam_pair):
+@pytest.mark.parametrize(
+    "input_hw, original_hw", [((128, 83), (200, 130)), ((128, 101), (100, 79))], ids=["enlarging", "shrinking"]
+)
+def test_postprocess_matches_sam(tiny_sam_pair, input_hw, original_hw):
+    """Shrinking too (a slice smaller than the model's input, as BraTS's 240 in SAM's 1024): no antialiasing."""
     ref, _ = tiny_sam_pair
     low_res = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
-    input_hw, original_hw = (128, 83), (200, 130)
     with torch.no_grad():
         expected = to_numpy(ref.postprocess_masks(torch.from_numpy(low_res), input_hw, original_hw))
     assert_close(postprocess_masks(jnp.asarray(low_res), input_hw, original_hw, CONFIG.image_size), expected)

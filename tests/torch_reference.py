@@ -52,12 +52,12 @@ def torch_sam(config: SamConfig, seed: int = 0) -> Sam:
         iou_head_hidden_dim=config.iou_head_hidden_dim,
     )
     model = Sam(encoder, prompt, decoder, pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
-    _randomise(model)
+    randomise_parameters(model)
     return model.eval()
 
 
 @torch.no_grad()
-def _randomise(model):
+def randomise_parameters(model):
     """Give every parameter a random, non-default value: zero-initialised tables and unit norms would hide bugs."""
     for name, p in model.named_parameters():
         if name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")) or "embed" in name and p.ndim == 2:

@@ -103,9 +103,18 @@ def resized_shape(height: int, width: int, longest: int):
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
+def _bilinear(x, out_hw):
+    """Resize the last two axes as `F.interpolate(..., mode="bilinear", align_corners=False)`: no antialiasing, which
+    `jax.image.resize` adds when shrinking (from the model frame back to a smaller slice, mask edges then moved)."""
+    h, w = x.shape[-2:]
+    scale = jnp.array([out_hw[0] / h, out_hw[1] / w])
+    return jax.image.scale_and_translate(
+        x, x.shape[:-2] + tuple(out_hw), (x.ndim - 2, x.ndim - 1), scale, jnp.zeros(2), "linear", antialias=False
+    )
+
+
 def postprocess_masks(low_res_logits, input_hw, original_hw, size: int):
     """(..., M, 4g, 4g) logits → (..., M, H, W) logits at the original size (bilinear, as SAM)."""
-    lead = low_res_logits.shape[:-2]
-    x = jax.image.resize(low_res_logits, lead + (size, size), "bilinear")
+    x = _bilinear(low_res_logits, (size, size))
     x = x[..., : input_hw[0], : input_hw[1]]
-    return jax.image.resize(x, lead + tuple(original_hw), "bilinear")
+    return _bilinear(x, tuple(original_hw))

@@ -107,6 +107,16 @@ class Block(nnx.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def neck(dim: int, out: int, *, rngs: nnx.Rngs) -> nnx.List:
+    """SAM's neck to the decoder's width: 1×1 conv, LayerNorm2d, 3×3 conv, LayerNorm2d (convs without bias)."""
+    return sequential(
+        nnx.Conv(dim, out, (1, 1), use_bias=False, rngs=rngs),
+        layer_norm_2d(out, rngs=rngs),
+        nnx.Conv(out, out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, rngs=rngs),
+        layer_norm_2d(out, rngs=rngs),
+    )
+
+
 class ImageEncoderViT(nnx.Module):
     def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
         dim, g = config.encoder_embed_dim, config.grid_size
@@ -118,13 +128,7 @@ class ImageEncoderViT(nnx.Module):
                 for i in range(config.encoder_depth)
             ]
         )
-        out = config.prompt_embed_dim
-        self.neck = sequential(
-            nnx.Conv(dim, out, (1, 1), use_bias=False, rngs=rngs),
-            layer_norm_2d(out, rngs=rngs),
-            nnx.Conv(out, out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, rngs=rngs),
-            layer_norm_2d(out, rngs=rngs),
-        )
+        self.neck = neck(dim, config.prompt_embed_dim, rngs=rngs)
 
     def __call__(self, x, slices: int = 1):
         """x: normalised image (B, S, S, in_chans) → embedding (B, S/16, S/16, prompt_embed_dim).

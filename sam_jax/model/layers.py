@@ -7,6 +7,10 @@ import numpy as np
 from flax import nnx
 
 
+class Buffer(nnx.Variable):
+    """A constant loaded from the checkpoint but never trained (a registered buffer in PyTorch)."""
+
+
 def gelu(x):
     # SAM uses nn.GELU(), the exact form x·Φ(x), which torch computes as 0.5·x·(1 + erf(x/√2)). jax.nn.gelu
     # (approximate=False) goes through erfc, which is about twice as slow on CPU and no closer to torch.

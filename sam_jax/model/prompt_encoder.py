@@ -13,11 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sam_jax.config import SamConfig
-from sam_jax.model.layers import Gelu, apply_sequential, layer_norm_2d, sequential
-
-
-class Buffer(nnx.Variable):
-    """A constant loaded from the checkpoint but never trained (a registered buffer in PyTorch)."""
+from sam_jax.model.layers import Buffer, Gelu, apply_sequential, layer_norm_2d, sequential
 
 
 class PositionEmbeddingRandom(nnx.Module):

@@ -1,4 +1,5 @@
-"""The whole SAM: image encoder, prompt encoder and mask decoder under SAM's state-dict names."""
+"""The whole SAM: image encoder (SAM's ViT or a TinyViT, as the config says), prompt encoder and mask decoder under
+the PyTorch state-dict names."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from sam_jax.config import PIXEL_MEAN, PIXEL_STD, SamConfig
 from sam_jax.model.image_encoder import ImageEncoderViT
 from sam_jax.model.mask_decoder import MaskDecoder
 from sam_jax.model.prompt_encoder import PromptEncoder
+from sam_jax.model.tiny_vit import TinyViT
+
+IMAGE_ENCODERS = {"vit": ImageEncoderViT, "tiny_vit": TinyViT}  # by `SamConfig.image_encoder`
 
 
 class Sam(nnx.Module):
     def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
         self.config = config
-        self.image_encoder = ImageEncoderViT(config, rngs=rngs)
+        self.image_encoder = IMAGE_ENCODERS[config.image_encoder](config, rngs=rngs)
         self.prompt_encoder = PromptEncoder(config, rngs=rngs)
         self.mask_decoder = MaskDecoder(config, rngs=rngs)
 

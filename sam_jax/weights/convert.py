@@ -1,4 +1,5 @@
-"""PyTorch SAM checkpoint (`.pth`) → our safetensors file, with no torch and no pickle code executed."""
+"""PyTorch SAM checkpoint (`.pth`: SAM's, LiteMedSAM's) → our safetensors file, with no torch and no pickle code
+executed."""
 
 from __future__ import annotations
 
@@ -32,8 +33,7 @@ def convert_checkpoint(checkpoint, output, model_type: str = "auto") -> Dict[str
     metadata = {
         "model_type": detected,
         "image_size": str(config.image_size),
-        "encoder_embed_dim": str(config.encoder_embed_dim),
-        "encoder_depth": str(config.encoder_depth),
+        **config.encoder_identity(),
         "source_file": Path(checkpoint).name,
         "source_sha256": file_sha256(checkpoint),
         "num_parameters": str(sum(int(np.prod(a.shape)) for a in arrays.values())),

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from sam_jax.outputs import check_output_file, disk_full, free_bytes
-from sam_jax.weights.params import WeightsError, summarise_problems
+from sam_jax.weights.params import WeightsError, describe_encoder, summarise_problems
 from sam_jax.weights.resize import fit_to_image_size
 
 FORMAT_VERSION = "1"
@@ -34,7 +34,8 @@ def save_arrays(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, s
     os.close(fd)
     try:
         save_file(
-            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
+            # ascontiguousarray makes a 0-d array 1-d (a batch norm's counter): the shape is put back
+            {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in arrays.items()},
             tmp,
             metadata={"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}},
         )
@@ -92,6 +93,19 @@ def assign(model: nnx.Module, arrays: Mapping[str, np.ndarray]) -> None:
     nnx.update(model, nnx.from_flat_state([(current[path][0], jnp.asarray(value)) for path, value in arrays.items()]))
 
 
+def _check_encoder(path, metadata: Mapping[str, str], wanted: Mapping[str, str]) -> None:
+    """Refuse a file whose header records another image encoder than the model's (what a header lacks is left to
+    the shape checks)."""
+    recorded = dict(metadata)
+    if "encoder_embed_dim" in recorded:  # SAM's ViT, converted before TinyViT came: its header names no encoder
+        recorded.setdefault("image_encoder", "vit")
+    if any(recorded[k] != v for k, v in wanted.items() if k in recorded):
+        raise WeightsError(
+            f"{path} holds {metadata.get('model_type')} weights ({describe_encoder(recorded)}), but the model is "
+            f"configured with {describe_encoder(wanted)}"
+        )
+
+
 def load_sam_weights(model: nnx.Module, path) -> Dict[str, str]:
     """Fill `model` from a converted SAM file; returns the file's metadata.
 
@@ -100,17 +114,8 @@ def load_sam_weights(model: nnx.Module, path) -> Dict[str, str]:
     """
     arrays, metadata = read_arrays(path)
     config = getattr(model, "config", None)
-    if (
-        config is not None
-        and "encoder_embed_dim" in metadata
-        and (int(metadata["encoder_embed_dim"]), int(metadata["encoder_depth"]))
-        != (config.encoder_embed_dim, config.encoder_depth)
-    ):
-        raise WeightsError(
-            f"{path} holds {metadata.get('model_type')} weights (width {metadata['encoder_embed_dim']}, "
-            f"depth {metadata['encoder_depth']}), but the model is configured with width "
-            f"{config.encoder_embed_dim} and depth {config.encoder_depth}"
-        )
+    if config is not None:
+        _check_encoder(path, metadata, config.encoder_identity())
     shapes = {k: tuple(v.shape) for k, v in model_arrays(model).items()}
     arrays = fit_to_image_size(arrays, shapes)
     problems = [f"missing {k!r}" for k in sorted(shapes) if k not in arrays]

@@ -1,8 +1,9 @@
 """PyTorch SAM state dict → our Flax parameter tree: the one table of renames and transposes.
 
-Our module attributes carry SAM's names, so a key changes only in its leaf (`weight` becomes `kernel`, `scale` or
-`embedding`) and a kernel's layout is permuted. Every model path must be filled and every checkpoint key used; a
-shape that does not fit is an error. Nothing is ever left at its initial value.
+Our module attributes carry the PyTorch names (SAM's, and TinyViT's for LiteMedSAM and MobileSAM), so a key changes
+only in its leaf (`weight` becomes `kernel`, `scale` or `embedding`) and a kernel's layout is permuted. Every model
+path must be filled and every checkpoint key used (batch-norm running statistics and counters included); a shape
+that does not fit is an error. Nothing is ever left at its initial value.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ TORCH_CONV2D_TO_FLAX = (2, 3, 1, 0)  # (out, in, kh, kw) → (kh, kw, in, out)
 TORCH_CONV_TRANSPOSE2D_TO_FLAX = (2, 3, 0, 1)  # (in, out, kh, kw) → (kh, kw, in, out), see _conv_transpose
 
 _EMBEDDINGS = r"point_embeddings\.\d+|not_a_point_embed|no_mask_embed|iou_token|mask_tokens"
-_NORMS = r"norm\d?|norm_final_attn|neck\.[13]|mask_downscaling\.[14]|output_upscaling\.1"
-_CONVS = r"patch_embed\.proj|neck\.[02]|mask_downscaling\.[036]"
+_NORMS = r"norm\d?|norm_final_attn|neck\.[13]|mask_downscaling\.[14]|output_upscaling\.1|bn"  # bn: TinyViT's
+_CONVS = r"patch_embed\.proj|neck\.[02]|mask_downscaling\.[036]|c"  # c: the convolution of TinyViT's Conv2d_BN
 _CONV_TRANSPOSES = r"output_upscaling\.[03]"
 
 
@@ -69,18 +70,63 @@ def convert_array(torch_key: str, array: np.ndarray) -> np.ndarray:
     raise AssertionError("the last rule matches every key")
 
 
+_VIT_STEM = "image_encoder.patch_embed.proj.weight"
+_TINY_VIT_STEM = "image_encoder.patch_embed.seq.0.c.weight"
+
+
+def _blocks(state_dict, prefix: str) -> int:
+    """How many numbered blocks `prefix<i>.` the state dict holds."""
+    return len({k[len(prefix) :].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+
+def _encoder_identity(state_dict: Mapping[str, np.ndarray]) -> Dict[str, str]:
+    """`SamConfig.encoder_identity` as the checkpoint's shapes give it."""
+    if _VIT_STEM in state_dict:
+        width = state_dict[_VIT_STEM].shape[0]
+        depth = _blocks(state_dict, "image_encoder.blocks.")
+        return {"image_encoder": "vit", "encoder_embed_dim": str(width), "encoder_depth": str(depth)}
+    # TinyViT: a 1×1 stem convolution runs at full resolution (patch 4), a 3×3 one at stride 2 (patch 16).
+    stages = _blocks(state_dict, "image_encoder.layers.")
+    widths = [state_dict["image_encoder.patch_embed.seq.2.c.weight"].shape[0]] + [
+        state_dict[f"image_encoder.layers.{i}.downsample.conv1.c.weight"].shape[0] for i in range(stages - 1)
+    ]
+    depths = [_blocks(state_dict, f"image_encoder.layers.{i}.blocks.") for i in range(stages)]
+    return {
+        "image_encoder": "tiny_vit",
+        "patch_size": "4" if state_dict[_TINY_VIT_STEM].shape[-1] == 1 else "16",
+        "tiny_vit_embed_dims": ",".join(map(str, widths)),
+        "tiny_vit_depths": ",".join(map(str, depths)),
+    }
+
+
+def describe_encoder(identity: Mapping[str, str]) -> str:
+    """An `encoder_identity` in words, for messages."""
+    get = lambda key: identity.get(key, "?")  # noqa: E731
+    if get("image_encoder") == "vit":
+        return f"width {get('encoder_embed_dim')} and depth {get('encoder_depth')}"
+    return (
+        f"a {get('image_encoder')} encoder of widths {get('tiny_vit_embed_dims')}, depths {get('tiny_vit_depths')} "
+        f"and patch size {get('patch_size')}"
+    )
+
+
 def detect_model_type(state_dict: Mapping[str, np.ndarray]) -> str:
-    """The preset (vit_b, vit_l, vit_h, or a small one: tiny, demo) from the patch embedding's width and the number
-    of encoder blocks."""
-    key = "image_encoder.patch_embed.proj.weight"
-    if key not in state_dict:
-        raise WeightsError(f"not a SAM state dict: it has no {key!r} (keys start with {sorted(state_dict)[:3]})")
-    width = state_dict[key].shape[0]
-    depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
+    """The preset from the image encoder's shapes: for SAM's ViT (vit_b, vit_l, vit_h, or a small one: tiny, demo)
+    the patch embedding's width and the number of blocks; for a TinyViT (lite_medsam, mobile_sam) its stage widths
+    and depths and its stem."""
+    if _VIT_STEM not in state_dict and _TINY_VIT_STEM not in state_dict:
+        raise WeightsError(
+            f"not a SAM state dict: it has neither {_VIT_STEM!r} nor {_TINY_VIT_STEM!r} "
+            f"(keys start with {sorted(state_dict)[:3]})"
+        )
+    try:
+        identity = _encoder_identity(state_dict)
+    except KeyError as e:
+        raise WeightsError(f"not a SAM state dict: its TinyViT encoder has no {e.args[0]!r}") from None
     for name, c in PRESETS.items():
-        if (c.encoder_embed_dim, c.encoder_depth) == (width, depth):
+        if c.encoder_identity() == identity:
             return name
-    raise WeightsError(f"no SAM model has an encoder of width {width} and depth {depth}")
+    raise WeightsError(f"no SAM model has an encoder of {describe_encoder(identity)}")
 
 
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], expected_shapes: Mapping[str, tuple]) -> Dict[str, np.ndarray]:

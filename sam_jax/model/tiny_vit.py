@@ -1,0 +1,232 @@
+"""TinyViT, the image encoder that MobileSAM and LiteMedSAM distilled SAM's ViT into (Wu et al., ECCV 2022, as
+MobileSAM adapted it to SAM), in Flax NNX under the PyTorch state-dict names.
+
+Channels-last throughout: an image (B, S, S, C) becomes the embedding (B, S/p, S/p, 256) for the config's patch size
+p. A stem of two Conv-BN layers; stage 0 of MBConv blocks (inverted residuals); stages 1-3 of blocks that attend
+within local windows (with a learnt bias per head and relative offset), then mix neighbours by a depthwise Conv-BN,
+then apply an MLP; patch merging between stages (stride 2, 2, then 1: the last stage keeps the resolution); SAM's
+neck.
+
+Batch norms keep PyTorch's parameters and running statistics. The statistics are buffers that nothing updates:
+training uses them frozen, as inference does, so a Conv-BN is one affine map and runs as one convolution whose kernel
+and bias are folded from its tensors at every call. Folding at call time rather than at conversion keeps every
+checkpoint tensor in the file and the norm's scale and shift trainable as themselves; it costs one per-channel
+multiply of each kernel, nothing beside the convolution.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
+
+from sam_jax.config import TINY_VIT_STAGES, SamConfig
+from sam_jax.model.attention import merge_heads, softmax_times_v
+from sam_jax.model.image_encoder import neck, window_partition, window_unpartition
+from sam_jax.model.layers import Buffer, Gelu, apply_sequential, gelu, sequential
+
+BATCH_NORM_EPS = 1e-5  # PyTorch's BatchNorm2d default
+LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which TinyViT's attention and MLP norms keep
+MBCONV_EXPAND_RATIO = 4.0
+LOCAL_CONV_SIZE = 3
+
+
+class BatchNorm(nnx.Module):
+    """PyTorch's BatchNorm2d at inference: `scale`, `bias` trained; running statistics frozen buffers."""
+
+    def __init__(self, channels: int, scale_init: float = 1.0):
+        self.scale = nnx.Param(jnp.full((channels,), scale_init, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((channels,)))
+        self.running_mean = Buffer(jnp.zeros((channels,)))
+        self.running_var = Buffer(jnp.ones((channels,)))
+        self.num_batches_tracked = Buffer(jnp.zeros((), jnp.int32))  # carried with the checkpoint; never read
+
+    def affine(self):
+        """(factor, shift) such that the norm of y is factor·y + shift, per channel."""
+        factor = self.scale[...] * jax.lax.rsqrt(self.running_var[...] + BATCH_NORM_EPS)
+        return factor, self.bias[...] - self.running_mean[...] * factor
+
+
+class Conv2dBN(nnx.Module):
+    """Convolution without bias (`c`, padding kernel // 2) then batch norm (`bn`), computed as one convolution."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        out_chans: int,
+        kernel: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        bn_scale_init: float = 1.0,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        pad = kernel // 2
+        self.c = nnx.Conv(
+            in_chans,
+            out_chans,
+            (kernel, kernel),
+            strides=stride,
+            padding=((pad, pad), (pad, pad)),
+            feature_group_count=groups,
+            use_bias=False,
+            rngs=rngs,
+        )
+        self.bn = BatchNorm(out_chans, bn_scale_init)
+
+    def __call__(self, x):
+        factor, shift = self.bn.affine()
+        x, kernel, shift = promote_dtype((x, self.c.kernel[...] * factor, shift))  # kernel (kh, kw, in, out)
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(self.c.strides,) * 2,
+            padding=self.c.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.c.feature_group_count,
+        )
+        return y + shift
+
+
+class PatchEmbed(nnx.Module):
+    """The stem: Conv-BN to half the first stage's width, GELU, Conv-BN to its width (`seq.0`, `seq.2`)."""
+
+    def __init__(self, in_chans: int, dim: int, kernel: int, stride: int, *, rngs: nnx.Rngs):
+        self.seq = sequential(
+            Conv2dBN(in_chans, dim // 2, kernel, stride, rngs=rngs),
+            Gelu(),
+            Conv2dBN(dim // 2, dim, kernel, stride, rngs=rngs),
+        )
+
+    def __call__(self, x):
+        return apply_sequential(self.seq, x)
+
+
+class MBConv(nnx.Module):
+    """Inverted residual: 1×1 expand, depthwise 3×3, 1×1 project, each Conv-BN; GELU after the residual sum."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        hidden = int(dim * MBCONV_EXPAND_RATIO)
+        self.conv1 = Conv2dBN(dim, hidden, rngs=rngs)
+        self.conv2 = Conv2dBN(hidden, hidden, 3, groups=hidden, rngs=rngs)
+        self.conv3 = Conv2dBN(hidden, dim, bn_scale_init=0.0, rngs=rngs)  # TinyViT starts each block as identity
+
+    def __call__(self, x):
+        return gelu(x + self.conv3(gelu(self.conv2(gelu(self.conv1(x))))))
+
+
+class PatchMerging(nnx.Module):
+    """Into the next stage's width: 1×1 Conv-BN, GELU, depthwise 3×3 Conv-BN at `stride`, GELU, 1×1 Conv-BN."""
+
+    def __init__(self, dim: int, out_dim: int, stride: int, *, rngs: nnx.Rngs):
+        self.conv1 = Conv2dBN(dim, out_dim, rngs=rngs)
+        self.conv2 = Conv2dBN(out_dim, out_dim, 3, stride, groups=out_dim, rngs=rngs)
+        self.conv3 = Conv2dBN(out_dim, out_dim, rngs=rngs)
+
+    def __call__(self, x):
+        return self.conv3(gelu(self.conv2(gelu(self.conv1(x)))))
+
+
+def offset_index(window: int) -> np.ndarray:
+    """(w², w²) index of each query-key pair's offset (|Δrow|, |Δcol|) into the bias table, |Δrow|·w + |Δcol|: the
+    order in which TinyViT numbers offsets as it first meets them (all of them from the window's first cell)."""
+    cells = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij"), -1).reshape(-1, 2)
+    offsets = np.abs(cells[:, None] - cells[None])
+    return offsets[..., 0] * window + offsets[..., 1]
+
+
+class Attention(nnx.Module):
+    """Pre-norm multi-head attention within one window, plus a learnt bias per head and relative offset.
+
+    TinyViT's fused qkv gives each head its q, k and v side by side ((q, k, v) per head, not per projection).
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.norm = nnx.LayerNorm(dim, epsilon=LAYER_NORM_EPS, rngs=rngs)
+        self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
+        self.proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.attention_biases = nnx.Param(jnp.zeros((num_heads, window * window)))
+
+    def __call__(self, windows):
+        """(n, w, w, C) → (n, w, w, C)."""
+        n, w, _, c = windows.shape
+        qkv = self.qkv(self.norm(windows)).reshape(n, w * w, self.num_heads, -1).transpose(0, 2, 1, 3)
+        q, k, v = jnp.split(qkv, 3, axis=-1)  # each (n, heads, w², head_dim)
+        bias = self.attention_biases[...][:, offset_index(w)]
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q * q.shape[-1] ** -0.5, k) + bias.astype(q.dtype)
+        return self.proj(merge_heads(softmax_times_v(logits, v))).reshape(n, w, w, c)
+
+
+class Mlp(nnx.Module):
+    """Pre-norm MLP: `norm`, `fc1`, GELU, `fc2`."""
+
+    def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
+        self.norm = nnx.LayerNorm(dim, epsilon=LAYER_NORM_EPS, rngs=rngs)
+        self.fc1 = nnx.Linear(dim, hidden, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, dim, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc2(gelu(self.fc1(self.norm(x))))
+
+
+class TinyViTBlock(nnx.Module):
+    """Window attention (residual), depthwise Conv-BN (no residual), MLP (residual)."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, mlp_ratio: float, *, rngs: nnx.Rngs):
+        self.window_size = window
+        self.attn = Attention(dim, num_heads, window, rngs=rngs)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
+        self.local_conv = Conv2dBN(dim, dim, LOCAL_CONV_SIZE, groups=dim, rngs=rngs)
+
+    def __call__(self, x):
+        # Zero padding to whole windows goes in before the attention's norm, as TinyViT pads: padded cells are keys.
+        windows = window_partition(x, self.window_size)
+        x = x + window_unpartition(self.attn(windows), self.window_size, x.shape[1:3])
+        x = self.local_conv(x)
+        return x + self.mlp(x)
+
+
+class Stage(nnx.Module):
+    """`blocks`, then `downsample` (patch merging into the next stage's width; None in the last stage)."""
+
+    def __init__(self, blocks, downsample: PatchMerging | None):
+        self.blocks = nnx.List(blocks)
+        self.downsample = downsample
+
+    def __call__(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class TinyViT(nnx.Module):
+    def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
+        dims, depths = config.tiny_vit_embed_dims, config.tiny_vit_depths
+        stride = config.tiny_vit_stem_stride
+        self.patch_embed = PatchEmbed(config.in_chans, dims[0], 1 if stride == 1 else 3, stride, rngs=rngs)
+        stages = []
+        for i in range(TINY_VIT_STAGES):
+            if i == 0:
+                blocks = [MBConv(dims[0], rngs=rngs) for _ in range(depths[0])]
+            else:
+                heads, window = config.tiny_vit_num_heads[i], config.tiny_vit_window_sizes[i]
+                blocks = [TinyViTBlock(dims[i], heads, window, config.mlp_ratio, rngs=rngs) for _ in range(depths[i])]
+            downsample = None
+            if i + 1 < TINY_VIT_STAGES:  # into the next stage; the last stage keeps its input's resolution
+                merge_stride = 1 if i + 1 == TINY_VIT_STAGES - 1 else 2
+                downsample = PatchMerging(dims[i], dims[i + 1], merge_stride, rngs=rngs)
+            stages.append(Stage(blocks, downsample))
+        self.layers = nnx.List(stages)
+        self.neck = neck(dims[-1], config.prompt_embed_dim, rngs=rngs)
+
+    def __call__(self, x, slices: int = 1):
+        """x: input image (B, S, S, in_chans) → embedding (B, S/p, S/p, prompt_embed_dim). `slices` is accepted
+        for the ViT's interface; TinyViT has no cross-slice branch, so it changes nothing."""
+        del slices
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return apply_sequential(self.neck, x)
