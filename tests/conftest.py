@@ -39,7 +39,27 @@ if _CPU_ONLY and "--xla_backend_optimization_level" not in os.environ.get("XLA_F
     os.environ["XLA_FLAGS"] = " ".join(filter(None, _FLAGS))
 
 
+# Modules whose tests share an expensive module fixture: all on one pytest-xdist worker, which builds it once.
+ONE_WORKER_MODULES = {"tests/test_multi_process.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist hands out each test on its own, the modules of ONE_WORKER_MODULES whole, and the modules first
+    by test count (its `loadgroup` does not group under pytest 9.2: it renames tests through an attribute pytest no
+    longer reads)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::")[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return Scheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the long tests first, the short ones then even out the workers' ends
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if gpu_tests:
         import jax

@@ -3,7 +3,8 @@ collectives. Training equals one process over 2 forced CPU devices (same global 
 SIGKILL stops the other within a bounded time, and the same command resumes both to the uninterrupted result;
 evaluation over 2 processes writes the CSV one process writes.
 
-The runs are shared by the tests (module fixtures) and share one compilation cache: compiling dominates here."""
+The runs are shared by the tests (module fixtures; conftest.py keeps this module on one pytest-xdist worker) and share
+one compilation cache: compiling dominates here."""
 
 import csv
 import json
