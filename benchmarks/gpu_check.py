@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))  # run as a script, benchmarks/ is first on the pa
 from benchmarks import bench  # noqa: E402
 
 PRESETS = ("gpu_quick", "gpu", "smoke")  # benchmarks/bench.py's presets this check may run
-TESTS = ["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py"]
+# In one process, as a GPU runs them best (pyproject.toml asks for two pytest-xdist workers).
+TESTS = ["-m", "pytest", "-q", "-rs", "-n", "0", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py"]
 TESTS_TIMEOUT_S = 240
 MARGIN_S = 60  # the benchmark's last group may run this long past its budget
 

@@ -20,6 +20,11 @@ def app_env(**changes: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **changes}
 
 
+def xla_flags(*flags: str) -> str:
+    """XLA_FLAGS for a command: the session's (conftest.py sets some) and `flags`."""
+    return " ".join(filter(None, [os.environ.get("XLA_FLAGS"), *flags]))
+
+
 def command(*args) -> list[str]:
     """`python ARGS` with this interpreter; a script path such as `convert/sam_weights.py` is taken from the
     checkout."""

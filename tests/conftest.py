@@ -4,6 +4,8 @@ segment_anything imports torchvision, which does not load beside the CPU torch w
 `torchvision_stand_in` (beside this file) is installed first.
 """
 
+import importlib.metadata
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -14,19 +16,50 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torchvision_stand_in
+from filelock import FileLock
 
 torchvision_stand_in.install()
 
-# One XLA compilation cache for the session, inherited by the training and evaluation commands the tests start:
-# each command compiles the same tiny models, which then load in a fraction of the compile time. Set before any
-# test module imports jax. Only the session that made it removes it: a pytest started by a test (the GPU check's)
-# inherits it, and removing it there left the rest of the suite compiling everything anew.
+# One XLA compilation cache for the session, inherited by the training and evaluation commands the tests start and
+# by pytest-xdist's workers: each command compiles the same tiny models, which then load in a fraction of the compile
+# time. Every program is kept, however quick to compile: a command's model initialisation is hundreds of small
+# programs (7 of a tiny training run's 26 s). Set before any test module imports jax. Only the session that made it
+# removes it: a pytest started by a test (the GPU check's) inherits it, and removing it there left the rest of the
+# suite compiling everything anew.
 _OWNS_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 _XLA_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sam_jax_test_xla_"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Without an accelerator plugin JAX runs on the CPU, where LLVM's optimisation of the tests' tiny programs takes
+# about half of their compile time and saves less than it costs; results stay within the tests' tolerances (a GPU
+# keeps XLA's defaults: its tests measure the compiled code). A level already set (by the user, or by the session
+# that started this one) stays.
+_CPU_ONLY = not importlib.metadata.entry_points(group="jax_plugins") and importlib.util.find_spec("jax_plugins") is None
+if _CPU_ONLY and "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    _FLAGS = [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, _FLAGS))
+
+
+# Modules whose tests share an expensive module fixture: all on one pytest-xdist worker, which builds it once.
+ONE_WORKER_MODULES = {"tests/test_multi_process.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist hands out each test on its own, the modules of ONE_WORKER_MODULES whole, and the modules first
+    by test count (its `loadgroup` does not group under pytest 9.2: it renames tests through an attribute pytest no
+    longer reads)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::")[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return Scheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the long tests first, the short ones then even out the workers' ends
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if gpu_tests:
         import jax
@@ -82,14 +115,28 @@ def write_tiny_case():
     return _write_tiny_case
 
 
+def _made_once(tmp_path_factory, name: str, make) -> Path:
+    """The folder `name` filled by `make(folder)` once for the whole test session: pytest-xdist's workers share it
+    (the first makes it while the others wait), so the session's data and trained run are built once, not per worker."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory):
     """One phantom case per domain, written once per test session."""
     from sam_jax.data.phantom import write_phantom
 
-    out = tmp_path_factory.mktemp("phantom")
-    write_phantom(out, cases_per_domain=1, seed=0)
-    return out
+    return _made_once(tmp_path_factory, "phantom", lambda out: write_phantom(out, cases_per_domain=1, seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -98,9 +145,7 @@ def phantom_cache_dir(phantom_dir, tmp_path_factory):
     it: their settings match, so nothing is rebuilt)."""
     from sam_jax.data.cache import build_cache
 
-    out = tmp_path_factory.mktemp("phantom_cache")
-    build_cache(phantom_dir, out)
-    return out
+    return _made_once(tmp_path_factory, "phantom_cache", lambda out: build_cache(phantom_dir, out))
 
 
 @pytest.fixture(scope="session")
@@ -136,20 +181,21 @@ def tiny_trained_run(tiny_config, tmp_path_factory):
     """A tiny LoRA model trained for two steps on the phantom: its workdir (config.json + adapter.safetensors)."""
     from sam_jax.training.loop import train_and_evaluate
 
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    train_and_evaluate(
-        tiny_config.replace(
-            eval_domains=(),
-            steps=2,
-            learning_rate=1e-2,
-            loss="bce",
-            val_slices=2,
-            log_every=10,
-            seed=5,
-            workdir=str(workdir),
+    def train(workdir):
+        train_and_evaluate(
+            tiny_config.replace(
+                eval_domains=(),
+                steps=2,
+                learning_rate=1e-2,
+                loss="bce",
+                val_slices=2,
+                log_every=10,
+                seed=5,
+                workdir=str(workdir),
+            )
         )
-    )
-    return workdir
+
+    return _made_once(tmp_path_factory, "tiny_run", train)
 
 
 @pytest.fixture(scope="session")

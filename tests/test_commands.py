@@ -8,7 +8,6 @@ path on the model evaluation rebuilds."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import glob
 import json
@@ -62,16 +61,12 @@ def _small_phantom(out: Path, raw: Path) -> None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_sam_checkpoint):
-    """A user's folder: a random tiny SAM checkpoint, the phantom, and where every command runs."""
+    """A user's folder: a random tiny SAM checkpoint, the phantom, and where every command runs (with the session's
+    compilation cache: the runs share programs, the ×3 ablations the same step)."""
     cwd = tmp_path_factory.mktemp("user")
     _small_phantom(cwd / "brats", tmp_path_factory.mktemp("raw"))
     shutil.copy(tiny_sam_checkpoint, cwd / "sam_tiny.pth")
-    # The runs share programs (the ×3 ablations compile the same step): compile each once.
-    env = app_env(
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
-    return cwd, env
+    return cwd, app_env()
 
 
 def _run(line: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -170,8 +165,14 @@ def _check_eval(out_dir: Path, cases: int) -> dict:
     return summary
 
 
-@pytest.mark.slow
-def test_readme_commands_run_as_written(workspace):
+# The README's demo and data commands share data/phantom and nothing with the others: a test of their own, which
+# pytest-xdist runs beside the test of the others.
+DEMO_AND_DATA = ("train/demo.flags", "sam_jax.data.phantom", "benchmarks/data_pipeline.py")
+
+
+def _run_readme_commands(workspace, demo_and_data: bool) -> tuple[dict, object]:
+    """Run the README's commands of one part in order, the user's files replaced by the workspace's; their outputs
+    and the GLI case standing in for the README's."""
     cwd, env = workspace
     case = find_cases(cwd / "brats", "GLI")[0]
     seg = np.asarray(nib.load(case.seg).dataobj) > 0
@@ -189,17 +190,33 @@ def test_readme_commands_run_as_written(workspace):
     assert len(commands) >= 15, commands
     outputs = {}
     for line in commands:
+        if any(name in line for name in DEMO_AND_DATA) != demo_and_data:
+            continue
         for old, new in substitutions.items():
             line = line.replace(old, new)
         if "train/demo.flags" in line:
             line += " --phantom_cases_per_domain=1"  # the demo's own phantom, one case per domain
         outputs[line] = _run(line, cwd, env).stdout
+    return outputs, case
+
+
+@pytest.mark.slow
+def test_readme_demo_and_data_commands_run_as_written(workspace):
+    outputs, _ = _run_readme_commands(workspace, demo_and_data=True)
+    assert len(outputs) == len(DEMO_AND_DATA)
+    assert (workspace[0] / "workdir" / "demo" / "adapter.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_readme_commands_run_as_written(workspace):
+    outputs, case = _run_readme_commands(workspace, demo_and_data=False)
+    cwd, _ = workspace
+    seg = np.asarray(nib.load(case.seg).dataobj) > 0
 
     for name in ("adult", "meningioma"):
         domain = "GLI" if name == "adult" else "MEN"
         summary = _check_training(cwd / "workdir" / name, _slices_per_epoch(cwd, domain))
         assert summary["best_step"] is not None
-    assert (cwd / "workdir" / "demo" / "adapter.safetensors").is_file()
     for domain, cases in (("GLI", 1), ("MEN", 2), ("PED", 1), ("SSA", 2)):
         _check_eval(cwd / "workdir" / "adult" / "eval" / f"{domain}_best", cases)
     zero_shot = cwd / "workdir" / "sam_tiny_zero_shot_t1n_t2w_t2f_64" / "eval" / "GLI"
@@ -241,18 +258,35 @@ def _flagfiles_outside_readme() -> list[str]:
     in_readme = {m for line in readme_commands() for m in re.findall(r"--flagfile=train/(\S+)", line)}
     every = sorted(str(p.relative_to(ROOT / "train")) for p in (ROOT / "train").rglob("*.flags"))
     assert in_readme <= set(every)
-    # Two-step's step 1 before step 2, which starts from step 1's adapter.
-    return sorted(set(every) - in_readme, key=lambda n: (n.endswith("two_step_2.flags"), n))
+    return sorted(set(every) - in_readme)
+
+
+def _flagfile_runs() -> list[tuple[str, ...]]:
+    """The flagfiles the README does not run, one test each; two-step's step 2 starts from step 1's adapter, so the
+    two are one test, step 1 first."""
+    names = _flagfiles_outside_readme()
+    steps = ("ablations/two_step_1.flags", "ablations/two_step_2.flags")
+    return [(n,) for n in names if n not in steps] + [steps]
+
+
+def test_every_training_flagfile_is_run():
+    names = _flagfiles_outside_readme()
+    assert "ablations/two_step_2.flags" in names and len(names) >= 10
+    assert sorted(n for run in _flagfile_runs() for n in run) == names
+
+
+def _ensure_converted(cwd: Path, env: dict) -> None:
+    """The README's conversion, once for the tests of the workspace (the README's test runs it as written)."""
+    if not (cwd / "sam_tiny.safetensors").exists():
+        _run("python convert/sam_weights.py --checkpoint sam_tiny.pth --output sam_tiny.safetensors", cwd, env)
 
 
 @pytest.mark.slow
-def test_every_training_flagfile_trains_and_is_evaluated(workspace):
-    """Each flagfile the README does not run, named as users may (relative to train/), then eval/adult.flags on it;
-    two runs at a time (two cores), step 2 of two-step after step 1."""
+@pytest.mark.parametrize("names", _flagfile_runs(), ids=lambda names: "+".join(names))
+def test_every_training_flagfile_trains_and_is_evaluated(workspace, names):
+    """Each flagfile the README does not run, named as users may (relative to train/), then eval/adult.flags on it."""
     cwd, env = workspace
-    _run("python convert/sam_weights.py --checkpoint sam_tiny.pth --output sam_tiny.safetensors", cwd, env)
-    flagfiles = _flagfiles_outside_readme()
-    assert "ablations/two_step_2.flags" in flagfiles and len(flagfiles) >= 10
+    _ensure_converted(cwd, env)
 
     def train_and_evaluate(name):
         _run(
@@ -282,15 +316,9 @@ def test_every_training_flagfile_trains_and_is_evaluated(workspace):
         _check_eval(workdir / "eval" / "GLI_best", 1)  # eval/adult.flags: GLI's held-out split (--split=val)
         return workdir
 
-    alone, *first, last = flagfiles
-    train_and_evaluate(alone)  # builds the shared preprocessing cache before two runs could race for it
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        done = {name: pool.submit(train_and_evaluate, name) for name in first}
-        step1 = done["ablations/two_step_1.flags"].result()
-        step2 = pool.submit(train_and_evaluate, last).result()
-        for future in done.values():
-            future.result()
-    _check_two_step(step1, step2)
+    workdirs = [train_and_evaluate(name) for name in names]
+    if len(workdirs) == 2:
+        _check_two_step(*workdirs)
 
 
 def _check_two_step(step1: Path, step2: Path) -> None:
@@ -334,8 +362,7 @@ def test_one_command_reproduces_a_table(workspace):
     """`eval.reproduce` trains and evaluates what a table needs, prints it beside the paper, and a second call
     finds every step done; the dry run of all five tables lists every command a user would otherwise type."""
     cwd, env = workspace
-    if not (cwd / "sam_tiny.safetensors").exists():
-        _run("python convert/sam_weights.py --checkpoint sam_tiny.pth --output sam_tiny.safetensors", cwd, env)
+    _ensure_converted(cwd, env)
     line = (
         f"python -m eval.reproduce --table 4 --data_dir {cwd / 'brats'} --sam_weights sam_tiny.safetensors "
         f"--root repro --train_flags='--model_type=tiny --image_size=64 --epochs=1' --eval_flags=--max_clicks=3"

@@ -3,7 +3,8 @@ collectives. Training equals one process over 2 forced CPU devices (same global 
 SIGKILL stops the other within a bounded time, and the same command resumes both to the uninterrupted result;
 evaluation over 2 processes writes the CSV one process writes.
 
-The runs are shared by the tests (module fixtures) and share one compilation cache: compiling dominates here."""
+The runs are shared by the tests (module fixtures; conftest.py keeps this module on one pytest-xdist worker) and share
+one compilation cache: compiling dominates here."""
 
 import csv
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import portpicker
 import pytest
-from apps import app_env, config_flags, start_app
+from apps import app_env, config_flags, start_app, xla_flags
 
 from sam_jax.training.config import TrainConfig
 from sam_jax.weights.io import read_arrays
@@ -30,7 +31,7 @@ RUN_TIMEOUT_S = 600  # a hung run fails the test instead of the CI job
 def env(tmp_path_factory):
     """Each process sees one CPU device unless told; all runs share one compilation cache."""
     return app_env(
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=1"),
         JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR")
         or str(tmp_path_factory.mktemp("jax_cache")),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -101,7 +102,7 @@ def _adapter(workdir):
 def runs(train_flags, env, tmp_path_factory):
     """The same training as 1 process over 2 devices and as 2 processes over 1 device each."""
     out = tmp_path_factory.mktemp("runs")
-    _train(train_flags, out / "one_process", 1, env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    _train(train_flags, out / "one_process", 1, env, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"))
     _train(train_flags, out / "two_processes", 2, env)
     return out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apps import app_env, config_flags, run_app, start_app
+from apps import app_env, config_flags, run_app, start_app, xla_flags
 
 from sam_jax.errors import SamJaxError
 from sam_jax.training import loop
@@ -119,7 +119,7 @@ def test_two_devices_give_the_same_losses(tiny_config, tmp_path):
     for devices in (1, 2):
         result = run_app(
             *_train(flags, tmp_path / f"d{devices}"),
-            env=app_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
+            env=app_env(XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}")),
         )
         assert result.returncode == 0, result.stderr[-2000:]
         lines = (tmp_path / f"d{devices}" / "metrics.jsonl").read_text().splitlines()
