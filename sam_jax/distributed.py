@@ -192,6 +192,16 @@ def fail_fast(message: str) -> None:
         os._exit(1)
 
 
+# gloo's CPU collectives (those inside orbax's checkpoint sync among them) report a peer that died mid-call as an
+# error naming the dropped connection, not as XLA's JaxRuntimeError.
+_CONNECTION_LOST = ("Connection closed by peer", "Connection reset by peer")
+
+
+def is_lost_peer(error: Exception) -> bool:
+    """Whether `error` is a collective or barrier failing under this process because another one is gone."""
+    return isinstance(error, jax.errors.JaxRuntimeError) or any(s in str(error) for s in _CONNECTION_LOST)
+
+
 def lost_peer(error: Exception) -> str:
     """What a process says when a collective or barrier failed under it: the failure another process posted, if
     any; else that a peer is gone (killed, or its host lost)."""

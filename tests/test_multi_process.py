@@ -257,3 +257,15 @@ def test_process_rows_merge_in_case_order(tmp_path):
     ]
     assert rows[1] == {"case": "b", "domain": "GLI", "status": "ok", "seconds": 2.0, "paper_dice": 0.125}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
+
+
+def test_a_peer_lost_inside_a_gloo_collective_is_told_from_other_errors():
+    """The message gloo gave when process 1 was killed during orbax's checkpoint sync (seen under pytest-xdist's
+    load): a lost peer, like XLA's own error; any other error is not one."""
+    import jax
+
+    from sam_jax.distributed import is_lost_peer
+
+    gloo = ValueError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.0.0.2]:4321")
+    assert is_lost_peer(gloo) and is_lost_peer(jax.errors.JaxRuntimeError("barrier timed out"))
+    assert not is_lost_peer(ValueError("could not broadcast input array from shape (2,) into shape (3,)"))

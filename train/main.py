@@ -34,7 +34,7 @@ def main(argv):
         if jax.process_count() == 1:
             raise
         traceback.print_exc()
-        lost = isinstance(e, jax.errors.JaxRuntimeError)  # a collective or barrier failed under this process
+        lost = distributed.is_lost_peer(e)
         distributed.fail_fast(distributed.lost_peer(e) if lost else f"{type(e).__name__} (traceback above)")
     print(f"\nDice after {summary['steps']} steps (workdir {config.workdir}):")
     print("  domain  paper protocol  tumour slices")
