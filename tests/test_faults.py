@@ -220,7 +220,7 @@ def test_a_domain_without_held_out_cases_is_a_loud_warning(phantom_dir, phantom_
 
 
 @pytest.mark.slow
-def test_predict_on_an_empty_segmentation_asks_for_clicks(tiny_trained_run, write_tiny_case, tmp_path):
+def test_predict_on_an_empty_segmentation_asks_for_prompts(tiny_trained_run, write_tiny_case, tmp_path):
     import numpy as np
 
     case = write_tiny_case(tmp_path / "data", seg=np.zeros((12, 10, 6), np.uint8))
@@ -233,5 +233,6 @@ def test_predict_on_an_empty_segmentation_asks_for_clicks(tiny_trained_run, writ
     )
     _clean_error(
         result,
-        "BraTS-GLI-00001-000-seg.nii.gz: the segmentation is empty: no tumour to take clicks from; give --clicks",
+        "BraTS-GLI-00001-000-seg.nii.gz: the segmentation is empty: no tumour to take prompts from; "
+        "give --clicks or --boxes",
     )

@@ -18,7 +18,7 @@ import optax
 import pytest
 import torch
 from flax import nnx
-from torch_reference import _randomise, state_dict_numpy, to_numpy
+from torch_reference import randomise_parameters, state_dict_numpy, to_numpy
 from torch_sam_lora import LoRASam
 from torch_sam_lora import make_train_step as torch_train_step
 
@@ -109,7 +109,7 @@ def stepped():
     """One step on each side from the same weights: {before, after, grad, loss} for ours and for PyTorch's."""
     torch.manual_seed(0)
     ref = LoRASam(CONFIG)
-    _randomise(ref)  # every weight random, LoRA A and B included (a zero B would leave A without gradient)
+    randomise_parameters(ref)  # every weight random, LoRA A and B included (a zero B would leave A without gradient)
 
     # Built abstractly (eager initialisers cost half a minute here), then every variable is filled from PyTorch.
     model = nnx.eval_shape(lambda: build_model(CONFIG, AdaptationConfig(), rngs=nnx.Rngs(0)))
