@@ -13,14 +13,15 @@ from sam_jax.weights.io import assign, model_arrays
 from sam_jax.weights.params import torch_to_flax
 
 
-def torch_sam(config: SamConfig, seed: int = 0) -> Sam:
-    torch.manual_seed(seed)
+def torch_sam_parts(config: SamConfig, in_chans: int) -> tuple[ImageEncoderViT, PromptEncoder, MaskDecoder]:
+    """segment_anything's image encoder (taking `in_chans` channels), prompt encoder and mask decoder of `config`,
+    built in that order (so a seeded build draws the same initial weights wherever it is used)."""
     dim = config.prompt_embed_dim
     g = config.grid_size
     encoder = ImageEncoderViT(
         img_size=config.image_size,
         patch_size=config.patch_size,
-        in_chans=config.in_chans,
+        in_chans=in_chans,
         embed_dim=config.encoder_embed_dim,
         depth=config.encoder_depth,
         num_heads=config.encoder_num_heads,
@@ -51,6 +52,12 @@ def torch_sam(config: SamConfig, seed: int = 0) -> Sam:
         iou_head_depth=config.iou_head_depth,
         iou_head_hidden_dim=config.iou_head_hidden_dim,
     )
+    return encoder, prompt, decoder
+
+
+def torch_sam(config: SamConfig, seed: int = 0) -> Sam:
+    torch.manual_seed(seed)
+    encoder, prompt, decoder = torch_sam_parts(config, config.in_chans)
     model = Sam(encoder, prompt, decoder, pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
     randomise_parameters(model)
     return model.eval()

@@ -10,14 +10,13 @@ size (the paper's code resizes on the host), one click per slice, and decodes sl
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 import torchvision_stand_in
 from torch import nn
 
 torchvision_stand_in.install()
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer  # noqa: E402
+from torch_reference import torch_sam_parts  # noqa: E402  (segment_anything, after the stand-in)
 
 
 class LoRA(nn.Module):
@@ -48,41 +47,7 @@ class LoRA(nn.Module):
 class LoRASam(nn.Module):
     def __init__(self, config, in_chans: int = 4, rank: int = 4, alpha: float = 1.0):
         super().__init__()
-        g, dim = config.grid_size, config.prompt_embed_dim
-        self.image_encoder = ImageEncoderViT(
-            img_size=config.image_size,
-            patch_size=config.patch_size,
-            in_chans=3,
-            embed_dim=config.encoder_embed_dim,
-            depth=config.encoder_depth,
-            num_heads=config.encoder_num_heads,
-            mlp_ratio=config.mlp_ratio,
-            out_chans=dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            rel_pos_zero_init=True,
-            window_size=config.window_size,
-            global_attn_indexes=config.encoder_global_attn_indexes,
-        )
-        self.prompt_encoder = PromptEncoder(
-            embed_dim=dim,
-            image_embedding_size=(g, g),
-            input_image_size=(config.image_size, config.image_size),
-            mask_in_chans=16,
-        )
-        self.mask_decoder = MaskDecoder(
-            num_multimask_outputs=config.num_multimask_outputs,
-            transformer_dim=dim,
-            transformer=TwoWayTransformer(
-                depth=config.decoder_depth,
-                embedding_dim=dim,
-                mlp_dim=config.decoder_mlp_dim,
-                num_heads=config.decoder_num_heads,
-            ),
-            iou_head_depth=config.iou_head_depth,
-            iou_head_hidden_dim=config.iou_head_hidden_dim,
-        )
+        self.image_encoder, self.prompt_encoder, self.mask_decoder = torch_sam_parts(config, in_chans=3)
         self.requires_grad_(False)
         p = config.patch_size
         self.image_encoder.patch_embed.proj = nn.Conv2d(in_chans, config.encoder_embed_dim, p, p)
