@@ -88,11 +88,8 @@ class RunSpec(AdaptationConfig):
             if str(e) not in problems:
                 problems.append(str(e))
         if self.model_type in PRESETS and PRESETS[self.model_type].image_encoder != "vit":
-            problems.append(
-                f"model_type {self.model_type}: its TinyViT image encoder converts and runs as a Sam model "
-                "(README, LiteMedSAM), but training and evaluation runs (its input frame, 4-channel input, LoRA, "
-                "cross-slice) are not built for it yet"
-            )
+            if unbuilt := self.unbuilt_on_tiny_vit():
+                problems.append(f"model_type {self.model_type} (TinyViT): not built for it yet: {', '.join(unbuilt)}")
         if self.normalisation == "sam_rgb" and len(self.modalities) != 3:
             problems.append(
                 f"normalisation sam_rgb feeds SAM's RGB input: it takes 3 channels (modalities), "

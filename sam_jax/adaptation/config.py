@@ -81,6 +81,19 @@ class AdaptationConfig:
     def _invalid(problems: list[str]) -> SamJaxError:
         return AdaptationError("; ".join(problems))
 
+    def unbuilt_on_tiny_vit(self) -> list[str]:
+        """The adaptations a TinyViT image encoder (LiteMedSAM, MobileSAM) cannot take yet."""
+        unbuilt = []
+        if self.in_chans != 3:
+            unbuilt.append(f"{self.in_chans}-channel input")
+        if self.lora_rank:
+            unbuilt.append("LoRA (set lora_rank=0)")
+        if self.cross_slice:
+            unbuilt.append("cross-slice attention")
+        if self.zero_rel_pos:
+            unbuilt.append("zero_rel_pos (TinyViT has no relative-position tables)")
+        return unbuilt
+
     @property
     def in_chans(self) -> int:
         return len(self.modalities)

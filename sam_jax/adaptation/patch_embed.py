@@ -14,9 +14,15 @@ from sam_jax.adaptation.errors import AdaptationError
 from sam_jax.adaptation.init import kaiming_uniform_sqrt5
 
 
+def first_conv(model) -> nnx.Conv:
+    """The image encoder's first convolution: the ViT's patch embedding, or TinyViT's first stem Conv-BN."""
+    embed = model.image_encoder.patch_embed
+    return embed.proj if hasattr(embed, "proj") else embed.seq[0].c
+
+
 def adapt_patch_embed(model, in_chans: int, init: str, *, rngs: nnx.Rngs) -> None:
     """Give `model` (a 3-channel Sam) an `in_chans`-channel patch embedding, in place."""
-    old = model.image_encoder.patch_embed.proj
+    old = first_conv(model)
     kh, kw, rgb, dim = old.kernel.shape
     if rgb != 3:
         raise AdaptationError(f"the model's patch embedding already takes {rgb} channels; adapt a 3-channel SAM")

@@ -15,6 +15,7 @@ from absl import logging
 from flax import nnx
 
 from sam_jax.adaptation.errors import AdaptationError
+from sam_jax.adaptation.patch_embed import first_conv
 
 TRAIN, FREEZE = "train", "freeze"
 Rules = Sequence[Tuple[str, str]]
@@ -63,7 +64,7 @@ def parameter_paths(model: nnx.Module) -> Dict[str, tuple]:
 
 def trainable_paths(model: nnx.Module, rules: Union[str, Rules]) -> Dict[str, bool]:
     """Parameter path → whether it trains under `rules` (a preset name or a rule list)."""
-    in_chans = model.image_encoder.patch_embed.proj.in_features
+    in_chans = first_conv(model).in_features
     compiled = [(re.compile(pattern), action) for pattern, action in _rules(rules, in_chans)]
     decided, unmatched = {}, []
     for path in parameter_paths(model):
