@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+WITHOUT_TORCH = Path(__file__).resolve().parent / "without_torch"
 
 
 def app_env(**changes: str) -> dict[str, str]:
-    """The environment a command runs in: this one, the checkout first on PYTHONPATH, then `changes`."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    """The environment a command runs in: this one, the checkout first on PYTHONPATH and torch hidden (as where it
+    is not installed: tests/without_torch), then `changes`."""
+    path = os.pathsep.join(filter(None, [str(ROOT), str(WITHOUT_TORCH), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, **changes}
 
 
