@@ -9,7 +9,7 @@ from absl import flags
 from sam_jax.config import PRESETS
 from sam_jax.errors import SamJaxError
 from sam_jax.evaluation import EvaluationError, load_trained, load_zero_shot
-from sam_jax.evaluation.trained import ADAPTERS, ZERO_SHOT_MODALITIES
+from sam_jax.evaluation.trained import ADAPTERS, ZERO_SHOT_INPUTS, ZERO_SHOT_MODALITIES
 
 EXPECTED_ERRORS = SamJaxError  # every fault in the user's input; anything else is a bug and keeps its traceback
 
@@ -32,9 +32,10 @@ def define_model_flags():
     flags.DEFINE_enum(
         "zero_shot_input",
         "sam_rgb",
-        ["sam_rgb", "raw_crop"],
-        "Zero-shot only: SAM's own input "
-        "(0–255, its RGB statistics), or raw_crop: the original code's raw brain-cropped intensities.",
+        list(ZERO_SHOT_INPUTS),
+        "Zero-shot only: SAM's own input (0–255, its RGB statistics); raw_crop: the original code's raw "
+        "brain-cropped intensities; original_code: those and the original's other inference choices (stretch "
+        "resize, (row, col) clicks, clicks broadcast over the volume, its model defects).",
     )
     flags.DEFINE_enum(
         "select",
@@ -50,15 +51,7 @@ def load_model(f=flags.FLAGS):
     if f.zero_shot:
         if not f.sam_weights:
             raise EvaluationError("--zero_shot needs --sam_weights (converted SAM weights)")
-        raw = f.zero_shot_input == "raw_crop"
-        return load_zero_shot(
-            f.sam_weights,
-            f.model_type,
-            f.image_size,
-            f.modalities,
-            normalisation="none" if raw else "sam_rgb",
-            crop_to_brain=raw,
-        )
+        return load_zero_shot(f.sam_weights, f.model_type, f.image_size, f.modalities, f.zero_shot_input)
     if not f.checkpoint:
         raise EvaluationError("--checkpoint WORKDIR is required (or --zero_shot with --sam_weights)")
     return load_trained(f.checkpoint, f.sam_weights, f.select)

@@ -19,7 +19,7 @@ from sam_jax.data.cache import Cache, build_cache
 from sam_jax.data.domains import MODALITIES
 from sam_jax.data.errors import BadCaseError, CacheError, SplitMismatchError
 from sam_jax.data.preprocess import volume_slices
-from sam_jax.data.split import load_split, make_split
+from sam_jax.data.split import ensure_split, load_split, make_split
 from sam_jax.errors import SamJaxError
 from sam_jax.training.config import TrainConfig
 
@@ -151,8 +151,9 @@ def test_bad_cases_raise_or_are_skipped(tmp_path, write_tiny_case):
 
 def test_split_is_by_patient_seeded_and_saved(tmp_path, write_tiny_case):
     patient_of = {f"BraTS-GLI-{p:05d}-00{t}": f"BraTS-GLI-{p:05d}" for p in range(10) for t in range(1 + (p < 3))}
-    split = make_split(patient_of, seed=7)
-    assert split == make_split(patient_of, seed=7)
+    domain_of = dict.fromkeys(patient_of, "GLI")
+    split = make_split(patient_of, domain_of, seed=7)
+    assert split == make_split(patient_of, domain_of, seed=7) and split["drawn"] == "per_domain"
     assert set(split["train"]) | set(split["val"]) == set(patient_of) and not set(split["train"]) & set(split["val"])
     assert len({patient_of[c] for c in split["val"]}) == 2  # 20% of 10 patients
     for p in range(3):  # both time points of a patient on the same side
@@ -168,6 +169,23 @@ def test_split_is_by_patient_seeded_and_saved(tmp_path, write_tiny_case):
     write_tiny_case(tmp_path / "data", "BraTS-PED-00009-000")
     with pytest.raises(SplitMismatchError, match="delete it"):
         build_cache(tmp_path / "data", tmp_path / "cache", split_seed=3)
+
+
+def test_split_is_drawn_within_each_domain(tmp_path, caplog):
+    """20% of each domain's patients, as the paper splits each dataset, whatever other domains are present: a pooled
+    draw of 6 GLI and 4 MEN patients could hold out 2 of one and none of the other."""
+    gli = {f"BraTS-GLI-{p:05d}-000": f"BraTS-GLI-{p:05d}" for p in range(6)}
+    men = {f"BraTS-MEN-{p:05d}-000": f"BraTS-MEN-{p:05d}" for p in range(4)}
+    domain_of = {**dict.fromkeys(gli, "GLI"), **dict.fromkeys(men, "MEN")}
+    for seed in range(20):
+        split = make_split({**gli, **men}, domain_of, seed=seed)
+        assert (
+            sum(c in split["val"] for c in gli) == 1 and sum(c in split["val"] for c in men) == 1
+        )  # round(1.2), round(0.8)
+        assert split["val"] == sorted(make_split(gli, domain_of, seed)["val"] + make_split(men, domain_of, seed)["val"])
+    # A split saved before, drawn over the pooled patients, is kept (runs trained on it are scored on it), named.
+    (tmp_path / "split.json").write_text(json.dumps({"seed": 0, "val_fraction": 0.2, "train": list(gli), "val": []}))
+    assert ensure_split(tmp_path, gli, domain_of)["val"] == [] and "pooled" in caplog.text
 
 
 def _cache_files(cache_dir):

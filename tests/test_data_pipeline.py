@@ -160,17 +160,40 @@ class _Drawn:
         return self.i
 
 
-@pytest.mark.parametrize(
-    "n, i, expected",
-    [
-        (155, 50, [40, 50, 60, 70]),  # i − 10, i, i + 10, i + 20
-        (155, 3, [0, 10, 20, 30]),  # shifted up at the first slice
-        (155, 154, [124, 134, 144, 154]),  # shifted down at the last
-        (25, 12, [0, 10, 20, 24]),  # a volume shorter than the set: the edge slice repeats
-    ],
-)
-def test_spaced_slices_are_the_original_select_equi_slices(n, i, expected):
-    assert spaced_slices(n, _Drawn(i), 4).tolist() == expected
+def _select_equi_slices(index, depth):
+    """vpulab/med-sam-brain utils.py `SelectEquiSlices(4, masks)`, transcribed: `index` is its
+    `random.randint(0, masks.shape[-1] - 1)`, `depth` its `masks.shape[-1]`."""
+    i_slices = [index]
+    if index - 20 <= 0:
+        if index - 10 <= 0:
+            i_slices += [index + 10, index + 20, index + 30]
+        else:
+            i_slices += [index - 10, index + 10, index + 20]
+    else:
+        if index + 20 >= depth - 1:
+            if index + 10 >= depth - 1:
+                i_slices += [index - 10, index - 20, index - 30]
+            else:
+                i_slices += [index + 10, index - 10, index - 20]
+        else:
+            i_slices += [index - 10, index + 10, index + 20]
+    return i_slices
+
+
+@pytest.mark.parametrize("n", [41, 100, 144, 155])  # 41: the shortest volume the original keeps inside
+def test_spaced_slices_are_the_original_select_equi_slices(n):
+    for i in range(n):
+        original = _select_equi_slices(i, n)
+        assert all(0 <= s < n for s in original)
+        assert spaced_slices(n, _Drawn(i), 4).tolist() == sorted(original), i
+    # Near the ends, e.g. the last slice draws the three below it; a draw 20 in keeps i − 10.
+    assert spaced_slices(155, _Drawn(154), 4).tolist() == [124, 134, 144, 154]
+    assert spaced_slices(155, _Drawn(20), 4).tolist() == [10, 20, 30, 40]
+
+
+def test_spaced_slices_clamp_a_volume_shorter_than_the_set():
+    assert spaced_slices(25, _Drawn(12), 4).tolist() == [2, 12, 22, 24]  # the original: index 32 out of range
+    assert spaced_slices(25, _Drawn(3), 1).tolist() == [3] and spaced_slices(155, _Drawn(154), 2).tolist() == [144, 154]
 
 
 def test_a_volume_batch_is_one_case_per_step(tiny_cache):
@@ -180,8 +203,9 @@ def test_a_volume_batch_is_one_case_per_step(tiny_cache):
     assert sorted(int(e["case_index"][0]) for e in elements) == [0, 1]
     for e in elements:
         assert e["image"].shape[:2] == (4, 1) and len(set(e["case_index"].tolist())) == 1
-        # 6-slice volumes: the set of 4 spaced 10 apart is shifted to start at 0 and clamped at the last slice.
-        assert e["slice_index"].tolist() == [0, 5, 5, 5]
+        # 6-slice volumes: the drawn slice, and its companions above it clamped at the last slice.
+        drawn, *companions = e["slice_index"].tolist()
+        assert 0 <= drawn <= 5 and companions == [5, 5, 5]
     with pytest.raises(ValueError, match="batch_size must be 1"):
         make_dataset(tiny_cache, list(CASES), batch_size=2, volume_batch=4)
     # Repeated forever, as training streams it.

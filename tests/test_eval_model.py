@@ -21,7 +21,9 @@ from sam_jax.data import find_cases, load_case
 from sam_jax.evaluation import CheckpointError, load_trained, load_zero_shot
 from sam_jax.evaluation.evaluate import evaluate_cases
 from sam_jax.evaluation.prediction import predict_volume
+from sam_jax.evaluation.reproduce import paper_code_options
 from sam_jax.evaluation.segmenter import SliceSegmenter
+from sam_jax.evaluation.trained import parse_zero_shot_name, zero_shot_name
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.metrics.lesion_wise import lesion_wise_scores
 from sam_jax.model import Sam, attention
@@ -306,6 +308,28 @@ def test_zero_shot_is_plain_sam_on_three_channels(tiny_sam_file, small_data):
     assert volume.slices.shape[-1] == 3 and red[top].max() <= (255 - 123.675) / 58.395 + 1e-4
     with pytest.raises(CheckpointError, match="3 channels"):
         load_zero_shot(str(tiny_sam_file), "tiny", 128, modalities="all4")
+
+
+def test_zero_shot_takes_the_original_codes_inference_choices(tiny_sam_file):
+    """original_code: every option of train/paper_code/ that the run spec holds, as that flagfile sets it (the loss
+    grid and the volume batch are training's), plus the training flagfile's raw, brain-cropped input; the name says
+    so and reads back."""
+    zero_shot = load_zero_shot(str(tiny_sam_file), "tiny", 128, "t1n_x3", "original_code")
+    spec_fields = {f.name for f in dataclasses.fields(RunSpec)}
+    options = dict(o[2:].split("=", 1) for o in paper_code_options())
+    at_inference = {k: v for k, v in options.items() if k in spec_fields}
+    assert set(options) - set(at_inference) == {"loss_grid", "volume_batch"}
+    assert {k: str(getattr(zero_shot.spec, k)).lower() for k in at_inference} == at_inference
+    assert (zero_shot.spec.normalisation, zero_shot.spec.crop_to_brain) == ("none", True)
+    assert not any(np.asarray(b.attn.rel_pos_h[...]).any() for b in zero_shot.model.image_encoder.blocks)
+    assert zero_shot.name == "sam_tiny_zero_shot_t1n_x3_128_original_code"
+    for given in ("sam_rgb", "raw_crop", "original_code"):
+        name = zero_shot_name("vit_b", ("t2w", "t1n", "t2f"), 1024, given)
+        assert parse_zero_shot_name(name) == dict(
+            model_type="vit_b", modalities=("t2w", "t1n", "t2f"), image_size=1024, zero_shot_input=given
+        )
+    assert parse_zero_shot_name("sam_vit_b_zero_shot_t1n_t2w_t2f_none_crop")["zero_shot_input"] == "raw_crop"
+    assert parse_zero_shot_name("sam_vit_b_zero_shot_all_the_things") is None
 
 
 @pytest.mark.slow

@@ -371,7 +371,13 @@ def build_cache(
         raise CacheError(f"{data_dir}: no cases found ({files_like()})")
     (cache_dir / "cases").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(cache_dir / "tmp", ignore_errors=True)  # leftovers of an interrupted build
-    split_lib.ensure_split(cache_dir, {c.case_id: c.patient_id for c in found}, split_seed, val_fraction)
+    split_lib.ensure_split(
+        cache_dir,
+        {c.case_id: c.patient_id for c in found},
+        {c.case_id: c.domain for c in found},
+        split_seed,
+        val_fraction,
+    )
     settings = dict(normalisation=normalisation, crop_to_brain=bool(crop_to_brain), version=FORMAT_VERSION)
     wanted = {c.case_id for c in found}
     for stale in (cache_dir / "cases").iterdir():

@@ -162,12 +162,22 @@ class LoadBatch(grain.transforms.RandomMap):
 
 
 def spaced_slices(n: int, rng: np.random.Generator, k: int, spacing: int = 10) -> np.ndarray:
-    """The original code's `SelectEquiSlices`: a random slice i and its companions i − s, i + s, …, k in all, spaced
-    `spacing` apart (i − s, i, i + s, i + 2s for k = 4), the whole set shifted back inside a volume of n slices
-    (repeating the edge slice when the volume is shorter than the set)."""
-    start = int(rng.integers(n)) - spacing
-    start = min(max(start, 0), max(n - 1 - spacing * (k - 1), 0))
-    return np.minimum(start + spacing * np.arange(k), n - 1)
+    """The original code's `SelectEquiSlices` (k = 4, s = 10), in ascending order: a random slice i, always in the
+    set, with companions s apart: normally i − s, i + s, …, i + (k − 2)s. Near the first slice (i ≤ 2s) the set moves
+    all above i when i − s ≤ 0; elsewhere, when its highest reaches the last slice (≥ n − 1), all but one below i, or
+    all below when i + s ≥ n − 1 too. These are the original's tests, off by one (a companion on the first or last
+    slice still moves the set); other k extend them. The original fails or wraps round when a volume is shorter than
+    the set (n < 41 at k = 4); here the indices are clamped to the volume. Order does not matter: a step's loss is a
+    mean over its slices, and SAM's prompt tokens carry no order."""
+    i = int(rng.integers(n))
+    if i - 2 * spacing <= 0:
+        below = 0 if i - spacing <= 0 else 1
+    elif i + spacing * (k - 2) >= n - 1:
+        below = k - 1 if i + spacing >= n - 1 else k - 2
+    else:
+        below = 1
+    below = max(0, min(below, k - 1))
+    return np.clip(i + spacing * (np.arange(k) - below), 0, n - 1)
 
 
 class LoadVolume(grain.transforms.RandomMap):

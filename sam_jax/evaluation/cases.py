@@ -34,7 +34,8 @@ def select_cases(data_dir, domain: str, split: str, cache_dir=None):
     if split == "val":
         cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        held_out = set(ensure_split(cache_dir, {c.case_id: c.patient_id for c in every})["val"])
+        patient_of, domain_of = ({c.case_id: c.patient_id for c in every}, {c.case_id: c.domain for c in every})
+        held_out = set(ensure_split(cache_dir, patient_of, domain_of)["val"])
         chosen = [c for c in chosen if c.case_id in held_out]
     if not chosen:
         raise EvaluationError(f"{data_dir}: no {domain} cases in split {split!r}")

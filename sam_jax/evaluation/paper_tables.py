@@ -3,11 +3,11 @@ training settings, never by its name), the published paper-protocol Dice (%) bes
 
 A run is described by a `Profile` read from its run directory (config.json: the run spec plus the training domain and
 `init_adapter`; else the spec in its adapter's header), or, for zero-shot SAM, from the name `eval.main` gives it
-(`sam_<size>_zero_shot_<layout>[_<input size>]`). Each paper row has a predicate over profiles; every matching run
-gets its own line (a run evaluated with both `--select final` and `best` appears once, as `best`: what the paper
-reported). A row no run matches is shown with "–"; a published value not found in any source is "n/a" (docs/
-reference.md §7 lists what was found and where). Deviations from the paper's setting (SAM size, input size, LoRA
-shape, random base) are named beside the run.
+(`trained.zero_shot_name`). Each paper row has a predicate over profiles; every matching run gets its own line (a run
+evaluated with both `--select final` and `best` appears once, as `best`: what the paper reported). Every published
+value is the paper's, at its precision; a row no run matches is shown with "–", a cell the paper leaves empty with
+"n/a". Deviations from the paper's setting (SAM size, input size, LoRA shape, random base, the zero-shot input) are
+named beside the run.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import re
 from pathlib import Path
 from typing import Callable
 
-from sam_jax.adaptation.modalities import LAYOUTS, MODALITIES
+from sam_jax.adaptation.modalities import LAYOUTS
 from sam_jax.data.domains import PAPER_COLUMNS
 from sam_jax.errors import SamJaxError
+from sam_jax.evaluation.trained import parse_zero_shot_name, read_run
 
-MISSING, NOT_FOUND = "–", "n/a"  # no run of ours; no published value found
-SOURCE = "docs/reference.md §7"
+MISSING, NOT_PUBLISHED = "–", "n/a"  # no run of ours; the paper prints no value ("-", or a row it does not have)
+SOURCE = "the paper's Tables 1–5 (docs/paper_notes.md)"
 PAPER_LORA = (4, 1.0, ("q", "v", "lin1", "lin2"))  # rank, alpha, targets (docs/reference.md §4)
 
 
@@ -47,7 +47,7 @@ class Profile:
 class PaperRow:
     label: str
     match: Callable[[Profile], bool] | None  # None: a method we do not run (other authors')
-    published: dict  # column → value (%), or a string such as "<10"; a column absent: not found
+    published: dict  # column → value (%); a column absent: the paper prints none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,7 @@ class PaperTable:
     key: str
     title: str
     rows: tuple
+    digits: int = 2  # as the paper prints it (Table 5 rounds to one decimal)
 
 
 def _lora(layout: str, domain: str) -> Callable[[Profile], bool]:
@@ -86,62 +87,101 @@ def _trained(trainable: str, two_step: bool) -> Callable[[Profile], bool]:
     return match
 
 
-def _zero_shot(p: Profile) -> bool:
-    return p.zero_shot
+def _zero_shot(layout: str) -> Callable[[Profile], bool]:
+    def match(p: Profile) -> bool:
+        return p.zero_shot and p.modalities == LAYOUTS[layout]
+
+    return match
 
 
-_LAYOUT_LABELS = {
-    "t1n_x3": "T1 ×3",
-    "t1c_x3": "T1Gd ×3",
-    "t2w_x3": "T2 ×3",
-    "t2f_x3": "FLAIR ×3",
-    "t1n_t2w_t2f": "T1/T2/FLAIR stacked",
-    "all4": "4 channels",
+def _values(*published) -> dict:
+    """VD1, VD2, D3, D4 in the paper's order."""
+    return dict(zip(PAPER_COLUMNS, published))
+
+
+# The 3-channel layouts of Tables 1 and 2, in the paper's order, with its labels.
+_LAYOUTS = (
+    ("t1n_x3", "T1"),
+    ("t1c_x3", "T1Gd"),
+    ("t2w_x3", "T2"),
+    ("t2f_x3", "T2-FLAIR"),
+    ("t1n_t2w_t2f", "[T1, T2, T2-FLAIR]"),
+)
+# Published Dice (%), transcribed from the paper. Table 1: zero-shot, then LoRA (trained on TD1, §4.3), per layout.
+_TABLE1 = {
+    "t1n_x3": ((4.33, 1.55, 3.43, 7.59), (58.45, 74.16, 65.68, 52.34)),
+    "t1c_x3": ((6.51, 2.39, 4.24, 6.51), (58.54, 74.71, 65.59, 52.61)),
+    "t2w_x3": ((4.51, 2.87, 1.76, 7.75), (58.19, 74.51, 65.36, 52.46)),
+    "t2f_x3": ((3.85, 2.19, 3.08, 7.85), (59.64, 74.72, 65.46, 52.73)),
+    "t1n_t2w_t2f": ((5.14, 2.91, 2.99, 6.03), (57.87, 74.44, 65.37, 52.67)),
 }
-_PUBLISHED_GLI = {"VD1": 61.9, "VD2": 65.7, "D3": 50.7, "D4": 56.2}  # LoRA, 4 channels, trained on GLI
-_PUBLISHED_MEN = {"VD1": 58.4, "VD2": 75.3, "D3": 65.7, "D4": 52.4}  # LoRA, 4 channels, trained on MEN
+# Table 2's ×3 and stacked rows: Table 1's LoRA rows but for T1's D3 (65.62, not 65.68; docs/paper_notes.md).
+_TABLE2 = {
+    "t1n_x3": (58.45, 74.16, 65.62, 52.34),
+    "t1c_x3": (58.54, 74.71, 65.59, 52.61),
+    "t2w_x3": (58.19, 74.51, 65.36, 52.46),
+    "t2f_x3": (59.64, 74.72, 65.46, 52.73),
+    "t1n_t2w_t2f": (57.87, 74.44, 65.37, 52.67),
+}
+_OURS_TD1 = (61.85, 65.68, 50.65, 56.20)  # LoRA, 4 channels, trained on TD1 (Tables 2, 3, 4)
+_OURS_TD2 = (58.38, 75.27, 65.62, 52.35)  # trained on TD2 (Table 2)
+_OURS_GLI, _OURS_MEN = _lora("all4", "GLI"), _lora("all4", "MEN")
 
 
-def _lora_rows(domain: str, four_channels: dict) -> tuple:
-    return tuple(
-        PaperRow(f"LoRA, {label}", _lora(layout, domain), four_channels if layout == "all4" else {})
-        for layout, label in _LAYOUT_LABELS.items()
-    )
+def _table1_rows() -> tuple:
+    rows = []
+    for layout, label in _LAYOUTS:
+        zero_shot, lora = _TABLE1[layout]
+        rows.append(PaperRow(f"Zero-shot, {label}", _zero_shot(layout), _values(*zero_shot)))
+        rows.append(PaperRow(f"LoRA, {label}", _lora(layout, "GLI"), _values(*lora)))
+    return tuple(rows)
 
 
 TABLES = (
     PaperTable(
         "table1",
-        "Table 1: zero-shot SAM and LoRA by input layout, trained on GLI",
-        (PaperRow("SAM zero-shot (any 3-channel layout)", _zero_shot, {c: "<10" for c in PAPER_COLUMNS}),)
-        + _lora_rows("GLI", _PUBLISHED_GLI),
+        "Table 1: zero-shot SAM vs LoRA by 3-channel input layout (LoRA trained on TD1)",
+        _table1_rows(),
     ),
-    PaperTable("table2", "Table 2: LoRA by input layout, trained on MEN", _lora_rows("MEN", _PUBLISHED_MEN)),
+    PaperTable(
+        "table2",
+        "Table 2: LoRA by input layout (×3: one modality repeated; trained on TD1) and ours, 4 channels",
+        tuple(
+            PaperRow(label + (" ×3" if layout.endswith("_x3") else ""), _lora(layout, "GLI"), _values(*_TABLE2[layout]))
+            for layout, label in _LAYOUTS
+        )
+        + (
+            PaperRow("Ours(TD1)", _OURS_GLI, _values(*_OURS_TD1)),
+            PaperRow("Ours(TD2)", _OURS_MEN, _values(*_OURS_TD2)),
+        ),
+    ),
     PaperTable(
         "table3",
-        "Table 3: two-step training (patch embedding, then LoRA), 4 channels, trained on GLI",
+        "Table 3: 1-step vs 2-step adaptation (patch embedding, then LoRA), 4 channels, trained on TD1",
         (
-            PaperRow("Step 1 alone: patch embedding", _trained("patch_embed_only", False), {}),
-            PaperRow(
-                "Two-step: patch embedding, then LoRA",
-                _trained("lora_frozen_patch", True),
-                {"VD1": 30.4, "VD2": 32.8, "D3": 19.4, "D4": 26.8},
-            ),
+            PaperRow("Step 1 alone: patch embedding (not in the paper)", _trained("patch_embed_only", False), {}),
+            PaperRow("2 Step", _trained("lora_frozen_patch", True), _values(30.36, 32.77, 19.36, 26.84)),
+            PaperRow("Ours (TD1)", _OURS_GLI, _values(*_OURS_TD1)),
         ),
     ),
     PaperTable(
         "table4",
-        "Table 4: full fine-tuning, 4 channels, trained on GLI",
-        (PaperRow("Full fine-tuning", _trained("full", False), {"VD1": 17.2, "VD2": 14.9, "D3": 12.0, "D4": 11.7}),),
+        "Table 4: full fine-tuning vs LoRA, 4 channels, trained on TD1",
+        (
+            PaperRow("SAM FT", _trained("full", False), _values(17.19, 14.92, 11.96, 11.71)),
+            PaperRow("Ours", _OURS_GLI, _values(*_OURS_TD1)),
+        ),
     ),
     PaperTable(
         "table5",
-        "Table 5: comparison with other methods (trained on GLI)",
+        "Table 5: comparison with other SAM methods",
         (
-            PaperRow("SAM-Med2D", None, {"VD1": 47.2, "VD2": 74.7, "D3": 52.8, "D4": 42.3}),
-            PaperRow("Ranem et al.", None, {}),
-            PaperRow("Ours: LoRA, 4 channels", _lora("all4", "GLI"), _PUBLISHED_GLI),
+            PaperRow("SAM-Med2D", None, _values(47.2, 74.7, 52.8, 42.3)),
+            PaperRow("Ranem et al.", None, _values(61.9)),
+            PaperRow("Ours(TD1)", _OURS_GLI, _values(61.9, 65.7, 50.7, 56.2)),
+            PaperRow("Ours(TD2)", _OURS_MEN, _values(58.4, 75.3, 65.7, 52.4)),
         ),
+        digits=1,
     ),
 )
 
@@ -166,24 +206,22 @@ def _run_dir(summary: dict) -> Path | None:
 
 
 def _zero_shot_profile(name: str) -> Profile | None:
-    """From `sam_<size>_zero_shot_<layout>[_<input size>]` (trained.load_zero_shot's name)."""
-    found = re.fullmatch(r"sam_(.+?)_zero_shot_(.+?)(?:_(\d+))?", name)
-    if not found:
+    """From the name `trained.zero_shot_name` gives a zero-shot model."""
+    found = parse_zero_shot_name(name)
+    if found is None:
         return None
-    model_type, layout, size = found.groups()
-    if layout in LAYOUTS:
-        modalities = LAYOUTS[layout]
-    elif all(m in MODALITIES for m in layout.split("_")):
-        modalities = tuple(layout.split("_"))
-    else:
-        return None
-    notes = tuple(n for n in (model_type if model_type != "vit_b" else "", f"{size} px" if size else "") if n)
-    return Profile(name, True, modalities, "none", 0, False, None, "", notes)
+    notes = (
+        found["model_type"] if found["model_type"] != "vit_b" else "",
+        f"{found['image_size']} px" if found["image_size"] != 1024 else "",
+        _INPUT_NOTES[found["zero_shot_input"]],
+    )
+    return Profile(name, True, found["modalities"], "none", 0, False, None, "", tuple(n for n in notes if n))
+
+
+_INPUT_NOTES = {"sam_rgb": "", "raw_crop": "raw crop", "original_code": "original code"}
 
 
 def _trained_profile(run_dir: Path) -> Profile:
-    from sam_jax.evaluation.trained import read_run
-
     spec, raw = read_run(run_dir)  # an adapter alone has no training settings (domain, init_adapter)
     notes = []
     if spec.model_type != "vit_b":
@@ -255,23 +293,16 @@ def entries(summaries) -> tuple[list[Entry], dict[str, str]]:
     return sorted(chosen, key=lambda e: e.label), unknown
 
 
-def _number(value) -> str:
-    return f"{value:.1f}"
-
-
-def _triple(ours, published) -> tuple[str, str, str]:
-    """(ours, published, ours − published) cells."""
-    ours_cell = MISSING if ours is None else _number(ours)
-    if published is None:
-        pub_cell = NOT_FOUND
-    else:
-        pub_cell = published if isinstance(published, str) else _number(published)
+def _triple(ours, published, digits: int) -> tuple[str, str, str]:
+    """(ours, published, ours − published) cells, at the paper's precision."""
+    ours_cell = MISSING if ours is None else f"{ours:.{digits}f}"
+    pub_cell = NOT_PUBLISHED if published is None else f"{published:.{digits}f}"
     if ours is None:
         diff = MISSING
-    elif published is None or isinstance(published, str):
-        diff = NOT_FOUND
+    elif published is None:
+        diff = NOT_PUBLISHED
     else:
-        diff = f"{round(ours, 1) - published:+.1f}"
+        diff = f"{round(ours, digits) - published:+.{digits}f}"
     return ours_cell, pub_cell, diff
 
 
@@ -283,7 +314,7 @@ def table_lines(table: PaperTable, models: list[Entry]) -> list[list[str]]:
         for m in matched or [None]:
             cells = [row.label, MISSING if m is None else m.label]
             for c in PAPER_COLUMNS:
-                cells += _triple(None if m is None else m.values.get(c), row.published.get(c))
+                cells += _triple(None if m is None else m.values.get(c), row.published.get(c), table.digits)
             lines.append(cells)
     return lines
 
@@ -298,8 +329,8 @@ def markdown(table: PaperTable, models: list[Entry]) -> str:
     lines += ["| " + " | ".join(cells) + " |" for cells in table_lines(table, models)]
     lines += [
         "",
-        f"Paper-protocol Dice (%); Δ = ours − paper. Published: {SOURCE}; {NOT_FOUND}: not found in a "
-        f"source; {MISSING}: no run of ours matches.",
+        f"Paper-protocol Dice (%); Δ = ours − paper. Published: {SOURCE}; {NOT_PUBLISHED}: the paper prints "
+        f"no value; {MISSING}: no run of ours matches.",
     ]
     return "\n".join(lines) + "\n"
 

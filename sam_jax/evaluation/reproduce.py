@@ -2,8 +2,10 @@
 flagfile, evaluate it on VD1, VD2, D3 and D4 with the evaluation flagfiles, then rebuild the tables (`eval.table`).
 
 Two variants: `paper` (what the paper describes, our corrected code: `train/*.flags`) and `paper_code` (what the
-authors ran: the same flagfiles plus the original code's choices listed in `train/paper_code/adult.flags`). Runs go to
-`<root>/<variant>/<run>`; zero-shot SAM is evaluated into `<root>/<variant>/sam_zero_shot`. A step whose result
+authors ran: the same flagfiles plus the original code's choices listed in `train/paper_code/adult.flags`; zero-shot
+SAM gets those that act at inference, `--zero_shot_input=original_code`). Runs go to `<root>/<variant>/<run>`;
+zero-shot SAM, one per 3-channel layout of Table 1, into `<root>/<variant>/sam_zero_shot_<layout>`. The layouts'
+LoRA runs are trained on adult glioma, as §4.3 says of Tables 1 and 2 alike (docs/paper_notes.md). A step whose result
 exists is skipped (a training run with its `summary.json`, an evaluation with its `summary.json`), so the same command
 resumes an interrupted reproduction; train.main itself resumes an interrupted run from its last checkpoint.
 """
@@ -30,6 +32,7 @@ class Run:
     name: str
     flags: tuple  # training flags (a flagfile and overrides); empty for zero-shot SAM
     parent: str = ""  # a run this one starts from (--init_adapter)
+    layout: str = ""  # zero-shot SAM's 3-channel input
 
     @property
     def zero_shot(self) -> bool:
@@ -37,8 +40,8 @@ class Run:
 
 
 def _runs() -> dict[str, Run]:
-    runs = [
-        Run("sam_zero_shot", ()),
+    runs = [Run(f"sam_zero_shot_{layout}", (), layout=layout) for layout in LAYOUTS]
+    runs += [
         Run("adult", ("--flagfile=train/adult.flags",)),
         Run("meningioma", ("--flagfile=train/meningioma.flags",)),
         Run("two_step_1", ("--flagfile=train/ablations/two_step_1.flags",)),
@@ -47,16 +50,15 @@ def _runs() -> dict[str, Run]:
     ]
     for layout in LAYOUTS:
         runs.append(Run(f"gli_{layout}", (f"--flagfile=train/ablations/{layout}.flags",)))
-        runs.append(Run(f"men_{layout}", (f"--flagfile=train/ablations/{layout}.flags", "--domain=MEN")))
     return {r.name: r for r in runs}
 
 
 RUNS = _runs()
 TABLES = {
-    1: ("sam_zero_shot", *(f"gli_{layout}" for layout in LAYOUTS), "adult"),
-    2: (*(f"men_{layout}" for layout in LAYOUTS), "meningioma"),
-    3: ("two_step_1", "two_step_2"),
-    4: ("full_finetune",),
+    1: (*(f"sam_zero_shot_{layout}" for layout in LAYOUTS), *(f"gli_{layout}" for layout in LAYOUTS)),
+    2: (*(f"gli_{layout}" for layout in LAYOUTS), "adult", "meningioma"),
+    3: ("two_step_1", "two_step_2", "adult"),
+    4: ("full_finetune", "adult"),
     5: ("adult", "meningioma"),
 }
 
@@ -98,8 +100,9 @@ def plan(tables, variant: str, root, data_dir, sam_weights, train_flags=(), eval
     for run in runs_for(tables):
         workdir = base / run.name
         if run.zero_shot:
-            zero = ["--zero_shot", f"--sam_weights={sam_weights}"]
-            zero += ["--zero_shot_input=raw_crop"] if variant == "paper_code" else []
+            zero_shot_input = "original_code" if variant == "paper_code" else "sam_rgb"
+            zero = ["--zero_shot", f"--modalities={run.layout}", f"--zero_shot_input={zero_shot_input}"]
+            zero.append(f"--sam_weights={sam_weights}")
             for domain, flagfile in DOMAIN_FLAGFILES.items():
                 out = workdir / "eval" / domain
                 steps.append(

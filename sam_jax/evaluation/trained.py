@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 from flax import nnx
 
 from sam_jax.adaptation import build_model, load_adapter
-from sam_jax.adaptation.modalities import LAYOUTS
+from sam_jax.adaptation.modalities import LAYOUTS, MODALITIES
 from sam_jax.errors import SamJaxError
 from sam_jax.evaluation.errors import CheckpointError
 from sam_jax.model import Sam
@@ -94,17 +95,74 @@ def load_trained(workdir, sam_weights: str | None = None, select: str = "final")
     return TrainedModel(model, spec, workdir.name if select == "final" else f"{workdir.name}_{select}", training)
 
 
+# What zero-shot SAM is fed (eval --zero_shot_input), as run-spec settings, and the suffix its name carries.
+# original_code: every choice of the original code that acts at inference (train/paper_code/adult.flags; the loss
+# grid and the volume batch act only in training): its raw brain-cropped input, stretch resize, (row, col) clicks,
+# each slice prompted with every slice's click, and its model defects.
+ZERO_SHOT_INPUTS = {
+    "sam_rgb": ({"normalisation": "sam_rgb"}, ""),
+    "raw_crop": ({"normalisation": "none", "crop_to_brain": True}, "_none_crop"),
+    "original_code": (
+        {
+            "normalisation": "none",
+            "crop_to_brain": True,
+            "resize": "stretch",
+            "click_order": "row_col",
+            "broadcast_clicks": True,
+            "zero_rel_pos": True,
+            "random_decoder_mlps": True,
+            "decoder_first_residual": True,
+        },
+        "_original_code",
+    ),
+}
+_ZERO_SHOT_NAME = re.compile(
+    r"sam_(?P<model_type>.+?)_zero_shot_(?P<layout>.+?)(?:_(?P<size>\d+))?"
+    r"(?P<input>" + "|".join(suffix for _, suffix in ZERO_SHOT_INPUTS.values() if suffix) + r")?"
+)
+
+
+def zero_shot_name(model_type: str, modalities, image_size: int, zero_shot_input: str) -> str:
+    """`sam_<size>_zero_shot_<layout>[_<input size>][<input suffix>]`: what `parse_zero_shot_name` reads back."""
+    layout = next((name for name, chans in LAYOUTS.items() if chans == tuple(modalities)), "_".join(modalities))
+    size = "" if image_size == 1024 else f"_{image_size}"
+    return f"sam_{model_type}_zero_shot_{layout}{size}{ZERO_SHOT_INPUTS[zero_shot_input][1]}"
+
+
+def parse_zero_shot_name(name: str) -> dict | None:
+    """{model_type, modalities, image_size, zero_shot_input} of a name `zero_shot_name` made; None for another."""
+    found = _ZERO_SHOT_NAME.fullmatch(name)
+    if not found:
+        return None
+    layout = found["layout"]
+    if layout in LAYOUTS:
+        modalities = LAYOUTS[layout]
+    elif all(m in MODALITIES for m in layout.split("_")):
+        modalities = tuple(layout.split("_"))
+    else:
+        return None
+    zero_shot_input = next(key for key, (_, suffix) in ZERO_SHOT_INPUTS.items() if suffix == (found["input"] or ""))
+    return dict(
+        model_type=found["model_type"],
+        modalities=modalities,
+        image_size=int(found["size"] or 1024),
+        zero_shot_input=zero_shot_input,
+    )
+
+
 def load_zero_shot(
     sam_weights: str,
     model_type: str = "auto",
     image_size: int = 1024,
     modalities: str = ZERO_SHOT_MODALITIES,
-    normalisation: str = "sam_rgb",
-    crop_to_brain: bool = False,
+    zero_shot_input: str = "sam_rgb",
 ) -> TrainedModel:
     """Plain SAM on a 3-channel layout of the modalities (Table 1's zero-shot row); `auto`: the size the converted
-    file says it holds. SAM's own input by default (`sam_rgb`); the original code fed it the training pipeline's
-    raw, brain-cropped intensities (`normalisation="none", crop_to_brain=True`)."""
+    file says it holds. SAM's own input by default (`sam_rgb`); `raw_crop`: the training pipeline's raw,
+    brain-cropped intensities, as the original code fed it; `original_code`: that and the original's other
+    inference choices (`ZERO_SHOT_INPUTS`)."""
+    if zero_shot_input not in ZERO_SHOT_INPUTS:
+        raise CheckpointError(f"zero-shot input {zero_shot_input!r}: expected one of {', '.join(ZERO_SHOT_INPUTS)}")
     if not Path(sam_weights).is_file():
         raise CheckpointError(f"--sam_weights {sam_weights}: no such file")
     try:
@@ -119,13 +177,10 @@ def load_zero_shot(
             modalities=modalities,
             lora_rank=0,
             trainable="none",
-            normalisation=normalisation,
-            crop_to_brain=crop_to_brain,
+            **ZERO_SHOT_INPUTS[zero_shot_input][0],
         ).with_base_identity()
         model = build_model(spec.sam_config(), spec, sam_weights=sam_weights, rngs=nnx.Rngs(0))
     except SamJaxError as e:
         raise CheckpointError(f"zero-shot SAM from {sam_weights}: {e}") from None
-    layout = next((name for name, chans in LAYOUTS.items() if chans == spec.modalities), "_".join(spec.modalities))
-    size = "" if image_size == 1024 else f"_{image_size}"
-    raw = "" if normalisation == "sam_rgb" else f"_{normalisation}{'_crop' if crop_to_brain else ''}"
-    return TrainedModel(model, spec, name=f"sam_{model_type}_zero_shot_{layout}{size}{raw}")
+    name = zero_shot_name(model_type, spec.modalities, image_size, zero_shot_input)
+    return TrainedModel(model, spec, name=name)
