@@ -202,11 +202,11 @@ def test_output_paths_are_made_or_refused_before_the_work(tmp_path):
 
 
 def test_a_domain_without_held_out_cases_is_a_loud_warning(phantom_dir, phantom_cache_dir):
-    from sam_jax.data.cache import Cache
+    from sam_jax.data.cache import Cache, preprocessing_dir
     from sam_jax.training.config import TrainConfig
     from sam_jax.training.loop import prepare_data
 
-    split = Cache.open(phantom_cache_dir).split()
+    split = Cache.open(preprocessing_dir(phantom_cache_dir)).split()
     unvalidated = next(d for d in ("GLI", "MEN", "PED", "SSA") if not any(f"-{d}-" in c for c in split["val"]))
     cfg = TrainConfig(
         data_dir=str(phantom_dir), cache_dir=str(phantom_cache_dir), domain=unvalidated, eval_domains=(unvalidated,)
