@@ -61,7 +61,7 @@ def measure(data_dir: str, cache_dir: str, workers: int) -> dict:
     cache = build_cache(data_dir, cache_dir, workers=workers)
     wall = time.perf_counter() - start
     seconds = [
-        json.loads((Path(cache_dir) / "cases" / c / "meta.json").read_text())["build_seconds"] for c in cache.case_ids
+        json.loads((cache.cache_dir / "cases" / c / "meta.json").read_text())["build_seconds"] for c in cache.case_ids
     ]
     return dict(
         workers=workers,
@@ -71,7 +71,7 @@ def measure(data_dir: str, cache_dir: str, workers: int) -> dict:
         cases_per_s=round(len(seconds) / wall, 4),
         case_s_mean=round(statistics.mean(seconds), 3),
         case_s_median=round(statistics.median(seconds), 3),
-        cache_mb_per_case=round(_folder_bytes(Path(cache_dir) / "cases") / len(seconds) / 1e6, 1),
+        cache_mb_per_case=round(_folder_bytes(cache.cache_dir / "cases") / len(seconds) / 1e6, 1),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     )
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from absl import flags
 
 from sam_jax.config import PRESETS
 from sam_jax.errors import SamJaxError
 from sam_jax.evaluation import EvaluationError, load_trained, load_zero_shot
-from sam_jax.evaluation.trained import ADAPTERS, ZERO_SHOT_INPUTS, ZERO_SHOT_MODALITIES
+from sam_jax.evaluation.errors import CheckpointError
+from sam_jax.evaluation.trained import ADAPTERS, ZERO_SHOT_INPUTS, ZERO_SHOT_MODALITIES, read_run
 
 EXPECTED_ERRORS = SamJaxError  # every fault in the user's input; anything else is a bug and keeps its traceback
 
@@ -47,13 +49,26 @@ def define_model_flags():
     flags.DEFINE_integer("batch_size", 8, "Slices per encoder/decoder call.", lower_bound=1)
 
 
-def load_model(f=flags.FLAGS):
+def check_model_flags(f=flags.FLAGS) -> dict:
+    """The model flags checked without building the model, so that a mistake is named at once rather than after
+    seconds of loading; returns the run's training settings (config.json; empty for zero-shot SAM)."""
     if f.zero_shot:
         if not f.sam_weights:
             raise EvaluationError("--zero_shot needs --sam_weights (converted SAM weights)")
-        return load_zero_shot(f.sam_weights, f.model_type, f.image_size, f.modalities, f.zero_shot_input)
+        if not Path(f.sam_weights).is_file():
+            raise CheckpointError(f"--sam_weights {f.sam_weights}: no such file")
+        return {}
     if not f.checkpoint:
         raise EvaluationError("--checkpoint WORKDIR is required (or --zero_shot with --sam_weights)")
+    if not Path(f.checkpoint).is_dir():
+        raise CheckpointError(f"--checkpoint {f.checkpoint}: no such folder (expected a training workdir)")
+    return read_run(f.checkpoint, ADAPTERS[f.select])[1]
+
+
+def load_model(f=flags.FLAGS):
+    check_model_flags(f)
+    if f.zero_shot:
+        return load_zero_shot(f.sam_weights, f.model_type, f.image_size, f.modalities, f.zero_shot_input)
     return load_trained(f.checkpoint, f.sam_weights, f.select)
 
 

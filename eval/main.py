@@ -12,13 +12,15 @@ from pathlib import Path
 import jax
 from absl import app, flags
 
-from eval.common import EXPECTED_ERRORS, define_model_flags, load_model
+from eval.common import EXPECTED_ERRORS, check_model_flags, define_model_flags, load_model
 from sam_jax import distributed
 from sam_jax.data.domains import COLUMNS, domain_help
+from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.cases import SPLITS, resolve_split, select_cases
 from sam_jax.evaluation.evaluate import (
     DEFAULT_PROTOCOLS,
     PROTOCOLS,
+    check_protocols,
     evaluate_cases,
     merge_process_csvs,
     process_csv,
@@ -68,9 +70,11 @@ def main(argv):
     try:
         distributed.initialize(config_from_flags(distributed.ProcessGroup))
         index, count = jax.process_index(), jax.process_count()
-        trained = load_model()
-        run = trained.training  # where and on what the run trained (empty for zero-shot SAM)
+        check_protocols(FLAGS.protocols)  # every flag and the cases before the model's seconds of loading
+        run = check_model_flags()  # where and on what the run trained (empty for zero-shot SAM)
         data_dir = FLAGS.data_dir or run.get("data_dir", "")
+        if not data_dir:
+            raise EvaluationError("--data_dir is required: zero-shot SAM (or this run) records no training data")
         same_data = Path(data_dir).resolve() == Path(run.get("data_dir") or ".").resolve()
         cache_dir = FLAGS.cache_dir or (run.get("cache_dir", "") if same_data else "")
         split = resolve_split(FLAGS.split, FLAGS.domain, run.get("domain"))
@@ -79,6 +83,7 @@ def main(argv):
         distributed.barrier("split ready")
         if not distributed.is_writer():
             cases = select_cases(data_dir, FLAGS.domain, split, cache_dir)
+        trained = load_model()
         name = FLAGS.model_name or trained.name
         run_dir = Path("workdir") / trained.name if FLAGS.zero_shot else Path(FLAGS.checkpoint)
         selected = "_best" if FLAGS.select == "best" and not FLAGS.zero_shot else ""
@@ -123,6 +128,8 @@ def main(argv):
         f"{summary['scored']} of {summary['cases']} cases scored; {len(summary['failed'])} failed; "
         f"per-case scores in {out_dir / 'cases.csv'}"
     )
+    for case_id, reason in summary["failed"].items():
+        print(f"  failed {case_id}: {reason}")
     return 0
 
 

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from absl import app, flags
 
-from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
+from eval.common import EXPECTED_ERRORS, check_model_flags, define_model_flags, fail, load_model
 from sam_jax.data import find_cases, load_case, save_prediction
 from sam_jax.data.brats import empty_segmentation
 from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.figures import overlay
-from sam_jax.evaluation.prediction import parse_boxes, parse_clicks, predict_volume, sorted_box
+from sam_jax.evaluation.prediction import (
+    parse_boxes,
+    parse_clicks,
+    predict_volume,
+    prompts_on_case_grid,
+    sorted_box,
+)
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.metrics import dice_3d
@@ -29,7 +34,10 @@ define_model_flags()
 flags.DEFINE_string("case_dir", None, "Folder of one case (BraTS file names).")
 flags.DEFINE_string("output", None, "Output mask (.nii.gz), in the case's geometry.")
 flags.DEFINE_string(
-    "clicks", "", "'x,y,z;x,y,z': one voxel inside each tumour. Neither this nor --boxes: from the ground truth."
+    "clicks",
+    "",
+    "'x,y,z;x,y,z': one voxel inside each tumour (a voxel that is 0 in all four scans, outside the head, is "
+    "refused). Neither this nor --boxes: from the ground truth.",
 )
 flags.DEFINE_string(
     "boxes",
@@ -48,6 +56,7 @@ def main(argv):
     try:
         output = check_output_file(FLAGS.output, "--output")
         overlay_path = check_output_file(FLAGS.overlay, "--overlay") if FLAGS.overlay else None
+        check_model_flags()
         found = find_cases(FLAGS.case_dir)
         if len(found) != 1:
             raise EvaluationError(f"{FLAGS.case_dir}: expected the files of one case, found {len(found)} cases")
@@ -63,13 +72,10 @@ def main(argv):
             raise EvaluationError(
                 f"{found[0].seg}: the segmentation is empty: no tumour to take prompts from; give --clicks or --boxes"
             )
+        clicks, boxes = prompts_on_case_grid(case, clicks, boxes)  # the file's voxels → the case's LPS grid
         trained = load_model()
         tick = time.perf_counter()
         volume = prepare_volume(case, trained.spec)
-        if clicks is not None:  # the file's voxels → the LPS grid the case is read into
-            clicks = np.array([case.voxel_from_file(c) for c in clicks])
-        if boxes is not None:
-            boxes = np.array([_from_file(case, b) for b in boxes])
         segmenter = SliceSegmenter(trained, FLAGS.batch_size)
         mask, used = predict_volume(segmenter, volume, clicks, boxes=boxes, prompt=trained.spec.prompt)
         used = [_to_file(case, p) for p in used]
@@ -88,12 +94,6 @@ def main(argv):
     elif case.seg is not None:
         print(f"whole-tumour Dice against the case's segmentation: {100 * dice_3d(mask, case.whole_tumour):.1f}")
     return 0
-
-
-def _from_file(case, box) -> list[int]:
-    """A box (x0, y0, x1, y1, z) of the file's voxels → the case's grid: both corners mapped, then re-sorted."""
-    x0, y0, x1, y1, z = box
-    return sorted_box(case.voxel_from_file((x0, y0, z)), case.voxel_from_file((x1, y1, z)))
 
 
 def _to_file(case, prompt) -> list[int]:

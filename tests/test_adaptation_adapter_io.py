@@ -8,9 +8,10 @@ import pytest
 from flax import nnx
 
 from sam_jax.adaptation import AdaptationConfig, base_weights_sha256, build_model, load_adapter, partition, save_adapter
-from sam_jax.adaptation.adapter_io import AdapterFileError
+from sam_jax.adaptation.adapter_io import AdapterFileError, init_from_adapter
 from sam_jax.config import sam_config
-from sam_jax.weights.io import save_arrays
+from sam_jax.weights.io import load_sam_weights, model_arrays, read_arrays, save_arrays
+from sam_jax.weights.params import WeightsError
 
 CONFIG = sam_config("tiny")
 ADAPTATION = AdaptationConfig(cross_slice=True)
@@ -77,3 +78,30 @@ def test_base_identity_prefers_the_source_checksum(tmp_path):
     assert base_weights_sha256(tmp_path / "without.safetensors") == expected
     with pytest.raises(AdapterFileError, match="no such file"):
         base_weights_sha256(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_an_adapter_with_non_finite_weights_is_refused_naming_file_and_tensor(saved, tmp_path, bad):
+    """A diverged run's adapter: it would load and predict empty masks without a word."""
+    path, _ = saved
+    arrays, metadata = read_arrays(path)
+    name = sorted(arrays)[-1]
+    arrays[name] = arrays[name].copy()
+    arrays[name].flat[[0, -1]] = bad
+    poisoned = tmp_path / "adapter.safetensors"
+    save_arrays(poisoned, arrays, metadata)
+    model = build_model(CONFIG, ADAPTATION, rngs=nnx.Rngs(1))
+    with pytest.raises(WeightsError, match=rf"{poisoned}: tensor '{name}' holds 2 NaN or Inf values of "):
+        load_adapter(model, poisoned, ADAPTATION, BASE)
+    with pytest.raises(WeightsError, match=f"tensor '{name}'"):
+        init_from_adapter(model, poisoned, BASE)
+
+
+def test_sam_weights_with_a_non_finite_value_are_refused(tmp_path):
+    model = build_model(CONFIG, ADAPTATION, rngs=nnx.Rngs(1))
+    arrays = {k: np.asarray(v) for k, v in model_arrays(model).items()}
+    arrays["mask_decoder.iou_token.embedding"] = np.full_like(arrays["mask_decoder.iou_token.embedding"], np.inf)
+    path = tmp_path / "sam.safetensors"
+    save_arrays(path, arrays, {})
+    with pytest.raises(WeightsError, match=r"sam.safetensors: tensor 'mask_decoder.iou_token.embedding' holds 32 "):
+        load_sam_weights(model, path)

@@ -327,7 +327,7 @@ def _check_two_step(step1: Path, step2: Path) -> None:
     the training loop's own score equals the score of that rebuilt model through the training's scoring path."""
     from flax import nnx
 
-    from sam_jax.data.cache import Cache
+    from sam_jax.data.cache import Cache, preprocessing_dir
     from sam_jax.evaluation import load_trained
     from sam_jax.training.step import make_eval_forward
     from sam_jax.training.validate import low_res_predictions, paper_dice
@@ -342,7 +342,7 @@ def _check_two_step(step1: Path, step2: Path) -> None:
     cfg = TrainConfig.load(step2)
     graphdef, params, rest = nnx.split(trained.model, nnx.Param, ...)
     forward = make_eval_forward(graphdef, cfg)
-    cache = Cache.open(Path(cfg.data_dir) / ".sam_jax_cache")
+    cache = Cache.open(preprocessing_dir(Path(cfg.data_dir) / ".sam_jax_cache", cfg.normalisation, cfg.crop_to_brain))
     summary = json.loads((step2 / "summary.json").read_text())
     for domain, expected in summary["paper_dice"].items():
         ids = summary["per_case"][domain]

@@ -1,6 +1,9 @@
 """Reading BraTS cases: discovery by name, both namings, and every kind of bad case reported with file and fault."""
 
 import gzip
+import time
+import tracemalloc
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -164,3 +167,58 @@ def test_prediction_written_in_case_geometry(tmp_path, write_tiny_case):
     np.testing.assert_array_equal(np.asarray(written.dataobj), in_file)
     np.testing.assert_array_equal(case.whole_tumour, in_file[:, ::-1, :])
     assert case.spacing == (1.0, 1.0, 2.0)
+
+
+def _bomb(path, header_bytes: bytes, inflated: int) -> None:
+    """A .nii.gz whose header declares a tiny volume but whose stream inflates to `inflated` bytes of zeros."""
+    packer, zeros = zlib.compressobj(9, zlib.DEFLATED, 31), bytes(1 << 20)
+    parts = [packer.compress(header_bytes)]
+    parts += [packer.compress(zeros) for _ in range(inflated >> 20)]
+    path.write_bytes(b"".join(parts) + packer.flush())
+
+
+def test_a_decompression_bomb_is_refused_in_milliseconds_naming_it(tmp_path, write_tiny_case, capsys):
+    """256 MiB of zeros behind a header declaring 12 x 10 x 6 float32: refused before a megabyte more is inflated,
+    in the file's name (the four good files of the case go unmentioned)."""
+    folder = write_tiny_case(tmp_path)
+    bomb = folder / "BraTS-GLI-00001-000-t1c.nii.gz"
+    header = nib.Nifti1Image(np.zeros((12, 10, 6), np.float32), np.diag([-1.0, -1.0, 1.0, 1.0])).to_bytes()
+    _bomb(bomb, header, 256 << 20)
+    assert bomb.stat().st_size < 400_000
+    tracemalloc.start()
+    start = time.perf_counter()
+    (fault,) = _single_fault(tmp_path)
+    seconds, (_, peak) = time.perf_counter() - start, tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert fault.path == bomb and "decompresses past the 3,232 bytes its header declares" in fault.fault
+    assert peak < 16 << 20 and seconds < 2  # whole: 256 MiB and seconds
+    assert validate_main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bomb}: decompresses past" in out and "t1n.nii.gz" not in out
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_an_absurd_header_shape_is_refused_with_the_shape_before_allocation(tmp_path, write_tiny_case, suffix):
+    folder = write_tiny_case(tmp_path, modalities=("t1n", "t1c", "t2w", "seg"))
+    header = nib.Nifti1Header()
+    header.set_data_shape((10000, 10000, 10000))
+    header.set_data_dtype(np.float32)
+    raw = header.binaryblock + bytes(4 + 1000)  # no extension, then far fewer voxels than declared
+    path = folder / f"BraTS-GLI-00001-000-t2f{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix == ".nii.gz" else raw)
+    tracemalloc.start()
+    (fault,) = _single_fault(tmp_path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert fault.path == path and "declares shape (10000, 10000, 10000) (1,000,000,000,000 voxels)" in fault.fault
+    assert peak < 16 << 20
+
+
+def test_a_multi_member_gzip_file_reads_as_one(tmp_path, write_tiny_case):
+    """pigz and `cat a.gz b.gz` write several gzip members; each is inflated in turn."""
+    folder = write_tiny_case(tmp_path)
+    path = folder / "BraTS-GLI-00001-000-t2w.nii.gz"
+    single = load_case(find_cases(tmp_path)[0]).images["t2w"]
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    assert np.array_equal(load_case(find_cases(tmp_path)[0]).images["t2w"], single)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from sam_jax.data import cache as cache_module
+from sam_jax.data import cache_layout, caches
 from sam_jax.data.brats import find_cases, load_case
-from sam_jax.data.cache import Cache, build_cache
+from sam_jax.data.cache import Cache, build_cache, preprocessing_dir
 from sam_jax.data.domains import MODALITIES
 from sam_jax.data.errors import BadCaseError, CacheError, SplitMismatchError
 from sam_jax.data.preprocess import volume_slices
@@ -98,15 +99,20 @@ def test_rebuild_is_incremental(tmp_path, write_tiny_case):
     for i in (1, 2):
         write_tiny_case(tmp_path / "data", f"BraTS-MEN-0000{i}-000")
     build_cache(tmp_path / "data", tmp_path / "cache")
-    image_file = {i: tmp_path / "cache" / "cases" / f"BraTS-MEN-0000{i}-000" / "image.npy" for i in (1, 2)}
+    cases = preprocessing_dir(tmp_path / "cache") / "cases"
+    image_file = {i: cases / f"BraTS-MEN-0000{i}-000" / "image.npy" for i in (1, 2)}
     before = {i: f.stat().st_mtime_ns for i, f in image_file.items()}
     build_cache(tmp_path / "data", tmp_path / "cache")
     assert {i: f.stat().st_mtime_ns for i, f in image_file.items()} == before
     write_tiny_case(tmp_path / "data", "BraTS-MEN-00002-000", shape=(12, 10, 7))  # changed source
     cache = build_cache(tmp_path / "data", tmp_path / "cache")
     assert image_file[1].stat().st_mtime_ns == before[1] and cache.num_slices("BraTS-MEN-00002-000") == 7
-    cache = build_cache(tmp_path / "data", tmp_path / "cache", normalisation="none")  # changed settings
-    assert image_file[1].stat().st_mtime_ns != before[1] and cache.settings["normalisation"] == "none"
+    cache = build_cache(tmp_path / "data", tmp_path / "cache", normalisation="none")  # changed settings: their own
+    assert cache.cache_dir == tmp_path / "cache" / "none-whole-v2" and cache.settings["normalisation"] == "none"
+    assert (cache.cache_dir / "cases" / "BraTS-MEN-00001-000" / "image.npy").is_file()
+    assert image_file[1].stat().st_mtime_ns == before[1]  # the z-scored cache untouched
+    assert build_cache(tmp_path / "data", tmp_path / "cache").cache_dir == cases.parent
+    assert image_file[1].stat().st_mtime_ns == before[1]  # and reused as it was
 
 
 def test_interrupted_build_leaves_no_half_written_case(tmp_path, write_tiny_case, monkeypatch):
@@ -122,21 +128,28 @@ def test_interrupted_build_leaves_no_half_written_case(tmp_path, write_tiny_case
     monkeypatch.setattr(cache_module, "_save_npy", crash_on_second_case)
     with pytest.raises(KeyboardInterrupt):
         build_cache(tmp_path / "data", tmp_path / "cache")
-    assert not (tmp_path / "cache" / "cases" / "BraTS-SSA-00002-000").exists()
+    folder = preprocessing_dir(tmp_path / "cache")
+    assert not (folder / "cases" / "BraTS-SSA-00002-000").exists()
     with pytest.raises(CacheError):
-        Cache.open(tmp_path / "cache")
-    first = (tmp_path / "cache" / "cases" / "BraTS-SSA-00001-000" / "image.npy").stat().st_mtime_ns
+        Cache.open(folder)
+    first = (folder / "cases" / "BraTS-SSA-00001-000" / "image.npy").stat().st_mtime_ns
     monkeypatch.undo()
     cache = build_cache(tmp_path / "data", tmp_path / "cache")
     assert cache.case_ids == ["BraTS-SSA-00001-000", "BraTS-SSA-00002-000"]
-    assert (tmp_path / "cache" / "cases" / "BraTS-SSA-00001-000" / "image.npy").stat().st_mtime_ns == first
-    assert not (tmp_path / "cache" / "tmp").exists() or not any((tmp_path / "cache" / "tmp").iterdir())
+    assert (folder / "cases" / "BraTS-SSA-00001-000" / "image.npy").stat().st_mtime_ns == first
+    assert not (folder / "tmp").exists() or not any((folder / "tmp").iterdir())
 
     monkeypatch.setattr(cache_module, "_save_npy", crash_on_second_case)
     with pytest.raises(KeyboardInterrupt):  # a rebuild with new settings, interrupted half way
         build_cache(tmp_path / "data", tmp_path / "cache", normalisation="none")
+    with pytest.raises(CacheError, match="no valid manifest"):
+        Cache.open(preprocessing_dir(tmp_path / "cache", "none"))
+    assert Cache.open(folder).case_ids == cache.case_ids  # the other preprocessing's cache is whole
+    meta = json.loads((folder / "cases" / "BraTS-SSA-00001-000" / "meta.json").read_text())
+    meta["settings"]["normalisation"] = "none"  # a case of other settings in the folder: refused
+    (folder / "cases" / "BraTS-SSA-00001-000" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CacheError, match="other settings"):
-        Cache.open(tmp_path / "cache")
+        Cache.open(folder)
 
 
 def test_bad_cases_raise_or_are_skipped(tmp_path, write_tiny_case):
@@ -217,10 +230,11 @@ def test_parallel_build_equals_serial(tmp_path, write_tiny_case, caplog):
     shutil.rmtree(tmp_path / "parallel")
     with pytest.raises(BadCaseError, match="missing modality t1c"):  # from a worker, every fault named
         build_cache(tmp_path / "data", tmp_path / "parallel", workers=2)
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "parallel" / "cases").glob("*/meta.json")}
+    cases = preprocessing_dir(tmp_path / "parallel") / "cases"
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in cases.glob("*/meta.json")}
     resumed = build_cache(tmp_path / "data", tmp_path / "parallel", skip_bad_cases=True)
     assert resumed.case_ids == serial.case_ids
-    assert {c: (tmp_path / "parallel" / "cases" / c / "meta.json").stat().st_mtime_ns for c in finished} == finished
+    assert {c: (cases / c / "meta.json").stat().st_mtime_ns for c in finished} == finished
 
 
 def test_worker_count_is_checked(tmp_path, write_tiny_case):
@@ -235,14 +249,15 @@ def test_worker_count_is_checked(tmp_path, write_tiny_case):
 
 _FULL_DISK_SCRIPT = """
 import json, os, subprocess, sys
-from sam_jax.data.cache import build_cache
+from sam_jax.data.cache import build_cache, preprocessing_dir
 from sam_jax.data.errors import CacheError
 
 data, mount = sys.argv[1:]
-cache = os.path.join(mount, "cache")
+root = os.path.join(mount, "cache")
+cache = str(preprocessing_dir(root))
 report = {}
 try:
-    build_cache(data, cache)
+    build_cache(data, root)
 except CacheError as error:
     report["error"] = str(error)
 report["tmp"] = sorted(os.listdir(os.path.join(cache, "tmp"))) if os.path.isdir(os.path.join(cache, "tmp")) else []
@@ -250,7 +265,7 @@ report["complete"] = {c: os.stat(os.path.join(cache, "cases", c, "meta.json")).s
                       for c in sorted(os.listdir(os.path.join(cache, "cases")))}
 report["image_bytes"] = os.path.getsize(os.path.join(cache, "cases", min(report["complete"]), "image.npy"))
 subprocess.run(["mount", "-o", "remount,size=16m", mount], check=True)  # space freed: the next run resumes
-resumed = build_cache(data, cache)
+resumed = build_cache(data, root)
 report["resumed"] = resumed.case_ids
 report["after"] = {c: os.stat(os.path.join(cache, "cases", c, "meta.json")).st_mtime_ns for c in resumed.case_ids}
 print(json.dumps(report))
@@ -278,7 +293,7 @@ def test_full_disk_names_the_cache_and_the_bytes_and_resumes(tmp_path, write_tin
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     error = report["error"]
-    assert f"{mount}/cache: the disk is full: case {case_ids[2]} needs" in error
+    assert f"{mount}/cache/zscore-whole-v2: the disk is full: case {case_ids[2]} needs" in error
     needed, free = (int(n.replace(",", "")) for n in re.findall(r"([\d,]+) bytes", error))
     assert report["image_bytes"] < needed < 2 * report["image_bytes"] and free < needed
     assert report["tmp"] == []  # the half-written case was removed
@@ -295,3 +310,62 @@ def test_a_build_the_disk_cannot_hold_is_announced(tmp_path, write_tiny_case, mo
     with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
         build_cache(tmp_path / "data", tmp_path / "cache")
     assert "the 1 cases to build need about" in caplog.text and "stop when the disk is full" in caplog.text
+
+
+def test_a_second_builder_of_the_same_cache_waits_for_the_first_and_builds_nothing(tmp_path, write_tiny_case):
+    """This process holds the build lock and builds; a builder started meanwhile (a second trainer) says whom it
+    waits for, then finds every case built."""
+    for i in (1, 2):
+        write_tiny_case(tmp_path / "data", f"BraTS-GLI-0000{i}-000")
+    folder = preprocessing_dir(tmp_path / "cache")
+    script = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
+        "from sam_jax.data.cache import build_cache;"
+        f"print('cases', build_cache({str(tmp_path / 'data')!r}, {str(tmp_path / 'cache')!r}).case_ids, flush=True)"
+    )
+    root = str(Path(__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    with cache_layout.build_lock(folder):
+        second = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+        waiting = second.stdout.readline()
+        assert f"cache {folder} is being built by another process (pid {os.getpid()} on " in waiting, waiting
+        found = find_cases(tmp_path / "data")
+        settings = cache_module._settings("zscore", False)
+        cache_module._build_locked(tmp_path / "data", folder, found, settings, None, False, 1)
+        assert second.poll() is None  # still waiting
+    rest = second.communicate(timeout=120)[0]
+    assert second.returncode == 0
+    assert "2 cases, 0 (re)built" in rest and "cases ['BraTS-GLI-00001-000', 'BraTS-GLI-00002-000']" in rest
+
+
+def test_caches_of_each_preprocessing_are_listed_with_their_size(tmp_path, write_tiny_case, capsys):
+    write_tiny_case(tmp_path / "data", "BraTS-GLI-00001-000", shape=(40, 40, 20))
+    default_root = tmp_path / "data" / ".sam_jax_cache"
+    build_cache(tmp_path / "data", default_root)
+    build_cache(tmp_path / "data", default_root, normalisation="none", crop_to_brain=True)
+    assert caches.main([str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{default_root}:"
+    image_bytes = (default_root / "zscore-whole-v2" / "cases" / "BraTS-GLI-00001-000" / "image.npy").stat().st_size
+    assert image_bytes == 40 * 40 * 20 * 4 * 2 + 128
+    zscore = next(line for line in out if "zscore-whole-v2" in line)
+    number, unit = zscore.split()[1:3]
+    assert float(number) * {"kB": 1e3, "MB": 1e6}[unit] >= image_bytes
+    assert "1 cases, normalisation zscore, whole volumes" in zscore
+    assert any("none-brain_crop-v2" in line and "cropped to the brain" in line for line in out)
+    assert "rm -r" in out[-1]
+    assert caches.main([str(default_root)]) == 0 and capsys.readouterr().out.splitlines()[:3] == out[:3]
+
+
+def test_a_cache_of_the_older_layout_moves_into_its_folder_unbuilt(tmp_path, write_tiny_case, caplog):
+    """Before per-preprocessing folders, cases/ and manifest.json sat at the root: a BraTS cache is hours of
+    building, so one of this build's settings is moved into place, not rebuilt."""
+    write_tiny_case(tmp_path / "data", "BraTS-GLI-00001-000")
+    built = build_cache(tmp_path / "data", tmp_path / "cache")
+    for name in ("cases", "manifest.json"):
+        os.replace(built.cache_dir / name, tmp_path / "cache" / name)
+    first = (tmp_path / "cache" / "cases" / "BraTS-GLI-00001-000" / "image.npy").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger=cache_module.__name__):
+        cache = build_cache(tmp_path / "data", tmp_path / "cache")
+    assert "0 (re)built" in caplog.text and not (tmp_path / "cache" / "cases").exists()
+    assert (cache.cache_dir / "cases" / "BraTS-GLI-00001-000" / "image.npy").stat().st_mtime_ns == first

@@ -11,7 +11,7 @@ from stand_in_segmenters import ComponentSegmenter
 from sam_jax.data import find_cases, load_case, save_prediction
 from sam_jax.evaluation import ClickError
 from sam_jax.evaluation.evaluate import evaluate_cases, summarise
-from sam_jax.evaluation.prediction import parse_clicks, predict_volume
+from sam_jax.evaluation.prediction import parse_clicks, predict_volume, prompts_on_case_grid
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.spec import RunSpec
 
@@ -83,3 +83,23 @@ def test_cases_without_ground_truth_brain_or_tumour_are_recorded(write_tiny_case
     summary = summarise(rows, ("paper",))
     assert summary["scored"] == 0 and summary["means"]["paper_dice"] is None  # the empty case scores nothing
     assert summary["empty_ground_truth"] == ["BraTS-PED-00003-000"] and len(summary["failed"]) == 2
+
+
+def test_prompts_are_checked_on_the_case_before_any_model(oblique_case):
+    """Clicks and box corners outside the volume, and a click on background (0 in all four scans, outside the
+    head), are refused from the case alone; a click in the brain maps to the case's grid."""
+    brain = oblique_case.images["t1n"] > 0
+    inside = next(c for c in np.argwhere(brain))
+    outside_head = next(c for c in np.argwhere(~brain))
+    given = np.array([oblique_case.voxel_to_file(inside)])
+    clicks, boxes = prompts_on_case_grid(oblique_case, given)
+    assert clicks.tolist() == [inside.tolist()] and boxes is None
+    with pytest.raises(ClickError, match=r"click \(12, 4, 3\) lies outside case .*'s volume of shape \(12, 10, 6\)"):
+        prompts_on_case_grid(oblique_case, np.array([[12, 4, 3]]))
+    background = tuple(oblique_case.voxel_to_file(outside_head))
+    with pytest.raises(ClickError, match=rf"click \({', '.join(map(str, background))}\) is on a voxel that is 0 in"):
+        prompts_on_case_grid(oblique_case, np.array([given[0], background]))
+    with pytest.raises(ClickError, match=r"box corner \(2, 10, 3\) lies outside"):
+        prompts_on_case_grid(oblique_case, boxes=np.array([[1, 1, 2, 10, 3]]))
+    _, boxes = prompts_on_case_grid(oblique_case, boxes=np.array([[3, 4, 1, 1, 3]]))
+    assert boxes.tolist() == [[1, 1, 3, 4, 3]]  # the file is LPS, as the case's grid: corners sorted only

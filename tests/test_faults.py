@@ -202,11 +202,11 @@ def test_output_paths_are_made_or_refused_before_the_work(tmp_path):
 
 
 def test_a_domain_without_held_out_cases_is_a_loud_warning(phantom_dir, phantom_cache_dir):
-    from sam_jax.data.cache import Cache
+    from sam_jax.data.cache import Cache, preprocessing_dir
     from sam_jax.training.config import TrainConfig
     from sam_jax.training.loop import prepare_data
 
-    split = Cache.open(phantom_cache_dir).split()
+    split = Cache.open(preprocessing_dir(phantom_cache_dir)).split()
     unvalidated = next(d for d in ("GLI", "MEN", "PED", "SSA") if not any(f"-{d}-" in c for c in split["val"]))
     cfg = TrainConfig(
         data_dir=str(phantom_dir), cache_dir=str(phantom_cache_dir), domain=unvalidated, eval_domains=(unvalidated,)
@@ -236,3 +236,54 @@ def test_predict_on_an_empty_segmentation_asks_for_prompts(tiny_trained_run, wri
         "BraTS-GLI-00001-000-seg.nii.gz: the segmentation is empty: no tumour to take prompts from; "
         "give --clicks or --boxes",
     )
+
+
+@pytest.mark.slow
+def test_prompts_and_protocols_are_refused_before_the_model_and_a_nan_adapter_after(
+    tiny_trained_run, write_tiny_case, tmp_path
+):
+    """The adapter holds a NaN: a refusal of the prompt or the protocols rather than of the adapter shows they came
+    before the model was loaded; a good click then meets the adapter's check, which names the file and the tensor."""
+    from sam_jax.weights.io import read_arrays, save_arrays
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_trained_run, run)
+    arrays, metadata = read_arrays(run / "adapter.safetensors")
+    name = sorted(arrays)[0]
+    arrays[name] = arrays[name].copy()
+    arrays[name].flat[0] = float("nan")
+    save_arrays(run / "adapter.safetensors", arrays, metadata)
+    case = write_tiny_case(tmp_path / "data")  # brain x 2–9, y 1–8, z 1–4; tumour around voxel (4, 3, 2)
+    predict = ["-m", "eval.predict", f"--checkpoint={run}", f"--case_dir={case}", f"--output={tmp_path / 'p.nii.gz'}"]
+    _clean_error(run_app(*predict, "--clicks=12,4,3"), "click (12, 4, 3) lies outside case BraTS-GLI-00001-000")
+    _clean_error(
+        run_app(*predict, "--clicks=4,3,2;0,0,0"),
+        "click (0, 0, 0) is on a voxel that is 0 in all four scans of case BraTS-GLI-00001-000",
+    )
+    _clean_error(
+        run_app("-m", "eval.main", f"--checkpoint={run}", "--protocols=paper,bogus", f"--data_dir={tmp_path / 'data'}"),
+        "--protocols: unknown ['bogus']",
+    )
+    result = run_app(*predict, "--clicks=4,3,2")
+    _clean_error(result, f"{run / 'adapter.safetensors'}: tensor '{name}' holds 1 NaN or Inf values of ")
+    assert not (tmp_path / "p.nii.gz").exists()
+
+
+@pytest.mark.slow
+def test_failed_cases_are_named_with_their_reason_on_the_console(tiny_trained_run, write_tiny_case, tmp_path):
+    write_tiny_case(tmp_path / "data", "BraTS-GLI-00001-000")
+    write_tiny_case(tmp_path / "data", "BraTS-GLI-00002-000", modalities=("t1n", "t1c", "t2w", "seg"))
+    result = run_app(
+        "-m",
+        "eval.main",
+        f"--checkpoint={tiny_trained_run}",
+        f"--data_dir={tmp_path / 'data'}",
+        "--split=all",
+        "--protocols=paper",
+        "--overlays=0",
+        f"--output_dir={tmp_path / 'eval'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 of 2 cases scored; 1 failed" in result.stdout
+    assert "  failed BraTS-GLI-00002-000: case BraTS-GLI-00002-000 is unusable: | " in result.stdout
+    assert "BraTS-GLI-00002-000-t2f.nii.gz: missing modality t2f" in result.stdout

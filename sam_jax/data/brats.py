@@ -19,6 +19,7 @@ from nibabel.orientations import io_orientation
 
 from sam_jax.data.domains import DOMAINS, MODALITIES, Release, parse_path, whole_tumour
 from sam_jax.data.errors import BadCaseError, CaseFault
+from sam_jax.data.nifti_file import RefusedFile, read_nifti
 from sam_jax.outputs import write_atomic
 
 LPS = orientations.axcodes2ornt(("L", "P", "S"))
@@ -168,25 +169,13 @@ def find_cases(data_dir: str | Path, domain: str | None = None) -> list[CaseFile
     return cases
 
 
-def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
-    """A NIfTI-1 or NIfTI-2 image from a whole file's bytes (told apart by the header size in its first 4 bytes)."""
-    for order in ("little", "big"):
-        header_size = int.from_bytes(raw[:4], order)
-        if header_size in (348, 540):
-            return (nib.Nifti1Image if header_size == 348 else nib.Nifti2Image).from_bytes(raw)
-    raise ValueError("no NIfTI header (its first 4 bytes are not the header size 348 or 540)")
-
-
 def _read_volume(path: Path, release: Release, is_seg: bool):
     """(image, data, None) or (None, None, fault); a 4-D release's image must hold its channels."""
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            # Decompressing the whole stream checks its CRC and length; nibabel reads only the bytes it needs and
-            # would return flipped bytes inside the stream as wrong voxels.
-            raw = gzip.decompress(raw)
-        image = _nifti_from_bytes(raw)
+        image = read_nifti(path)
         data = np.asarray(image.dataobj)
+    except RefusedFile as error:
+        return None, None, CaseFault(path, str(error))
     except Exception as error:  # nibabel, gzip and zlib raise many types for damaged files; all mean "unreadable"
         return None, None, CaseFault(path, f"unreadable: {type(error).__name__}: {error}")
     if release.channels and not is_seg:

@@ -1,12 +1,14 @@
 """The preprocessing cache: each case normalised once, optionally cropped to its brain box, and stored as axial slices
 in memory-mappable .npy files, so training reads a slice for the cost of a page copy.
 
-Layout of `cache_dir`: `cases/<case id>/image.npy` (Z, H, W, 4) in MODALITIES order, int16 holding
+Layout of a cache (one folder per preprocessing under the cache root, `sam_jax.data.cache_layout`):
+`cases/<case id>/image.npy` (Z, H, W, 4) in MODALITIES order, int16 holding
 intensity / `intensity_scale` (z-scores at a 2^-10 step; raw intensities at step 1 when they are int16-representable
 integers, else float32 with scale 1), because int16 converts to float32 ~20x faster than float16 on the host;
 `labels.npy` (Z, H, W) uint8 BraTS labels (0 where a case has no segmentation); `brain.npy` (Z, H, ceil(W / 8))
 the brain mask packed along rows (np.packbits), for negative clicks; `meta.json` (source fingerprint, settings,
-geometry, scale, per-slice tumour and brain areas); `manifest.json` indexes the cases; `split.json` holds the split.
+geometry, scale, per-slice tumour and brain areas); `manifest.json` indexes the cases; the root's `split.json` holds
+the split.
 Slices are prepared by `sam_jax.data.preprocess.volume_slices` (evaluation's preparation too): stored slice k' is
 volume slice `first_slice + k'` over the crop box, rows along voxel Y, so a click (x, y) is voxel (x0 + x, y0 + y).
 A case directory only appears complete (written under `tmp/`, then renamed), so an interrupted build never leaves a
@@ -38,12 +40,14 @@ import numpy as np
 
 from sam_jax.data import split as split_lib
 from sam_jax.data.brats import CaseFiles, find_cases, load_case
+from sam_jax.data.cache_layout import MANIFEST, adopt_old_layout, build_lock, preprocessing_name
 from sam_jax.data.domains import MODALITIES, files_like, whole_tumour
 from sam_jax.data.errors import BadCaseError, CacheError, CaseFault
 from sam_jax.data.preprocess import volume_slices
 from sam_jax.progress import progress_bar
 
 FORMAT_VERSION = 2
+DEFAULT_NAME = ".sam_jax_cache"
 log = logging.getLogger(__name__)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NPY_HEADER_BYTES = 128
@@ -276,7 +280,7 @@ class Cache:
     @classmethod
     def open(cls, cache_dir: str | Path) -> "Cache":
         cache_dir = Path(cache_dir)
-        manifest = _read_json(cache_dir / "manifest.json")
+        manifest = _read_json(cache_dir / MANIFEST)
         if manifest is None or manifest.get("version") != FORMAT_VERSION:
             raise CacheError(f"{cache_dir}: no valid manifest.json (build it with build_cache)")
         entries = {cid: _read_json(cache_dir / "cases" / cid / "meta.json") for cid in manifest["cases"]}
@@ -338,8 +342,9 @@ class Cache:
         return np.load(self.cache_dir / "cases" / case_id / "labels.npy", mmap_mode="r")
 
     def split(self) -> dict:
-        """The saved split restricted to cached cases (skipped bad cases drop out)."""
-        saved = split_lib.load_split(self.cache_dir)
+        """The saved split (at the cache root, the folder above) restricted to cached cases (skipped bad cases drop
+        out)."""
+        saved = split_lib.load_split(self.cache_dir.parent)
         return {
             **saved,
             "train": [c for c in saved["train"] if c in self.entries],
@@ -359,26 +364,49 @@ def build_cache(
     val_fraction: float = 0.2,
     workers: int = 1,
 ) -> Cache:
-    """Preprocess every case under `data_dir` into `cache_dir` (a no-op for cases already cached with the same
-    sources and settings) and write the patient-level split on first use; returns the opened cache. Cases are built
-    by `workers` processes (0: one per available CPU; 1: in this process). A bad case raises `BadCaseError` (cases
-    already built stay cached), or is logged and left out with `skip_bad_cases`; a full disk raises `CacheError`."""
+    """Preprocess every case under `data_dir` into its preprocessing's folder under the cache root `cache_dir`
+    (`cache_layout`; a no-op for cases already cached with the same sources) and write the patient-level split at
+    the root on first use; returns the opened cache. Cases are built by `workers` processes (0: one per available
+    CPU; 1: in this process); a second builder of the same folder waits for the first. A bad case raises
+    `BadCaseError` (cases already built stay cached), or is logged and left out with `skip_bad_cases`; a full disk
+    raises `CacheError`."""
     if normalisation not in ("zscore", "none"):
         raise ValueError(f"unknown normalisation {normalisation!r}; expected 'zscore' or 'none'")
-    cache_dir = Path(cache_dir)
+    root = Path(cache_dir)
     found = find_cases(data_dir, domain)
     if not found:
         raise CacheError(f"{data_dir}: no cases found ({files_like()})")
+    settings = _settings(normalisation, crop_to_brain)
+    cache_dir = preprocessing_dir(root, normalisation, crop_to_brain, domain)
+    with build_lock(cache_dir):
+        adopt_old_layout(root, cache_dir, settings, domain)
+        split_lib.ensure_split(
+            root,
+            {c.case_id: c.patient_id for c in found},
+            {c.case_id: c.domain for c in found},
+            split_seed,
+            val_fraction,
+        )
+        _build_locked(data_dir, cache_dir, found, settings, domain, skip_bad_cases, workers)
+    return Cache.open(cache_dir)
+
+
+def preprocessing_dir(
+    cache_dir: str | Path, normalisation: str = "zscore", crop_to_brain: bool = False, domain: str | None = None
+) -> Path:
+    """The folder under the cache root `cache_dir` that holds the cases of this preprocessing."""
+    return Path(cache_dir) / preprocessing_name(_settings(normalisation, crop_to_brain), domain)
+
+
+def _settings(normalisation: str, crop_to_brain: bool) -> dict:
+    return dict(normalisation=normalisation, crop_to_brain=bool(crop_to_brain), version=FORMAT_VERSION)
+
+
+def _build_locked(
+    data_dir, cache_dir: Path, found: list[CaseFiles], settings: dict, domain, skip_bad_cases: bool, workers: int
+) -> None:
     (cache_dir / "cases").mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(cache_dir / "tmp", ignore_errors=True)  # leftovers of an interrupted build
-    split_lib.ensure_split(
-        cache_dir,
-        {c.case_id: c.patient_id for c in found},
-        {c.case_id: c.domain for c in found},
-        split_seed,
-        val_fraction,
-    )
-    settings = dict(normalisation=normalisation, crop_to_brain=bool(crop_to_brain), version=FORMAT_VERSION)
+    shutil.rmtree(cache_dir / "tmp", ignore_errors=True)  # leftovers of an interrupted build (we hold the lock)
     wanted = {c.case_id for c in found}
     for stale in (cache_dir / "cases").iterdir():
         if stale.name not in wanted:
@@ -413,28 +441,33 @@ def build_cache(
         skipped=skipped,
     )
     try:
-        _write_json(cache_dir / "manifest.json", manifest)
+        _write_json(cache_dir / MANIFEST, manifest)
     except OSError as error:
         if error.errno in _DISK_FULL:
-            raise _disk_full_error(cache_dir, "manifest.json", len(json.dumps(manifest, indent=1))) from error
+            raise _disk_full_error(cache_dir, MANIFEST, len(json.dumps(manifest, indent=1))) from error
         raise
-    return Cache.open(cache_dir)
 
 
 def default_cache_dir(data_dir) -> Path:
-    """Where the cache goes without --cache_dir: `<data_dir>/.sam_jax_cache` when the data folder is writable, else
-    (a read-only share, a mounted dataset) `$XDG_CACHE_HOME/sam_jax/<folder name>-<hash of its path>`, by default
-    under ~/.cache; the same data folder always maps to the same place, so training and evaluation meet there."""
+    """Where the cache root goes without --cache_dir: `<data_dir>/.sam_jax_cache` when the data folder is writable,
+    else (a read-only share, a mounted dataset) `user_cache_dir(data_dir)`; the same data folder always maps to the
+    same place, so training and evaluation meet there."""
     data_dir = Path(data_dir).expanduser().absolute()
-    beside = data_dir / ".sam_jax_cache"
+    beside = data_dir / DEFAULT_NAME
     try:
         beside.mkdir(exist_ok=True)
         with tempfile.TemporaryFile(dir=beside):
             return beside
     except OSError:
-        user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        fallback = user_cache / "sam_jax" / f"{data_dir.name}-{hashlib.sha1(str(data_dir).encode()).hexdigest()[:10]}"
+        fallback = user_cache_dir(data_dir)
         log.warning(
             "%s is not writable: the preprocessing cache goes to %s (--cache_dir to choose)", data_dir, fallback
         )
         return fallback
+
+
+def user_cache_dir(data_dir) -> Path:
+    """`$XDG_CACHE_HOME/sam_jax/<folder name>-<hash of its path>`, by default under ~/.cache."""
+    data_dir = Path(data_dir).expanduser().absolute()
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return user_cache / "sam_jax" / f"{data_dir.name}-{hashlib.sha1(str(data_dir).encode()).hexdigest()[:10]}"

@@ -99,6 +99,14 @@ def columns(protocols, max_clicks: int) -> list[str]:
     return out
 
 
+def check_protocols(protocols) -> None:
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise EvaluationError(f"--protocols: unknown {unknown}; expected some of {', '.join(PROTOCOLS)}")
+    if not protocols:
+        raise EvaluationError(f"--protocols: none given; expected some of {', '.join(PROTOCOLS)}")
+
+
 def evaluate_cases(
     segmenter,
     trained,
@@ -115,9 +123,7 @@ def evaluate_cases(
     """Rows, one per CaseFiles of `cases`, also written to `out_dir/<csv_name>` (cases.csv) as they come. With the
     volumetric protocol, `save_predictions` writes `predictions/<case>.nii.gz` in each case's geometry and `overlays`
     writes PNGs of the first that many scored cases to `overlays/`."""
-    unknown = [p for p in protocols if p not in PROTOCOLS]
-    if unknown:
-        raise EvaluationError(f"unknown protocols {unknown}; expected some of {PROTOCOLS}")
+    check_protocols(protocols)
     out_dir = check_output_dir(out_dir, "evaluation output folder")
     names = columns(protocols, max_clicks)
     rows = []

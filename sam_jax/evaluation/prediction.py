@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from sam_jax.data.boxes import volume_boxes
+from sam_jax.data.brats import Case
 from sam_jax.data.clicks import volume_clicks
+from sam_jax.data.domains import MODALITIES
 from sam_jax.evaluation.errors import ClickError
 from sam_jax.evaluation.propagation import UNREACHED, propagate
 from sam_jax.evaluation.volume import CaseVolume
@@ -51,6 +53,42 @@ def sorted_box(corner_a, corner_b) -> list[int]:
             "axis is not axial, so give the box's corners on one axial slice"
         )
     return [min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb), za]
+
+
+def prompts_on_case_grid(case: Case, clicks=None, boxes=None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The user's clicks (x, y, z) and boxes (x0, y0, x1, y1, z), the file's voxel indices, on the case's LPS grid;
+    checked before any model is loaded: a click or corner outside the volume is refused, and so is a click on
+    background (a voxel that is 0 in all four scans: outside the head, never a tumour)."""
+    shape = case.header.get_data_shape()[:3]
+
+    def inside(point, what: str) -> None:
+        if not all(0 <= v < n for v, n in zip(point, shape)):
+            raise ClickError(
+                f"{what} {tuple(map(int, point))} lies outside case {case.case_id}'s volume of shape {shape}"
+            )
+
+    if clicks is not None:
+        for click in clicks:
+            inside(click, "click")
+        given, clicks = clicks, np.array([case.voxel_from_file(c) for c in clicks])
+        for click, voxel in zip(given, clicks):
+            if not any(case.images[m][tuple(voxel)] for m in MODALITIES):
+                raise ClickError(
+                    f"click {tuple(map(int, click))} is on a voxel that is 0 in all four scans of case "
+                    f"{case.case_id}: background outside the head, not a tumour; click inside the tumour"
+                )
+    if boxes is not None:
+        for x0, y0, x1, y1, z in boxes:
+            inside((x0, y0, z), "box corner")
+            inside((x1, y1, z), "box corner")
+        boxes = np.array([_box_from_file(case, b) for b in boxes])
+    return clicks, boxes
+
+
+def _box_from_file(case: Case, box) -> list[int]:
+    """A box (x0, y0, x1, y1, z) of the file's voxels → the case's grid: both corners mapped, then re-sorted."""
+    x0, y0, x1, y1, z = box
+    return sorted_box(case.voxel_from_file((x0, y0, z)), case.voxel_from_file((x1, y1, z)))
 
 
 def slice_clicks(volume: CaseVolume, clicks: np.ndarray) -> list[tuple[int, int, int]]:

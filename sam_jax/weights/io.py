@@ -65,7 +65,16 @@ def _read(path, arrays: bool):
 
 
 def read_arrays(path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
-    return _read(path, arrays=True)
+    """Every tensor and the header; a tensor holding NaN or Inf is refused (a diverged run's adapter would
+    otherwise load and predict empty masks without a word)."""
+    arrays, metadata = _read(path, arrays=True)
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biu" and not (finite := np.isfinite(array)).all():
+            raise WeightsError(
+                f"{path}: tensor {name!r} holds {finite.size - np.count_nonzero(finite):,} NaN or Inf values of "
+                f"{finite.size:,} (a diverged training run or a damaged file); not loaded"
+            )
+    return arrays, metadata
 
 
 def read_metadata(path) -> Dict[str, str]:
