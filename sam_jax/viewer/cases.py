@@ -46,18 +46,18 @@ class OpenCase:
             self.background_error = f"{type(e).__name__}: {e}"
 
     def _warm_decoder(self, k: int):
-        """Decode prompts of 1…warm_clicks clicks once, and a box alone (with any clicks: a box drag, propagation by
-        boxes): each prompt shape compiles the decoder anew (a jitted shape), which would otherwise delay the click
-        or box that first reaches it by seconds."""
+        """Decode prompts of 1…warm_clicks clicks once, and one of a box (a drag; propagation by boxes): each prompt
+        shape compiles the decoder anew (a jitted shape), which would otherwise delay the click or box that first
+        reaches it by seconds."""
         hw = self.volume.slices.shape[1:3]
         centre = np.array([[hw[1] / 2, hw[0] / 2]], np.float32)
-        box = np.array([0, 0, hw[1] - 1, hw[0] - 1], np.float32)
-        for n in range(1, self.warm_clicks + 1):
+        prompts = [(np.tile(centre, (n, 1)), [POSITIVE] * n, None) for n in range(1, self.warm_clicks + 1)]
+        if prompts:
+            prompts.append((None, None, np.array([0, 0, hw[1] - 1, hw[0] - 1], np.float32)))
+        for points, labels, box in prompts:
             if self.stop.is_set():
                 return
-            segment_slice(self.embeddings.segmenter, self.embeddings, k, np.tile(centre, (n, 1)), [POSITIVE] * n, hw)
-            if n == 1:
-                segment_slice(self.embeddings.segmenter, self.embeddings, k, None, None, hw, box)
+            segment_slice(self.embeddings.segmenter, self.embeddings, k, points, labels, hw, box)
         self.warmed = True
 
     def info(self) -> dict:
