@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import http.cookiejar
 import json
 import re
 import shlex
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -83,23 +85,25 @@ def _run(line: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 def _serve(line: str, args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    """A server command: started, its printed URL serving the page and the case list, then stopped."""
+    """A server command: started, its printed URL (with its token) serving the page and, to the cookie that page
+    set, the case list; then stopped."""
     server = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         printed = server.stdout.readline()  # the line with the URL, once the socket listens
         assert "open http://127.0.0.1:" in printed, f"{line}\n{printed}{server.communicate(timeout=60)[1][-3000:]}"
         address = printed.split("open ")[1].strip()
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         deadline = time.time() + 120
         while True:  # the socket is bound when the URL is printed; the server accepts once it has started
             try:
-                with urllib.request.urlopen(address, timeout=60) as page:
+                with browser.open(address, timeout=60) as page:
                     assert page.status == 200 and b"<html" in page.read().lower()
                 break
             except urllib.error.URLError:
                 if time.time() > deadline or server.poll() is not None:
                     raise
                 time.sleep(0.5)
-        with urllib.request.urlopen(address.rstrip("/") + "/api/cases", timeout=60) as cases:
+        with browser.open(urllib.parse.urljoin(address, "/api/cases"), timeout=60) as cases:
             assert cases.status == 200 and json.loads(cases.read())["cases"]
     finally:
         server.kill()

@@ -28,17 +28,12 @@ def interior_point(mask: np.ndarray) -> np.ndarray:
 
 
 def segment_slice(segmenter, embeddings, k: int, points, labels, hw, box=None) -> np.ndarray:
-    """Slice k's (H, W) logits from clicks `points` (K, 2) in slice (x, y) pixels with `labels` (K,), or from a
-    `box` (x0, y0, x1, y1) in slice pixels alone (points and labels None)."""
-    if box is None:
-        low = segmenter.decode(
-            embeddings[k : k + 1],
-            np.asarray(points, np.float32).reshape(1, -1, 2),
-            np.asarray(labels, np.int32).reshape(1, -1),
-            hw,
-        )
-    else:
-        low = segmenter.decode(embeddings[k : k + 1], None, None, hw, boxes=np.asarray(box, np.float32).reshape(1, 4))
+    """Slice k's (H, W) logits from clicks `points` (K, 2) in slice (x, y) pixels with `labels` (K,), a `box`
+    (x0, y0, x1, y1) in slice pixels, or both (points and labels None: the box alone)."""
+    coords = None if points is None else np.asarray(points, np.float32).reshape(1, -1, 2)
+    labels = None if points is None else np.asarray(labels, np.int32).reshape(1, -1)
+    boxes = {} if box is None else dict(boxes=np.asarray(box, np.float32).reshape(1, 4))
+    low = segmenter.decode(embeddings[k : k + 1], coords, labels, hw, **boxes)
     return segmenter.to_slice_grid(low, hw)[0]
 
 

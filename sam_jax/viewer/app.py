@@ -1,6 +1,7 @@
 """The viewer's HTTP interface (Starlette): the page, and a JSON/binary API over `CaseStore` and one `MaskEditor` per
-tab (a session). Every fault in a request comes back as JSON {"error": message} with a 4xx status; a bug comes back
-as a 500 with its message, and the server keeps serving.
+tab (a session). Every request needs the viewer's token (`access`): 403 without it. Every fault in a request comes
+back as JSON {"error": message} with a 4xx status; a bug comes back as a 500 with its message, and the server keeps
+serving.
 
     GET  /api/cases                                 the data directory's cases
     POST /api/sessions            {"case": id}      open a case in a new session → its geometry and display ranges
@@ -8,6 +9,7 @@ as a 500 with its message, and the server keeps serving.
     GET  /api/sessions/S/image?modality=&axis=&index=   uint16 plane (see `planes`), little-endian, rows × cols
     GET  /api/sessions/S/labels?axis=&index=        uint8 plane: bit 0 the mask, bit 1 the ground truth
     POST /api/sessions/S/click    {"x","y","z","positive"}  voxel indices
+    POST /api/sessions/S/box      {"x0","y0","x1","y1","z"}  opposite corners on axial slice z, inclusive
     POST /api/sessions/S/propagate {"z"}   POST /api/sessions/S/undo   POST /api/sessions/S/clear {"z"?}
     POST /api/sessions/S/save                       write the mask as NIfTI → its path and download URL
     GET  /api/sessions/S/download                   the last saved mask
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -35,6 +38,7 @@ from sam_jax.data.domains import MODALITIES
 from sam_jax.errors import SamJaxError
 from sam_jax.evaluation.mask_editing import MaskEditor
 from sam_jax.outputs import check_output_file
+from sam_jax.viewer.access import TokenGate
 from sam_jax.viewer.cases import CaseStore, OpenCase, case_folder, mask_name
 from sam_jax.viewer.errors import BadRequest, NotFound, SaveError
 from sam_jax.viewer.planes import plane, quantise
@@ -45,19 +49,36 @@ MAX_SESSIONS = 64  # the least recently used tab's session goes when more are op
 
 
 class Session:
-    def __init__(self, opened: OpenCase, segmenter):
-        self.opened = opened
-        self.editor = MaskEditor(segmenter, opened.volume, opened.embeddings)
+    """One tab's work on a case: its edits, and its case borrowed from the store for each request (read again when
+    other cases have taken its place), never held between requests."""
+
+    def __init__(self, store: CaseStore, case_id: str, segmenter):
+        self.store, self.case_id = store, case_id
+        self.editor = MaskEditor(segmenter, self.opened)
         self.saved: Path | None = None
 
+    def opened(self) -> OpenCase:
+        return self.store.open(self.case_id)
+
     def summary(self) -> dict:
+        opened = self.store.in_memory(self.case_id)  # a progress poll does not read a dropped case again
         return dict(
-            **self.opened.progress(),
+            **(_DROPPED if opened is None else opened.progress()),
             clicks=self.editor.clicks(),
+            boxes=self.editor.boxes(),
             voxels=self.editor.voxels(),
             dice=self.editor.dice(),
             saved=None if self.saved is None else str(self.saved),
         )
+
+
+_DROPPED = dict(
+    embedded=0,
+    slices=0,
+    warmed=False,
+    error="other cases opened since took this one's place in memory (--cases_in_memory): it is read again at your "
+    "next step",
+)
 
 
 class Viewer:
@@ -85,7 +106,7 @@ class Viewer:
         opened = await run_in_threadpool(self.store.open, case_id)
         session_id = secrets.token_urlsafe(12)
         with self._lock:
-            self.sessions[session_id] = Session(opened, self.segmenter)
+            self.sessions[session_id] = Session(self.store, case_id, self.segmenter)
             while len(self.sessions) > MAX_SESSIONS:
                 self.sessions.popitem(last=False)
         return JSONResponse(dict(session=session_id, **opened.info()), status_code=201)
@@ -99,15 +120,17 @@ class Viewer:
         modality = request.query_params.get("modality", MODALITIES[0])
         if modality not in MODALITIES:
             raise BadRequest(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
-        values = plane(session.opened.case.images[modality], _query(request, "axis", str), _query(request, "index"))
-        return _plane_response(quantise(values, session.opened.ranges[modality]))
+        axis, index = _query(request, "axis", str), _query(request, "index")
+        opened = await run_in_threadpool(session.opened)
+        return _plane_response(quantise(plane(opened.case.images[modality], axis, index), opened.ranges[modality]))
 
     async def labels(self, request: Request):
         session = self.session(request)
         axis, index = _query(request, "axis", str), _query(request, "index")
         out = plane(session.editor.native_mask(), axis, index).astype("u1")
-        if session.opened.tumour is not None:
-            out |= plane(session.opened.tumour, axis, index).astype("u1") << 1
+        tumour = (await run_in_threadpool(session.opened)).tumour
+        if tumour is not None:
+            out |= plane(tumour, axis, index).astype("u1") << 1
         return _plane_response(out)
 
     async def _change(self, request: Request, change) -> JSONResponse:
@@ -132,6 +155,12 @@ class Viewer:
 
         return await self._change(request, change)
 
+    async def box(self, request: Request):
+        def change(editor, body):
+            editor.box(*(_field(body, name) for name in ("x0", "y0", "x1", "y1", "z")))
+
+        return await self._change(request, change)
+
     async def propagate(self, request: Request):
         return await self._change(request, lambda editor, body: editor.propagate(_field(body, "z")))
 
@@ -146,11 +175,16 @@ class Viewer:
 
     async def save(self, request: Request):
         session = self.session(request)
-        case = session.opened.case
+        case = (await run_in_threadpool(session.opened)).case
         folder = self.output_dir or case_folder(case)
         path = folder / mask_name(case)
 
         def write():
+            if self.output_dir is not None:
+                with contextlib.suppress(FileNotFoundError):  # the output folder alone is made again, not its parents
+                    folder.mkdir(exist_ok=True)
+            if not folder.is_dir():
+                raise NotFound(f"cannot write {path}: the folder {folder} is gone (moved or deleted)")
             checked = check_output_file(path, "save", inputs=[*case.files.images.values(), case.files.seg])
             save_prediction(case, session.editor.native_mask(), checked)  # eval.predict's writer: the case's grid
 
@@ -187,6 +221,8 @@ async def _body(request: Request) -> dict:
         body = json.loads(raw)
     except ValueError as e:
         raise BadRequest(f"request body is not JSON: {e}") from None
+    except RecursionError:  # the parser recurses per level: thousands of nested brackets fit in MAX_BODY
+        raise BadRequest("request body is not JSON the viewer takes: nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body: expected a JSON object, got {type(body).__name__}")
     return body
@@ -219,7 +255,8 @@ async def _error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(dict(error=message), status_code=status)
 
 
-def build_app(store: CaseStore, segmenter, output_dir: str | Path | None = None) -> Starlette:
+def build_app(store: CaseStore, segmenter, output_dir: str | Path | None = None, *, token: str) -> Starlette:
+    """The application; every request must carry `token` (`access.new_token()`; the URL to print: `serving.url`)."""
     viewer = Viewer(store, segmenter, output_dir)
     session = "/api/sessions/{session}"
     routes = [
@@ -230,6 +267,7 @@ def build_app(store: CaseStore, segmenter, output_dir: str | Path | None = None)
         Route(f"{session}/image", viewer.image),
         Route(f"{session}/labels", viewer.labels),
         Route(f"{session}/click", viewer.click, methods=["POST"]),
+        Route(f"{session}/box", viewer.box, methods=["POST"]),
         Route(f"{session}/propagate", viewer.propagate, methods=["POST"]),
         Route(f"{session}/undo", viewer.undo, methods=["POST"]),
         Route(f"{session}/clear", viewer.clear, methods=["POST"]),
@@ -246,6 +284,7 @@ def build_app(store: CaseStore, segmenter, output_dir: str | Path | None = None)
     app = Starlette(
         routes=routes,
         exception_handlers={SamJaxError: _error, Exception: _error},
+        middleware=[Middleware(TokenGate, token=token)],
         lifespan=lifespan,
         max_body_size=MAX_BODY,
     )

@@ -1,7 +1,8 @@
 """The cases the viewer serves: those found under its data directory, by id only (a request names a case id from
 that list, never a path, so nothing outside the directory can be reached). An opened case is read, prepared as the
-model takes it, and its slice embeddings are computed in a background thread; the last few opened stay in memory
-and are shared by every tab that opens them."""
+model takes it, and its slice embeddings are computed in a background thread. The store alone holds opened cases:
+the last `keep` used, shared by every tab on them; a tab borrows its case for each request, and one whose case was
+dropped meanwhile reads it again, so memory holds `keep` cases however many tabs are open."""
 
 from __future__ import annotations
 
@@ -45,14 +46,18 @@ class OpenCase:
             self.background_error = f"{type(e).__name__}: {e}"
 
     def _warm_decoder(self, k: int):
-        """Decode prompts of 1…warm_clicks clicks once: each count compiles the decoder anew (a jitted shape), which
-        would otherwise delay the click that first reaches it by seconds."""
+        """Decode prompts of 1…warm_clicks clicks once, and one of a box (a drag; propagation by boxes): each prompt
+        shape compiles the decoder anew (a jitted shape), which would otherwise delay the click or box that first
+        reaches it by seconds."""
         hw = self.volume.slices.shape[1:3]
-        for n in range(1, self.warm_clicks + 1):
+        centre = np.array([[hw[1] / 2, hw[0] / 2]], np.float32)
+        prompts = [(np.tile(centre, (n, 1)), [POSITIVE] * n, None) for n in range(1, self.warm_clicks + 1)]
+        if prompts:
+            prompts.append((None, None, np.array([0, 0, hw[1] - 1, hw[0] - 1], np.float32)))
+        for points, labels, box in prompts:
             if self.stop.is_set():
                 return
-            points = np.tile(np.array([[hw[1] / 2, hw[0] / 2]], np.float32), (n, 1))
-            segment_slice(self.embeddings.segmenter, self.embeddings, k, points, [POSITIVE] * n, hw)
+            segment_slice(self.embeddings.segmenter, self.embeddings, k, points, labels, hw, box)
         self.warmed = True
 
     def info(self) -> dict:
@@ -89,21 +94,27 @@ class CaseStore:
         return [dict(case=f.case_id, domain=f.domain, has_seg=f.seg is not None) for f in self.files.values()]
 
     def open(self, case_id: str) -> OpenCase:
-        """The case, read and prepared on first open; `BadCaseError`/`CaseError` for a case that cannot be."""
+        """The case, read and prepared unless in memory; `BadCaseError`/`CaseError` for a case that cannot be. The
+        caller holds it for one request only: the store decides how long it stays."""
         if case_id not in self.files:
             raise NotFound(f"no case {case_id!r} in the viewer's data directory")
         with self._lock:  # one read at a time: two tabs opening the same case share it
             if case_id in self._open:
                 self._open.move_to_end(case_id)
                 return self._open[case_id]
+            while len(self._open) >= self.keep:  # room first: never `keep` + 1 cases at once
+                _, evicted = self._open.popitem(last=False)
+                evicted.stop.set()  # its background work stops between batches; then nothing holds it
             case = load_case(self.files[case_id], require_seg=False)  # clicks need none; Dice only with one
             volume = prepare_volume(case, self.spec)
             opened = OpenCase(case, volume, SliceEmbeddings(self.segmenter, volume.slices), self.warm_clicks)
             self._open[case_id] = opened
-            while len(self._open) > self.keep:  # sessions on an evicted case keep it; its background work stops
-                _, evicted = self._open.popitem(last=False)
-                evicted.stop.set()
             return opened
+
+    def in_memory(self, case_id: str) -> OpenCase | None:
+        """The case if in memory, without reading it."""
+        with self._lock:
+            return self._open.get(case_id)
 
     def close(self):
         with self._lock:

@@ -1,5 +1,5 @@
-// The viewer page: draws the planes the server sends (sam_jax/viewer/app.py documents the API) and turns clicks into
-// voxel indices. Display orientation as in sam_jax/viewer/planes.py: axial rows run from high to low y, columns along
+// The viewer page: draws the planes the server sends (sam_jax/viewer/app.py documents the API) and turns clicks and
+// dragged boxes into voxel indices. The page's requests carry the access token in the cookie its own load set. Display orientation as in sam_jax/viewer/planes.py: axial rows run from high to low y, columns along
 // x; coronal/sagittal rows from high to low z, columns along x / y.
 "use strict";
 
@@ -8,10 +8,12 @@ const AXES = { axial: 2, coronal: 1, sagittal: 0 };
 const LEVELS = 65535;
 const MASK_RGBA = [255, 64, 64, 110];
 const CONTOUR_RGBA = [64, 255, 96, 255];
+const PROMPT_COLOURS = { user: "#3cf", negative: "#f33", propagated: "#fc3", dragging: "#fff" };
 
 const viewer = {
   session: null, info: null, modality: "t1n", axis: "axial", index: {}, windows: {}, showGT: true,
   plane: null, labels: null, rows: 0, cols: 0, zoom: 1, summary: null, lastLatency: null, pending: 0,
+  press: null,  // the mouse button held on the image: {start, end} plane pixels, negative
 };
 window.viewer = viewer;
 
@@ -222,13 +224,31 @@ function drawLabels() {
   }
   $("mask").getContext("2d").putImageData(mask, 0, 0);
   marks.putImageData(contour, 0, 0);
-  for (const click of (viewer.summary && viewer.summary.clicks) || []) {
+  const summary = viewer.summary || { clicks: [], boxes: [] };
+  for (const click of summary.clicks) {
     const pixel = pixelOf(click.x, click.y, click.z);
     if (!pixel) continue;
-    marks.fillStyle = !click.by_user ? "#fc3" : click.positive ? "#3cf" : "#f33";  // propagation's: yellow
+    marks.fillStyle = !click.by_user ? PROMPT_COLOURS.propagated
+      : click.positive ? PROMPT_COLOURS.user : PROMPT_COLOURS.negative;
     marks.fillRect(pixel[0] - 1, pixel[1], 3, 1);  // a small plus, visible at any zoom
     marks.fillRect(pixel[0], pixel[1] - 1, 1, 3);
   }
+  for (const box of viewer.axis === "axial" ? summary.boxes : []) {
+    const a = pixelOf(box.x0, box.y0, box.z), b = pixelOf(box.x1, box.y1, box.z);
+    if (a && b) outline(marks, a, b, box.by_user ? PROMPT_COLOURS.user : PROMPT_COLOURS.propagated);
+  }
+  if (viewer.press) outline(marks, viewer.press.start, viewer.press.end, PROMPT_COLOURS.dragging);
+}
+
+// A one-pixel rectangle through plane pixels a and b, its opposite corners.
+function outline(context, a, b, colour) {
+  const [c0, c1] = [Math.min(a[0], b[0]), Math.max(a[0], b[0])];
+  const [r0, r1] = [Math.min(a[1], b[1]), Math.max(a[1], b[1])];
+  context.fillStyle = colour;
+  context.fillRect(c0, r0, c1 - c0 + 1, 1);
+  context.fillRect(c0, r1, c1 - c0 + 1, 1);
+  context.fillRect(c0, r0, 1, r1 - r0 + 1);
+  context.fillRect(c1, r0, 1, r1 - r0 + 1);
 }
 
 async function change(path, body) {
@@ -246,18 +266,46 @@ async function change(path, body) {
   }
 }
 
-function onCanvasClick(event) {
+// The plane pixel under the mouse, kept inside the plane when the mouse leaves it mid-drag.
+function pixelUnder(event) {
+  const rect = $("marks").getBoundingClientRect();
+  const col = Math.floor((event.clientX - rect.left) / viewer.zoom);
+  const row = Math.floor((event.clientY - rect.top) / viewer.zoom);
+  return [Math.max(0, Math.min(viewer.cols - 1, col)), Math.max(0, Math.min(viewer.rows - 1, row))];
+}
+
+// Press and release on one voxel: a click. Press, drag to another voxel, release: a box, those two its corners.
+function onPress(event) {
   event.preventDefault();
   if (!viewer.session) return;
   if (viewer.axis !== "axial") {
-    showError("clicks segment axial slices: switch the view to axial");
+    showError("clicks and boxes segment axial slices: switch the view to axial");
     return;
   }
-  const col = Math.floor(event.offsetX / viewer.zoom);
-  const row = Math.floor(event.offsetY / viewer.zoom);
-  const [x, y, z] = voxelOf(col, row);
-  const positive = !(event.shiftKey || event.button === 2);
-  change("click", { x, y, z, positive });
+  const start = pixelUnder(event);
+  viewer.press = { start, end: start, negative: event.shiftKey || event.button === 2 };
+}
+
+function onDrag(event) {
+  if (!viewer.press) return;
+  const end = pixelUnder(event);
+  if (end[0] === viewer.press.end[0] && end[1] === viewer.press.end[1]) return;
+  viewer.press.end = end;
+  drawLabels();
+}
+
+function onRelease(event) {
+  const press = viewer.press;
+  if (!press) return;
+  viewer.press = null;
+  press.end = pixelUnder(event);
+  const [x, y, z] = voxelOf(...press.start);
+  if (press.end[0] === press.start[0] && press.end[1] === press.start[1]) {
+    change("click", { x, y, z, positive: !press.negative });
+    return;
+  }
+  const [x1, y1] = voxelOf(...press.end);
+  change("box", { x0: Math.min(x, x1), y0: Math.min(y, y1), x1: Math.max(x, x1), y1: Math.max(y, y1), z });
 }
 
 function step(delta) {
@@ -269,7 +317,9 @@ function step(delta) {
   }
 }
 
-$("marks").addEventListener("mousedown", onCanvasClick);
+$("marks").addEventListener("mousedown", onPress);
+window.addEventListener("mousemove", onDrag);
+window.addEventListener("mouseup", onRelease);  // a drag may end outside the image
 $("marks").addEventListener("contextmenu", (event) => event.preventDefault());
 $("stage").addEventListener("wheel", (event) => { event.preventDefault(); step(Math.sign(event.deltaY)); },
                             { passive: false });
