@@ -23,6 +23,7 @@ from sam_jax.evaluation.evaluate import evaluate_cases
 from sam_jax.evaluation.prediction import predict_volume
 from sam_jax.evaluation.reproduce import paper_code_options
 from sam_jax.evaluation.segmenter import SliceSegmenter
+from sam_jax.evaluation.segmenter import _programs as segmenter_programs
 from sam_jax.evaluation.trained import parse_zero_shot_name, zero_shot_name
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.metrics.lesion_wise import lesion_wise_scores
@@ -123,6 +124,7 @@ def test_encoding_does_not_depend_on_the_batch_size(trained, gli_volume):
 @pytest.fixture
 def kernels_traced(monkeypatch):
     """How many times each XLA attention kernel is traced (called while jit traces)."""
+    segmenter_programs.cache_clear()  # segmenters of one model structure share programs: these trace anew
     calls = collections.Counter()
     for name in ("plain", "folded"):
 

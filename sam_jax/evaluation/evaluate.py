@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from sam_jax.evaluation import figures
 from sam_jax.evaluation.box_protocol import box_scores
 from sam_jax.evaluation.errors import EmptyGroundTruth, EvaluationError
 from sam_jax.evaluation.interactive import ritm_dice_curves
-from sam_jax.evaluation.paper_protocol import run_paper_protocol
+from sam_jax.evaluation.paper_protocol import case_rng, run_paper_protocol
 from sam_jax.evaluation.prediction import predict_volume
 from sam_jax.evaluation.volume import prepare_volume
 from sam_jax.evaluation.volumetric import volumetric_scores
@@ -44,11 +43,6 @@ SCORE_COLUMNS = {
     "interactive": ("noc85", "noc90"),
     "box": ("box_dice", "box_jitter_dice"),
 }
-
-
-def case_rng(seed: int, case_id: str) -> np.random.Generator:
-    """Clicks depend on (seed, case) only, not on which other cases are scored or in what order."""
-    return np.random.default_rng([seed, zlib.crc32(case_id.encode())])
 
 
 def interactive_scores(segmenter, embeddings, tumour, max_clicks: int, feed_back_mask: bool) -> dict:

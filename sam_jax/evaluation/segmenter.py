@@ -40,6 +40,26 @@ def _pad_to(array, size: int):
     return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
 
 
+@functools.lru_cache(maxsize=8)
+def _programs(graphdef, size: int, stack: int, resize: str):
+    """The jitted encoder and decoder of one model structure and input rule, shared by every segmenter of it: a
+    training run builds one per validation pass, which then compiles nothing anew."""
+
+    @jax.jit
+    def encode(state, images, valid_hw):
+        model = nnx.merge(graphdef, state)
+        frame, _ = to_model_frame(images, valid_hw, size, resize)
+        return model.encode_image(frame, slices=stack)[stack // 2 :: stack]
+
+    @jax.jit
+    def decode(state, embeddings, coords, labels, boxes, mask_input):
+        model = nnx.merge(graphdef, state)
+        logits, _ = model.decode(embeddings, coords, labels, boxes, mask_input)
+        return logits[:, 0]
+
+    return encode, decode
+
+
 class SliceSegmenter:
     def __init__(self, trained: TrainedModel, batch_size: int = 8):
         self.size = trained.image_size
@@ -47,21 +67,7 @@ class SliceSegmenter:
         self.stack, self.resize = trained.spec.stack, trained.spec.resize
         self.click_order, self.broadcast_clicks = trained.spec.click_order, trained.spec.broadcast_clicks
         graphdef, self.state = nnx.split(trained.model)
-        size, stack, resize = self.size, self.stack, self.resize
-
-        @jax.jit
-        def encode(state, images, valid_hw):
-            model = nnx.merge(graphdef, state)
-            frame, _ = to_model_frame(images, valid_hw, size, resize)
-            return model.encode_image(frame, slices=stack)[stack // 2 :: stack]
-
-        @jax.jit
-        def decode(state, embeddings, coords, labels, boxes, mask_input):
-            model = nnx.merge(graphdef, state)
-            logits, _ = model.decode(embeddings, coords, labels, boxes, mask_input)
-            return logits[:, 0]
-
-        self._encode, self._decode = encode, decode
+        self._encode, self._decode = _programs(graphdef, self.size, self.stack, self.resize)
 
     def scale(self, hw) -> np.ndarray:
         """Slice pixels → model-frame pixels: the (x, y) factors of the run's resize rule."""

@@ -43,7 +43,7 @@ from sam_jax.training.cadence import Cadence
 from sam_jax.training.config import TrainConfig
 from sam_jax.training.run_log import RunLog
 from sam_jax.training.step import TrainStep, build_train_step, initial_model, make_eval_forward, optimizer
-from sam_jax.training.validate import low_res_predictions, paper_dice
+from sam_jax.training.validate import broadcast_predictions, low_res_predictions, paper_dice
 from sam_jax.training.workdir import claim as claim_workdir
 from sam_jax.weights.io import read_metadata
 
@@ -178,6 +178,7 @@ class Run:
     batch_sharding: NamedSharding
     train_step: Callable
     eval_forward: Callable
+    graphdef: nnx.GraphDef  # with `trainable` and `frozen`, the model (`broadcast_predictions`)
     frozen: nnx.State  # replicated on every device for the whole run
     inherited: dict  # frozen arrays taken from --init_adapter (path → array)
     mngr: ocp.CheckpointManager
@@ -194,6 +195,10 @@ class Run:
 
     def predictions(self, trainable, ids, max_slices=0):
         cfg = self.cfg
+        if cfg.broadcast_clicks and cfg.prompt == "click":  # validated as the original code
+            return broadcast_predictions(
+                nnx.merge(self.graphdef, trainable, self.frozen), cfg, self.cache, ids, max_slices
+            )
         return low_res_predictions(
             lambda b, r: self.eval_forward(trainable, self.frozen, b, r),
             self.cache,
@@ -310,6 +315,7 @@ def setup(cfg: TrainConfig) -> Run:
         batch_sharding=NamedSharding(mesh, PartitionSpec("data")),
         train_step=train_step.step,
         eval_forward=make_eval_forward(train_step.graphdef, cfg),
+        graphdef=train_step.graphdef,
         frozen=distributed.replicate(train_step.frozen, replicated),
         inherited=inherited,
         mngr=mngr,

@@ -4,6 +4,9 @@ For each volume every axial slice is decoded from one click (the paper's positiv
 slices; a run trained with boxes gets each tumour slice's tight box instead of it or beside it, and no box
 elsewhere), per-slice Dice (empty/empty = 1) is averaged over the slices and over the logit thresholds
 {0.1, 0.3, 0.5, 0.7, 0.9}, then over volumes. The evaluation app (`eval/`) scores at the native grid as well.
+
+A run with broadcast clicks (the original code's) is validated as the original validated: each slice decoded with the
+clicks of all the slices of its volume (`broadcast_predictions`).
 """
 
 from __future__ import annotations
@@ -13,9 +16,15 @@ from collections import defaultdict
 import grain
 import jax
 import numpy as np
+from flax import nnx
 
+from sam_jax.data.domains import MODALITIES, whole_tumour
 from sam_jax.data.pipeline import make_dataset, select_slices
+from sam_jax.evaluation.paper_protocol import case_rng, paper_prompts
+from sam_jax.evaluation.segmenter import SliceSegmenter
+from sam_jax.evaluation.trained import TrainedModel
 from sam_jax.metrics import paper_scores
+from sam_jax.model.frame import target_to_low_res
 
 
 def low_res_predictions(
@@ -75,6 +84,42 @@ def low_res_predictions(
     for case_index, items in per_case.items():
         items.sort(key=lambda t: t[0])
         out[cache.case_ids[case_index]] = (np.stack([t[1] for t in items]), np.stack([t[2] for t in items]))
+    return out
+
+
+def _first_device(x):
+    return x.addressable_data(0) if isinstance(x, jax.Array) else x
+
+
+def broadcast_predictions(model, cfg, cache, case_ids, max_slices: int = 0):
+    """`low_res_predictions` for a run with broadcast clicks, as the original code validated: its `validation_sam`
+    as published (no `-evl_chunk`; the 4 random slices of its first upload are commented out) takes a whole volume
+    as one batch and packs every slice's click into one prompt, so each slice is decoded with the clicks of all the
+    slices of its volume. The clicks are the evaluation's paper protocol's for the case (`paper_prompts`), the
+    encoder takes the slices a training step takes on one device, and `max_slices` stops in the case that reaches it,
+    whose first slices are still decoded with all its clicks.
+
+    `model`: the run's (`cfg`: its `TrainConfig`), run on this process's first device: each process scores every
+    case, alike (the clicks depend on the seed and the case alone)."""
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, jax.tree.map(_first_device, state))
+    step_slices = max(1, (cfg.volume_batch or cfg.batch_size) // jax.device_count()) * cfg.slices
+    segmenter = SliceSegmenter(TrainedModel(model, cfg.spec(), "validation"), step_slices)
+    channels = [MODALITIES.index(m) for m in cfg.modalities]
+    out, left = {}, max_slices or np.inf
+    for case_id in case_ids:
+        if left <= 0:
+            break
+        slices = cache.image(case_id)[..., channels] * np.float32(cache.intensity_scale(case_id))
+        tumour = whole_tumour(np.asarray(cache.labels(case_id)))
+        n, hw = int(min(len(tumour), left)), tumour.shape[1:]
+        coords, labels = paper_prompts(tumour, case_rng(cfg.seed, case_id), broadcast=True)
+        logits = segmenter.decode(segmenter.encode(slices, np.arange(n)), coords[:n], labels[:n], hw)
+        canvas = np.zeros((n, max(hw), max(hw)), np.uint8)  # square, top-left, as the pipeline's
+        canvas[:, : hw[0], : hw[1]] = tumour[:n]
+        target = target_to_low_res(canvas, np.tile(np.array([hw], np.int32), (n, 1)), cfg.image_size, cfg.resize)
+        out[case_id] = (logits, np.asarray(target))
+        left -= n
     return out
 
 
