@@ -1,6 +1,7 @@
 """The training app on phantom data in a tiny config: steps, partition, resume, data parallel, refusals."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -176,3 +177,56 @@ def test_iterative_prompts_multimask_and_cross_slice_train(tiny_config, tmp_path
     trained = _adapter(tmp_path / "run")
     assert any(p.endswith("cross_slice.gate") for p in trained)
     assert all(np.abs(v).sum() > 0 for p, v in trained.items() if p.endswith("cross_slice.gate"))
+
+
+def _records(workdir):
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_a_workdir_is_one_run_and_signals_stop_it_with_a_checkpoint(tiny_config, tmp_path):
+    """A second trainer on the workdir is refused naming the first; SIGTERM, then SIGINT (the same command again in
+    between, resuming) stop the run after a step with that step's checkpoint, exit 128 + signal, and say how to
+    resume. The cosine schedule without warm-up says nothing about a constant schedule."""
+    flags = config_flags(
+        tiny_config, steps=500, checkpoint_every=1000, eval_every=1000, schedule="cosine", warmup_steps=0
+    )
+    workdir = tmp_path / "run"
+    stopped_at = 0
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        log = tmp_path / f"{signum.name}.log"
+        with open(log, "w") as out:
+            proc = start_app(*_train(flags, workdir), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and len(_records(workdir)) <= stopped_at:
+            time.sleep(0.05)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        if signum == signal.SIGTERM:
+            second = run_app(*_train(flags, workdir))
+            assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+            assert f"--workdir {workdir} is in use by another training run (pid {proc.pid} on " in second.stderr
+        proc.send_signal(signum)
+        proc.wait(timeout=120)
+        text = log.read_text()
+        assert proc.returncode == 128 + signum, text[-3000:]
+        stopped_at = _records(workdir)[-1]["step"]
+        assert (
+            f"stopped by {signum.name} after step {stopped_at} of 500: its checkpoint is kept in "
+            f"{workdir / 'checkpoints' / str(stopped_at)}; the same command resumes from it"
+        ) in text
+        assert (workdir / "checkpoints" / str(stopped_at)).is_dir() and "Traceback" not in text
+        assert "constant schedule" not in text
+    assert "resumed from step" in text
+
+
+@pytest.mark.slow
+def test_a_copied_workdir_resumes(tiny_trained_run, tmp_path):
+    from sam_jax.training.config import TrainConfig
+
+    workdir = tmp_path / "moved"
+    shutil.copytree(tiny_trained_run, workdir)
+    result = run_app(*_train(config_flags(TrainConfig.load(workdir), steps=3), workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from step 2" in result.stderr
+    assert [r["step"] for r in _records(workdir)][-1] == 3

@@ -36,13 +36,15 @@ from sam_jax.data.phantom import write_phantom
 from sam_jax.data.pipeline import make_dataset, make_iterator, select_slices
 from sam_jax.errors import SamJaxError
 from sam_jax.hashing import file_sha256
-from sam_jax.outputs import OutputError, reporting_full_disk, write_atomic
+from sam_jax.outputs import OutputError, check_output_dir, reporting_full_disk, write_atomic
 from sam_jax.progress import progress_bar
 from sam_jax.training import checkpoint
 from sam_jax.training.cadence import Cadence
 from sam_jax.training.config import TrainConfig
+from sam_jax.training.lock import hold as hold_workdir
 from sam_jax.training.run_log import RunLog
 from sam_jax.training.step import TrainStep, build_train_step, initial_model, make_eval_forward, optimizer
+from sam_jax.training.stopping import StopSignals
 from sam_jax.training.validate import low_res_predictions, paper_dice
 from sam_jax.training.workdir import claim as claim_workdir
 from sam_jax.weights.io import read_metadata
@@ -50,6 +52,14 @@ from sam_jax.weights.io import read_metadata
 
 class TrainingError(SamJaxError, RuntimeError):
     """A run that cannot start or cannot go on; the message says why and what was kept."""
+
+
+class TrainingStopped(TrainingError):
+    """A run stopped by a signal after a checkpoint of its last step; exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -231,10 +241,11 @@ class Best(NamedTuple):
     trainable: nnx.State
 
 
-def _claim_and_prepare(cfg: TrainConfig, writer: bool):
-    """The workdir and `prepare_data`'s results: process 0 claims the workdir and writes the phantom and the cache,
-    once; the others then read what it wrote."""
+def _claim_and_prepare(cfg: TrainConfig, writer: bool, lock: list):
+    """The workdir and `prepare_data`'s results: process 0 locks and claims the workdir (the lock appended to `lock`,
+    before anything is written) and writes the phantom and the cache, once; the others then read what it wrote."""
     if writer:
+        lock.append(hold_workdir(check_output_dir(cfg.workdir, "--workdir")))
         workdir = claim_workdir(cfg)
         data = prepare_data(cfg)
     distributed.barrier("data ready")
@@ -244,13 +255,14 @@ def _claim_and_prepare(cfg: TrainConfig, writer: bool):
     return workdir, data
 
 
-def setup(cfg: TrainConfig) -> Run:
-    """Check, cache, build, and restore the latest checkpoint if there is one."""
+def setup(cfg: TrainConfig, lock: list) -> Run:
+    """Check, cache, build, and restore the latest checkpoint if there is one. Process 0 appends the workdir's lock
+    to `lock` (the caller releases it, however setup ends)."""
     distributed.initialize(cfg)
     check_inputs(cfg)
     cfg = cfg.with_absolute_paths()
     writer = distributed.is_writer()
-    workdir, (cache, train_ids, val_ids, eval_sets, warnings) = _claim_and_prepare(cfg, writer)
+    workdir, (cache, train_ids, val_ids, eval_sets, warnings) = _claim_and_prepare(cfg, writer, lock)
     selection = dict(
         slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy, seed=cfg.seed
     )
@@ -366,6 +378,20 @@ def _best(run: Run) -> Best | None:
     return Best(best, float(run.mngr.metrics(best)[checkpoint.BEST_METRIC]), restored["trainable"])
 
 
+def _stop(run: Run, stop: StopSignals) -> None:
+    """Checkpoint the step just done (unless the cadence did), wait for every save, and raise `TrainingStopped`."""
+    if run.last_saved != run.step:
+        checkpoint.save(run.mngr, run.step, run.state(), run.iterator)
+        run.last_saved = run.step
+    with reporting_full_disk(run.workdir / "checkpoints"):
+        run.mngr.wait_until_finished()
+    raise TrainingStopped(
+        f"stopped by {stop.name} after step {run.step} of {run.cadence.total_steps}: its checkpoint is kept in "
+        f"{run.workdir / 'checkpoints' / str(run.step)}; the same command resumes from it",
+        stop.exit_code,
+    )
+
+
 def train(run: Run) -> Best | None:
     """Steps from where `run` stands to its last; returns the best validation checkpoint, if any. A full disk stops
     the run with what the same command resumes from."""
@@ -381,8 +407,11 @@ def train(run: Run) -> Best | None:
         return samples / max(time.perf_counter() - tick, 1e-9)
 
     try:
-        while run.step < run.cadence.total_steps:
-            _train_one_step(run, progress, run_log, speed)
+        with StopSignals() as stop:
+            while run.step < run.cadence.total_steps:
+                _train_one_step(run, progress, run_log, speed)
+                if stop.reached(run.step):
+                    _stop(run, stop)
         return _best(run)
     except OutputError as e:
         raise TrainingError(f"{e}\n{_resumes_from(run.workdir)}") from None
@@ -443,6 +472,11 @@ def finish(run: Run, best: Best | None) -> dict:
 
 def train_and_evaluate(cfg: TrainConfig) -> dict:
     """Train (or resume) in `cfg.workdir`; returns the final per-domain scores (also in workdir/summary.json)."""
-    run = setup(cfg)
-    best = train(run)
-    return finish(run, best)
+    lock = []  # held until the run ends here; a process that dies drops it with its descriptors
+    try:
+        run = setup(cfg, lock)
+        best = train(run)
+        return finish(run, best)
+    finally:
+        for held in lock:
+            held.release()
