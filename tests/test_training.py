@@ -230,3 +230,44 @@ def test_a_copied_workdir_resumes(tiny_trained_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step 2" in result.stderr
     assert [r["step"] for r in _records(workdir)][-1] == 3
+
+
+def _processes_of_session(sid: int) -> list[str]:
+    """'pid state command' of every live process in session `sid` (zombies are ended, waiting to be reaped)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ")[:120].decode()
+        except (OSError, IndexError):
+            continue
+        if proc.name.isdigit() and int(fields[3]) == sid and fields[0] != "Z":
+            found.append(f"{proc.name} {fields[0]} {command}")
+    return found
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_building_the_cache_leaves_no_worker_behind(tiny_config, tmp_path):
+    """SIGKILL while 2 cache workers build: within seconds no process of the run is left (forkserver, workers,
+    resource tracker), and nothing in the cache was written after the kill."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    flags = config_flags(
+        tiny_config, phantom_cases_per_domain=2, cache_workers=2, data_dir=str(data), cache_dir=str(cache)
+    )
+    proc = start_app(
+        *_train(flags, tmp_path / "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(cache.rglob("*.npy")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its cache was built"
+    proc.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    proc.wait()
+    deadline = time.time() + 10
+    while (left := _processes_of_session(proc.pid)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not left, left
+    assert (cache_cases := [p for p in cache.rglob("*") if p.is_file()])
+    assert max(p.stat().st_mtime for p in cache_cases) <= killed_at + 0.5  # the kernel's clock vs ours
+    assert not any(cache.rglob("manifest.json"))  # the build did not finish
