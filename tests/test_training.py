@@ -84,6 +84,10 @@ def test_resumed_run_ends_with_the_same_parameters(tiny_config, tmp_path):
     train_and_evaluate(cfg.replace(workdir=str(tmp_path / "resumed")))  # the same command again: resumes at 4
     straight, resumed = _adapter(tmp_path / "straight"), _adapter(tmp_path / "resumed")
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
+    # The same parameters and spec give the same file, byte for byte (the header's keys in one order): a child
+    # adapter's parent_sha256 does not depend on which of two identical runs it came from.
+    adapter = "adapter.safetensors"
+    assert (tmp_path / "straight" / adapter).read_bytes() == (tmp_path / "resumed" / adapter).read_bytes()
 
 
 def _train(flags, workdir):
