@@ -32,6 +32,12 @@ class WorkdirLock:
             os.close(self._fd)  # closing the last descriptor of the open file drops the flock
             self._fd = None
 
+    def __enter__(self) -> WorkdirLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
 
 def _holder(fd: int) -> str:
     try:

@@ -11,6 +11,7 @@ writes config.json, the logs, the adapters and summary.json."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -241,11 +242,11 @@ class Best(NamedTuple):
     trainable: nnx.State
 
 
-def _claim_and_prepare(cfg: TrainConfig, writer: bool, lock: list):
-    """The workdir and `prepare_data`'s results: process 0 locks and claims the workdir (the lock appended to `lock`,
-    before anything is written) and writes the phantom and the cache, once; the others then read what it wrote."""
+def _claim_and_prepare(cfg: TrainConfig, writer: bool, held: contextlib.ExitStack):
+    """The workdir and `prepare_data`'s results: process 0 locks the workdir (held by `held`) before anything is
+    written in it, claims it, and writes the phantom and the cache, once; the others then read what it wrote."""
     if writer:
-        lock.append(hold_workdir(check_output_dir(cfg.workdir, "--workdir")))
+        held.enter_context(hold_workdir(check_output_dir(cfg.workdir, "--workdir")))
         workdir = claim_workdir(cfg)
         data = prepare_data(cfg)
     distributed.barrier("data ready")
@@ -255,14 +256,14 @@ def _claim_and_prepare(cfg: TrainConfig, writer: bool, lock: list):
     return workdir, data
 
 
-def setup(cfg: TrainConfig, lock: list) -> Run:
-    """Check, cache, build, and restore the latest checkpoint if there is one. Process 0 appends the workdir's lock
-    to `lock` (the caller releases it, however setup ends)."""
+def setup(cfg: TrainConfig, held: contextlib.ExitStack) -> Run:
+    """Check, cache, build, and restore the latest checkpoint if there is one. Process 0's lock on the workdir is
+    held by `held`, until the caller closes it."""
     distributed.initialize(cfg)
     check_inputs(cfg)
     cfg = cfg.with_absolute_paths()
     writer = distributed.is_writer()
-    workdir, (cache, train_ids, val_ids, eval_sets, warnings) = _claim_and_prepare(cfg, writer, lock)
+    workdir, (cache, train_ids, val_ids, eval_sets, warnings) = _claim_and_prepare(cfg, writer, held)
     selection = dict(
         slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy, seed=cfg.seed
     )
@@ -472,11 +473,7 @@ def finish(run: Run, best: Best | None) -> dict:
 
 def train_and_evaluate(cfg: TrainConfig) -> dict:
     """Train (or resume) in `cfg.workdir`; returns the final per-domain scores (also in workdir/summary.json)."""
-    lock = []  # held until the run ends here; a process that dies drops it with its descriptors
-    try:
-        run = setup(cfg, lock)
+    with contextlib.ExitStack() as held:  # the workdir's lock, until the run ends (or its process dies)
+        run = setup(cfg, held)
         best = train(run)
         return finish(run, best)
-    finally:
-        for held in lock:
-            held.release()
