@@ -81,6 +81,8 @@ def main(argv):
         label = f"[{i}/{len(steps)}] {step.run}: {step.kind}"
         if step.run in failed_runs:
             print(f"{label}: skipped, its training failed", flush=True)
+        elif step.skip:
+            print(f"{label}: skipped: {step.skip}", flush=True)
         elif step.done.exists():
             print(f"{label}: done already ({step.done})", flush=True)
         else:

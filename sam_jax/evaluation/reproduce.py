@@ -9,7 +9,8 @@ resumes an interrupted reproduction; train.main itself resumes an interrupted ru
 
 Each finished step is recorded with the data it used (`DataLedger`: the data folder and a fingerprint of its case
 list, in `<root>/<variant>/data.json`): a step made on other data is never taken as done. A trained run without a
-best validation checkpoint (no held-out case of its domain, as in a small phantom) is evaluated on its final model.
+best validation checkpoint (no held-out case of its domain, as in a small phantom) is evaluated on its final model
+on the other domains, and its own domain's evaluation is skipped, saying why.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Step:
     args: tuple  # for `python -m`
     done: Path  # exists when the step's result does
     trained: Path | None = None  # the workdir an evaluation of a trained run reads
+    skip: str = ""  # why the step cannot run, once its training has finished
 
     @property
     def key(self) -> str:
@@ -105,11 +107,15 @@ class Step:
         return " ".join(("python -m",) + self.args)
 
     def settled(self) -> "Step":
-        """This step as it runs once its training has finished: the final model where the run kept no best one."""
+        """This step as it runs once its training has finished. A run without a best checkpoint had no held-out case
+        of its domain (it validates whenever it has one): its own domain has nothing to evaluate, the others are
+        evaluated on its final model."""
         summary = self.trained / "summary.json" if self.trained else None
         if summary is None or not summary.exists() or json.loads(summary.read_text()).get("best_step") is not None:
             return self
         domain = self.kind.split()[-1]
+        if json.loads((self.trained / "config.json").read_text()).get("domain") in (domain, "ALL"):
+            return dataclasses.replace(self, skip=f"the run had no held-out {domain} case (no validation split)")
         return dataclasses.replace(
             self, args=(*self.args, "--select=final"), done=self.trained / "eval" / domain / "summary.json"
         )
