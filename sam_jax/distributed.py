@@ -2,7 +2,9 @@
 arrays built from process-local data and read back on every process, and stopping every process when one fails.
 
 Start-up: `jax.distributed.initialize` finds the group itself on SLURM (one task per node or per GPU) and from
-JAX's `JAX_COORDINATOR_ADDRESS`; `--coordinator_address --num_processes --process_id` name it explicitly. Every
+JAX's `JAX_COORDINATOR_ADDRESS`; `--coordinator_address --num_processes --process_id` name it explicitly. Then every
+process posts its --num_processes and settings on the coordination service and all compare them: processes started
+differently stop together, naming each difference. Every
 process must see the same data_dir, cache and workdir (a shared filesystem): process 0 alone writes what is written
 once, orbax writes one checkpoint together.
 

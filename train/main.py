@@ -2,6 +2,9 @@
 
 Every option is a field of `sam_jax.training.config.TrainConfig` (see `--helpfull`). The same command resumes an
 interrupted run from its last checkpoint in the workdir.
+
+Exit status: 0 trained and scored; 1 an error, named on stderr; 128 + the signal (143 SIGTERM, 130 SIGINT) when a
+signal stopped training after a step, whose checkpoint was written.
 """
 
 import sys
