@@ -17,7 +17,7 @@ from absl import app, flags
 
 from eval.common import fail
 from sam_jax.errors import SamJaxError
-from sam_jax.evaluation.reproduce import TABLES, VARIANTS, plan
+from sam_jax.evaluation.reproduce import TABLES, VARIANTS, DataLedger, data_fingerprint, plan
 
 flags.DEFINE_string("table", "all", "1–5, a comma list, or all.")
 flags.DEFINE_enum(
@@ -70,11 +70,19 @@ def main(argv):
         print("\n".join(step.command() for step in steps))
         print(f"# {len(steps)} commands for table(s) {', '.join(map(str, tables))} ({FLAGS.variant})")
         return 0
+    ledger = DataLedger(f"{FLAGS.root}/{FLAGS.variant}")
+    try:
+        ledger.check([step.settled() for step in steps], data_fingerprint(FLAGS.data_dir))
+    except SamJaxError as e:
+        return fail(e)
     failed_runs = {}
     for i, step in enumerate(steps, 1):
+        step = step.settled()  # an evaluation learns here whether its run kept a best model
         label = f"[{i}/{len(steps)}] {step.run}: {step.kind}"
         if step.run in failed_runs:
             print(f"{label}: skipped, its training failed", flush=True)
+        elif step.skip:
+            print(f"{label}: skipped: {step.skip}", flush=True)
         elif step.done.exists():
             print(f"{label}: done already ({step.done})", flush=True)
         else:
@@ -89,6 +97,7 @@ def main(argv):
                 else:
                     failed_runs.setdefault(f"{step.run} {step.kind}", reason)
             else:
+                ledger.record(step, data_fingerprint(FLAGS.data_dir))  # a phantom may have been written by the step
                 print(f"{label}: {time.perf_counter() - tick:.0f} s", flush=True)
     out = f"{FLAGS.root}/{FLAGS.variant}/tables"
     table = subprocess.run(

@@ -2,7 +2,9 @@
 arrays built from process-local data and read back on every process, and stopping every process when one fails.
 
 Start-up: `jax.distributed.initialize` finds the group itself on SLURM (one task per node or per GPU) and from
-JAX's `JAX_COORDINATOR_ADDRESS`; `--coordinator_address --num_processes --process_id` name it explicitly. Every
+JAX's `JAX_COORDINATOR_ADDRESS`; `--coordinator_address --num_processes --process_id` name it explicitly. Then every
+process posts its --num_processes and settings on the coordination service and all compare them: processes started
+differently stop together, naming each difference. Every
 process must see the same data_dir, cache and workdir (a shared filesystem): process 0 alone writes what is written
 once, orbax writes one checkpoint together.
 
@@ -14,7 +16,9 @@ JAX's coordination service declares them dead after `heartbeat_timeout_seconds` 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import socket
 import sys
 
 import jax
@@ -76,6 +80,8 @@ def initialize(group: ProcessGroup) -> None:
         return
     if problems := group.problems():
         raise DistributedError("cannot join the distributed run:\n  - " + "\n  - ".join(problems))
+    if group.process_id == 0 and group.coordinator_address:
+        _check_port_free(group.coordinator_address)
     try:
         jax.distributed.initialize(
             coordinator_address=group.coordinator_address or None,
@@ -88,11 +94,73 @@ def initialize(group: ProcessGroup) -> None:
             f"cannot join the distributed run ({e}); outside SLURM pass --coordinator_address, "
             f"--num_processes and --process_id, or set JAX_COORDINATOR_ADDRESS"
         ) from None
+    _check_group(group)
     # The first collective sets up the processes' communicator, and gloo (CPU) gives that rendezvous 30 s; later
     # collectives wait as long as it takes. So all processes meet first, then run a tiny collective together: no
     # later gap between processes (process 0 building the data cache, one compiling slower) can fail it.
     barrier("joined")
     multihost_utils.sync_global_devices("sam_jax/collectives ready")
+
+
+def _check_port_free(address: str) -> None:
+    """Process 0 runs the coordination service on `address`'s port: a port already listening means another process
+    0 (or another run) has it, which JAX would meet with an abort here and a hang there."""
+    port = address.rsplit(":", 1)[-1]
+    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed earlier run's port is free
+        try:
+            probe.bind(("", int(port)))
+        except OSError as e:
+            raise DistributedError(
+                f"--coordinator_address {address}: port {port} is in use ({e.strerror}): is another process "
+                "--process_id=0 of this run, or another run, already there? Give each process its own --process_id"
+            ) from None
+        except ValueError:
+            raise DistributedError(f"--coordinator_address {address}: expected host:port") from None
+
+
+def _check_group(group: ProcessGroup) -> None:
+    """Every process posts its --num_processes, --process_id and settings; all are compared on every process, which
+    all stop with the same message naming what differs (barriers on the coordination service, with timeouts)."""
+    client, me = _client(), jax.process_index()
+    settings_now = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
+    post = {
+        "num_processes": group.num_processes or jax.process_count(),
+        "who": f"pid {os.getpid()} on {socket.gethostname()}",
+        "settings": {k: v for k, v in settings_now.items() if k not in ("process_id", "num_processes")},
+    }
+    try:
+        client.key_value_set(f"{_GROUP_KEY}/{me}", json.dumps(post, sort_keys=True, default=str))
+    except Exception:  # noqa: BLE001 — the key is taken: another process has this process_id
+        taken = client.key_value_try_get(f"{_GROUP_KEY}/{me}")
+        raise DistributedError(
+            f"--process_id {me} is taken by another process ({json.loads(taken)['who']}): give each its own"
+        ) from None
+    barrier("posted", timeout_seconds=group.heartbeat_timeout_seconds * 3)
+    posts = {int(k.rsplit("/", 1)[-1]): json.loads(v) for k, v in client.key_value_dir_get(_GROUP_KEY)}
+    counts = sorted({p["num_processes"] for p in posts.values()} | {len(posts)})
+    problems = []
+    if len(counts) > 1:
+        given = ", ".join(f"{p['num_processes']} (process {i})" for i, p in sorted(posts.items()))
+        problems.append(f"--num_processes: {given}, and {len(posts)} processes joined")
+    first = posts[min(posts)]["settings"]
+    for name in sorted(first):
+        values = {i: p["settings"].get(name) for i, p in sorted(posts.items())}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            problems.append(f"--{name}: " + ", ".join(f"{v!r} (process {i})" for i, v in values.items()))
+    if not problems:
+        return
+    message = "the processes of this run were started differently:\n  - " + "\n  - ".join(problems)
+    if me != 0:  # say it and leave, then tell process 0, whose exit ends the service (aborting who is still on it)
+        _say(message)
+        client.key_value_set(f"{_TOLD_KEY}/{me}", "")
+        os._exit(1)
+    for i in set(posts) - {me}:
+        try:
+            client.blocking_key_value_get(f"{_TOLD_KEY}/{i}", 10_000)
+        except Exception:  # noqa: BLE001 — it may be gone already; process 0 says it anyway
+            pass
+    raise DistributedError(message)
 
 
 def is_writer() -> bool:
@@ -171,6 +239,8 @@ def barrier(name: str, timeout_seconds: int = 24 * 3600) -> None:
 
 
 _FAILURE_KEY = "sam_jax/failure"
+_GROUP_KEY = "sam_jax/group"
+_TOLD_KEY = "sam_jax/group_told"  # a process that found the group mismatched has said so
 
 
 def _client():
@@ -179,11 +249,17 @@ def _client():
     return global_state.client
 
 
+def _say(message: str) -> str:
+    """Print `message` as an error naming this process; returns it so named."""
+    message = f"{who()}: {message}" if who() else message
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return message
+
+
 def fail_fast(message: str) -> None:
     """Print `message` naming this process, post it for the other processes, and (several processes) leave now,
     without JAX's shutdown barrier: peers stuck in a collective with this process would hold it until its timeout."""
-    message = f"{who()}: {message}" if who() else message
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    message = _say(message)
     if jax.process_count() > 1:
         try:
             _client().key_value_set(_FAILURE_KEY, message)

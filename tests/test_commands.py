@@ -392,3 +392,42 @@ def test_one_command_reproduces_a_table(workspace):
     assert dry[-1] == "# 70 commands for table(s) 1, 2, 3, 4, 5 (paper)"
     assert sum(c.startswith("python -m train.main") for c in dry) == 10  # 10 trained rows; zero-shot only evaluates
     assert sum("--zero_shot" in c for c in dry) == 20  # Table 1's five layouts on four domains
+
+
+@pytest.mark.slow
+def test_reproduce_finishes_on_a_phantom_and_refuses_steps_made_on_other_data(workspace, phantom_dir):
+    """One phantom case per domain: no held-out GLI case, so no best checkpoint; GLI's evaluation (held-out cases)
+    is skipped saying why, the others take the final model. The same root then refuses another --data_dir, naming
+    the steps and their data, and runs nothing."""
+    cwd, env = workspace
+    _ensure_converted(cwd, env)
+    phantom = Path(shutil.copytree(phantom_dir, cwd / "phantom"))  # its cache is written beside it
+    line = (
+        "python -m eval.reproduce --table 4 --sam_weights sam_tiny.safetensors --root phantom_repro "
+        "--train_flags='--model_type=tiny --image_size=64 --epochs=1' --eval_flags=--max_clicks=3"
+    )
+    first = _run(f"{line} --data_dir {phantom}", cwd, env).stdout
+    runs = ("full_finetune", "adult")  # Table 4's rows: full fine-tuning, then ours
+    for run in runs:
+        assert json.loads((cwd / "phantom_repro" / "paper" / run / "summary.json").read_text())["best_step"] is None
+        for domain in ("MEN", "PED", "SSA"):  # on the final model
+            assert (cwd / "phantom_repro" / "paper" / run / "eval" / domain / "summary.json").is_file(), first
+    for step, run in ((2, "full_finetune"), (7, "adult")):
+        assert f"[{step}/10] {run}: eval GLI: skipped: the run had no held-out GLI case (no validation split)" in first
+    assert "FAILED" not in first and "failed:" not in first
+    ledger = json.loads((cwd / "phantom_repro" / "paper" / "data.json").read_text())
+    assert set(ledger) == {f"{r}: {s}" for r in runs for s in ("train", "eval MEN", "eval PED", "eval SSA")}
+    assert {v["data_dir"] for v in ledger.values()} == {str(phantom)}
+
+    other = subprocess.run(
+        command(*shlex.split(f"{line} --data_dir {cwd / 'brats'}")[1:]),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert other.returncode == 1 and "Traceback" not in other.stderr, other.stderr[-3000:]
+    assert "steps were made on other data than --data_dir " + str(cwd / "brats") in other.stderr
+    assert f"full_finetune: train: made on {phantom} (4 cases" in other.stderr
+    assert "[1/10]" not in other.stdout  # nothing was run

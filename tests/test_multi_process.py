@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import portpicker
 import pytest
-from apps import app_env, config_flags, start_app, xla_flags
+from apps import app_env, config_flags, run_app, start_app, xla_flags
 
 from sam_jax.training.config import TrainConfig
 from sam_jax.weights.io import read_arrays
@@ -270,3 +271,88 @@ def test_a_peer_lost_inside_a_gloo_collective_is_told_from_other_errors():
     gloo = ValueError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.0.0.2]:4321")
     assert is_lost_peer(gloo) and is_lost_peer(jax.errors.JaxRuntimeError("barrier timed out"))
     assert not is_lost_peer(ValueError("could not broadcast input array from shape (2,) into shape (3,)"))
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_every_process_at_one_step_with_its_checkpoint(tiny_config, env, tmp_path):
+    """A scheduler's stop reaching one process: both finish the same step, write its checkpoint together and exit
+    143, each saying so (JAX's preemption notifier used to take the SIGTERM and the run went on)."""
+    flags = config_flags(tiny_config, eval_domains=("PED",), steps=500, checkpoint_every=1000, eval_every=1000)
+    workdir, logs = tmp_path / "run", tmp_path / "logs"
+    procs = _start("train.main", [*flags, f"--workdir={workdir}"], 2, env, logs)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + RUN_TIMEOUT_S
+    while time.time() < deadline and all(p.poll() is None for p in procs) and not metrics.exists():
+        time.sleep(0.05)
+    assert all(p.poll() is None for p in procs), (logs / "p0.log").read_text()[-3000:]
+    procs[1].send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"the run went on after SIGTERM; logs in {logs}")
+    texts = [(logs / f"p{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p in procs] == [143, 143], texts[0][-2000:] + texts[1][-2000:]
+    step = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    for i, text in enumerate(texts):
+        assert f"process {i} of 2: stopped by SIGTERM after step {step} of 500" in text, text[-3000:]
+    data = workdir / "checkpoints" / str(step) / "data"
+    assert sorted(p.name for p in data.glob("process_*")) == ["process_0-of-2.json", "process_1-of-2.json"]
+
+
+def _group_flags(port, num_processes, process_id):
+    return [
+        "--distributed",
+        f"--coordinator_address=127.0.0.1:{port}",
+        f"--num_processes={num_processes}",
+        f"--process_id={process_id}",
+        f"--heartbeat_timeout_seconds={HEARTBEAT_S}",
+    ]
+
+
+@pytest.mark.slow
+def test_processes_started_differently_all_stop_naming_the_difference(env, tmp_path):
+    """--num_processes 2 and 3, and another learning rate: both processes stop with the same message naming both
+    (before, they joined and trained). A second --process_id=0 is refused before it touches the coordinator (before,
+    a C++ abort in one and a hang in the other)."""
+    port = portpicker.pick_unused_port()
+
+    def start(num_processes, process_id, *extra):
+        return start_app(
+            "-m",
+            "train.main",
+            f"--data_dir={tmp_path}",
+            f"--workdir={tmp_path / 'run'}",
+            *_group_flags(port, num_processes, process_id),
+            *extra,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    first_zero = start(2, 0)
+    deadline = time.time() + RUN_TIMEOUT_S
+    while time.time() < deadline and first_zero.poll() is None:  # until its coordinator listens
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    second_zero = run_app(
+        "-m", "train.main", f"--data_dir={tmp_path}", *_group_flags(port, 2, 0), env=env, timeout=RUN_TIMEOUT_S
+    )
+    assert second_zero.returncode == 1, second_zero.stderr[-3000:]
+    assert f"--coordinator_address 127.0.0.1:{port}: port {port} is in use" in second_zero.stderr
+
+    procs = [first_zero, start(3, 1, "--learning_rate=0.01")]
+    outputs = [p.communicate(timeout=RUN_TIMEOUT_S)[0] for p in procs]
+    expected = (
+        "the processes of this run were started differently:\n"
+        "  - --num_processes: 2 (process 0), 3 (process 1), and 2 processes joined\n"
+        "  - --learning_rate: 0.0001 (process 0), 0.01 (process 1)"
+    )
+    for i, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 1 and f"error: process {i} of 2: {expected}" in out, out[-3000:]
+        assert "Traceback" not in out and "Aborted" not in out

@@ -1,6 +1,7 @@
 """The training app on phantom data in a tiny config: steps, partition, resume, data parallel, refusals."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -83,6 +84,10 @@ def test_resumed_run_ends_with_the_same_parameters(tiny_config, tmp_path):
     train_and_evaluate(cfg.replace(workdir=str(tmp_path / "resumed")))  # the same command again: resumes at 4
     straight, resumed = _adapter(tmp_path / "straight"), _adapter(tmp_path / "resumed")
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
+    # The same parameters and spec give the same file, byte for byte (the header's keys in one order): a child
+    # adapter's parent_sha256 does not depend on which of two identical runs it came from.
+    adapter = "adapter.safetensors"
+    assert (tmp_path / "straight" / adapter).read_bytes() == (tmp_path / "resumed" / adapter).read_bytes()
 
 
 def _train(flags, workdir):
@@ -176,3 +181,97 @@ def test_iterative_prompts_multimask_and_cross_slice_train(tiny_config, tmp_path
     trained = _adapter(tmp_path / "run")
     assert any(p.endswith("cross_slice.gate") for p in trained)
     assert all(np.abs(v).sum() > 0 for p, v in trained.items() if p.endswith("cross_slice.gate"))
+
+
+def _records(workdir):
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_a_workdir_is_one_run_and_signals_stop_it_with_a_checkpoint(tiny_config, tmp_path):
+    """A second trainer on the workdir is refused naming the first; SIGTERM, then SIGINT (the same command again in
+    between, resuming) stop the run after a step with that step's checkpoint, exit 128 + signal, and say how to
+    resume. The cosine schedule without warm-up says nothing about a constant schedule."""
+    flags = config_flags(
+        tiny_config, steps=500, checkpoint_every=1000, eval_every=1000, schedule="cosine", warmup_steps=0
+    )
+    workdir = tmp_path / "run"
+    stopped_at = 0
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        log = tmp_path / f"{signum.name}.log"
+        with open(log, "w") as out:
+            proc = start_app(*_train(flags, workdir), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and len(_records(workdir)) <= stopped_at:
+            time.sleep(0.05)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        if signum == signal.SIGTERM:
+            second = run_app(*_train(flags, workdir))
+            assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+            assert f"--workdir {workdir} is in use by another training run (pid {proc.pid} on " in second.stderr
+        proc.send_signal(signum)
+        proc.wait(timeout=120)
+        text = log.read_text()
+        assert proc.returncode == 128 + signum, text[-3000:]
+        stopped_at = _records(workdir)[-1]["step"]
+        assert (
+            f"stopped by {signum.name} after step {stopped_at} of 500: its checkpoint is kept in "
+            f"{workdir / 'checkpoints' / str(stopped_at)}; the same command resumes from it"
+        ) in text
+        assert (workdir / "checkpoints" / str(stopped_at)).is_dir() and "Traceback" not in text
+        assert "constant schedule" not in text
+    assert "resumed from step" in text
+
+
+@pytest.mark.slow
+def test_a_copied_workdir_resumes(tiny_trained_run, tmp_path):
+    from sam_jax.training.config import TrainConfig
+
+    workdir = tmp_path / "moved"
+    shutil.copytree(tiny_trained_run, workdir)
+    result = run_app(*_train(config_flags(TrainConfig.load(workdir), steps=3), workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from step 2" in result.stderr
+    assert [r["step"] for r in _records(workdir)][-1] == 3
+
+
+def _processes_of_session(sid: int) -> list[str]:
+    """'pid state command' of every live process in session `sid` (zombies are ended, waiting to be reaped)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ")[:120].decode()
+        except (OSError, IndexError):
+            continue
+        if proc.name.isdigit() and int(fields[3]) == sid and fields[0] != "Z":
+            found.append(f"{proc.name} {fields[0]} {command}")
+    return found
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_building_the_cache_leaves_no_worker_behind(tiny_config, tmp_path):
+    """SIGKILL while 2 cache workers build: within seconds no process of the run is left (forkserver, workers,
+    resource tracker), and nothing in the cache was written after the kill."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    flags = config_flags(
+        tiny_config, phantom_cases_per_domain=2, cache_workers=2, data_dir=str(data), cache_dir=str(cache)
+    )
+    proc = start_app(
+        *_train(flags, tmp_path / "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(cache.rglob("*.npy")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its cache was built"
+    proc.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    proc.wait()
+    deadline = time.time() + 10
+    while (left := _processes_of_session(proc.pid)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not left, left
+    assert (cache_cases := [p for p in cache.rglob("*") if p.is_file()])
+    assert max(p.stat().st_mtime for p in cache_cases) <= killed_at + 0.5  # the kernel's clock vs ours
+    assert not any(cache.rglob("manifest.json"))  # the build did not finish

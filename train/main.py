@@ -2,8 +2,12 @@
 
 Every option is a field of `sam_jax.training.config.TrainConfig` (see `--helpfull`). The same command resumes an
 interrupted run from its last checkpoint in the workdir.
+
+Exit status: 0 trained and scored; 1 an error, named on stderr; 128 + the signal (143 SIGTERM, 130 SIGINT) when a
+signal stopped training after a step, whose checkpoint was written.
 """
 
+import sys
 import traceback
 
 import jax
@@ -13,7 +17,7 @@ from sam_jax import distributed
 from sam_jax.errors import SamJaxError
 from sam_jax.flags_util import config_from_flags, define_flags, run_app
 from sam_jax.training.config import TrainConfig
-from sam_jax.training.loop import train_and_evaluate
+from sam_jax.training.loop import TrainingStopped, train_and_evaluate
 
 define_flags(TrainConfig)
 
@@ -27,6 +31,9 @@ def main(argv):
     try:
         config = config_from_flags(TrainConfig)
         summary = train_and_evaluate(config)
+    except TrainingStopped as e:  # every process stopped at the same step, with its checkpoint
+        print(f"{distributed.who()}: {e}" if distributed.who() else str(e), file=sys.stderr, flush=True)
+        return e.exit_code
     except SamJaxError as e:
         distributed.fail_fast(str(e))  # several processes: the others stop too, naming this one
         return 1

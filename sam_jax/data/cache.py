@@ -44,6 +44,7 @@ from sam_jax.data.cache_layout import MANIFEST, adopt_old_layout, build_lock, pr
 from sam_jax.data.domains import MODALITIES, files_like, whole_tumour
 from sam_jax.data.errors import BadCaseError, CacheError, CaseFault
 from sam_jax.data.preprocess import volume_slices
+from sam_jax.processes import end_with
 from sam_jax.progress import progress_bar
 
 FORMAT_VERSION = 2
@@ -179,7 +180,7 @@ def _outcomes(jobs: list[tuple], workers: int):
             except BadCaseError as error:
                 yield job[0].case_id, error
         return
-    pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=end_with, initargs=(os.getpid(),))
     try:
         futures = {pool.submit(_build_in_worker, job): job[0].case_id for job in jobs}
         for future in as_completed(futures):

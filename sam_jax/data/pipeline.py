@@ -21,6 +21,9 @@ does."""
 
 from __future__ import annotations
 
+import functools
+import os
+
 import grain
 import numpy as np
 from absl import flags
@@ -29,6 +32,7 @@ from sam_jax.data.boxes import BOX_SHIFT, PROMPTS, slice_box
 from sam_jax.data.cache import Cache
 from sam_jax.data.clicks import CLICK_POLICIES, NO_CLICK, slice_click
 from sam_jax.data.domains import MODALITIES, whole_tumour
+from sam_jax.processes import end_with
 
 SLICE_POLICIES = ("all", "tumour", "tumour_plus")
 
@@ -267,5 +271,8 @@ def make_iterator(
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags, which a non-absl program never parses
             flags.FLAGS.mark_as_parsed()
-        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers),
+            worker_init_fn=functools.partial(end_with, os.getpid()),
+        )
     return iter(iter_dataset)

@@ -11,6 +11,7 @@ writes config.json, the logs, the adapters and summary.json."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,13 +37,15 @@ from sam_jax.data.phantom import write_phantom
 from sam_jax.data.pipeline import make_dataset, make_iterator, select_slices
 from sam_jax.errors import SamJaxError
 from sam_jax.hashing import file_sha256
-from sam_jax.outputs import OutputError, reporting_full_disk, write_atomic
+from sam_jax.outputs import OutputError, check_output_dir, reporting_full_disk, write_atomic
 from sam_jax.progress import progress_bar
 from sam_jax.training import checkpoint
 from sam_jax.training.cadence import Cadence
 from sam_jax.training.config import TrainConfig
+from sam_jax.training.lock import hold as hold_workdir
 from sam_jax.training.run_log import RunLog
 from sam_jax.training.step import TrainStep, build_train_step, initial_model, make_eval_forward, optimizer
+from sam_jax.training.stopping import StopSignals
 from sam_jax.training.validate import broadcast_predictions, low_res_predictions, paper_dice
 from sam_jax.training.workdir import claim as claim_workdir
 from sam_jax.weights.io import read_metadata
@@ -50,6 +53,14 @@ from sam_jax.weights.io import read_metadata
 
 class TrainingError(SamJaxError, RuntimeError):
     """A run that cannot start or cannot go on; the message says why and what was kept."""
+
+
+class TrainingStopped(TrainingError):
+    """A run stopped by a signal after a checkpoint of its last step; exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -236,10 +247,11 @@ class Best(NamedTuple):
     trainable: nnx.State
 
 
-def _claim_and_prepare(cfg: TrainConfig, writer: bool):
-    """The workdir and `prepare_data`'s results: process 0 claims the workdir and writes the phantom and the cache,
-    once; the others then read what it wrote."""
+def _claim_and_prepare(cfg: TrainConfig, writer: bool, held: contextlib.ExitStack):
+    """The workdir and `prepare_data`'s results: process 0 locks the workdir (held by `held`) before anything is
+    written in it, claims it, and writes the phantom and the cache, once; the others then read what it wrote."""
     if writer:
+        held.enter_context(hold_workdir(check_output_dir(cfg.workdir, "--workdir")))
         workdir = claim_workdir(cfg)
         data = prepare_data(cfg)
     distributed.barrier("data ready")
@@ -249,13 +261,14 @@ def _claim_and_prepare(cfg: TrainConfig, writer: bool):
     return workdir, data
 
 
-def setup(cfg: TrainConfig) -> Run:
-    """Check, cache, build, and restore the latest checkpoint if there is one."""
+def setup(cfg: TrainConfig, held: contextlib.ExitStack) -> Run:
+    """Check, cache, build, and restore the latest checkpoint if there is one. Process 0's lock on the workdir is
+    held by `held`, until the caller closes it."""
     distributed.initialize(cfg)
     check_inputs(cfg)
     cfg = cfg.with_absolute_paths()
     writer = distributed.is_writer()
-    workdir, (cache, train_ids, val_ids, eval_sets, warnings) = _claim_and_prepare(cfg, writer)
+    workdir, (cache, train_ids, val_ids, eval_sets, warnings) = _claim_and_prepare(cfg, writer, held)
     selection = dict(
         slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy, seed=cfg.seed
     )
@@ -372,6 +385,20 @@ def _best(run: Run) -> Best | None:
     return Best(best, float(run.mngr.metrics(best)[checkpoint.BEST_METRIC]), restored["trainable"])
 
 
+def _stop(run: Run, stop: StopSignals) -> None:
+    """Checkpoint the step just done (unless the cadence did), wait for every save, and raise `TrainingStopped`."""
+    if run.last_saved != run.step:
+        checkpoint.save(run.mngr, run.step, run.state(), run.iterator)
+        run.last_saved = run.step
+    with reporting_full_disk(run.workdir / "checkpoints"):
+        run.mngr.wait_until_finished()
+    raise TrainingStopped(
+        f"stopped by {stop.name} after step {run.step} of {run.cadence.total_steps}: its checkpoint is kept in "
+        f"{run.workdir / 'checkpoints' / str(run.step)}; the same command resumes from it",
+        stop.exit_code,
+    )
+
+
 def train(run: Run) -> Best | None:
     """Steps from where `run` stands to its last; returns the best validation checkpoint, if any. A full disk stops
     the run with what the same command resumes from."""
@@ -387,8 +414,11 @@ def train(run: Run) -> Best | None:
         return samples / max(time.perf_counter() - tick, 1e-9)
 
     try:
-        while run.step < run.cadence.total_steps:
-            _train_one_step(run, progress, run_log, speed)
+        with StopSignals() as stop:
+            while run.step < run.cadence.total_steps:
+                _train_one_step(run, progress, run_log, speed)
+                if stop.reached(run.step):
+                    _stop(run, stop)
         return _best(run)
     except OutputError as e:
         raise TrainingError(f"{e}\n{_resumes_from(run.workdir)}") from None
@@ -449,6 +479,7 @@ def finish(run: Run, best: Best | None) -> dict:
 
 def train_and_evaluate(cfg: TrainConfig) -> dict:
     """Train (or resume) in `cfg.workdir`; returns the final per-domain scores (also in workdir/summary.json)."""
-    run = setup(cfg)
-    best = train(run)
-    return finish(run, best)
+    with contextlib.ExitStack() as held:  # the workdir's lock, until the run ends (or its process dies)
+        run = setup(cfg, held)
+        best = train(run)
+        return finish(run, best)

@@ -124,13 +124,14 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg):
 
 def optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     """The run's optimiser (`cfg`: its `TrainConfig`); a cosine schedule decays over `total_steps`."""
-    lr = (
-        cfg.learning_rate
-        if cfg.schedule == "constant"
-        else optax.warmup_cosine_decay_schedule(
+    if cfg.schedule == "constant":
+        lr = cfg.learning_rate
+    elif cfg.warmup_steps == 0:  # optax's warm-up of 0 steps logs a "constant schedule" that reads as lr 0
+        lr = optax.cosine_decay_schedule(cfg.learning_rate, max(total_steps, 1))
+    else:
+        lr = optax.warmup_cosine_decay_schedule(
             0.0, cfg.learning_rate, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1)
         )
-    )
     return optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(lr)
 
 

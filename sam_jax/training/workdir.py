@@ -22,8 +22,9 @@ CONFIG = "config.json"
 # saves, where the inputs now lie (the base weights' identity is `base_sha256`, compared like every other setting)
 # and how much work runs in parallel.
 MAY_CHANGE_ON_RESUME = settings.names(TrainConfig, resume="may_change")
-# How the processes of a launch found each other (a new port each time) is no change to the run at all.
-LAUNCH = frozenset(f.name for f in dataclasses.fields(ProcessGroup))
+# How the processes of a launch found each other (a new port each time) is no change to the run at all, and nor is
+# where the workdir now lies: a copied or moved workdir resumes.
+NOT_THE_RUN = frozenset(f.name for f in dataclasses.fields(ProcessGroup)) | {"workdir"}
 
 
 class WorkdirError(SamJaxError):
@@ -40,7 +41,7 @@ def has_progress(workdir: Path) -> bool:
 def differences(saved: TrainConfig, now: TrainConfig) -> dict[str, tuple]:
     """{setting: (saved value, value now)} for every setting of the run that differs."""
     old, new = saved.to_dict(), now.to_dict()
-    return {k: (old.get(k), new[k]) for k in new if k not in LAUNCH and old.get(k) != new[k]}
+    return {k: (old.get(k), new[k]) for k in new if k not in NOT_THE_RUN and old.get(k) != new[k]}
 
 
 def claim(cfg: TrainConfig) -> Path:

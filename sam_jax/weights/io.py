@@ -6,7 +6,9 @@ half-written file under the final name.
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Tuple
@@ -39,6 +41,7 @@ def save_arrays(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, s
             tmp,
             metadata={"format_version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}},
         )
+        _sort_metadata(tmp)
         os.replace(tmp, path)
     except SafetensorError as e:  # the writer reports I/O faults as its own error type, the OS error in the text
         if "os error 28" in str(e) or "os error 122" in str(e):
@@ -47,6 +50,19 @@ def save_arrays(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, s
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _sort_metadata(path) -> None:
+    """Rewrite the header's metadata in key order, in place: the writer emits it in hash order, different on every
+    run, so identical contents would give files (and sha256s, a child adapter's `parent_sha256`) that differ."""
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        ordered = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(ordered) <= length:  # the header's length stays: the padding spaces the format allows make it up
+            f.seek(8)
+            f.write(ordered.ljust(length))
 
 
 def _read(path, arrays: bool):
