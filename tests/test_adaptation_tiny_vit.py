@@ -14,6 +14,7 @@ from small_tiny_vit import TINY_VIT
 from sam_jax.adaptation import (
     PRESETS,
     AdaptationConfig,
+    AdaptationError,
     adapt,
     build_model,
     count_parameters,
@@ -87,6 +88,23 @@ def test_random_first_conv_is_pytorchs_default_and_keeps_the_batch_norm():
     for name, value in bn_before.items():
         np.testing.assert_array_equal(getattr(stem.bn, name)[...], value, err_msg=name)
     assert _encode(sam, jnp.zeros((1, CONFIG.image_size, CONFIG.image_size, 4)), 1).shape == (1, 16, 16, 32)
+
+
+@pytest.mark.parametrize("preset, stem", [("lite_medsam", (1, 1, 4, 32)), ("mobile_sam", (3, 3, 4, 32))])
+def test_both_presets_take_the_papers_adaptation(preset, stem):
+    """Shapes only (no compute): 4 channels, LoRA and cross-slice attention on either TinyViT stem."""
+    config = sam_config(preset)
+    adaptation = AdaptationConfig(lora_targets=ALL_TARGETS, cross_slice=True)
+    model = nnx.eval_shape(lambda: build_model(config, adaptation, rngs=nnx.Rngs(0)))
+    assert model.image_encoder.patch_embed.seq[0].c.kernel.shape == stem
+    image = jax.ShapeDtypeStruct((2, config.image_size, config.image_size, 4), jnp.float32)
+    assert nnx.eval_shape(lambda m, x: m.encode_image(x, 2), model, image).shape == (2, 64, 64, 256)
+
+
+def test_zero_rel_pos_is_refused_tinyvit_has_no_such_tables():
+    model = nnx.eval_shape(lambda: Sam(CONFIG, rngs=nnx.Rngs(0)))
+    with pytest.raises(AdaptationError, match="TinyViT image encoder: zero_rel_pos"):
+        adapt(model, AdaptationConfig(zero_rel_pos=True), rngs=nnx.Rngs(0))
 
 
 # --- LoRA ---
