@@ -38,7 +38,9 @@ class AdaptationConfig:
         "Layers of every encoder attention block given LoRA (q, k, v: sections of the fused qkv; proj: attention's "
         "output; lin1, lin2: the MLP's first and second layer, named fc1, fc2 in TinyViT).",
     )
-    cross_slice: bool = setting(False, "Cross-slice attention in every encoder block (needs slices > 1 to act).")
+    cross_slice: bool = setting(
+        False, "Cross-slice attention in every encoder attention block (needs slices > 1 to act)."
+    )
     trainable: Literal[tuple(PRESETS)] = setting(
         "lora",
         "Which parameters train: lora is the paper's (LoRA, patch embedding, mask decoder); "
@@ -83,8 +85,8 @@ class AdaptationConfig:
         return AdaptationError("; ".join(problems))
 
     def unbuilt_on_tiny_vit(self) -> list[str]:
-        """The settings a TinyViT image encoder (LiteMedSAM, MobileSAM) cannot take: the original code's defect in
-        tables it does not have (channels, LoRA, cross-slice attention and the decoder's defects all apply)."""
+        """What a TinyViT image encoder (LiteMedSAM, MobileSAM) cannot take: only the original code's zero_rel_pos,
+        a defect in tables TinyViT does not have (every adaptation and the decoder's defects apply)."""
         return ["zero_rel_pos (TinyViT has no relative-position tables)"] if self.zero_rel_pos else []
 
     @property
