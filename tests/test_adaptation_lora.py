@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from random_params import ALL_TARGETS, randomise
+from small_tiny_vit import TINY_VIT
 
 from sam_jax.adaptation import AdaptationConfig, adapt, build_model, fold
 from sam_jax.adaptation.lora import LoRALinear, low_rank_update
@@ -22,9 +23,9 @@ def _forward(model, images, coords, labels, slices):
     return model.decode(model.encode_image(images, slices), coords, labels, multimask_output=True)
 
 
-def _prompts(batch):
+def _prompts(batch, image_size=CONFIG.image_size):
     rng = np.random.default_rng(0)
-    coords = jnp.asarray(rng.uniform(0, CONFIG.image_size, (batch, 2, 2)), jnp.float32)
+    coords = jnp.asarray(rng.uniform(0, image_size, (batch, 2, 2)), jnp.float32)
     return coords, jnp.asarray([[1, 0]] * batch, jnp.int32)
 
 
@@ -107,15 +108,16 @@ def test_lora_a_is_kaiming_uniform_and_b_zero():
 
 
 @pytest.mark.slow
-def test_fold_gives_plain_sam_layers_with_the_same_outputs():
-    model = build_model(CONFIG, AdaptationConfig(lora_targets=ALL_TARGETS), rngs=nnx.Rngs(0))
-    images = jax.random.normal(jax.random.key(2), (2, CONFIG.image_size, CONFIG.image_size, 4))
-    coords, labels = _prompts(2)
+@pytest.mark.parametrize("config", [CONFIG, TINY_VIT], ids=["vit", "tiny_vit"])
+def test_fold_gives_plain_encoder_layers_with_the_same_outputs(config):
+    model = build_model(config, AdaptationConfig(lora_targets=ALL_TARGETS), rngs=nnx.Rngs(0))
+    images = jax.random.normal(jax.random.key(2), (2, config.image_size, config.image_size, 4))
+    coords, labels = _prompts(2, config.image_size)
     base_out = _forward(model, images, coords, labels, 1)
     randomise(model, nnx.LoRAParam, seed=1)
     folded = fold(nnx.clone(model))
     assert not nnx.state(folded, nnx.LoRAParam)
-    assert {k: v.shape for k, v in model_arrays(folded).items()} == model_shapes(CONFIG.replace(in_chans=4))
+    assert {k: v.shape for k, v in model_arrays(folded).items()} == model_shapes(config.replace(in_chans=4))
     unfolded_out, folded_out = _forward(model, images, coords, labels, 1), _forward(folded, images, coords, labels, 1)
     assert float(jnp.abs(unfolded_out[0] - base_out[0]).max()) > 1e-2  # the random B matter
     for ours, ref in zip(folded_out, unfolded_out):

@@ -20,13 +20,15 @@ import torch.nn.functional as F
 from apps import ROOT, run_app
 from flax import nnx
 from medsam_lite_reference import checkpoint_path, nchw, nhwc, vendor
+from random_params import ALL_TARGETS
 from scipy import ndimage
 
+from sam_jax.adaptation import AdaptationConfig, build_model
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
 from sam_jax.model.frame import postprocess_masks
 from sam_jax.weights.convert import convert_checkpoint
-from sam_jax.weights.io import load_sam_weights, read_arrays
+from sam_jax.weights.io import load_sam_weights, model_arrays, read_arrays
 from sam_jax.weights.params import WeightsError, convert_array, flax_path, model_shapes, torch_to_flax
 from sam_jax.weights.torch_checkpoint import read_torch_checkpoint
 
@@ -207,3 +209,27 @@ def test_real_weights_match_pytorch_litemedsam_on_real_slices(converted):
     assert agree / total >= 0.999
     # The inputs are what LiteMedSAM was trained on: with a box (its only prompt in training) it finds the tumour.
     assert np.mean(dice["box"]) > 0.6
+
+
+@pytest.mark.slow
+def test_real_weights_take_the_papers_adaptation(converted):
+    """`build_model` from the converted file, then 4 channels (rgb_mean), LoRA on every target and cross-slice
+    attention: every tensor but the first convolution's is the file's, and at step 0 the adapted encoder embeds four
+    equal channels as LiteMedSAM embeds the image repeated ×3."""
+    _, weights, result = converted
+    assert result.returncode == 0, result.stderr
+    config = sam_config("lite_medsam", image_size=64)  # the same parameters; a smaller input for a quick forward
+    adaptation = AdaptationConfig(patch_embed_init="rgb_mean", lora_targets=ALL_TARGETS, cross_slice=True)
+    model = build_model(config, adaptation, sam_weights=weights, rngs=nnx.Rngs(0))
+    arrays, _ = read_arrays(weights)
+    adapted = model_arrays(model)
+    for path, value in arrays.items():
+        if path != "image_encoder.patch_embed.seq.0.c.kernel":
+            np.testing.assert_array_equal(adapted[path], value, err_msg=path)
+    assert adapted["image_encoder.patch_embed.seq.0.c.kernel"].shape == (1, 1, 4, 32)
+    plain = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
+    load_sam_weights(plain, weights)
+    gray = np.random.default_rng(0).uniform(size=(2, 64, 64, 1)).astype(np.float32)  # one sample of two slices
+    ours = nnx.jit(lambda m, x: m.encode_image(x, 2))(model, jnp.asarray(np.repeat(gray, 4, axis=-1)))
+    theirs = nnx.jit(lambda m, x: m.encode_image(x))(plain, jnp.asarray(np.repeat(gray, 3, axis=-1)))
+    assert _ratio(ours, theirs)[2] <= RATIO

@@ -23,7 +23,7 @@ from torch_sam_lora import LoRASam
 from torch_sam_lora import make_train_step as torch_train_step
 
 from sam_jax.adaptation import AdaptationConfig, build_model
-from sam_jax.adaptation.lora import QKV_SECTIONS
+from sam_jax.adaptation.sites import QKV_SECTIONS
 from sam_jax.config import sam_config
 from sam_jax.model.frame import target_to_low_res, to_model_frame
 from sam_jax.training.config import TrainConfig

@@ -1,5 +1,6 @@
 """SAM adapted to multi-parametric MRI: surgery on a built model (patch embedding, LoRA, cross-slice attention),
-trainable-parameter rules and adapter files.
+trainable-parameter rules and adapter files. Either image encoder takes every adaptation (`sites`: where each
+attaches); the original code's zero_rel_pos defect applies to SAM's ViT only.
 
 `build_model` is the one entry point: build SAM → load its weights → `adapt`. Parameter paths of SAM's weights
 are unchanged by the surgery, so SAM files and adapter files both load by path.
@@ -28,7 +29,7 @@ def adapt(model: Sam, adaptation_config: AdaptationConfig, *, rngs: nnx.Rngs) ->
     if model.config.in_chans != 3:
         raise AdaptationError(f"adapt a plain 3-channel SAM; this one takes {model.config.in_chans} channels")
     if model.config.image_encoder != "vit" and (unbuilt := adaptation_config.unbuilt_on_tiny_vit()):
-        raise AdaptationError(f"not built for a TinyViT image encoder yet: {', '.join(unbuilt)}")
+        raise AdaptationError(f"not for a TinyViT image encoder: {', '.join(unbuilt)}")
     adapt_patch_embed(model, adaptation_config.in_chans, adaptation_config.patch_embed_init, rngs=rngs)
     apply_lora(
         model,

@@ -35,9 +35,12 @@ class AdaptationConfig:
     lora_alpha: float = setting(1.0, "LoRA alpha; the update is scaled by alpha / rank.")
     lora_targets: Tuple[Literal["q", "k", "v", "proj", "lin1", "lin2"], ...] = setting(
         ("q", "v", "lin1", "lin2"),
-        "Layers of every encoder block given LoRA (proj: attention's output; lin1, lin2: the MLP's).",
+        "Layers of every encoder attention block given LoRA (q, k, v: sections of the fused qkv; proj: attention's "
+        "output; lin1, lin2: the MLP's first and second layer, named fc1, fc2 in TinyViT).",
     )
-    cross_slice: bool = setting(False, "Cross-slice attention in every encoder block (needs slices > 1 to act).")
+    cross_slice: bool = setting(
+        False, "Cross-slice attention in every encoder attention block (needs slices > 1 to act)."
+    )
     trainable: Literal[tuple(PRESETS)] = setting(
         "lora",
         "Which parameters train: lora is the paper's (LoRA, patch embedding, mask decoder); "
@@ -82,17 +85,9 @@ class AdaptationConfig:
         return AdaptationError("; ".join(problems))
 
     def unbuilt_on_tiny_vit(self) -> list[str]:
-        """The adaptations a TinyViT image encoder (LiteMedSAM, MobileSAM) cannot take yet."""
-        unbuilt = []
-        if self.in_chans != 3:
-            unbuilt.append(f"{self.in_chans}-channel input")
-        if self.lora_rank:
-            unbuilt.append("LoRA (set lora_rank=0)")
-        if self.cross_slice:
-            unbuilt.append("cross-slice attention")
-        if self.zero_rel_pos:
-            unbuilt.append("zero_rel_pos (TinyViT has no relative-position tables)")
-        return unbuilt
+        """What a TinyViT image encoder (LiteMedSAM, MobileSAM) cannot take: only the original code's zero_rel_pos,
+        a defect in tables TinyViT does not have (every adaptation and the decoder's defects apply)."""
+        return ["zero_rel_pos (TinyViT has no relative-position tables)"] if self.zero_rel_pos else []
 
     @property
     def in_chans(self) -> int:

@@ -1,10 +1,11 @@
 """LoRA on the image encoder's linear layers: y = x·W + b + s·(x·A)·B, kept unfolded while training.
 
 `LoRALinear` keeps the wrapped layer's `kernel` and `bias` under the same names, so SAM's parameter paths do not
-change, and adds `nnx.LoRAParam` leaves beside them. For the fused qkv projection the targets q, k, v are the first,
-second and third thirds of the output features (`lora_q_a` (in, r), `lora_q_b` (r, C), …); other layers get
-`lora_a`, `lora_b`. A starts kaiming-uniform(a=√5) and B at zero, as in the paper's code, so an adapted model
-computes exactly what the base model does until B moves. Folding W + s·A·B is for inference only (`fold`): while
+change, and adds `nnx.LoRAParam` leaves beside them. For the fused qkv projection the targets q, k, v are its
+sections (`lora_q_a` (in, r), `lora_q_b` (r, C), …), wherever the encoder puts them (`sites`: thirds in SAM's ViT,
+per head in TinyViT; B's columns are the section's in head order); other layers get `lora_a`, `lora_b`. A starts
+kaiming-uniform(a=√5) and B at zero, as in the paper's code, so an adapted model computes exactly what the base model
+does until B moves. Folding W + s·A·B is for inference only (`fold`): while
 training it would make the gradient of the full weight.
 
 The update s·(x·A)·B has its own backward (`low_rank_update`): left to autodiff, XLA on CPU forms dA = xᵀ·(g·Bᵀ) by
@@ -16,15 +17,14 @@ same numbers from x as it lies.
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Tuple
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sam_jax.adaptation.init import kaiming_uniform_sqrt5
-
-QKV_SECTIONS = ("q", "k", "v")
+from sam_jax.adaptation.sites import lora_sites
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -59,10 +59,11 @@ def _leaf_names(section: str) -> Tuple[str, str]:
 
 
 class LoRALinear(nnx.Module):
-    """`base` (an nnx.Linear) plus rank-`rank` updates on the named equal sections of its output.
+    """`base` (an nnx.Linear) plus rank-`rank` updates on the named sections of its output.
 
-    `sections`: the names of the output's equal parts, ("q", "k", "v") for a fused projection or ("",) for one
-    whole output; `targets`: those that get an update.
+    The output is `groups` equal groups, each the `sections` in order, all of one width: ("q", "k", "v") in 1 group
+    for SAM's fused qkv (thirds), in one group per head for TinyViT's, ("",) for one whole output. `targets`: the
+    sections that get an update; a section's update spans its columns in every group, in group order.
     """
 
     def __init__(
@@ -74,11 +75,13 @@ class LoRALinear(nnx.Module):
         rank: int,
         scale: float,
         rngs: nnx.Rngs,
+        groups: int = 1,
     ):
         self.kernel = base.kernel
         self.bias = base.bias
         self.sections = tuple(sections)
         self.targets = tuple(t for t in self.sections if t in targets)
+        self.groups = groups
         self.scale = scale
         fan_in, fan_out = base.kernel.shape
         width = fan_out // len(self.sections)
@@ -98,38 +101,34 @@ class LoRALinear(nnx.Module):
             y = y + jnp.reshape(self.bias[...], (1,) * (y.ndim - 1) + (-1,))
         if not self.targets:
             return y
-        parts = jnp.split(y, len(self.sections), axis=-1)
-        for i, section in enumerate(self.sections):
-            if section in self.targets:
-                a, b = self.factors(section)
-                parts[i] = parts[i] + low_rank_update(x, a, b, self.scale)
+        updates = {
+            section: jnp.split(low_rank_update(x, *self.factors(section), self.scale), self.groups, axis=-1)
+            for section in self.targets
+        }
+        parts = jnp.split(y, self.groups * len(self.sections), axis=-1)  # group by group, each its sections
+        for i, part in enumerate(parts):
+            group, section = divmod(i, len(self.sections))
+            if self.sections[section] in updates:
+                parts[i] = part + updates[self.sections[section]][group]
         return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
     def folded_kernel(self):
         """W with every section's s·A·B added: the kernel of the equivalent plain Linear."""
         kernel = self.kernel[...]
-        width = kernel.shape[1] // len(self.sections)
+        fan_in, fan_out = kernel.shape
+        grouped = kernel.reshape(fan_in, self.groups, len(self.sections), -1)
         for i, section in enumerate(self.sections):
             if section in self.targets:
                 a, b = self.factors(section)
-                kernel = kernel.at[:, i * width : (i + 1) * width].add(self.scale * (a @ b))
-        return kernel
-
-
-def lora_sites(model) -> Iterator[Tuple[nnx.Module, str, Tuple[str, ...]]]:
-    """(parent module, attribute, target names of its output sections) of every encoder layer LoRA may target."""
-    for block in model.image_encoder.blocks:
-        yield block.attn, "qkv", QKV_SECTIONS
-        yield block.attn, "proj", ("proj",)
-        yield block.mlp, "lin1", ("lin1",)
-        yield block.mlp, "lin2", ("lin2",)
+                grouped = grouped.at[:, :, i].add((self.scale * (a @ b)).reshape(fan_in, self.groups, -1))
+        return grouped.reshape(fan_in, fan_out)
 
 
 def apply_lora(model, *, rank: int, alpha: float, targets: Tuple[str, ...], rngs: nnx.Rngs) -> None:
     """Wrap the targeted encoder layers of `model` in `LoRALinear`, in place (rank 0: nothing)."""
     if rank == 0:
         return
-    for parent, name, sections in lora_sites(model):
+    for parent, name, sections, groups in lora_sites(model):
         wanted = tuple(s for s in sections if s in targets)
         if not wanted:
             continue
@@ -139,7 +138,13 @@ def apply_lora(model, *, rank: int, alpha: float, targets: Tuple[str, ...], rngs
             parent,
             name,
             LoRALinear(
-                getattr(parent, name), sections=sections, targets=wanted, rank=rank, scale=alpha / rank, rngs=rngs
+                getattr(parent, name),
+                sections=sections,
+                targets=wanted,
+                rank=rank,
+                scale=alpha / rank,
+                groups=groups,
+                rngs=rngs,
             ),
         )
 
@@ -147,9 +152,9 @@ def apply_lora(model, *, rank: int, alpha: float, targets: Tuple[str, ...], rngs
 def fold(model):
     """Merge every LoRA update into its kernel and drop the LoRA leaves, in place; returns `model`.
 
-    The result has plain SAM's encoder layers (nnx.Linear), for inference or export as SAM weights.
+    The result has the plain encoder's layers (nnx.Linear), for inference or export as SAM weights.
     """
-    for parent, name, _ in lora_sites(model):
+    for parent, name, *_ in lora_sites(model):
         layer = getattr(parent, name)
         if not isinstance(layer, LoRALinear):
             continue

@@ -1,7 +1,8 @@
 """Which parameters train: an ordered list of (regex over the dot-joined path, 'train' | 'freeze'), first match wins.
 
 Each regex must match a whole path (`re.fullmatch`), e.g. `image_encoder.blocks.0.attn.qkv.lora_q_a`. Every
-parameter must match some rule; non-parameter variables (the prompt encoder's Gaussian `Buffer`) are always frozen.
+parameter must match some rule; non-parameter variables (the prompt encoder's Gaussian, TinyViT's batch-norm
+statistics: `Buffer`s) are always frozen.
 `partition` splits a model into (graphdef, trainable, frozen) for a functional train step, and logs the counts.
 """
 
@@ -21,6 +22,8 @@ TRAIN, FREEZE = "train", "freeze"
 Rules = Sequence[Tuple[str, str]]
 
 _LORA = r".*\.lora_\w+"
+# SAM's ViT: the 16×16 patch convolution. TinyViT: its whole stem (two Conv-BN, the norms' scale and shift included),
+# which maps pixels to the first stage's tokens as the ViT's convolution does.
 _PATCH_EMBED = r"image_encoder\.patch_embed\..*"
 _MASK_DECODER = r"mask_decoder\..*"
 _GATES = r".*\.cross_slice\.gate"

@@ -140,7 +140,9 @@ def offset_index(window: int) -> np.ndarray:
 class Attention(nnx.Module):
     """Pre-norm multi-head attention within one window, plus a learnt bias per head and relative offset.
 
-    TinyViT's fused qkv gives each head its q, k and v side by side ((q, k, v) per head, not per projection).
+    TinyViT's fused qkv gives each head its q, k and v side by side ((q, k, v) per head, not per projection). The
+    block calls the parts (`norm`, `qkv`, `mix`, `proj`) itself: windows are cut between qkv and mix, and a
+    cross-slice branch shares the qkv output.
     """
 
     def __init__(self, dim: int, num_heads: int, window: int, *, rngs: nnx.Rngs):
@@ -150,14 +152,14 @@ class Attention(nnx.Module):
         self.proj = nnx.Linear(dim, dim, rngs=rngs)
         self.attention_biases = nnx.Param(jnp.zeros((num_heads, window * window)))
 
-    def __call__(self, windows):
-        """(n, w, w, C) → (n, w, w, C)."""
-        n, w, _, c = windows.shape
-        qkv = self.qkv(self.norm(windows)).reshape(n, w * w, self.num_heads, -1).transpose(0, 2, 1, 3)
+    def mix(self, qkv_windows):
+        """Attention of projected tokens within each window (n, w, w, 3C) → (n, w, w, C), before `proj`."""
+        n, w, _, c3 = qkv_windows.shape
+        qkv = qkv_windows.reshape(n, w * w, self.num_heads, -1).transpose(0, 2, 1, 3)
         q, k, v = jnp.split(qkv, 3, axis=-1)  # each (n, heads, w², head_dim)
         bias = self.attention_biases[...][:, offset_index(w)]
         logits = jnp.einsum("bhqd,bhkd->bhqk", q * q.shape[-1] ** -0.5, k) + bias.astype(q.dtype)
-        return self.proj(merge_heads(softmax_times_v(logits, v))).reshape(n, w, w, c)
+        return merge_heads(softmax_times_v(logits, v)).reshape(n, w, w, c3 // 3)
 
 
 class Mlp(nnx.Module):
@@ -180,12 +182,21 @@ class TinyViTBlock(nnx.Module):
         self.attn = Attention(dim, num_heads, window, rngs=rngs)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
         self.local_conv = Conv2dBN(dim, dim, LOCAL_CONV_SIZE, groups=dim, rngs=rngs)
+        # Attention across the slices of a volume, attached by `sam_jax.adaptation.cross_slice`; None in TinyViT.
+        self.cross_slice = nnx.data(None)
 
-    def __call__(self, x):
-        # Zero padding to whole windows goes in before the attention's norm, as TinyViT pads: padded cells are keys.
-        windows = window_partition(x, self.window_size)
-        x = x + window_unpartition(self.attn(windows), self.window_size, x.shape[1:3])
-        x = self.local_conv(x)
+    def __call__(self, x, slices: int = 1):
+        """x: (B·slices, h, w, C), each sample's slices contiguous; `slices` matters only with `cross_slice`."""
+        qkv = self.attn.qkv(self.attn.norm(x))  # per token: one projection serves the spatial and the depth branch
+        # TinyViT zero-pads x to whole windows before the norm, so a padded cell is a key with q, k, v = qkv(norm(0)).
+        # Cutting the windows from qkv with that fill, and cropping before proj, gives the same numbers while
+        # projecting only the real tokens.
+        fill = self.attn.qkv(self.attn.norm(jnp.zeros((1, x.shape[-1]), x.dtype)))[0]
+        windows = window_partition(qkv, self.window_size, fill)
+        update = self.attn.proj(window_unpartition(self.attn.mix(windows), self.window_size, x.shape[1:3]))
+        if self.cross_slice is not None:
+            update = update + self.cross_slice(self.attn, qkv, slices)
+        x = self.local_conv(x + update)
         return x + self.mlp(x)
 
 
@@ -196,9 +207,9 @@ class Stage(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.downsample = downsample
 
-    def __call__(self, x):
+    def __call__(self, x, slices: int = 1):
         for block in self.blocks:
-            x = block(x)
+            x = block(x, slices) if isinstance(block, TinyViTBlock) else block(x)  # MBConv works slice by slice
         return x if self.downsample is None else self.downsample(x)
 
 
@@ -223,10 +234,12 @@ class TinyViT(nnx.Module):
         self.neck = neck(dims[-1], config.prompt_embed_dim, rngs=rngs)
 
     def __call__(self, x, slices: int = 1):
-        """x: input image (B, S, S, in_chans) → embedding (B, S/p, S/p, prompt_embed_dim). `slices` is accepted
-        for the ViT's interface; TinyViT has no cross-slice branch, so it changes nothing."""
-        del slices
+        """x: input image (B, S, S, in_chans) → embedding (B, S/p, S/p, prompt_embed_dim).
+
+        `slices` (static): the batch is B/slices samples of `slices` contiguous slices each, for attention blocks
+        with a cross-slice branch; without one it changes nothing.
+        """
         x = self.patch_embed(x)
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, slices)
         return apply_sequential(self.neck, x)
