@@ -88,8 +88,7 @@ class RunSpec(AdaptationConfig):
             if str(e) not in problems:
                 problems.append(str(e))
         if self.model_type in PRESETS and PRESETS[self.model_type].image_encoder != "vit":
-            if unbuilt := self.unbuilt_on_tiny_vit():
-                problems.append(f"model_type {self.model_type} (TinyViT): not built for it yet: {', '.join(unbuilt)}")
+            problems += [f"model_type {self.model_type} (TinyViT): {p}" for p in self.tiny_vit_problems()]
         if self.normalisation == "sam_rgb" and len(self.modalities) != 3:
             problems.append(
                 f"normalisation sam_rgb feeds SAM's RGB input: it takes 3 channels (modalities), "

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flax import nnx
+from small_tiny_vit import TINY_VIT
 
+from sam_jax.adaptation import AdaptationConfig, build_model, partition, save_adapter
 from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.embeddings import case_bootstrap_interval, knn_accuracy, knn_correct, separation, tsne
 from sam_jax.evaluation.figures import heatmap, overlay, scatter_by_domain
@@ -19,7 +22,7 @@ from sam_jax.evaluation.lora_discrepancy import (
     pairwise,
     update_singular_values,
 )
-from sam_jax.weights.io import save_arrays
+from sam_jax.weights.io import read_arrays, save_arrays
 
 
 def _factors(rng, n_in=48, n_out=40, rank=3):
@@ -216,3 +219,20 @@ def test_figures_are_written(tmp_path):
     heatmap(np.arange(6.0).reshape(3, 2), [0, 1, 2], ["q", "v"], tmp_path / "h.png", "t")
     scatter_by_domain(np.random.default_rng(0).random((6, 2)), ["GLI"] * 3 + ["MEN"] * 3, tmp_path / "s.png", "t")
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("o.png", "h.png", "s.png"))
+
+
+def test_tiny_vit_adapter_factors_are_numbered_through_its_stages(tmp_path):
+    """LiteMedSAM's layout: attention blocks in stages 1–3 (`layers.<s>.blocks.<i>`), MLP layers named fc1/fc2."""
+    spec = AdaptationConfig(modalities="t2f_x3", lora_targets=("q", "v", "lin1", "lin2"), lora_alpha=2.0)
+    _, trainable, _ = partition(build_model(TINY_VIT, spec, rngs=nnx.Rngs(0)), "lora")
+    save_adapter(tmp_path / "adapter.safetensors", trainable, spec, "ab" * 32)
+    raw, _ = read_arrays(tmp_path / "adapter.safetensors")
+    blocks = sorted({n.split(".attn.")[0] for n in raw if ".attn.qkv.lora_q_a" in n})
+    assert blocks == ["image_encoder.layers.1.blocks.0", *(f"image_encoder.layers.2.blocks.{i}" for i in (0, 1))] + [
+        "image_encoder.layers.3.blocks.0"
+    ]
+    factors = lora_factors(tmp_path / "adapter.safetensors")
+    assert set(factors) == {(b, t) for b in range(4) for t in ("q", "v", "lin1", "lin2")}
+    a, b = raw["image_encoder.layers.2.blocks.1.mlp.fc2.lora_a"], raw["image_encoder.layers.2.blocks.1.mlp.fc2.lora_b"]
+    np.testing.assert_array_equal(factors[(2, "lin2")][1], b)
+    np.testing.assert_allclose(factors[(2, "lin2")][0], spec.lora_scale * a)

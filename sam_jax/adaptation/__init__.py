@@ -28,8 +28,8 @@ def adapt(model: Sam, adaptation_config: AdaptationConfig, *, rngs: nnx.Rngs) ->
     """Apply `adaptation_config` to a plain 3-channel SAM in place; returns `model`."""
     if model.config.in_chans != 3:
         raise AdaptationError(f"adapt a plain 3-channel SAM; this one takes {model.config.in_chans} channels")
-    if model.config.image_encoder != "vit" and (unbuilt := adaptation_config.unbuilt_on_tiny_vit()):
-        raise AdaptationError(f"not for a TinyViT image encoder: {', '.join(unbuilt)}")
+    if model.config.image_encoder != "vit" and (problems := adaptation_config.tiny_vit_problems()):
+        raise AdaptationError(f"a TinyViT image encoder: {'; '.join(problems)}")
     adapt_patch_embed(model, adaptation_config.in_chans, adaptation_config.patch_embed_init, rngs=rngs)
     apply_lora(
         model,

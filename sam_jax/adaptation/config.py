@@ -84,10 +84,10 @@ class AdaptationConfig:
     def _invalid(problems: list[str]) -> SamJaxError:
         return AdaptationError("; ".join(problems))
 
-    def unbuilt_on_tiny_vit(self) -> list[str]:
+    def tiny_vit_problems(self) -> list[str]:
         """What a TinyViT image encoder (LiteMedSAM, MobileSAM) cannot take: only the original code's zero_rel_pos,
         a defect in tables TinyViT does not have (every adaptation and the decoder's defects apply)."""
-        return ["zero_rel_pos (TinyViT has no relative-position tables)"] if self.zero_rel_pos else []
+        return ["zero_rel_pos: TinyViT has no relative-position tables to zero"] if self.zero_rel_pos else []
 
     @property
     def in_chans(self) -> int:

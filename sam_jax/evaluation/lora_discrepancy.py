@@ -19,15 +19,18 @@ from sam_jax.evaluation.errors import EvaluationError
 from sam_jax.weights.io import read_arrays
 
 TARGET_ORDER = ("q", "k", "v", "proj", "lin1", "lin2")
+# SAM's ViT: `blocks.<i>`; TinyViT: `layers.<stage>.blocks.<i>`, whose MLP layers keep PyTorch's fc1/fc2 names.
 _LEAF = re.compile(
-    r"^image_encoder\.blocks\.(\d+)\."
-    r"(?:attn\.qkv\.lora_(q|k|v)|attn\.(proj)\.lora|mlp\.(lin1|lin2)\.lora)"
-    r"_(a|b)$"
+    r"^image_encoder\.(?:layers\.(?P<stage>\d+)\.)?blocks\.(?P<block>\d+)\."
+    r"(?:attn\.qkv\.lora_(?P<qkv>q|k|v)|attn\.(?P<proj>proj)\.lora|mlp\.(?P<mlp>lin1|lin2|fc1|fc2)\.lora)"
+    r"_(?P<factor>a|b)$"
 )
+_MLP_TARGET = {"fc1": "lin1", "fc2": "lin2"}
 
 
 def lora_factors(path) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
-    """{(block, target): (s·A, B)} of an adapter file."""
+    """{(block, target): (s·A, B)} of an adapter file; TinyViT's attention blocks are numbered through its stages in
+    order, as the ViT's are."""
     arrays, metadata = read_arrays(path)
     try:
         scale = float(metadata["lora_alpha"]) / int(metadata["lora_rank"])
@@ -36,11 +39,17 @@ def lora_factors(path) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
     parts = defaultdict(dict)
     for name, array in arrays.items():
         if m := _LEAF.match(name):
-            block, target = int(m.group(1)), next(g for g in m.groups()[1:4] if g)
-            parts[(block, target)][m.group(5)] = np.asarray(array, np.float64)
+            position = (int(m["stage"] or 0), int(m["block"]))
+            target = m["qkv"] or m["proj"] or _MLP_TARGET.get(m["mlp"], m["mlp"])
+            parts[(position, target)][m["factor"]] = np.asarray(array, np.float64)
     if not parts:
         raise EvaluationError(f"{path}: holds no LoRA factors (trained without LoRA?)")
-    return {key: (scale * p["a"], p["b"]) for key, p in sorted(parts.items())}
+    tiny_vit = any(name.startswith("image_encoder.layers.") for name in arrays)
+    number = {p: i for i, p in enumerate(sorted({p for p, _ in parts}))} if tiny_vit else {}
+    return {
+        (number.get(position, position[1]), target): (scale * p["a"], p["b"])
+        for (position, target), p in sorted(parts.items())
+    }
 
 
 def _core_singular_values(left: np.ndarray, right: np.ndarray) -> np.ndarray:
