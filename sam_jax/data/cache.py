@@ -40,7 +40,7 @@ from sam_jax.data import split as split_lib
 from sam_jax.data.brats import CaseFiles, find_cases, load_case
 from sam_jax.data.domains import MODALITIES, files_like, whole_tumour
 from sam_jax.data.errors import BadCaseError, CacheError, CaseFault
-from sam_jax.data.preprocess import volume_slices
+from sam_jax.data.preprocess import TRAINING_NORMALISATIONS, volume_slices
 from sam_jax.progress import progress_bar
 
 FORMAT_VERSION = 2
@@ -363,8 +363,8 @@ def build_cache(
     sources and settings) and write the patient-level split on first use; returns the opened cache. Cases are built
     by `workers` processes (0: one per available CPU; 1: in this process). A bad case raises `BadCaseError` (cases
     already built stay cached), or is logged and left out with `skip_bad_cases`; a full disk raises `CacheError`."""
-    if normalisation not in ("zscore", "none"):
-        raise ValueError(f"unknown normalisation {normalisation!r}; expected 'zscore' or 'none'")
+    if normalisation not in TRAINING_NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalisation!r}; expected one of {TRAINING_NORMALISATIONS}")
     cache_dir = Path(cache_dir)
     found = find_cases(data_dir, domain)
     if not found:

@@ -47,12 +47,12 @@ class SliceSegmenter:
         self.stack, self.resize = trained.spec.stack, trained.spec.resize
         self.click_order, self.broadcast_clicks = trained.spec.click_order, trained.spec.broadcast_clicks
         graphdef, self.state = nnx.split(trained.model)
-        size, stack, resize = self.size, self.stack, self.resize
+        size, stack, resize, min_max = self.size, self.stack, self.resize, trained.model.config.frame_min_max
 
         @jax.jit
         def encode(state, images, valid_hw):
             model = nnx.merge(graphdef, state)
-            frame, _ = to_model_frame(images, valid_hw, size, resize)
+            frame, _ = to_model_frame(images, valid_hw, size, resize, min_max)
             return model.encode_image(frame, slices=stack)[stack // 2 :: stack]
 
         @jax.jit

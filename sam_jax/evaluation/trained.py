@@ -14,6 +14,7 @@ from flax import nnx
 
 from sam_jax.adaptation import build_model, load_adapter
 from sam_jax.adaptation.modalities import LAYOUTS
+from sam_jax.config import PRESETS, SamConfig
 from sam_jax.errors import SamJaxError
 from sam_jax.evaluation.errors import CheckpointError
 from sam_jax.model import Sam
@@ -97,14 +98,15 @@ def load_trained(workdir, sam_weights: str | None = None, select: str = "final")
 def load_zero_shot(
     sam_weights: str,
     model_type: str = "auto",
-    image_size: int = 1024,
+    image_size: int = 0,
     modalities: str = ZERO_SHOT_MODALITIES,
-    normalisation: str = "sam_rgb",
+    normalisation: str = "",
     crop_to_brain: bool = False,
 ) -> TrainedModel:
-    """Plain SAM on a 3-channel layout of the modalities (Table 1's zero-shot row); `auto`: the size the converted
-    file says it holds. SAM's own input by default (`sam_rgb`); the original code fed it the training pipeline's
-    raw, brain-cropped intensities (`normalisation="none", crop_to_brain=True`)."""
+    """Plain SAM (or LiteMedSAM) on a 3-channel layout of the modalities (Table 1's zero-shot row); `auto`: the model
+    the converted file says it holds; `image_size` 0: the model's own (1024 for SAM, 256 for LiteMedSAM). The input
+    its weights expect by default (`SamConfig.pretrained_input`: `sam_rgb` for SAM, `lite_medsam`); the original
+    code fed SAM the training pipeline's raw, brain-cropped intensities (`normalisation="none", crop_to_brain=True`)."""
     if not Path(sam_weights).is_file():
         raise CheckpointError(f"--sam_weights {sam_weights}: no such file")
     try:
@@ -112,6 +114,9 @@ def load_zero_shot(
             model_type = read_metadata(sam_weights).get("model_type", "")
             if not model_type:
                 raise CheckpointError(f"{sam_weights}: its header names no model type; pass --model_type")
+        own = PRESETS.get(model_type, SamConfig())  # an unknown type is named by the spec below
+        image_size = image_size or own.image_size
+        normalisation = normalisation or own.pretrained_input
         spec = RunSpec(
             model_type=model_type,
             image_size=image_size,
@@ -126,6 +131,6 @@ def load_zero_shot(
     except SamJaxError as e:
         raise CheckpointError(f"zero-shot SAM from {sam_weights}: {e}") from None
     layout = next((name for name, chans in LAYOUTS.items() if chans == spec.modalities), "_".join(spec.modalities))
-    size = "" if image_size == 1024 else f"_{image_size}"
-    raw = "" if normalisation == "sam_rgb" else f"_{normalisation}{'_crop' if crop_to_brain else ''}"
+    size = "" if image_size == own.image_size else f"_{image_size}"
+    raw = "" if normalisation == own.pretrained_input else f"_{normalisation}{'_crop' if crop_to_brain else ''}"
     return TrainedModel(model, spec, name=f"sam_{model_type}_zero_shot_{layout}{size}{raw}")
