@@ -15,7 +15,9 @@ size rounded half up, as SAM's `ResizeLongestSide`; the whole square when stretc
 
 A model whose weights expect LiteMedSAM's input (`SamConfig.frame_min_max`) gets each resized slice min–max scaled
 to [0, 1] over its valid part (all channels together) with the padding left at 0, as LiteMedSAM's inference scales
-the resized slice before padding it. Being per slice, this is the frame's, not the volume normalisation's.
+the resized slice before padding it; the slice is resized with its edges clamped, as its inference resizes the slice
+alone (SAM's frame clears beyond the slice first, so its last row and column blend with zeros). Being per slice, this
+is the frame's, not the volume normalisation's.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def to_model_frame(images, valid_hw, size: int, rule: str = "longest_side", min_
     """images (B, S, S, C), valid_hw (B, 2) → (B, size, size, C) and the per-sample (x, y) scale (B, 2).
     `min_max`: each frame min–max scaled over the part the slice fills (LiteMedSAM's input)."""
     scale = _scale_yx(valid_hw, size, rule)
-    frames = jax.vmap(lambda im, hw, sc: _resize(_prepare(im, hw, rule), sc, (size, size)))(images, valid_hw, scale)
+    # LiteMedSAM resizes the slice alone (its edges clamped) and pads after: edges repeated, the padding set after.
+    edges = "stretch" if min_max else rule
+    frames = jax.vmap(lambda im, hw, sc: _resize(_prepare(im, hw, edges), sc, (size, size)))(images, valid_hw, scale)
     if min_max:  # the filled part rounded half up, as `resized_shape`
         filled = jnp.floor(valid_hw.astype(jnp.float32) * scale + 0.5)
         frames = jax.vmap(_min_max)(frames, filled)
