@@ -203,3 +203,21 @@ def test_lite_medsam_trains_on_the_phantom_and_is_scored(phantom_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scored"] == 1 and not summary["failed"], summary
     assert all(summary["means"][k] is not None for k in ("box_dice", "box_jitter_dice", "paper_dice")), summary
+
+
+@pytest.mark.slow
+def test_zero_shot_flagfiles_score_a_real_case_with_boxes(lite_medsam_weights, tmp_path):
+    """eval.main with the zero-shot flagfiles of two layouts on three real slices through the tumour: LiteMedSAM
+    given each slice's tight box finds the tumour on FLAIR ×3 as on [T1, T2, FLAIR]."""
+    _short_copy(_real_case(), tmp_path / "data" / CASE, half=1)
+    for layout in ("t2f_x3", "t1n_t2w_t2f"):
+        out = tmp_path / layout
+        scored = run_app(
+            "-m", "eval.main", "--flagfile=eval/adult.flags", f"--flagfile=train/lite_medsam/zero_shot_{layout}.flags",
+            f"--sam_weights={lite_medsam_weights}", f"--data_dir={tmp_path / 'data'}", "--split=all",
+            f"--output_dir={out}", "--overlays=0",
+        )  # fmt: skip
+        assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["scored"] == 1 and summary["protocols"] == ["box", "volumetric"], summary
+        assert summary["means"]["box_dice"] > 0.6, summary
