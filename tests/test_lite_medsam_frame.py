@@ -157,8 +157,8 @@ def test_predict_with_a_box_agrees_with_pytorch_litemedsam_slice_by_slice(lite_m
 
 @pytest.mark.slow
 def test_predictor_with_a_box_is_litemedsam_on_a_real_slice(lite_medsam_weights):
-    """`SamPredictor` of a lite_medsam model takes the challenge's 0–255 slice (gray ×3) and a box, and gives the
-    official inference's mask."""
+    """`SamPredictor` of a lite_medsam model takes the challenge's 0–255 slice (gray ×3, not square) and a box, and
+    gives the official inference's mask (SAM's pixel statistics instead would not)."""
     from sam_jax.evaluation import load_zero_shot
     from sam_jax.predictor import SamPredictor
 
@@ -172,7 +172,9 @@ def test_predictor_with_a_box_is_litemedsam_on_a_real_slice(lite_medsam_weights)
     masks, scores, low_res = predictor.predict(box=np.array(box), multimask_output=False)
     assert masks.shape == (1, *image.shape) and low_res.shape == (1, 256, 256)
     expected = official_segment(pytorch_lite_medsam(checkpoint_path()), image, box)
-    assert (masks[0] == expected).mean() >= 0.999
+    # The frame scales by exactly 256/240 where the official script resizes 220 columns to a rounded 235 (234.67):
+    # mask edges move by up to a third of a pixel, 0.2% of this slice's pixels (on a square slice: none, see above).
+    assert (masks[0] == expected).mean() >= 0.995
     dice = 2 * (masks[0] & tumour[k, :, 20:]).sum() / (masks[0].sum() + tumour[k, :, 20:].sum())
     assert dice > 0.6, dice
 
