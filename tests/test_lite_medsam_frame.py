@@ -158,7 +158,7 @@ def test_predict_with_a_box_agrees_with_pytorch_litemedsam_slice_by_slice(lite_m
 @pytest.mark.slow
 def test_predictor_with_a_box_is_litemedsam_on_a_real_slice(lite_medsam_weights):
     """`SamPredictor` of a lite_medsam model takes the challenge's 0–255 slice (gray ×3, not square) and a box, and
-    gives the official inference's mask (SAM's pixel statistics instead would not)."""
+    gives the official inference's mask."""
     from sam_jax.evaluation import load_zero_shot
     from sam_jax.predictor import SamPredictor
 
