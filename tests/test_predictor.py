@@ -43,7 +43,7 @@ def test_predict_scales_clicks_and_returns_masks_at_image_size(tiny_sam_pair):
     # The same prediction by hand: the image normalised, scaled by 128/200 (aspect kept) into the padded frame, the
     # click scaled by the same factor on both axes (x, y order).
     scale = 128 / 200
-    x, frame_scale = preprocess(image, CONFIG.image_size)
+    x, frame_scale = preprocess(image, CONFIG)
     assert frame_scale == pytest.approx(scale)
     canvas = np.zeros((200, 200, 3), np.float32)  # zero (the mean colour) right of the image, as SAM pads
     canvas[:, :130] = (image - np.array(PIXEL_MEAN)) / np.array(PIXEL_STD)

@@ -124,7 +124,8 @@ def stepped():
     # The step's resize is the identity here, clicks included: PyTorch gets the host arrays as they are.
     np.testing.assert_array_equal(np.asarray(scale), 1.0)
     np.testing.assert_allclose(np.asarray(framed), batch["image"][:, 0], rtol=0, atol=1e-6)
-    target = np.array(jax.jit(target_to_low_res, static_argnums=2)(batch["mask"][:, 0], batch["valid_hw"], s))
+    low_res = jax.jit(target_to_low_res, static_argnums=2, static_argnames="low_res")
+    target = np.array(low_res(batch["mask"][:, 0], batch["valid_hw"], s, low_res=CONFIG.mask_input_size))
     assert target.shape == (2, s // 4, s // 4) and ((target > 0) & (target < 1)).any()  # soft at the edges
 
     # The step under test, as a paper run configures it: LoRA, BCE, fp32, one click, one mask.

@@ -25,7 +25,7 @@ def test_model_frame_keeps_aspect_and_clears_padding():
 def test_low_res_target_is_a_soft_downsampling():
     masks = np.zeros((1, 16, 16), np.uint8)
     masks[0, :8, :8] = 1  # a quarter of the 16×16 slice; the model frame is 16, its low-res grid 4×4
-    low = np.asarray(target_to_low_res(jnp.asarray(masks), jnp.array([[16, 16]]), 16))[0]
+    low = np.asarray(target_to_low_res(jnp.asarray(masks), jnp.array([[16, 16]]), 16, low_res=4))[0]
     assert low.shape == (4, 4)
     assert abs(low[0, 0] - 1.0) < 1e-6  # inside, far from the edge
     np.testing.assert_allclose(low[3, :], 0.0, atol=1e-6)  # outside, far from the edge
@@ -44,12 +44,12 @@ def test_click_in_error_goes_to_the_larger_error_with_the_right_label():
     logits[0, 0, 7] = 1
     truth[1] = 1
     logits[1] = 1  # sample 1: perfect → padding click
-    coords, labels = click_in_error(jax.random.PRNGKey(0), jnp.asarray(logits), jnp.asarray(truth))
+    coords, labels = click_in_error(jax.random.PRNGKey(0), jnp.asarray(logits), jnp.asarray(truth), 32)
     assert labels.tolist() == [[1], [-1]]
     col, row = (np.asarray(coords[0, 0]) / 4 - 0.5).astype(int)  # model-frame pixels → low-res cell
     assert 2 <= row < 6 and 2 <= col < 6
     # false alarm larger than the miss → negative click on the false alarm
-    coords, labels = click_in_error(jax.random.PRNGKey(1), jnp.asarray(-logits[:1]), jnp.asarray(truth[:1]))
+    coords, labels = click_in_error(jax.random.PRNGKey(1), jnp.asarray(-logits[:1]), jnp.asarray(truth[:1]), 32)
     col, row = (np.asarray(coords[0, 0]) / 4 - 0.5).astype(int)
     assert labels.tolist() == [[0]] and not (2 <= row < 6 and 2 <= col < 6)
 

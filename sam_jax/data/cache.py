@@ -43,7 +43,7 @@ from sam_jax.data.brats import CaseFiles, find_cases, load_case
 from sam_jax.data.cache_layout import MANIFEST, adopt_old_layout, build_lock, preprocessing_name
 from sam_jax.data.domains import MODALITIES, files_like, whole_tumour
 from sam_jax.data.errors import BadCaseError, CacheError, CaseFault
-from sam_jax.data.preprocess import volume_slices
+from sam_jax.data.preprocess import TRAINING_NORMALISATIONS, volume_slices
 from sam_jax.processes import end_with
 from sam_jax.progress import progress_bar
 
@@ -371,8 +371,8 @@ def build_cache(
     CPU; 1: in this process); a second builder of the same folder waits for the first. A bad case raises
     `BadCaseError` (cases already built stay cached), or is logged and left out with `skip_bad_cases`; a full disk
     raises `CacheError`."""
-    if normalisation not in ("zscore", "none"):
-        raise ValueError(f"unknown normalisation {normalisation!r}; expected 'zscore' or 'none'")
+    if normalisation not in TRAINING_NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalisation!r}; expected one of {TRAINING_NORMALISATIONS}")
     root = Path(cache_dir)
     found = find_cases(data_dir, domain)
     if not found:

@@ -2,7 +2,13 @@
 non-zero, the volumes being skull-stripped), per-modality normalisation over brain voxels ('zscore': clip to the
 0.5/99.5 brain percentiles, then zero mean and unit variance, background kept at 0; 'none': the raw intensities the
 paper fed to SAM; 'sam_rgb': the percentiles stretched to 0–255 and SAM's RGB statistics applied, zero-shot SAM's
-input), the brain's bounding box for the optional crop, and the axial slices.
+input; 'lite_medsam': LiteMedSAM's, the CVPR 2024 challenge's MR rule (MedSAM's `pre_CT_MR.py`), the 0.5/99.5
+percentiles of the modality's own positive voxels stretched to 0–255 and truncated to integers as its uint8 files
+hold them), the brain's bounding box for the optional crop, and the axial slices.
+
+LiteMedSAM's per-slice step (three equal channels for one modality, longest side to 256, min–max to [0, 1], zero
+padding bottom/right) is the model frame's (`sam_jax.model.frame`), chosen by the model: a slice is only min–max
+scaled once it is resized, as the challenge's inference does.
 
 Slices are (Z', H, W, C) with rows along voxel Y and columns along voxel X: slice k' is
 `vol[x0:x1, y0:y1, z0 + k'].T` over the crop box, so a slice mask goes back as `vol[x0:x1, y0:y1, z0 + k'] = mask.T`.
@@ -16,7 +22,8 @@ import numpy as np
 
 from sam_jax.config import PIXEL_MEAN, PIXEL_STD
 
-NORMALISATIONS = ("zscore", "none", "sam_rgb")
+NORMALISATIONS = ("zscore", "none", "sam_rgb", "lite_medsam")
+TRAINING_NORMALISATIONS = ("zscore", "none", "lite_medsam")  # sam_rgb is zero-shot SAM's alone
 CLIP_PERCENTILES = (0.5, 99.5)
 
 
@@ -29,10 +36,14 @@ def normalise(volume: np.ndarray, brain: np.ndarray, method: str) -> np.ndarray:
     if method not in NORMALISATIONS:
         raise ValueError(f"unknown normalisation {method!r}; expected one of {NORMALISATIONS}")
     out = volume.astype(np.float32, copy=True)
+    if method == "lite_medsam":
+        brain = brain & (out > 0)
     if method == "none" or not brain.any():
         return out
     values = out[brain]
     low, high = np.percentile(values, CLIP_PERCENTILES)
+    if method == "lite_medsam":  # the challenge's arithmetic, so that its truncation falls on the same voxels
+        return np.floor((np.clip(out, low, high) - low) / max(high - low, 1e-6) * 255)
     if method == "sam_rgb":
         return np.clip((out - low) / max(high - low, 1e-6), 0, 1) * 255
     values = np.clip(values, low, high)

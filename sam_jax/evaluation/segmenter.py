@@ -41,14 +41,14 @@ def _pad_to(array, size: int):
 
 
 @functools.lru_cache(maxsize=8)
-def _programs(graphdef, size: int, stack: int, resize: str):
+def _programs(graphdef, size: int, stack: int, resize: str, min_max: bool):
     """The jitted encoder and decoder of one model structure and input rule, shared by every segmenter of it: a
     training run builds one per validation pass, which then compiles nothing anew."""
 
     @jax.jit
     def encode(state, images, valid_hw):
         model = nnx.merge(graphdef, state)
-        frame, _ = to_model_frame(images, valid_hw, size, resize)
+        frame, _ = to_model_frame(images, valid_hw, size, resize, min_max)
         return model.encode_image(frame, slices=stack)[stack // 2 :: stack]
 
     @jax.jit
@@ -67,7 +67,8 @@ class SliceSegmenter:
         self.stack, self.resize = trained.spec.stack, trained.spec.resize
         self.click_order, self.broadcast_clicks = trained.spec.click_order, trained.spec.broadcast_clicks
         graphdef, self.state = nnx.split(trained.model)
-        self._encode, self._decode = _programs(graphdef, self.size, self.stack, self.resize)
+        min_max = trained.model.config.frame_min_max
+        self._encode, self._decode = _programs(graphdef, self.size, self.stack, self.resize, min_max)
 
     def scale(self, hw) -> np.ndarray:
         """Slice pixels → model-frame pixels: the (x, y) factors of the run's resize rule."""

@@ -15,6 +15,7 @@ from flax import nnx
 
 from sam_jax.adaptation import build_model, load_adapter
 from sam_jax.adaptation.modalities import LAYOUTS, MODALITIES
+from sam_jax.config import PRESETS, SamConfig
 from sam_jax.errors import SamJaxError
 from sam_jax.evaluation.errors import CheckpointError
 from sam_jax.model import Sam
@@ -99,8 +100,11 @@ def load_trained(workdir, sam_weights: str | None = None, select: str = "final")
 # original_code: every choice of the original code that acts at inference (train/paper_code/adult.flags; the loss
 # grid and the volume batch act only in training): its raw brain-cropped input, stretch resize, (row, col) clicks,
 # each slice prompted with every slice's click, and its model defects.
+# A model's own input (`SamConfig.pretrained_input`: sam_rgb for SAM, lite_medsam for LiteMedSAM) is the default
+# and adds no suffix.
 ZERO_SHOT_INPUTS = {
     "sam_rgb": ({"normalisation": "sam_rgb"}, ""),
+    "lite_medsam": ({"normalisation": "lite_medsam"}, ""),
     "raw_crop": ({"normalisation": "none", "crop_to_brain": True}, "_none_crop"),
     "original_code": (
         {
@@ -122,10 +126,16 @@ _ZERO_SHOT_NAME = re.compile(
 )
 
 
+def _own(model_type: str) -> SamConfig:
+    """The preset's config: its input size and the input its weights expect (SAM's for an unknown type)."""
+    return PRESETS.get(model_type, SamConfig())
+
+
 def zero_shot_name(model_type: str, modalities, image_size: int, zero_shot_input: str) -> str:
-    """`sam_<size>_zero_shot_<layout>[_<input size>][<input suffix>]`: what `parse_zero_shot_name` reads back."""
+    """`sam_<size>_zero_shot_<layout>[_<input size>][<input suffix>]`: what `parse_zero_shot_name` reads back; the
+    model's own input size and input add nothing."""
     layout = next((name for name, chans in LAYOUTS.items() if chans == tuple(modalities)), "_".join(modalities))
-    size = "" if image_size == 1024 else f"_{image_size}"
+    size = "" if image_size == _own(model_type).image_size else f"_{image_size}"
     return f"sam_{model_type}_zero_shot_{layout}{size}{ZERO_SHOT_INPUTS[zero_shot_input][1]}"
 
 
@@ -141,11 +151,15 @@ def parse_zero_shot_name(name: str) -> dict | None:
         modalities = tuple(layout.split("_"))
     else:
         return None
-    zero_shot_input = next(key for key, (_, suffix) in ZERO_SHOT_INPUTS.items() if suffix == (found["input"] or ""))
+    own = _own(found["model_type"])
+    zero_shot_input = next(
+        (key for key, (_, suffix) in ZERO_SHOT_INPUTS.items() if suffix and suffix == found["input"]),
+        own.pretrained_input,
+    )
     return dict(
         model_type=found["model_type"],
         modalities=modalities,
-        image_size=int(found["size"] or 1024),
+        image_size=int(found["size"] or own.image_size),
         zero_shot_input=zero_shot_input,
     )
 
@@ -153,15 +167,16 @@ def parse_zero_shot_name(name: str) -> dict | None:
 def load_zero_shot(
     sam_weights: str,
     model_type: str = "auto",
-    image_size: int = 1024,
+    image_size: int = 0,
     modalities: str = ZERO_SHOT_MODALITIES,
-    zero_shot_input: str = "sam_rgb",
+    zero_shot_input: str | None = None,
 ) -> TrainedModel:
-    """Plain SAM on a 3-channel layout of the modalities (Table 1's zero-shot row); `auto`: the size the converted
-    file says it holds. SAM's own input by default (`sam_rgb`); `raw_crop`: the training pipeline's raw,
-    brain-cropped intensities, as the original code fed it; `original_code`: that and the original's other
+    """Plain SAM (or LiteMedSAM) on a 3-channel layout of the modalities (Table 1's zero-shot row); `auto`: the model
+    the converted file says it holds; `image_size` 0: the model's own (1024 for SAM, 256 for LiteMedSAM). The input
+    its weights expect by default (`SamConfig.pretrained_input`); `raw_crop`: the training pipeline's raw,
+    brain-cropped intensities, as the original code fed SAM; `original_code`: that and the original's other
     inference choices (`ZERO_SHOT_INPUTS`)."""
-    if zero_shot_input not in ZERO_SHOT_INPUTS:
+    if zero_shot_input is not None and zero_shot_input not in ZERO_SHOT_INPUTS:
         raise CheckpointError(f"zero-shot input {zero_shot_input!r}: expected one of {', '.join(ZERO_SHOT_INPUTS)}")
     if not Path(sam_weights).is_file():
         raise CheckpointError(f"--sam_weights {sam_weights}: no such file")
@@ -170,6 +185,9 @@ def load_zero_shot(
             model_type = read_metadata(sam_weights).get("model_type", "")
             if not model_type:
                 raise CheckpointError(f"{sam_weights}: its header names no model type; pass --model_type")
+        own = _own(model_type)  # an unknown type is named by the spec below
+        image_size = image_size or own.image_size
+        zero_shot_input = zero_shot_input or own.pretrained_input
         spec = RunSpec(
             model_type=model_type,
             image_size=image_size,

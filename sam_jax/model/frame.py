@@ -7,10 +7,17 @@ A slice of H×W pixels sits top-left in an S×S canvas (S ≥ max(H, W); the cac
   interpolation, and the rest of the input stays zero (bottom/right padding).
 - `stretch` (the original paper code's): rows scaled by size / H and columns by size / W to fill the square, bilinear
   with edges clamped, as `F.interpolate(..., mode="bilinear", align_corners=False)` does.
-Clicks (x, y) scale by the same per-axis factors. Targets go to the decoder's low-resolution grid (size / 4) by the
-same resize, so they are soft at edges, as the paper's bilinear-resized masks are. Logits come back by SAM's
-postprocess: upsample to the input frame, crop the valid part (its size rounded half up, as SAM's
-`ResizeLongestSide`; the whole square when stretched), resize to (H, W).
+Clicks (x, y) scale by the same per-axis factors. Targets go to the decoder's low-resolution grid by the same
+resize, so they are soft at edges, as the paper's bilinear-resized masks are. That grid is 4× the image embedding's
+(`SamConfig.mask_input_size`): a quarter of the input for SAM (patch 16), the input itself for LiteMedSAM (patch 4,
+256² logits at 256²). Logits come back by SAM's postprocess: upsample to the input frame, crop the valid part (its
+size rounded half up, as SAM's `ResizeLongestSide`; the whole square when stretched), resize to (H, W).
+
+A model whose weights expect LiteMedSAM's input (`SamConfig.frame_min_max`) gets each resized slice min–max scaled
+to [0, 1] over its valid part (all channels together) with the padding left at 0, as LiteMedSAM's inference scales
+the resized slice before padding it; the slice is resized with its edges clamped, as its inference resizes the slice
+alone (SAM's frame clears beyond the slice first, so its last row and column blend with zeros). Being per slice, this
+is the frame's, not the volume normalisation's.
 """
 
 from __future__ import annotations
@@ -46,18 +53,34 @@ def _resize(image, scale_yx, out_hw):
     )
 
 
-def to_model_frame(images, valid_hw, size: int, rule: str = "longest_side"):
-    """images (B, S, S, C), valid_hw (B, 2) → (B, size, size, C) and the per-sample (x, y) scale (B, 2)."""
+def _min_max(frame, filled_hw):
+    """`frame` (size, size, C) scaled to [0, 1] over its top-left `filled_hw` rows and columns; 0 beyond them."""
+    s = frame.shape[0]
+    inside = ((jnp.arange(s)[:, None] < filled_hw[0]) & (jnp.arange(s)[None, :] < filled_hw[1]))[..., None]
+    low = jnp.min(jnp.where(inside, frame, jnp.inf))
+    high = jnp.max(jnp.where(inside, frame, -jnp.inf))
+    return jnp.where(inside, (frame - low) / jnp.maximum(high - low, 1e-8), 0)
+
+
+def to_model_frame(images, valid_hw, size: int, rule: str = "longest_side", min_max: bool = False):
+    """images (B, S, S, C), valid_hw (B, 2) → (B, size, size, C) and the per-sample (x, y) scale (B, 2).
+    `min_max`: each frame min–max scaled over the part the slice fills (LiteMedSAM's input)."""
     scale = _scale_yx(valid_hw, size, rule)
-    frames = jax.vmap(lambda im, hw, sc: _resize(_prepare(im, hw, rule), sc, (size, size)))(images, valid_hw, scale)
+    # LiteMedSAM resizes the slice alone (its edges clamped) and pads after: edges repeated, the padding set after.
+    edges = "stretch" if min_max else rule
+    frames = jax.vmap(lambda im, hw, sc: _resize(_prepare(im, hw, edges), sc, (size, size)))(images, valid_hw, scale)
+    if min_max:  # the filled part rounded half up, as `resized_shape`
+        filled = jnp.floor(valid_hw.astype(jnp.float32) * scale + 0.5)
+        frames = jax.vmap(_min_max)(frames, filled)
     return frames, scale[:, ::-1]
 
 
-def target_to_low_res(masks, valid_hw, size: int, rule: str = "longest_side"):
-    """masks (B, S, S) in {0, 1} → soft targets (B, size/4, size/4) aligned with the decoder's logits."""
-    low = size // 4
-    scale = _scale_yx(valid_hw, size, rule) / 4
-    out = jax.vmap(lambda m, hw, sc: _resize(_prepare(m.astype(jnp.float32), hw, rule)[..., None], sc, (low, low)))(
+def target_to_low_res(masks, valid_hw, size: int, rule: str = "longest_side", *, low_res: int):
+    """masks (B, S, S) in {0, 1} → soft targets (B, low_res, low_res) aligned with the decoder's logits; `low_res`:
+    the decoder's grid side (`SamConfig.mask_input_size`)."""
+    scale = _scale_yx(valid_hw, size, rule) * (low_res / size)
+    grid = (low_res, low_res)
+    out = jax.vmap(lambda m, hw, sc: _resize(_prepare(m.astype(jnp.float32), hw, rule)[..., None], sc, grid))(
         masks, valid_hw, scale
     )
     return jnp.clip(out[..., 0], 0.0, 1.0)

@@ -18,6 +18,7 @@ from sam_jax import settings
 from sam_jax.data.clicks import CLICK_POLICIES
 from sam_jax.data.domains import DOMAINS, PAPER_DOMAINS, domain_help
 from sam_jax.data.pipeline import SLICE_POLICIES
+from sam_jax.data.preprocess import TRAINING_NORMALISATIONS
 from sam_jax.distributed import ProcessGroup
 from sam_jax.settings import setting
 from sam_jax.spec import RunSpec
@@ -148,8 +149,11 @@ class TrainConfig(RunSpec, ProcessGroup):
             problems.append(
                 f"volume_batch {self.volume_batch} takes single slices: slices must be 1, not {self.slices}"
             )
-        if self.normalisation == "sam_rgb":
-            problems.append("normalisation sam_rgb is zero-shot SAM's input; train with zscore or none")
+        if self.normalisation not in TRAINING_NORMALISATIONS:
+            problems.append(
+                f"normalisation {self.normalisation} is zero-shot SAM's input; train with "
+                f"{', '.join(TRAINING_NORMALISATIONS)}"
+            )
         if len(self.modalities) != 3 and self.trainable in _FROZEN_PATCH_EMBED and not self.init_adapter:
             problems.append(
                 f"{len(self.modalities)} input channels need a trained patch embedding, but trainable "

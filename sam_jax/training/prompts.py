@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 
 
-def click_in_error(rng, logits, target):
-    """logits, target (B, h, w) on the low-res grid → coords (B, 1, 2) in model-frame pixels and labels (B, 1)."""
+def click_in_error(rng, logits, target, input_size: int):
+    """logits, target (B, h, w) on the low-res grid → coords (B, 1, 2) in the pixels of the `input_size` model frame
+    and labels (B, 1)."""
     b, h, w = logits.shape
     pred = logits > 0
     truth = target > 0.5
@@ -22,7 +23,7 @@ def click_in_error(rng, logits, target):
     noise = jax.random.gumbel(rng, (b, h, w))
     flat = jnp.argmax(jnp.where(region, noise, -jnp.inf).reshape(b, -1), axis=-1)
     row, col = flat // w, flat % w
-    stride = 4  # the low-res grid is a quarter of the input frame
+    stride = input_size / w  # 4 for SAM (the low-res grid is a quarter of its input), 1 for LiteMedSAM
     coords = jnp.stack([(col + 0.5) * stride, (row + 0.5) * stride], axis=-1).astype(jnp.float32)
     labels = jnp.where(region.any(axis=(1, 2)), use_fn.astype(jnp.int32), -1)
     return coords[:, None, :], labels[:, None]

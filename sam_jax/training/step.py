@@ -61,8 +61,9 @@ def forward(model, batch, rng, cfg):
     the clicks, `both` keeps them beside the box."""
     flat, z = flatten_slices(batch)
     dtype = jnp.dtype(cfg.precision)
-    images, scale = to_model_frame(flat["image"], flat["valid_hw"], cfg.image_size, cfg.resize)
-    target = target_to_low_res(flat["mask"], flat["valid_hw"], cfg.image_size, cfg.resize)
+    sam = model.config  # the model knows its input scaling and its decoder's grid
+    images, scale = to_model_frame(flat["image"], flat["valid_hw"], cfg.image_size, cfg.resize, sam.frame_min_max)
+    target = target_to_low_res(flat["mask"], flat["valid_hw"], cfg.image_size, cfg.resize, low_res=sam.mask_input_size)
     embeddings = model.encode_image(images.astype(dtype), slices=z)
     coords, labels = original_code_prompts(
         clicks_to_model_frame(flat["point_coords"], scale),
@@ -79,7 +80,7 @@ def forward(model, batch, rng, cfg):
     for round_rng in jax.random.split(rng, cfg.prompt_rounds - 1):
         logits, _ = decode_prompts(model, embeddings, coords, labels, mask_input, boxes=boxes, has_box=has_box)
         logits = jax.lax.stop_gradient(logits[:, 0].astype(jnp.float32))
-        new_coords, new_labels = click_in_error(round_rng, logits, target)
+        new_coords, new_labels = click_in_error(round_rng, logits, target, cfg.image_size)
         coords = new_coords if coords is None else jnp.concatenate([coords, new_coords], axis=1)
         labels = new_labels if labels is None else jnp.concatenate([labels, new_labels], axis=1)
         mask_input = logits[..., None].astype(dtype)
@@ -91,10 +92,11 @@ def forward(model, batch, rng, cfg):
 
 def compute_loss(model, batch, rng, cfg):
     logits, _, target = forward(model, batch, rng, cfg)
-    if cfg.loss_grid == "input":  # the original code: logits ×4 nearest, against the mask resized to the input
+    if cfg.loss_grid == "input":  # the original code: logits up to the input by nearest, against the mask there
         flat, _ = flatten_slices(batch)
         target = input_grid_target(flat["mask"], flat["valid_hw"], cfg.image_size, cfg.resize)
-        logits = logits.repeat(4, axis=-2).repeat(4, axis=-1)
+        factor = cfg.image_size // logits.shape[-1]  # 4 for SAM; 1 for LiteMedSAM, whose logits are the input's size
+        logits = logits.repeat(factor, axis=-2).repeat(factor, axis=-1)
     if cfg.multimask:
         return multimask_loss(cfg.loss, logits, target).mean()
     return mask_loss(cfg.loss, logits[:, 0], target).mean()
