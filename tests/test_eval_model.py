@@ -324,12 +324,18 @@ def test_zero_shot_takes_the_original_codes_inference_choices(tiny_sam_file):
     assert {k: str(getattr(zero_shot.spec, k)).lower() for k in at_inference} == at_inference
     assert (zero_shot.spec.normalisation, zero_shot.spec.crop_to_brain) == ("none", True)
     assert not any(np.asarray(b.attn.rel_pos_h[...]).any() for b in zero_shot.model.image_encoder.blocks)
-    assert zero_shot.name == "sam_tiny_zero_shot_t1n_x3_128_original_code"
-    for given in ("sam_rgb", "raw_crop", "original_code"):
-        name = zero_shot_name("vit_b", ("t2w", "t1n", "t2f"), 1024, given)
+    assert zero_shot.name == "sam_tiny_zero_shot_t1n_x3_original_code"  # 128: the tiny model's own size
+    for model_type, size, given in (
+        *(("vit_b", 1024, given) for given in ("sam_rgb", "raw_crop", "original_code")),
+        ("vit_b", 256, "sam_rgb"),
+        ("lite_medsam", 256, "lite_medsam"),
+        ("lite_medsam", 512, "raw_crop"),
+    ):
+        name = zero_shot_name(model_type, ("t2w", "t1n", "t2f"), size, given)
         assert parse_zero_shot_name(name) == dict(
-            model_type="vit_b", modalities=("t2w", "t1n", "t2f"), image_size=1024, zero_shot_input=given
+            model_type=model_type, modalities=("t2w", "t1n", "t2f"), image_size=size, zero_shot_input=given
         )
+    assert zero_shot_name("lite_medsam", ("t2f",) * 3, 256, "lite_medsam") == "sam_lite_medsam_zero_shot_t2f_x3"
     assert parse_zero_shot_name("sam_vit_b_zero_shot_t1n_t2w_t2f_none_crop")["zero_shot_input"] == "raw_crop"
     assert parse_zero_shot_name("sam_vit_b_zero_shot_all_the_things") is None
 
