@@ -3,10 +3,13 @@ per-head fused qkv, proj and the MLP, cross-slice attention in the attention blo
 adapter files. References are built here from the head layout TinyViT documents ((q, k, v) side by side per head)
 and from TinyViT's own window order (zero padding before the norm)."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 from flax import nnx
 from random_params import ALL_TARGETS, randomise
 from small_tiny_vit import TINY_VIT
@@ -24,10 +27,14 @@ from sam_jax.adaptation import (
 )
 from sam_jax.adaptation.cross_slice import depth_attention
 from sam_jax.config import sam_config
+from sam_jax.flags_util import config_from_flags, define_flags, expand_flagfiles
 from sam_jax.model import Sam
 from sam_jax.model.image_encoder import window_partition, window_unpartition
 from sam_jax.model.layers import Buffer
+from sam_jax.training.config import TrainConfig
 from sam_jax.weights.io import model_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = TINY_VIT
 SLICES = 3
@@ -358,3 +365,49 @@ def test_every_trainable_leaf_gets_a_gradient(cross_slice_model):
     assert set(grads) == set(_flat(trainable))
     zero = [p for p, g in grads.items() if not np.any(g)]
     assert not zero, f"zero gradients for {zero}"
+
+
+# --- the flagfiles of LiteMedSAM's rows ---
+
+LITE_MEDSAM_ROWS = {  # flagfile → (trainable preset, input channels)
+    "lora.flags": ("lora", 4),
+    "lora_rgb_mean.flags": ("lora", 4),
+    **{f"lora_{layout}.flags": ("lora", 3) for layout in ("t1n_x3", "t1c_x3", "t2w_x3", "t2f_x3", "t1n_t2w_t2f")},
+    "two_step_1.flags": ("patch_embed_only", 4),
+    "two_step_2.flags": ("lora_frozen_patch", 4),
+    "full.flags": ("full", 4),
+    "decoder_only.flags": ("decoder_only", 3),
+}
+
+
+def test_every_lite_medsam_training_flagfile_is_a_row():
+    found = {p.name for p in (ROOT / "train" / "lite_medsam").glob("*.flags")}
+    assert found - {"lite_medsam.flags"} - {n for n in found if n.startswith("zero_shot")} == set(LITE_MEDSAM_ROWS)
+
+
+@pytest.mark.parametrize("name", sorted(LITE_MEDSAM_ROWS))
+def test_lite_medsam_flagfiles_build_their_rows(name):
+    """Each flagfile, as train.main reads it, gives LiteMedSAM at 256² on its own input with box prompts, and the
+    model it builds trains the row's parameters: counted by hand above."""
+    values = flags.FlagValues()
+    define_flags(TrainConfig, values)
+    values(["train.main", *expand_flagfiles([f"--flagfile=lite_medsam/{name}"], ROOT / "train")])
+    cfg = config_from_flags(TrainConfig, values)
+    assert (cfg.model_type, cfg.image_size, cfg.normalisation, cfg.prompt) == ("lite_medsam", 256, "lite_medsam", "box")
+    preset, chans = LITE_MEDSAM_ROWS[name]
+    assert (cfg.trainable, cfg.in_chans, cfg.workdir) == (preset, chans, f"workdir/lite_medsam_{name[:-6]}")
+    assert cfg.patch_embed_init == ("rgb_mean" if "rgb_mean" in name else "random")
+    abstract = nnx.eval_shape(lambda: build_model(cfg.sam_config(), cfg, rngs=nnx.Rngs(0)))
+    lora = LITE_LORA if cfg.lora_rank else 0
+    expected = {
+        "lora": lora + MASK_DECODER + (LITE_STEM[chans] if chans != 3 else 0),
+        "patch_embed_only": LITE_STEM[chans],
+        "lora_frozen_patch": lora + MASK_DECODER,
+        "decoder_only": MASK_DECODER,
+    }
+    trainable = count_parameters(partition(abstract, preset)[1])
+    if preset == "full":  # every parameter: the plain model's, its stem widened to 4 channels, no LoRA
+        plain = nnx.eval_shape(lambda: Sam(sam_config("lite_medsam"), rngs=nnx.Rngs(0)))
+        assert trainable == count_parameters(nnx.state(plain, nnx.Param)) - LITE_STEM[3] + LITE_STEM[4]
+    else:
+        assert trainable == expected[preset]
