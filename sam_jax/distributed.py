@@ -257,15 +257,20 @@ def _say(message: str) -> str:
 
 
 def fail_fast(message: str) -> None:
-    """Print `message` naming this process, post it for the other processes, and (several processes) leave now,
-    without JAX's shutdown barrier: peers stuck in a collective with this process would hold it until its timeout."""
-    message = _say(message)
+    """Print `message` naming this process as an error, then `leave`."""
+    leave(_say(message), 1)
+
+
+def leave(message: str, exit_code: int) -> None:
+    """Several processes: post `message` (said already) for the other processes, and leave now with `exit_code`,
+    without JAX's shutdown barrier: peers stuck in a collective with this process would hold it until its timeout.
+    One process: nothing (the caller returns)."""
     if jax.process_count() > 1:
         try:
             _client().key_value_set(_FAILURE_KEY, message)
         except Exception:  # noqa: BLE001 — the service may be gone with the process that ran it
             pass
-        os._exit(1)
+        os._exit(exit_code)
 
 
 # gloo's CPU collectives (those inside orbax's checkpoint sync among them) report a peer that died mid-call as an

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import threading
 import time
 
@@ -36,7 +37,10 @@ def _alive(pid: int) -> bool:
 
 def end_with(pid: int, *_) -> None:
     """A worker initializer (more arguments, as some pools pass, are ignored): this process leaves, at once and
-    without clean-up, when process `pid` ends."""
+    without clean-up, when process `pid` ends. It ignores SIGINT: a Ctrl-C reaches the terminal's whole process
+    group, and the starting process decides what stops (it shuts its pool down, or ends, and its workers with it)."""
+    if threading.current_thread() is threading.main_thread():  # where handlers can be set
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch():
         _wait_for_end(pid)

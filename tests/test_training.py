@@ -1,6 +1,7 @@
 """The training app on phantom data in a tiny config: steps, partition, resume, data parallel, refusals."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -275,3 +276,38 @@ def test_a_run_killed_while_building_the_cache_leaves_no_worker_behind(tiny_conf
     assert (cache_cases := [p for p in cache.rglob("*") if p.is_file()])
     assert max(p.stat().st_mtime for p in cache_cases) <= killed_at + 0.5  # the kernel's clock vs ours
     assert not any(cache.rglob("manifest.json"))  # the build did not finish
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_building_the_cache_stops_the_run_saying_what_is_kept(tiny_config, tmp_path, signum):
+    """SIGTERM to the run, or SIGINT to its whole process group (a Ctrl-C in its terminal), while 2 workers build
+    the cache: the run says what it interrupted and what is kept, exits 128 + the signal without a traceback, and no
+    process of it is left; the cases already built stay in the cache."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    flags = config_flags(
+        tiny_config, phantom_cases_per_domain=2, cache_workers=2, data_dir=str(data), cache_dir=str(cache)
+    )
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = start_app(*_train(flags, tmp_path / "run"), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(cache.rglob("*.npy")):
+        time.sleep(0.02)
+    assert proc.poll() is None, log.read_text()[-3000:]
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    proc.wait(timeout=120)
+    text = log.read_text()
+    assert proc.returncode == 128 + signum and "Traceback" not in text, text[-3000:]
+    assert (
+        f"stopped by {signum.name} while preparing the data. Cases already cached stay cached in {cache}. "
+        "No checkpoint was saved yet: the same command starts the run again."
+    ) in text, text[-3000:]
+    deadline = time.time() + 10
+    while (left := _processes_of_session(proc.pid)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not left, left
+    assert any(cache.rglob("*.npy")) and not any(cache.rglob("manifest.json"))

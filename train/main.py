@@ -4,7 +4,8 @@ Every option is a field of `sam_jax.training.config.TrainConfig` (see `--helpful
 interrupted run from its last checkpoint in the workdir.
 
 Exit status: 0 trained and scored; 1 an error, named on stderr; 128 + the signal (143 SIGTERM, 130 SIGINT) when a
-signal stopped training after a step, whose checkpoint was written.
+signal stopped the run: during training after a step, whose checkpoint was written; before or after training (cache
+build, model build, scoring) at once, saying what was interrupted and what is kept.
 """
 
 import sys
@@ -18,6 +19,7 @@ from sam_jax.errors import SamJaxError
 from sam_jax.flags_util import config_from_flags, define_flags, run_app
 from sam_jax.training.config import TrainConfig
 from sam_jax.training.loop import TrainingStopped, train_and_evaluate
+from sam_jax.training.stopping import signals_interrupt
 
 define_flags(TrainConfig)
 
@@ -30,9 +32,13 @@ def main(argv):
     logging.get_absl_handler().addFilter(lambda r: not any(s in r.pathname for s in ("/orbax/", "/jax/", "/grain/")))
     try:
         config = config_from_flags(TrainConfig)
-        summary = train_and_evaluate(config)
-    except TrainingStopped as e:  # every process stopped at the same step, with its checkpoint
-        print(f"{distributed.who()}: {e}" if distributed.who() else str(e), file=sys.stderr, flush=True)
+        with signals_interrupt():  # a stop signal before or after the steps, too, stops with a message
+            summary = train_and_evaluate(config)
+    except TrainingStopped as e:  # after a step, with its checkpoint; or between stages, saying what is kept
+        message = f"{distributed.who()}: {e}" if distributed.who() else str(e)
+        print(message, file=sys.stderr, flush=True)
+        if not e.every_process:
+            distributed.leave(message, e.exit_code)
         return e.exit_code
     except SamJaxError as e:
         distributed.fail_fast(str(e))  # several processes: the others stop too, naming this one

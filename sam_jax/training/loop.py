@@ -45,7 +45,7 @@ from sam_jax.training.config import TrainConfig
 from sam_jax.training.lock import hold as hold_workdir
 from sam_jax.training.run_log import RunLog
 from sam_jax.training.step import TrainStep, build_train_step, initial_model, make_eval_forward, optimizer
-from sam_jax.training.stopping import StopSignals
+from sam_jax.training.stopping import Interrupted, StopSignals
 from sam_jax.training.validate import broadcast_predictions, low_res_predictions, paper_dice
 from sam_jax.training.workdir import claim as claim_workdir
 from sam_jax.weights.io import read_metadata
@@ -56,11 +56,14 @@ class TrainingError(SamJaxError, RuntimeError):
 
 
 class TrainingStopped(TrainingError):
-    """A run stopped by a signal after a checkpoint of its last step; exits with `exit_code`."""
+    """A run stopped by a signal, after a checkpoint of its last step or between stages (`_on_interrupt`); exits
+    with `exit_code`. `every_process`: every process of the run stopped with it (at the same step); else this one
+    alone, whose peers must be told."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int, every_process: bool = True):
         super().__init__(message)
         self.exit_code = exit_code
+        self.every_process = every_process
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -100,6 +103,10 @@ def check_inputs(cfg: TrainConfig) -> None:
         logging.warning("--cross_slice with --slices=1: the depth branch sees one slice and adds nothing useful")
 
 
+def _cache_root(cfg: TrainConfig) -> str:
+    return cfg.cache_dir or default_cache_dir(cfg.data_dir)
+
+
 def prepare_data(cfg: TrainConfig):
     """The cache (built or reused), the training cases, the held-out cases of the training domain (validation) and
     the evaluation cases of each domain."""
@@ -108,7 +115,7 @@ def prepare_data(cfg: TrainConfig):
         write_phantom(cfg.data_dir, cfg.phantom_cases_per_domain, seed=cfg.seed)
     cache = build_cache(
         cfg.data_dir,
-        cfg.cache_dir or default_cache_dir(cfg.data_dir),
+        _cache_root(cfg),
         normalisation=cfg.normalisation,
         crop_to_brain=cfg.crop_to_brain,
         skip_bad_cases=cfg.skip_bad_cases,
@@ -161,14 +168,27 @@ def build(cfg: TrainConfig, tx: optax.GradientTransformation | None = None) -> t
     return train_step, {p: a for p, a in from_parent.items() if p not in trained}
 
 
-def _resumes_from(workdir: Path) -> str:
+def _resumes_from(workdir: Path, once: str = "") -> str:
     step = checkpoint.last_complete_step(workdir)
     if step is None:
-        return "No checkpoint was saved yet."
+        return f"No checkpoint was saved yet: the same command starts the run again{once}."
     return (
         f"The last complete checkpoint is step {step} in {workdir / 'checkpoints'}: the same command resumes "
-        "there once the disk has room."
+        f"there{once}."
     )
+
+
+def _disk_full(error: OutputError, workdir: Path) -> TrainingError:
+    return TrainingError(f"{error}\n{_resumes_from(workdir, ' once the disk has room')}")
+
+
+@contextlib.contextmanager
+def _on_interrupt(what: str, kept: Callable[[], str]):
+    """A stop signal (`Interrupted`) within the block stops the run saying what it interrupted and what is kept."""
+    try:
+        yield
+    except Interrupted as e:
+        raise TrainingStopped(f"stopped by {e.name} while {what}. {kept()}", e.exit_code, every_process=False) from None
 
 
 @dataclasses.dataclass
@@ -264,11 +284,26 @@ def _claim_and_prepare(cfg: TrainConfig, writer: bool, held: contextlib.ExitStac
 def setup(cfg: TrainConfig, held: contextlib.ExitStack) -> Run:
     """Check, cache, build, and restore the latest checkpoint if there is one. Process 0's lock on the workdir is
     held by `held`, until the caller closes it."""
-    distributed.initialize(cfg)
-    check_inputs(cfg)
+
+    def kept():
+        return _resumes_from(Path(cfg.workdir))
+
+    with _on_interrupt("starting", kept):
+        distributed.initialize(cfg)
+        check_inputs(cfg)
     cfg = cfg.with_absolute_paths()
     writer = distributed.is_writer()
-    workdir, (cache, train_ids, val_ids, eval_sets, warnings) = _claim_and_prepare(cfg, writer, held)
+    with _on_interrupt(
+        "preparing the data", lambda: f"Cases already cached stay cached in {_cache_root(cfg)}. {kept()}"
+    ):
+        workdir, data = _claim_and_prepare(cfg, writer, held)
+    with _on_interrupt("building the model and restoring its checkpoint", kept):
+        return _assemble(cfg, workdir, writer, data)
+
+
+def _assemble(cfg: TrainConfig, workdir: Path, writer: bool, data) -> Run:
+    """The run on its prepared data: the training stream, the model and its train step, the latest checkpoint."""
+    cache, train_ids, val_ids, eval_sets, warnings = data
     selection = dict(
         slice_policy=cfg.slice_policy, empty_fraction=cfg.empty_fraction, click_policy=cfg.click_policy, seed=cfg.seed
     )
@@ -421,7 +456,7 @@ def train(run: Run) -> Best | None:
                     _stop(run, stop)
         return _best(run)
     except OutputError as e:
-        raise TrainingError(f"{e}\n{_resumes_from(run.workdir)}") from None
+        raise _disk_full(e, run.workdir) from None
     finally:
         progress.close()
         if run_log is not None:
@@ -429,7 +464,7 @@ def train(run: Run) -> Best | None:
         try:
             checkpoint.finish(run.mngr)
         except OutputError as e:
-            raise TrainingError(f"{e}\n{_resumes_from(run.workdir)}") from None
+            raise _disk_full(e, run.workdir) from None
 
 
 def _export_adapters(run: Run, best: Best | None) -> None:
@@ -453,7 +488,7 @@ def _export_adapters(run: Run, best: Best | None) -> None:
                 **lineage,
             )
     except OutputError as e:
-        raise TrainingError(f"{e}\n{_resumes_from(run.workdir)}") from None
+        raise _disk_full(e, run.workdir) from None
 
 
 def finish(run: Run, best: Best | None) -> dict:
@@ -481,5 +516,7 @@ def train_and_evaluate(cfg: TrainConfig) -> dict:
     """Train (or resume) in `cfg.workdir`; returns the final per-domain scores (also in workdir/summary.json)."""
     with contextlib.ExitStack() as held:  # the workdir's lock, until the run ends (or its process dies)
         run = setup(cfg, held)
-        best = train(run)
-        return finish(run, best)
+        with _on_interrupt("training", lambda: _resumes_from(run.workdir)):  # a second signal, during the stop
+            best = train(run)
+        with _on_interrupt("exporting the adapters and scoring", lambda: _resumes_from(run.workdir)):
+            return finish(run, best)

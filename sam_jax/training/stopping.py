@@ -5,10 +5,16 @@ stop at the same step, since the checkpoint is written by all of them together. 
 listens for SIGTERM (its preemption notifier, which replaces any handler of ours) and agrees on that step with every
 process (`reached_preemption_sync_point`, asked at every step); SIGINT is passed on to it as a SIGTERM. In one
 process a second signal stops it at once (the handlers in place before the run come back after the first).
+
+Outside the steps (the cache build, the model build, the final scoring) there is no step to stop at: while
+`signals_interrupt()` is in place (train.main), either signal raises `Interrupted` wherever the main thread is, and
+each stage of the run turns it into a message saying what was interrupted and what is kept. With `--distributed`,
+JAX's notifier takes SIGTERM from the moment the process joins the group: training then stops at its first step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -17,6 +23,39 @@ import jax
 from jax.experimental import multihost_utils
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(BaseException):
+    """A stop signal outside the steps. A BaseException, as KeyboardInterrupt is: no `except Exception` on its way
+    up (a cache build's clean-up, a library's retry) takes it for an error."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """Within the block SIGTERM and SIGINT raise `Interrupted` in the main thread (`StopSignals` takes them over
+    during the steps); the handlers before it come back after it."""
+    previous = {signum: signal.signal(signum, _interrupt) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class StopSignals:
