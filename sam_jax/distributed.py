@@ -90,9 +90,12 @@ def initialize(group: ProcessGroup) -> None:
             heartbeat_timeout_seconds=group.heartbeat_timeout_seconds,
         )
     except (ValueError, RuntimeError) as e:
+        # JAX checks the group before `_check_group` can: a process_id given twice aborts one of the two in C++
+        # (the service keeps the newer), and the others wait here for the one missing until this timeout.
         raise DistributedError(
-            f"cannot join the distributed run ({e}); outside SLURM pass --coordinator_address, "
-            f"--num_processes and --process_id, or set JAX_COORDINATOR_ADDRESS"
+            f"cannot join the distributed run ({e}). Were all {group.num_processes or 'the'} processes started, each "
+            "with its own --process_id (a process_id given twice ends one of them with a C++ abort)? Outside SLURM "
+            "pass --coordinator_address, --num_processes and --process_id, or set JAX_COORDINATOR_ADDRESS"
         ) from None
     _check_group(group)
     # The first collective sets up the processes' communicator, and gloo (CPU) gives that rendezvous 30 s; later
