@@ -389,7 +389,7 @@ def test_one_command_reproduces_a_table(workspace):
     for i, (domain, published) in enumerate((("GLI", 17.19), ("MEN", 14.92), ("PED", 11.96), ("SSA", 11.71))):
         ours = 100 * scores[domain]["means"]["paper_dice"]
         assert cells[2 + 3 * i : 5 + 3 * i] == [f"{ours:.2f}", f"{published:.2f}", f"{round(ours, 2) - published:+.2f}"]
-    assert any(r.startswith("| Ours | adult_best |") for r in first.splitlines())  # the table's other row
+    assert any(r.startswith("| Ours | adult_best (tiny, 64 px) |") for r in first.splitlines())  # its other row
     again = _run(line, cwd, env).stdout
     assert again.count("done already") == 10 and row in again
     dry = _run("python -m eval.reproduce --table all --dry_run", cwd, env).stdout.splitlines()

@@ -211,13 +211,16 @@ def test_the_unlabelled_case_opens_in_the_viewer(unlabelled, tiny_trained_run, t
     from sam_jax.evaluation import load_trained
     from sam_jax.evaluation.segmenter import SliceSegmenter
     from sam_jax.viewer import build_app
+    from sam_jax.viewer.access import new_token
     from sam_jax.viewer.cases import CaseStore
 
     trained = load_trained(tiny_trained_run)
     segmenter = SliceSegmenter(trained, batch_size=8)
     store = CaseStore(unlabelled, segmenter, trained.spec, warm_clicks=1)
     (case_dir,) = unlabelled.iterdir()
-    with TestClient(build_app(store, segmenter, tmp_path)) as client:
+    token = new_token()
+    with TestClient(build_app(store, segmenter, tmp_path, token=token)) as client:
+        assert client.get(f"/?token={token}").status_code == 200  # the printed URL: its cookie carries the token
         assert client.get("/api/cases").json()["cases"] == [dict(case=case_dir.name, domain="GLI", has_seg=False)]
         opened = client.post("/api/sessions", json={"case": case_dir.name})
         assert opened.status_code == 201 and opened.json()["has_seg"] is False

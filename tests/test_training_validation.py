@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sam_jax.data.cache import Cache
+from sam_jax.data.cache import Cache, preprocessing_dir
 from sam_jax.data.domains import whole_tumour
 from sam_jax.data.pipeline import make_dataset
 from sam_jax.evaluation import load_trained
@@ -24,7 +24,7 @@ def broadcast_run(tiny_trained_run, phantom_cache_dir):
     """The tiny trained model as a paper-code run (broadcast clicks, (row, col) clicks, stretch resize), its cache,
     its held-out cases and their validation predictions."""
     cfg = TrainConfig.load(tiny_trained_run).replace(broadcast_clicks=True, click_order="row_col", resize="stretch")
-    cache = Cache.open(phantom_cache_dir)
+    cache = Cache.open(preprocessing_dir(phantom_cache_dir))
     model, val_ids = load_trained(tiny_trained_run).model, cache.split()["val"]
     return cfg, model, cache, val_ids, broadcast_predictions(model, cfg, cache, val_ids)
 

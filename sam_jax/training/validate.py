@@ -104,6 +104,7 @@ def broadcast_predictions(model, cfg, cache, case_ids, max_slices: int = 0):
     graphdef, state = nnx.split(model)
     model = nnx.merge(graphdef, jax.tree.map(_first_device, state))
     step_slices = max(1, (cfg.volume_batch or cfg.batch_size) // jax.device_count()) * cfg.slices
+    low_res = model.config.mask_input_size
     segmenter = SliceSegmenter(TrainedModel(model, cfg.spec(), "validation"), step_slices)
     channels = [MODALITIES.index(m) for m in cfg.modalities]
     out, left = {}, max_slices or np.inf
@@ -117,7 +118,8 @@ def broadcast_predictions(model, cfg, cache, case_ids, max_slices: int = 0):
         logits = segmenter.decode(segmenter.encode(slices, np.arange(n)), coords[:n], labels[:n], hw)
         canvas = np.zeros((n, max(hw), max(hw)), np.uint8)  # square, top-left, as the pipeline's
         canvas[:, : hw[0], : hw[1]] = tumour[:n]
-        target = target_to_low_res(canvas, np.tile(np.array([hw], np.int32), (n, 1)), cfg.image_size, cfg.resize)
+        valid_hw = np.tile(np.array([hw], np.int32), (n, 1))
+        target = target_to_low_res(canvas, valid_hw, cfg.image_size, cfg.resize, low_res=low_res)
         out[case_id] = (logits, np.asarray(target))
         left -= n
     return out
