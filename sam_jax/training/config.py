@@ -40,7 +40,8 @@ class TrainConfig(RunSpec, ProcessGroup):
     )
     cache_dir: str = setting(
         "",
-        "Preprocessing cache; default <data_dir>/.sam_jax_cache, or under ~/.cache/sam_jax when data_dir is read-only.",
+        "Root of the preprocessing caches (one folder per preprocessing; `python -m sam_jax.data.caches` lists them); "
+        "default <data_dir>/.sam_jax_cache, or under ~/.cache/sam_jax when data_dir is read-only.",
         resume="may_change",
     )
     domain: Literal[(*DOMAINS, "ALL")] = setting("GLI", f"Domain to train on: {domain_help()}; ALL: every domain.")
