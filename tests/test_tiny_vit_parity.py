@@ -41,12 +41,39 @@ def _compare_conv(build, reference, x):
 
 
 @pytest.mark.parametrize(
-    "kernel, stride, groups", [(1, 1, 1), (3, 2, 1), (3, 1, 12), (3, 2, 12)], ids=["1x1", "3x3s2", "dw", "dw_s2"]
+    "kernel, stride, groups, out",
+    [(1, 1, 1, 24), (3, 2, 1, 24), (3, 1, 12, 24), (3, 2, 12, 24), (3, 1, 12, 12), (3, 2, 12, 12)],
+    ids=["1x1", "3x3s2", "grouped", "grouped_s2", "depthwise", "depthwise_s2"],
 )
-def test_conv_bn(ref, kernel, stride, groups):
-    """Conv-BN with its norm folded in at call time equals PyTorch's conv then BatchNorm2d in eval mode."""
-    build = lambda rngs: tiny_vit.Conv2dBN(12, 24, kernel, stride, groups, rngs=rngs)  # noqa: E731
-    _compare_conv(build, ref.Conv2d_BN(12, 24, kernel, stride, kernel // 2, groups=groups), _x((2, 9, 10, 12)))
+def test_conv_bn(ref, kernel, stride, groups, out):
+    """Conv-BN with its norm folded in at call time equals PyTorch's conv then BatchNorm2d in eval mode, on each of
+    its paths (matrix product for 1×1, shifted sums for depthwise, XLA's convolution otherwise)."""
+    build = lambda rngs: tiny_vit.Conv2dBN(12, out, kernel, stride, groups, rngs=rngs)  # noqa: E731
+    _compare_conv(build, ref.Conv2d_BN(12, out, kernel, stride, kernel // 2, groups=groups), _x((2, 9, 10, 12)))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv_and_its_gradient_equal_xlas_convolution(stride):
+    """The shifted-sum depthwise convolution and its gradients equal XLA's grouped convolution (odd sizes, padding)."""
+    rng = np.random.default_rng(stride)
+    x, kernel = jnp.asarray(rng.normal(size=(2, 9, 10, 6)), jnp.float32), jnp.asarray(rng.normal(size=(3, 3, 6)))
+    padding = ((1, 1), (1, 1))
+
+    def xla(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel[:, :, None],
+            (stride, stride),
+            padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=6,
+        )
+
+    ours = lambda x, kernel: tiny_vit.depthwise_conv(x, kernel, stride, padding)  # noqa: E731
+    np.testing.assert_allclose(ours(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda x, kernel: (f(x, kernel) ** 2).sum()  # noqa: E731
+    for got, want in zip(jax.grad(loss(ours), (0, 1))(x, kernel), jax.grad(loss(xla), (0, 1))(x, kernel)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_lite_medsam_stem(ref):
