@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from sam_jax.data.boxes import PROPAGATION_MARGIN
-from sam_jax.evaluation import ClickError
+from sam_jax.evaluation import ClickError, mask_editing
 from sam_jax.evaluation.mask_editing import MaskEditor
 from sam_jax.evaluation.propagation import UNREACHED, propagate
 from sam_jax.evaluation.slice_embeddings import SliceEmbeddings
@@ -116,6 +116,19 @@ def test_clicks_accumulate_edit_and_undo(case_volume):
     while editor.undo():
         pass
     assert editor.voxels() == 0 and not editor.undo()
+
+
+def test_undo_keeps_the_last_steps_only(case_volume):
+    """A session of many changes keeps UNDO_STEPS states: undo walks back that far and no further."""
+    editor = _editor(ComponentSegmenter(case_volume.tumour), case_volume)
+    editor.click(5, 4, 2)
+    for _ in range(mask_editing.UNDO_STEPS + 10):  # each a change: clear the slice, then click it again
+        editor.clear_slice(2)
+        editor.click(5, 4, 2)
+    undone = 0
+    while editor.undo():
+        undone += 1
+    assert undone == mask_editing.UNDO_STEPS and editor.voxels() == 16  # not back to the empty start
 
 
 def test_propagation_is_eval_predicts_and_keeps_edited_slices(case_volume):

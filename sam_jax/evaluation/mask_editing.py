@@ -6,7 +6,8 @@ box starts its slice's prompt anew; the prompt propagation gave a slice it reach
 when the walk went by boxes. The slice's mask is the decoder's answer to its whole prompt, so more clicks edit it.
 `propagate` walks up and down from a slice's mask as `propagation` does, by boxes when that slice's prompt has one
 (`eval.predict --boxes`), by clicks otherwise; slices the user prompted keep their own mask and the walk goes on from
-it. Every change can be undone.
+it. The last `UNDO_STEPS` changes can be undone: each kept state holds the masks its change made, so the history
+of a long session stays bounded (at most one propagation's masks per step).
 
 The editor holds its edits only: it asks `load` for the case's volume and embeddings at each change, so the caller
 may drop them between changes (the viewer keeps a few cases in memory for any number of tabs). Clicks and boxes are
@@ -14,6 +15,7 @@ volume voxels as `eval.predict --clicks/--boxes` take them; masks leave on the c
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 
@@ -24,6 +26,8 @@ from sam_jax.evaluation.errors import ClickError
 from sam_jax.evaluation.prediction import slice_boxes, slice_clicks, sorted_box
 from sam_jax.evaluation.propagation import segment_slice, walk
 from sam_jax.evaluation.volume import CaseVolume
+
+UNDO_STEPS = 50  # states kept for undo per editor (3D Slicer keeps a count of steps too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +62,7 @@ class MaskEditor:
         self._state = _State({}, {}, {})
         # The ground truth's size on the whole native grid: the mask is empty outside the model's slices.
         self._tumour_voxels = None if volume.case.seg is None else int(np.count_nonzero(volume.case.seg))
-        self._history: list[_State] = []
+        self._history: collections.deque[_State] = collections.deque(maxlen=UNDO_STEPS)  # the oldest drops out
         self._lock = threading.Lock()  # one change at a time, whatever the number of callers
         self._native = None  # (state, its native mask)
 
