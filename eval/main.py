@@ -69,6 +69,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         distributed.initialize(config_from_flags(distributed.ProcessGroup))
+        distributed.default_sigterm()
         index, count = jax.process_index(), jax.process_count()
         check_protocols(FLAGS.protocols)  # every flag and the cases before the model's seconds of loading
         run = check_model_flags()  # where and on what the run trained (empty for zero-shot SAM)
@@ -107,6 +108,11 @@ def main(argv):
             rows = merge_process_csvs(out_dir, [c.case_id for c in cases], count)
     except EXPECTED_ERRORS as e:
         distributed.fail_fast(str(e))  # several processes: the others stop too, naming this one
+        return 1
+    except Exception as e:  # a barrier or collective failing because another process is gone (killed, stopped)
+        if not distributed.is_lost_peer(e):
+            raise
+        distributed.fail_fast(distributed.lost_peer(e))
         return 1
     summary = summarise(
         rows,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import socket
 import sys
 
@@ -103,6 +104,14 @@ def initialize(group: ProcessGroup) -> None:
     # later gap between processes (process 0 building the data cache, one compiling slower) can fail it.
     barrier("joined")
     multihost_utils.sync_global_devices("sam_jax/collectives ready")
+
+
+def default_sigterm() -> None:
+    """In a group JAX's preemption notifier takes SIGTERM, and only a loop that asks it (training's, at each step)
+    stops. Where nothing asks (evaluation), SIGTERM gets its default action back: the process ends at once, as it does
+    alone, keeping what it wrote as it went (evaluation's rows); its peers then stop on losing it."""
+    if jax.process_count() > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _check_port_free(address: str) -> None:

@@ -201,6 +201,36 @@ def test_evaluation_over_two_processes_writes_what_one_process_writes(runs, env,
     assert sorted(p.name for p in (tmp_path / "eval2").iterdir()) == ["cases.csv", "summary.json"]
 
 
+@pytest.mark.slow
+def test_sigterm_ends_a_distributed_evaluation_and_the_other_process_says_why(runs, env, tmp_path):
+    """SIGTERM to one process of `eval.main --distributed` ends it at once, as alone (JAX's preemption notifier used
+    to take it: the evaluation went on); the other stops, naming the loss, keeping the rows it wrote."""
+    from sam_jax.data.phantom import write_phantom
+
+    write_phantom(tmp_path / "data", cases_per_domain=4, seed=2, domains=("GLI",))
+    out, logs = tmp_path / "eval", tmp_path / "logs"
+    flags = [f"--checkpoint={runs / 'one_process'}", f"--data_dir={tmp_path / 'data'}", "--domain=GLI"]
+    flags += ["--split=all", "--protocols=paper", "--overlays=0", f"--output_dir={out}"]
+    procs = _start("eval.main", flags, 2, env, logs)
+    started = out / "cases.process_1-of-2.csv"  # written once the model is loaded, before the first case
+    deadline = time.time() + RUN_TIMEOUT_S
+    while time.time() < deadline and all(p.poll() is None for p in procs) and not started.exists():
+        time.sleep(0.05)
+    assert all(p.poll() is None for p in procs), (logs / "p1.log").read_text()[-3000:]
+    procs[1].send_signal(signal.SIGTERM)
+    for p, limit in zip(procs[::-1], (30, 120)):
+        try:
+            p.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"evaluation went on after SIGTERM; logs in {logs}")
+    assert procs[1].returncode == -signal.SIGTERM
+    text = (logs / "p0.log").read_text()
+    assert procs[0].returncode == 1 and "process 0 of 2: stopped" in text, text[-3000:]
+    assert (out / "cases.process_0-of-2.csv").read_text().startswith("case,")
+
+
 # Fast checks of the parts, in this process.
 
 
