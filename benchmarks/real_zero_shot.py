@@ -80,6 +80,26 @@ def layout_row(out: Path) -> dict:
     return row
 
 
+def paired(rows: dict, reference: str) -> dict:
+    """Each other layout against `reference` on the same cases, per metric: the mean of the per-case differences
+    (Dice × 100), their sd, and on how many cases the layout scored higher."""
+    out = {}
+    for layout, row in rows.items():
+        if layout == reference:
+            continue
+        common = sorted(set(row["per_case"]) & set(rows[reference]["per_case"]))
+        out[layout] = {}
+        for metric in METRICS:
+            diffs = [100 * (row["per_case"][c][metric] - rows[reference]["per_case"][c][metric]) for c in common]
+            out[layout][metric] = dict(
+                mean=statistics.fmean(diffs),
+                sd=statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                higher=sum(d > 0 for d in diffs),
+                cases=len(diffs),
+            )
+    return out
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"Zero-shot LiteMedSAM on {report['cases']} real BraTS cases: `{report['command']}`, {report['date']}. "
@@ -91,6 +111,19 @@ def markdown(report: dict) -> str:
     for layout, row in report["layouts"].items():
         cells = [f"{row[m]['mean']:.1f} ± {row[m]['sd']:.1f}" for m in METRICS]
         lines.append(f"| {layout} | " + " | ".join(cells) + " |")
+    if report["paired"]:
+        lines += [
+            "",
+            f"Against {report['reference']} on the same cases: mean difference ± sd (cases higher of those scored).",
+            "",
+            "| layout | " + " | ".join(METRICS.values()) + " |",
+            "|---|" + "---|" * len(METRICS),
+        ]
+        for layout, row in report["paired"].items():
+            cells = [
+                f"{row[m]['mean']:+.1f} ± {row[m]['sd']:.1f} ({row[m]['higher']}/{row[m]['cases']})" for m in METRICS
+            ]
+            lines.append(f"| {layout} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -123,6 +156,8 @@ def main(argv=None):
         cases=rows[layouts[0]]["cases"],
         seconds={k: v for k, v in seconds.items() if v is not None},
         layouts=rows,
+        reference=layouts[0],
+        paired=paired(rows, layouts[0]),
     )
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"real_zero_shot_{date}.json")
     output.write_text(json.dumps(report, indent=1))

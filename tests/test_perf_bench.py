@@ -52,3 +52,6 @@ def test_real_zero_shot_resumes_and_reports_each_layouts_mean_and_spread(tmp_pat
     assert flair["box_dice"]["mean"] == pytest.approx(30.0) and flair["box_dice"]["sd"] == pytest.approx(2**0.5 * 10)
     assert three["paper_dice"]["mean"] == pytest.approx(35.0) and three["paper_dice"]["sd"] == pytest.approx(2**0.5 * 5)
     assert "| t2f_x3 | 30.0 ± 14.1 | 20.0 ± 14.1 | 70.0 ± 14.1 | 70.0 ± 14.1 |" in output.with_suffix(".md").read_text()
+    against = report["paired"]["t1n_t2w_t2f"]["box_dice"]  # case a: 10 − 20, case b: 20 − 40
+    assert against["mean"] == pytest.approx(-15.0) and against["sd"] == pytest.approx(2**0.5 * 5)
+    assert (against["higher"], against["cases"]) == (0, 2) and list(report["paired"]) == ["t1n_t2w_t2f"]
