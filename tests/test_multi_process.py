@@ -204,7 +204,8 @@ def test_evaluation_over_two_processes_writes_what_one_process_writes(runs, env,
 @pytest.mark.slow
 def test_sigterm_ends_a_distributed_evaluation_and_the_other_process_says_why(runs, env, tmp_path):
     """SIGTERM to one process of `eval.main --distributed` ends it at once, as alone (JAX's preemption notifier used
-    to take it: the evaluation went on); the other stops, naming the loss, keeping the rows it wrote."""
+    to take it: the evaluation went on); the other stops, naming the loss (its own words or JAX's), keeping the rows
+    it wrote."""
     from sam_jax.data.phantom import write_phantom
 
     write_phantom(tmp_path / "data", cases_per_domain=4, seed=2, domains=("GLI",))
@@ -227,7 +228,9 @@ def test_sigterm_ends_a_distributed_evaluation_and_the_other_process_says_why(ru
             pytest.fail(f"evaluation went on after SIGTERM; logs in {logs}")
     assert procs[1].returncode == -signal.SIGTERM
     text = (logs / "p0.log").read_text()
-    assert procs[0].returncode == 1 and "process 0 of 2: stopped" in text, text[-3000:]
+    # Ours when its barrier fails first, else JAX's coordination agent aborts it naming the lost task (as in training).
+    said = ("process 0 of 2: stopped", "stopped sending heartbeats", "detected fatal errors")
+    assert procs[0].returncode != 0 and any(s in text for s in said), text[-3000:]
     assert (out / "cases.process_0-of-2.csv").read_text().startswith("case,")
 
 
