@@ -27,6 +27,13 @@ def xla_flags(*flags: str) -> str:
     return " ".join(filter(None, [os.environ.get("XLA_FLAGS"), *flags]))
 
 
+def optimised_env() -> dict[str, str]:
+    """app_env with XLA's CPU optimisation back at its default, for commands whose time goes into running a model
+    rather than compiling it (LiteMedSAM's 256² encoder: unoptimised, its evaluation takes 2–3× as long)."""
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_backend_optimization_level")]
+    return app_env(XLA_FLAGS=" ".join(kept))
+
+
 def command(*args) -> list[str]:
     """`python ARGS` with this interpreter; a script path such as `convert/sam_weights.py` is taken from the
     checkout."""

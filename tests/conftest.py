@@ -31,8 +31,8 @@ _XLA_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # Without an accelerator plugin JAX runs on the CPU, where LLVM's optimisation of the tests' tiny programs takes
 # about half of their compile time and saves less than it costs; results stay within the tests' tolerances (a GPU
-# keeps XLA's defaults: its tests measure the compiled code). A level already set (by the user, or by the session
-# that started this one) stays.
+# keeps XLA's defaults: its tests measure the compiled code; so do the commands that run LiteMedSAM's 256² encoder,
+# apps.optimised_env). A level already set (by the user, or by the session that started this one) stays.
 _CPU_ONLY = not importlib.metadata.entry_points(group="jax_plugins") and importlib.util.find_spec("jax_plugins") is None
 if _CPU_ONLY and "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     _FLAGS = [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]
@@ -40,7 +40,7 @@ if _CPU_ONLY and "--xla_backend_optimization_level" not in os.environ.get("XLA_F
 
 
 # Modules whose tests share an expensive module fixture: all on one pytest-xdist worker, which builds it once.
-ONE_WORKER_MODULES = {"tests/test_multi_process.py"}
+ONE_WORKER_MODULES = {"tests/test_multi_process.py", "tests/test_eval_model.py"}
 
 
 def pytest_xdist_make_scheduler(config, log):

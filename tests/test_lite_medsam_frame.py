@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 import pytest
-from apps import ROOT, run_app
+from apps import ROOT, optimised_env, run_app
 from medsam_lite_reference import (
     challenge_uint8,
     checkpoint_path,
@@ -133,7 +133,7 @@ def test_predict_with_a_box_agrees_with_pytorch_litemedsam_slice_by_slice(lite_m
     out = tmp_path / "pred.nii.gz"
     done = run_app(
         "-m", "eval.predict", "--zero_shot", f"--sam_weights={lite_medsam_weights}", "--modalities=t2f_x3",
-        f"--case_dir={case}", f"--output={out}", f"--boxes={','.join(map(str, box))},{middle}",
+        f"--case_dir={case}", f"--output={out}", f"--boxes={','.join(map(str, box))},{middle}", env=optimised_env(),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ours = np.asarray(nib.load(out).dataobj).transpose(2, 1, 0) > 0  # (Z, H, W) axial slices, rows along Y
@@ -188,7 +188,7 @@ def test_lite_medsam_trains_on_the_phantom_and_is_scored(phantom_dir, tmp_path):
         "-m", "train.main", "--flagfile=train/lite_medsam/decoder_only.flags", f"--data_dir={phantom_dir}",
         f"--cache_dir={tmp_path / 'cache'}", f"--workdir={work}", "--domain=GLI", "--image_size=64", "--steps=2",
         "--batch_size=2", "--checkpoint_every=2", "--eval_every=2", "--val_slices=4", "--log_every=1",
-        "--eval_domains=", "--slice_policy=tumour",
+        "--eval_domains=", "--slice_policy=tumour", env=optimised_env(),
     )  # fmt: skip
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     config = json.loads((work / "config.json").read_text())
@@ -199,7 +199,7 @@ def test_lite_medsam_trains_on_the_phantom_and_is_scored(phantom_dir, tmp_path):
     out = tmp_path / "eval"
     scored = run_app(
         "-m", "eval.main", f"--checkpoint={work}", "--domain=GLI", "--split=all", "--protocols=box,paper",
-        f"--output_dir={out}", "--overlays=0",
+        f"--output_dir={out}", "--overlays=0", env=optimised_env(),
     )  # fmt: skip
     assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -217,7 +217,7 @@ def test_zero_shot_flagfiles_score_a_real_case_with_boxes(lite_medsam_weights, t
         scored = run_app(
             "-m", "eval.main", "--flagfile=eval/adult.flags", f"--flagfile=train/lite_medsam/zero_shot_{layout}.flags",
             f"--sam_weights={lite_medsam_weights}", f"--data_dir={tmp_path / 'data'}", "--split=all",
-            f"--output_dir={out}", "--overlays=0",
+            f"--output_dir={out}", "--overlays=0", env=optimised_env(),
         )  # fmt: skip
         assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
         summary = json.loads((out / "summary.json").read_text())
