@@ -21,13 +21,17 @@ import os
 import signal
 import socket
 import sys
+import tempfile
+import threading
+from pathlib import Path
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from sam_jax import settings
+from sam_jax import locks, settings
 from sam_jax.errors import SamJaxError
 from sam_jax.settings import setting
 
@@ -53,6 +57,9 @@ class ProcessGroup:
     num_processes: int = setting(0, "Processes in the run (with --distributed; 0: from the cluster).")
     process_id: int = setting(
         -1, "This process's index in [0, num_processes) (with --distributed; -1: from the cluster)."
+    )
+    join_timeout_seconds: int = setting(
+        300, "With --distributed: how long a process waits for every process of the run to join.", at_least=1
     )
     heartbeat_timeout_seconds: int = setting(
         100,
@@ -81,23 +88,44 @@ def initialize(group: ProcessGroup) -> None:
         return
     if problems := group.problems():
         raise DistributedError("cannot join the distributed run:\n  - " + "\n  - ".join(problems))
+    address = group.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     if group.process_id == 0 and group.coordinator_address:
         _check_port_free(group.coordinator_address)
+    if group.process_id >= 0 and address:
+        _hold_process_id(address, group.process_id)
+    me = f"process {group.process_id} of {group.num_processes}" if group.process_id >= 0 else "this process"
+    at = f" at {address}" if address else ""
+    logging.info("%s: joining the run%s (waiting up to %d s for every process)", me, at, group.join_timeout_seconds)
+
+    def give_up():  # past its own timeout JAX ends the process with a C++ abort: this says why, a little before
+        print(  # not `_say`: asking JAX which process this is would wait on the group too
+            f"error: {me}: not every process of the run joined{at} within {group.join_timeout_seconds} s "
+            "(--join_timeout_seconds). Were they all started, each with its own --process_id, and can this host "
+            "reach the coordinator? Outside SLURM pass --coordinator_address, --num_processes and --process_id, "
+            "or set JAX_COORDINATOR_ADDRESS",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
+
+    timeout = threading.Timer(group.join_timeout_seconds, give_up)
+    timeout.daemon = True
+    timeout.start()
     try:
         jax.distributed.initialize(
             coordinator_address=group.coordinator_address or None,
             num_processes=group.num_processes or None,
             process_id=None if group.process_id < 0 else group.process_id,
             heartbeat_timeout_seconds=group.heartbeat_timeout_seconds,
+            initialization_timeout=group.join_timeout_seconds + 60,
         )
-    except (ValueError, RuntimeError) as e:
-        # JAX checks the group before `_check_group` can: a process_id given twice aborts one of the two in C++
-        # (the service keeps the newer), and the others wait here for the one missing until this timeout.
+    except (ValueError, RuntimeError) as e:  # JAX found no group to join (no cluster, no address)
         raise DistributedError(
-            f"cannot join the distributed run ({e}). Were all {group.num_processes or 'the'} processes started, each "
-            "with its own --process_id (a process_id given twice ends one of them with a C++ abort)? Outside SLURM "
-            "pass --coordinator_address, --num_processes and --process_id, or set JAX_COORDINATOR_ADDRESS"
+            f"cannot join the distributed run ({e}). Outside SLURM pass --coordinator_address, --num_processes and "
+            "--process_id, or set JAX_COORDINATOR_ADDRESS"
         ) from None
+    finally:
+        timeout.cancel()
     _check_group(group)
     # The first collective sets up the processes' communicator, and gloo (CPU) gives that rendezvous 30 s; later
     # collectives wait as long as it takes. So all processes meet first, then run a tiny collective together: no
@@ -129,6 +157,27 @@ def _check_port_free(address: str) -> None:
             ) from None
         except ValueError:
             raise DistributedError(f"--coordinator_address {address}: expected host:port") from None
+
+
+_held: list[locks.HeldLock] = []  # this process's claim on its --process_id, until it ends
+
+
+def _hold_process_id(address: str, process_id: int) -> None:
+    """Claim `process_id` of the run at `address` on this host, for as long as this process lives: a second process
+    given the same id here is refused before it reaches the coordinator, where JAX takes it for the first one
+    restarted and ends every process of the run with a C++ abort. (Two on different hosts still meet that abort.)"""
+    folder = Path(tempfile.gettempdir()) / f"sam_jax-{os.getuid()}"
+    name = f"run-{address.replace(':', '_').replace('/', '_')}-process-{process_id}.lock"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        _held.append(locks.hold(folder / name))
+    except locks.LockTaken as e:
+        raise DistributedError(
+            f"--process_id {process_id} of the run at {address} is taken by another process on this host "
+            f"({e.holder}): give each process its own --process_id"
+        ) from None
+    except OSError:  # no private temporary folder: JAX alone checks the ids
+        pass
 
 
 def _check_group(group: ProcessGroup) -> None:

@@ -389,3 +389,29 @@ def test_processes_started_differently_all_stop_naming_the_difference(env, tmp_p
     for i, (p, out) in enumerate(zip(procs, outputs)):
         assert p.returncode == 1 and f"error: process {i} of 2: {expected}" in out, out[-3000:]
         assert "Traceback" not in out and "Aborted" not in out
+
+
+@pytest.mark.slow
+def test_a_process_id_given_twice_is_refused_and_a_group_never_complete_says_so(env, tmp_path):
+    """A second --process_id=1 on this host is refused at once naming the first (before, JAX took it for the first
+    restarted and ended every process with a C++ abort); the first, its process 0 never started, stops after
+    --join_timeout_seconds saying what was missing (before, a C++ abort after 300 s)."""
+    port = portpicker.pick_unused_port()
+    flags = ["-m", "train.main", f"--data_dir={tmp_path}", *_group_flags(port, 2, 1)]
+    first = start_app(*flags, "--join_timeout_seconds=20", env=env, stderr=subprocess.PIPE, text=True)
+    said = ""
+    while "joining the run" not in said and first.poll() is None:
+        said += first.stderr.readline()
+    assert f"process 1 of 2: joining the run at 127.0.0.1:{port}" in said, said[-3000:]
+
+    second = run_app(*flags, env=env, timeout=RUN_TIMEOUT_S)
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert (
+        f"--process_id 1 of the run at 127.0.0.1:{port} is taken by another process on this host "
+        f"(pid {first.pid} on {socket.gethostname()}"
+    ) in second.stderr, second.stderr[-3000:]
+
+    said += first.communicate(timeout=RUN_TIMEOUT_S)[1]
+    assert first.returncode == 1, said[-3000:]
+    assert f"process 1 of 2: not every process of the run joined at 127.0.0.1:{port} within 20 s" in said
+    assert "Check failure" not in said and "Aborted" not in said
