@@ -278,6 +278,31 @@ def test_a_run_killed_while_building_the_cache_leaves_no_worker_behind(tiny_conf
     assert not any(cache.rglob("manifest.json"))  # the build did not finish
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (Linux: the SigCgt mask of /proc/<pid>/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signum - 1) & 1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_command_loads_its_libraries_says_nothing_was_written(tmp_path, signum):
+    """A stop in the seconds train.main spends loading JAX and the rest (before, SIGTERM ended it without a word and
+    SIGINT with a KeyboardInterrupt traceback from inside an import)."""
+    proc = start_app(*_train([f"--data_dir={tmp_path}"], tmp_path / "run"), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signum)
+    said = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signum, said[-3000:]
+    assert said.strip() == f"stopped by {signum.name} while starting: nothing was written"
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_building_the_cache_stops_the_run_saying_what_is_kept(tiny_config, tmp_path, signum):

@@ -5,10 +5,23 @@ interrupted run from its last checkpoint in the workdir.
 
 Exit status: 0 trained and scored; 1 an error, named on stderr; 128 + the signal (143 SIGTERM, 130 SIGINT) when a
 signal stopped the run: during training after a step, whose checkpoint was written; before or after training (cache
-build, model build, scoring) at once, saying what was interrupted and what is kept.
+build, model build, scoring) at once, saying what was interrupted and what is kept; while it starts (loading its
+libraries, seconds) at once, saying nothing was written.
 """
 
+import os
+import signal
 import sys
+
+
+def _stopped_while_loading(signum, frame):
+    print(f"stopped by {signal.Signals(signum).name} while starting: nothing was written", file=sys.stderr, flush=True)
+    os._exit(128 + signum)  # not an exception: one raised inside a library's import could be taken for its error
+
+
+for _signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_signum, _stopped_while_loading)
+
 import traceback
 
 import jax
@@ -22,6 +35,8 @@ from sam_jax.training.loop import TrainingStopped, train_and_evaluate
 from sam_jax.training.stopping import signals_interrupt
 
 define_flags(TrainConfig)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)  # loaded: the usual actions until `signals_interrupt` takes over
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv):
