@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import sys
 import time
 from pathlib import Path
 
@@ -25,13 +26,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from absl import logging  # noqa: E402
-from tensorboardX import SummaryWriter  # noqa: E402
 
 from sam_jax.outputs import write_atomic  # noqa: E402
 
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 CURVE = "training_curve.png"
+
+
+def _summary_writer():
+    """tensorboardX's SummaryWriter class, imported without torch: tensorboardX imports torch where it is installed
+    only to accept its tensors, 1.3–1.9 s of every run's start-up (we log floats)."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+    else:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX takes as "no torch"
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 def tag(key: str) -> str:
@@ -112,7 +126,7 @@ class RunLog:
         if self._writer is None:
             # tensorboardX names event files by the second and opens them "wb": a unique suffix keeps an earlier
             # run's file from being overwritten, in the order TensorBoard reads the files in.
-            self._writer = SummaryWriter(
+            self._writer = _summary_writer()(
                 str(self.workdir / TENSORBOARD), purge_step=step, flush_secs=10, filename_suffix=f".{time.time_ns()}"
             )
         for key, value in record.items():
