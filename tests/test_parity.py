@@ -140,3 +140,31 @@ def test_whole_model(tiny_sam_pair):
     )
     assert_close(masks, to_numpy(out["low_res_logits"]))
     assert_close(iou, to_numpy(out["iou_predictions"]))
+
+
+@pytest.mark.parametrize(
+    "queries, keys", [(7, 4096), (4096, 7), (7, 7)], ids=["tokens_to_image", "image_to_tokens", "tokens"]
+)
+def test_decoder_attention_in_each_orientation(queries, keys):
+    """SAM's decoder attention at its real sizes (C 256, 8 heads, width halved): between 7 prompt tokens and 64²
+    image tokens ours moves the image side's projections onto the tokens' side (`DecoderAttention`); PyTorch's
+    computes them as written. Biases random, so the terms the rearranged sums drop or pass are tested."""
+    from flax import nnx
+    from segment_anything.modeling.transformer import Attention
+
+    from sam_jax.model.mask_decoder import DecoderAttention
+
+    torch.manual_seed(0)
+    ref = Attention(256, 8, downsample_rate=2)
+    for p in ref.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    ours = DecoderAttention(sam_config("vit_b"), 2, rngs=nnx.Rngs(0))
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        layer, linear = getattr(ours, name), getattr(ref, name)
+        layer.kernel[...] = jnp.asarray(to_numpy(linear.weight).T)
+        layer.bias[...] = jnp.asarray(to_numpy(linear.bias))
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.normal(size=(2, n, 256)).astype(np.float32) for n in (queries, keys, keys))
+    with torch.no_grad():
+        expected = ref(*(torch.from_numpy(x) for x in (q, k, v)))
+    assert_close(ours(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)), to_numpy(expected))

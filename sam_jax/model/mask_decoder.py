@@ -6,10 +6,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
 
 from sam_jax.config import SamConfig
 from sam_jax.model.attention import attend, merge_heads, split_heads
 from sam_jax.model.layers import MLP, Gelu, MLPBlock, apply_sequential, layer_norm_2d, sequential
+
+FEW = 8  # one side of an attention this many times shorter than the other is "few" (7 tokens against g² ≥ 256)
 
 
 class DecoderAttention(nnx.Module):
@@ -25,8 +28,45 @@ class DecoderAttention(nnx.Module):
         self.out_proj = nnx.Linear(inner, dim, rngs=rngs)
 
     def __call__(self, q, k, v):
+        """q (B, Nq, C) attends to k, v (B, Nk, C). Between a few prompt tokens and the g² image tokens the
+        projections of the image side dominate (2 of 4096×256×128 per attention at g = 64), so they are moved onto
+        the few tokens' side: the same sums in another order (2.3× fewer FLOPs), fp32 rounding apart."""
+        if self.attention_kernel != "cudnn" and k.shape[1] >= FEW * q.shape[1]:
+            return self._few_queries(q, k, v)
+        if self.attention_kernel != "cudnn" and q.shape[1] >= FEW * k.shape[1]:
+            return self._few_keys(q, k, v)
         q, k, v = (split_heads(p(t), self.num_heads) for p, t in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
         return self.out_proj(merge_heads(attend(q, k, v, kernel=self.attention_kernel, remat=self.remat_attention)))
+
+    def _per_head(self, linear: nnx.Linear):
+        """A projection's kernel (C, H, D) and bias (H, D), head by head as `split_heads` splits its output."""
+        kernel, bias = linear.kernel[...], linear.bias[...]
+        return kernel.reshape(kernel.shape[0], self.num_heads, -1), bias.reshape(self.num_heads, -1)
+
+    def _few_queries(self, q, k, v):
+        """Tokens → image: each query head is taken back through the key projection, to meet the raw keys
+        (q·(kW + b) = (qWᵀ)·k + q·b, whose last term is the same for every key: softmax drops it), and the
+        softmax weights meet the raw values before the value projection (their rows sum to 1, so the bias passes)."""
+        (wk, _), (wv, bv) = self._per_head(self.k_proj), self._per_head(self.v_proj)
+        q, k, v, wk, wv, bv = promote_dtype((split_heads(self.q_proj(q), self.num_heads), k, v, wk, wv, bv))
+        query_keys = jnp.einsum("bhqd,chd->bhqc", q * q.shape[-1] ** -0.5, wk)
+        # (B, Nk, H, Nq): the image tokens leading, as XLA's CPU matrix products run these shapes fastest.
+        weights = jax.nn.softmax(jnp.einsum("bkc,bhqc->bkhq", k, query_keys), axis=1)
+        out = jnp.einsum("bhqc,chd->bhqd", jnp.einsum("bkhq,bkc->bhqc", weights, v), wv) + bv[:, None]
+        return self.out_proj(merge_heads(out))
+
+    def _few_keys(self, q, k, v):
+        """Image → tokens: the query projection is folded into the few keys ((qW + b)·k = q·(Wk) + b·k) and the
+        output projection into the few values, so the image side meets only (C × H·Nk) matrices."""
+        k, v = (split_heads(p(t), self.num_heads) for p, t in ((self.k_proj, k), (self.v_proj, v)))
+        (wq, bq), wo, bo = self._per_head(self.q_proj), self.out_proj.kernel[...], self.out_proj.bias[...]
+        q, k, v, wq, bq, wo, bo = promote_dtype((q, k, v, wq, bq, wo, bo))
+        k = k * k.shape[-1] ** -0.5
+        # (B, Nq, H, Nk): the image tokens leading, as XLA's CPU matrix products run these shapes fastest.
+        logits = jnp.einsum("bqc,bchk->bqhk", q, jnp.einsum("chd,bhkd->bchk", wq, k))
+        logits = logits + jnp.einsum("hd,bhkd->bhk", bq, k)[:, None]
+        values_out = jnp.einsum("bhkd,hdc->bhkc", v, wo.reshape(self.num_heads, -1, wo.shape[-1]))
+        return jnp.einsum("bqhk,bhkc->bqc", jax.nn.softmax(logits, axis=-1), values_out) + bo
 
 
 def _norm(dim, rngs):
