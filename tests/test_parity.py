@@ -168,3 +168,31 @@ def test_decoder_attention_in_each_orientation(queries, keys):
     with torch.no_grad():
         expected = ref(*(torch.from_numpy(x) for x in (q, k, v)))
     assert_close(ours(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)), to_numpy(expected))
+
+
+def test_key_biases_without_effect_change_no_output(tiny_sam_pair):
+    """The key biases our decoder leaves out (`KEY_BIASES_WITHOUT_EFFECT`) change nothing in PyTorch's SAM either:
+    set to large random values there, its masks and IoU stay as they were, to rounding."""
+    import copy
+
+    from sam_jax.model.mask_decoder import KEY_BIASES_WITHOUT_EFFECT
+
+    ref = copy.deepcopy(tiny_sam_pair[0])
+    g, c = CONFIG.grid_size, CONFIG.prompt_embed_dim
+    emb = _nchw(np.random.default_rng(4).normal(size=(1, g, g, c)).astype(np.float32))
+    coords, labels, _, _ = _prompts()
+
+    def decode():
+        with torch.no_grad():
+            sparse, dense = ref.prompt_encoder((torch.from_numpy(coords), torch.from_numpy(labels)), None, None)
+            return ref.mask_decoder(emb, ref.prompt_encoder.get_dense_pe(), sparse, dense, True)
+
+    before = decode()
+    changed = [name for name, _ in ref.named_parameters() if name.endswith(KEY_BIASES_WITHOUT_EFFECT)]
+    assert len(changed) == CONFIG.decoder_depth + 1  # one per two-way block, and the final attention
+    with torch.no_grad():
+        for name, value in ref.named_parameters():
+            if name in changed:
+                value.add_(10 * torch.randn_like(value))
+    for new, old in zip(decode(), before):
+        assert_close(to_numpy(new), to_numpy(old), rel=1e-5)

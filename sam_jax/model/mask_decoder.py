@@ -14,6 +14,11 @@ from sam_jax.model.layers import MLP, Gelu, MLPBlock, apply_sequential, layer_no
 
 FEW = 8  # one side of an attention this many times shorter than the other is "few" (7 tokens against g² ≥ 256)
 
+# A key projection's bias adds one term to all the logits of a query, which softmax removes: no output of SAM depends
+# on it. The tokens→image attentions here do not compute it, so these parameters (trainable with the decoder, kept in
+# every checkpoint) get a gradient of exactly zero, where PyTorch's is rounding noise.
+KEY_BIASES_WITHOUT_EFFECT = ("cross_attn_token_to_image.k_proj.bias", "final_attn_token_to_image.k_proj.bias")
+
 
 class DecoderAttention(nnx.Module):
     """Attention with separate q/k/v projections that may shrink the width by `downsample_rate`."""
