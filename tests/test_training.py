@@ -290,6 +290,7 @@ def _catches(pid: int, signum: int) -> bool:
     return bool(caught >> (signum - 1) & 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_the_command_loads_its_libraries_says_nothing_was_written(tmp_path, signum):
     """A stop in the seconds train.main spends loading JAX and the rest (before, SIGTERM ended it without a word and
