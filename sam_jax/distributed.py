@@ -23,6 +23,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import jax
@@ -188,6 +189,8 @@ def _check_group(group: ProcessGroup) -> None:
     post = {
         "num_processes": group.num_processes or jax.process_count(),
         "who": f"pid {os.getpid()} on {socket.gethostname()}",
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
         "settings": {k: v for k, v in settings_now.items() if k not in ("process_id", "num_processes")},
     }
     try:
@@ -221,7 +224,37 @@ def _check_group(group: ProcessGroup) -> None:
             client.blocking_key_value_get(f"{_TOLD_KEY}/{i}", 10_000)
         except Exception:  # noqa: BLE001 — it may be gone already; process 0 says it anyway
             pass
+    _wait_until_gone([p for i, p in posts.items() if i != me])
     raise DistributedError(message)
+
+
+def _wait_until_gone(peers: list[dict], limit_s: float = 10.0) -> None:
+    """A peer that has told process 0 may still be waiting for the service's answer: were the service to end first,
+    JAX would abort the peer (exit -6, not its own 1). So process 0 waits until peers on its host have exited, and
+    gives those elsewhere a moment."""
+    here = socket.gethostname()
+    if any(p.get("host") != here for p in peers):
+        time.sleep(2)
+    deadline = time.monotonic() + limit_s
+    for pid in (p["pid"] for p in peers if p.get("host") == here):
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs on this host (an exited process waiting to be reaped by its parent does not)."""
+    if Path("/proc/self/stat").exists():
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
 
 
 def is_writer() -> bool:
