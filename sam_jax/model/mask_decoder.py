@@ -10,7 +10,7 @@ from flax.nnx.nn.dtypes import promote_dtype
 
 from sam_jax.config import SamConfig
 from sam_jax.model.attention import attend, merge_heads, split_heads
-from sam_jax.model.layers import MLP, Gelu, MLPBlock, apply_sequential, layer_norm_2d, sequential
+from sam_jax.model.layers import MLP, Gelu, MLPBlock, TilingConvTranspose, apply_sequential, layer_norm_2d, sequential
 
 FEW = 8  # one side of an attention this many times shorter than the other is "few" (7 tokens against g² ≥ 256)
 
@@ -137,10 +137,10 @@ class MaskDecoder(nnx.Module):
         self.iou_token = nnx.Embed(1, dim, rngs=rngs)
         self.mask_tokens = nnx.Embed(self.num_mask_tokens, dim, rngs=rngs)
         self.output_upscaling = sequential(
-            nnx.ConvTranspose(dim, dim // 4, (2, 2), strides=(2, 2), padding="VALID", rngs=rngs),
+            TilingConvTranspose(dim, dim // 4, 2, rngs=rngs),
             layer_norm_2d(dim // 4, rngs=rngs),
             Gelu(),
-            nnx.ConvTranspose(dim // 4, dim // 8, (2, 2), strides=(2, 2), padding="VALID", rngs=rngs),
+            TilingConvTranspose(dim // 4, dim // 8, 2, rngs=rngs),
             Gelu(),
         )
         self.output_hypernetworks_mlps = nnx.List(
