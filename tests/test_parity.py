@@ -1,14 +1,17 @@
 """Per-layer and end-to-end parity with Meta's PyTorch SAM (random init), fp32, tolerance 1e-4 × output scale."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from torch_reference import assert_close, to_numpy
 
 from sam_jax.config import sam_config
-from sam_jax.model.layers import apply_sequential
+from sam_jax.model.layers import TilingConvTranspose, apply_sequential
 from sam_jax.model.sam import normalize_rgb
+from sam_jax.weights.params import _conv_transpose
 
 CONFIG = sam_config("tiny")
 
@@ -91,6 +94,22 @@ def test_prompt_encoder(tiny_sam_pair, use):
     assert_close(
         np.moveaxis(np.asarray(ours.prompt_encoder.dense_pe()), -1, 1), to_numpy(ref.prompt_encoder.get_dense_pe())
     )
+
+
+def test_tiling_conv_transpose_is_torchs_conv_transpose():
+    """The upscaling's transposed convolution as a matrix product equals torch's ConvTranspose2d (kernel 2, stride 2)
+    given the converter's kernel, and its gradients equal those of XLA's convolution (Flax's ConvTranspose)."""
+    ref = torch.nn.ConvTranspose2d(6, 5, 2, stride=2)
+    ours = TilingConvTranspose(6, 5, 2, rngs=nnx.Rngs(0))
+    ours.kernel[...] = jnp.asarray(_conv_transpose(to_numpy(ref.weight)))
+    ours.bias[...] = jnp.asarray(to_numpy(ref.bias))
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 6)).astype(np.float32)  # not square: rows and columns kept
+    assert_close(ours(jnp.asarray(x)), np.moveaxis(to_numpy(ref(_nchw(x))), 1, -1))
+    flax = nnx.ConvTranspose(6, 5, (2, 2), strides=(2, 2), padding="VALID", rngs=nnx.Rngs(0))
+    flax.kernel[...], flax.bias[...] = ours.kernel[...], ours.bias[...]
+    grads = [nnx.grad(lambda m, x: (m(x) ** 3).sum(), argnums=(0, 1))(m, jnp.asarray(x)) for m in (ours, flax)]
+    for got, want in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("multimask", [False, True])
