@@ -188,7 +188,6 @@ def _check_group(group: ProcessGroup) -> None:
     settings_now = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
     post = {
         "num_processes": group.num_processes or jax.process_count(),
-        "who": f"pid {os.getpid()} on {socket.gethostname()}",
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "settings": {k: v for k, v in settings_now.items() if k not in ("process_id", "num_processes")},
@@ -196,9 +195,9 @@ def _check_group(group: ProcessGroup) -> None:
     try:
         client.key_value_set(f"{_GROUP_KEY}/{me}", json.dumps(post, sort_keys=True, default=str))
     except Exception:  # noqa: BLE001 — the key is taken: another process has this process_id
-        taken = client.key_value_try_get(f"{_GROUP_KEY}/{me}")
+        taken = json.loads(client.key_value_try_get(f"{_GROUP_KEY}/{me}"))
         raise DistributedError(
-            f"--process_id {me} is taken by another process ({json.loads(taken)['who']}): give each its own"
+            f"--process_id {me} is taken by another process (pid {taken['pid']} on {taken['host']}): give each its own"
         ) from None
     barrier("posted", timeout_seconds=group.heartbeat_timeout_seconds * 3)
     posts = {int(k.rsplit("/", 1)[-1]): json.loads(v) for k, v in client.key_value_dir_get(_GROUP_KEY)}

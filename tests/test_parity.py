@@ -1,5 +1,7 @@
 """Per-layer and end-to-end parity with Meta's PyTorch SAM (random init), fp32, tolerance 1e-4 × output scale."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from torch_reference import assert_close, to_numpy
 
 from sam_jax.config import sam_config
 from sam_jax.model.layers import TilingConvTranspose, apply_sequential
+from sam_jax.model.mask_decoder import KEY_BIASES_WITHOUT_EFFECT
 from sam_jax.model.sam import normalize_rgb
 from sam_jax.weights.params import _conv_transpose
 
@@ -192,10 +195,6 @@ def test_decoder_attention_in_each_orientation(queries, keys):
 def test_key_biases_without_effect_change_no_output(tiny_sam_pair):
     """The key biases our decoder leaves out (`KEY_BIASES_WITHOUT_EFFECT`) change nothing in PyTorch's SAM either:
     set to large random values there, its masks and IoU stay as they were, to rounding."""
-    import copy
-
-    from sam_jax.model.mask_decoder import KEY_BIASES_WITHOUT_EFFECT
-
     ref = copy.deepcopy(tiny_sam_pair[0])
     g, c = CONFIG.grid_size, CONFIG.prompt_embed_dim
     emb = _nchw(np.random.default_rng(4).normal(size=(1, g, g, c)).astype(np.float32))
