@@ -59,10 +59,11 @@ def _jax_functions(checkpoint):
 
     from sam_jax.config import sam_config
     from sam_jax.model import Sam
+    from sam_jax.model.abstract import abstract
     from sam_jax.weights.convert import convert_checkpoint
     from sam_jax.weights.io import load_sam_weights
 
-    model = nnx.eval_shape(lambda: Sam(sam_config("lite_medsam"), rngs=nnx.Rngs(0)))
+    model = abstract(lambda rngs: Sam(sam_config("lite_medsam"), rngs=rngs))
     with tempfile.TemporaryDirectory() as scratch:
         weights = Path(scratch) / "lite_medsam.safetensors"
         convert_checkpoint(checkpoint, weights, "lite_medsam")

@@ -14,10 +14,10 @@ import pytest
 import timm_stand_in
 import torch
 import torch.nn.functional as F
-from flax import nnx
 from torch_reference import randomise_parameters, state_dict_numpy
 
 from sam_jax.config import SamConfig
+from sam_jax.model.abstract import abstract
 from sam_jax.weights.io import assign, model_arrays
 from sam_jax.weights.params import torch_to_flax
 
@@ -86,7 +86,7 @@ def load_twin(build, reference: torch.nn.Module):
 
     Keys are put under a parent name while converting: the rules match a layer by its name after a dot, as every key
     of a whole model has one (`….c.weight`)."""
-    ours = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
+    ours = abstract(build)
     shapes = {f"m.{k}": tuple(v.shape) for k, v in model_arrays(ours).items()}
     converted = torch_to_flax({f"m.{k}": v for k, v in state_dict_numpy(reference).items()}, shapes)
     assign(ours, {k[2:]: v for k, v in converted.items()})

@@ -29,6 +29,7 @@ from sam_jax.adaptation.cross_slice import depth_attention
 from sam_jax.config import sam_config
 from sam_jax.flags_util import config_from_flags, define_flags, expand_flagfiles
 from sam_jax.model import Sam
+from sam_jax.model.abstract import abstract
 from sam_jax.model.image_encoder import window_partition, window_unpartition
 from sam_jax.model.layers import Buffer
 from sam_jax.model.mask_decoder import KEY_BIASES_WITHOUT_EFFECT
@@ -103,14 +104,14 @@ def test_both_presets_take_the_papers_adaptation(preset, stem):
     """Shapes only (no compute): 4 channels, LoRA and cross-slice attention on either TinyViT stem."""
     config = sam_config(preset)
     adaptation = AdaptationConfig(lora_targets=ALL_TARGETS, cross_slice=True)
-    model = nnx.eval_shape(lambda: build_model(config, adaptation, rngs=nnx.Rngs(0)))
+    model = abstract(lambda rngs: build_model(config, adaptation, rngs=rngs))
     assert model.image_encoder.patch_embed.seq[0].c.kernel.shape == stem
     image = jax.ShapeDtypeStruct((2, config.image_size, config.image_size, 4), jnp.float32)
     assert nnx.eval_shape(lambda m, x: m.encode_image(x, 2), model, image).shape == (2, 64, 64, 256)
 
 
 def test_zero_rel_pos_is_refused_tinyvit_has_no_such_tables():
-    model = nnx.eval_shape(lambda: Sam(CONFIG, rngs=nnx.Rngs(0)))
+    model = abstract(lambda rngs: Sam(CONFIG, rngs=rngs))
     with pytest.raises(AdaptationError, match="TinyViT image encoder: zero_rel_pos"):
         adapt(model, AdaptationConfig(zero_rel_pos=True), rngs=nnx.Rngs(0))
 
@@ -298,17 +299,17 @@ MASK_DECODER = 4_058_340
 
 def lite_medsam_counts(modalities: str):
     """preset → (trainable, frozen) for lite_medsam adapted with the paper's defaults and `modalities`."""
-    abstract = nnx.eval_shape(
-        lambda: build_model(sam_config("lite_medsam"), AdaptationConfig(modalities=modalities), rngs=nnx.Rngs(0))
+    structure = abstract(
+        lambda rngs: build_model(sam_config("lite_medsam"), AdaptationConfig(modalities=modalities), rngs=rngs)
     )
-    return {p: tuple(count_parameters(s) for s in partition(abstract, p)[1:]) for p in PRESETS}
+    return {p: tuple(count_parameters(s) for s in partition(structure, p)[1:]) for p in PRESETS}
 
 
 @pytest.mark.parametrize("modalities", ["all4", "t2f_x3"])
 def test_lite_medsam_preset_counts(modalities):
     counts = lite_medsam_counts(modalities)
     c = len(AdaptationConfig(modalities=modalities).modalities)
-    plain = nnx.eval_shape(lambda: Sam(sam_config("lite_medsam"), rngs=nnx.Rngs(0)))
+    plain = abstract(lambda rngs: Sam(sam_config("lite_medsam"), rngs=rngs))
     base = count_parameters(nnx.state(plain, nnx.Param))  # the package's count: test_tiny_vit_parity
     buffers = count_parameters(nnx.state(plain, Buffer))
     full = base - LITE_STEM[3] + LITE_STEM[c] + LITE_LORA
@@ -398,7 +399,7 @@ def test_lite_medsam_flagfiles_build_their_rows(name):
     preset, chans = LITE_MEDSAM_ROWS[name]
     assert (cfg.trainable, cfg.in_chans, cfg.workdir) == (preset, chans, f"workdir/lite_medsam_{name[:-6]}")
     assert cfg.patch_embed_init == ("rgb_mean" if "rgb_mean" in name else "random")
-    abstract = nnx.eval_shape(lambda: build_model(cfg.sam_config(), cfg, rngs=nnx.Rngs(0)))
+    structure = abstract(lambda rngs: build_model(cfg.sam_config(), cfg, rngs=rngs))
     lora = LITE_LORA if cfg.lora_rank else 0
     expected = {
         "lora": lora + MASK_DECODER + (LITE_STEM[chans] if chans != 3 else 0),
@@ -406,9 +407,9 @@ def test_lite_medsam_flagfiles_build_their_rows(name):
         "lora_frozen_patch": lora + MASK_DECODER,
         "decoder_only": MASK_DECODER,
     }
-    trainable = count_parameters(partition(abstract, preset)[1])
+    trainable = count_parameters(partition(structure, preset)[1])
     if preset == "full":  # every parameter: the plain model's, its stem widened to 4 channels, no LoRA
-        plain = nnx.eval_shape(lambda: Sam(sam_config("lite_medsam"), rngs=nnx.Rngs(0)))
+        plain = abstract(lambda rngs: Sam(sam_config("lite_medsam"), rngs=rngs))
         assert trainable == count_parameters(nnx.state(plain, nnx.Param)) - LITE_STEM[3] + LITE_STEM[4]
     else:
         assert trainable == expected[preset]

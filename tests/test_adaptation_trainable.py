@@ -12,6 +12,7 @@ from random_params import randomise
 from sam_jax.adaptation import PRESETS, AdaptationConfig, build_model, count_parameters, partition
 from sam_jax.adaptation.trainable_rules import TrainableRulesError
 from sam_jax.config import sam_config
+from sam_jax.model.abstract import abstract
 from sam_jax.model.mask_decoder import KEY_BIASES_WITHOUT_EFFECT
 
 CONFIG = sam_config("tiny")
@@ -24,13 +25,13 @@ def _flat(state):
 
 @pytest.mark.parametrize("cross_slice", [False, True])
 def test_vit_b_lora_preset_counts_the_papers_5_36_million(cross_slice):
-    abstract = nnx.eval_shape(
-        lambda: build_model(sam_config("vit_b"), AdaptationConfig(cross_slice=cross_slice), rngs=nnx.Rngs(0))
+    structure = abstract(
+        lambda rngs: build_model(sam_config("vit_b"), AdaptationConfig(cross_slice=cross_slice), rngs=rngs)
     )
-    _, trainable, frozen = partition(abstract, "lora")
+    _, trainable, frozen = partition(structure, "lora")
     lora, patch_embed, mask_decoder = 516_096, 4 * 16 * 16 * 768 + 768, 4_058_340  # docs/reference.md §1, §4
     gates = 12 * 768 if cross_slice else 0
-    assert count_parameters(nnx.state(abstract, nnx.LoRAParam)) == lora
+    assert count_parameters(nnx.state(structure, nnx.LoRAParam)) == lora
     assert count_parameters(trainable) == lora + patch_embed + mask_decoder + gates
     # SAM ViT-B has 93,735,472 parameters (3-channel embedding 3·16·16·768 + 768) and a 2×128 buffer.
     sam_without_embedding = 93_735_472 - (3 * 16 * 16 * 768 + 768)
@@ -40,13 +41,13 @@ def test_vit_b_lora_preset_counts_the_papers_5_36_million(cross_slice):
 @pytest.mark.parametrize("modalities", ["t1n_x3", "t1n_t2w_t2f"])
 def test_lora_keeps_sams_rgb_patch_embedding_frozen(modalities):
     """The paper's 3-channel baselines (§4.3) train LoRA and the decoder; SAM's own embedding stays as it is."""
-    abstract = nnx.eval_shape(
-        lambda: build_model(sam_config("vit_b"), AdaptationConfig(modalities=modalities), rngs=nnx.Rngs(0))
+    structure = abstract(
+        lambda rngs: build_model(sam_config("vit_b"), AdaptationConfig(modalities=modalities), rngs=rngs)
     )
-    _, trainable, _ = partition(abstract, "lora")
+    _, trainable, _ = partition(structure, "lora")
     assert not any(path[:2] == ("image_encoder", "patch_embed") for path, _ in nnx.to_flat_state(trainable))
     assert count_parameters(trainable) == 516_096 + 4_058_340  # LoRA + mask decoder, docs/reference.md §4
-    _, trainable, _ = partition(abstract, "patch_embed_only")  # asked for by name, it still trains
+    _, trainable, _ = partition(structure, "patch_embed_only")  # asked for by name, it still trains
     assert count_parameters(trainable) == 3 * 16 * 16 * 768 + 768
 
 

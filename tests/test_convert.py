@@ -13,6 +13,7 @@ from torch_reference import assert_close, state_dict_numpy, to_numpy, torch_sam
 
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
+from sam_jax.model.abstract import abstract
 from sam_jax.model.sam import normalize_rgb
 from sam_jax.weights.io import assign, load_sam_weights, read_arrays, save_arrays
 from sam_jax.weights.params import WeightsError, model_shapes, torch_to_flax
@@ -37,7 +38,7 @@ def test_vit_b_1024_end_to_end(tmp_path):
     assert set(arrays) == set(model_shapes(config))  # every model variable is filled, nothing else is there
     assert sum(a.size for a in arrays.values()) == 93_735_472 + 256  # parameters + the Gaussian buffer
 
-    model = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))  # every variable comes from the file
+    model = abstract(lambda rngs: Sam(config, rngs=rngs))  # every variable comes from the file
     load_sam_weights(model, tmp_path / "sam.safetensors")
     image = np.random.default_rng(0).uniform(0, 255, (1, 1024, 1024, 3)).astype(np.float32)
     coords = np.array([[[300.0, 600.0], [700.0, 200.0]]], np.float32)

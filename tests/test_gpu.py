@@ -16,6 +16,7 @@ from benchmarks.bench import _synthetic_batch
 from sam_jax.adaptation import build_model
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
+from sam_jax.model.abstract import abstract
 from sam_jax.model.attention import attend
 from sam_jax.training.config import TrainConfig
 from sam_jax.training.step import build_train_step, cast_floats
@@ -50,7 +51,7 @@ def _demo_forward(kernel: str, dtype):
     """The demo SAM's embeddings and mask logits for two images with one click each, every kernel with the same
     random weights, and the program's StableHLO text."""
     state = nnx.state(Sam(DEMO, rngs=nnx.Rngs(0)))
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Sam(DEMO.replace(attention=kernel), rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(abstract(lambda rngs: Sam(DEMO.replace(attention=kernel), rngs=rngs)))
     rng = np.random.default_rng(1)
     images = jnp.asarray(rng.normal(size=(2, DEMO.image_size, DEMO.image_size, DEMO.in_chans)), dtype)
     coords = jnp.asarray(rng.uniform(0, DEMO.image_size, (2, 1, 2)), jnp.float32)

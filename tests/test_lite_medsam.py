@@ -31,6 +31,7 @@ from scipy import ndimage
 from sam_jax.adaptation import AdaptationConfig, build_model
 from sam_jax.config import sam_config
 from sam_jax.model import Sam
+from sam_jax.model.abstract import abstract
 from sam_jax.model.frame import postprocess_masks
 from sam_jax.weights.convert import convert_checkpoint
 from sam_jax.weights.io import load_sam_weights, model_arrays, read_arrays
@@ -141,7 +142,7 @@ def test_real_weights_match_pytorch_litemedsam_on_real_slices(converted):
     assert result.returncode == 0, result.stderr
     slices, images, resized_hw, boxes, clicks, labels = _real_slices()
     ref = pytorch_lite_medsam(pth)
-    model = nnx.eval_shape(lambda: Sam(sam_config("lite_medsam"), rngs=nnx.Rngs(0)))
+    model = abstract(lambda rngs: Sam(sam_config("lite_medsam"), rngs=rngs))
     load_sam_weights(model, weights)
 
     prompts = {
@@ -206,7 +207,7 @@ def test_real_weights_take_the_papers_adaptation(converted):
         if path != "image_encoder.patch_embed.seq.0.c.kernel":
             np.testing.assert_array_equal(adapted[path], value, err_msg=path)
     assert adapted["image_encoder.patch_embed.seq.0.c.kernel"].shape == (1, 1, 4, 32)
-    plain = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
+    plain = abstract(lambda rngs: Sam(config, rngs=rngs))
     load_sam_weights(plain, weights)
     gray = np.random.default_rng(0).uniform(size=(2, 64, 64, 1)).astype(np.float32)  # one sample of two slices
     ours = nnx.jit(lambda m, x: m.encode_image(x, 2))(model, jnp.asarray(np.repeat(gray, 4, axis=-1)))

@@ -12,6 +12,7 @@ from torch_reference import assert_close
 
 from sam_jax.config import sam_config
 from sam_jax.model import Sam, tiny_vit
+from sam_jax.model.abstract import abstract
 from sam_jax.model.layers import Buffer
 
 GELU = torch.nn.GELU
@@ -159,7 +160,7 @@ def test_whole_encoder():
 def test_presets_build_through_sam(preset, stem):
     """Both TinyViT presets build through `Sam` and give SAM's 64×64×256 embedding (shapes only, no compute)."""
     config = sam_config(preset)
-    model = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
+    model = abstract(lambda rngs: Sam(config, rngs=rngs))
     assert isinstance(model.image_encoder, tiny_vit.TinyViT)
     assert model.image_encoder.patch_embed.seq[0].c.kernel.shape == stem
     image = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
@@ -170,7 +171,7 @@ def test_lite_medsam_has_the_packages_parameters():
     """Trainable parameters: as many as the package's LiteMedSAM has; batch-norm statistics are frozen buffers."""
     _, modeling = vendor()
     reference = modeling.build_lite_medsam()
-    model = nnx.eval_shape(lambda: Sam(sam_config("lite_medsam"), rngs=nnx.Rngs(0)))
+    model = abstract(lambda rngs: Sam(sam_config("lite_medsam"), rngs=rngs))
     params = nnx.to_flat_state(nnx.state(model, nnx.Param))
     assert sum(v.size for _, v in params) == sum(p.numel() for p in reference.parameters())
     buffers = {".".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(model, Buffer))}

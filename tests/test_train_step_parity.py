@@ -25,6 +25,7 @@ from torch_sam_lora import make_train_step as torch_train_step
 from sam_jax.adaptation import AdaptationConfig, build_model
 from sam_jax.adaptation.sites import QKV_SECTIONS
 from sam_jax.config import sam_config
+from sam_jax.model.abstract import abstract
 from sam_jax.model.frame import target_to_low_res, to_model_frame
 from sam_jax.training.config import TrainConfig
 from sam_jax.training.step import build_train_step
@@ -112,7 +113,7 @@ def stepped():
     randomise_parameters(ref)  # every weight random, LoRA A and B included (a zero B would leave A without gradient)
 
     # Built abstractly (eager initialisers cost half a minute here), then every variable is filled from PyTorch.
-    model = nnx.eval_shape(lambda: build_model(CONFIG, AdaptationConfig(), rngs=nnx.Rngs(0)))
+    model = abstract(lambda rngs: build_model(CONFIG, AdaptationConfig(), rngs=rngs))
     shapes = {".".join(map(str, p)): tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(model))}
     arrays = _ours({k: v.copy() for k, v in state_dict_numpy(ref).items()}, shapes)  # JAX may alias NumPy
     assert set(arrays) == set(shapes), sorted(set(arrays) ^ set(shapes))  # every variable filled, nothing extra

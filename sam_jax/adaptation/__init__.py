@@ -21,6 +21,7 @@ from sam_jax.adaptation.patch_embed import adapt_patch_embed
 from sam_jax.adaptation.trainable_rules import PRESETS, count_parameters, partition
 from sam_jax.config import SamConfig
 from sam_jax.model import Sam
+from sam_jax.model.abstract import abstract
 from sam_jax.weights.io import load_sam_weights
 
 
@@ -61,7 +62,7 @@ def build_model(sam_config: SamConfig, adaptation_config: AdaptationConfig, *, s
     if sam_weights is None:
         model = Sam(sam_config, rngs=rngs)
     else:  # every variable comes from the file: build the structure only, with no initialiser run or compiled
-        model = nnx.eval_shape(lambda: Sam(sam_config, rngs=nnx.Rngs(0)))
+        model = abstract(lambda rngs: Sam(sam_config, rngs=rngs))
         load_sam_weights(model, sam_weights)
     return adapt(model, adaptation_config, rngs=rngs)
 

@@ -162,6 +162,7 @@ def model_shapes(config: SamConfig) -> Dict[str, tuple]:
     from flax import nnx
 
     from sam_jax.model import Sam
+    from sam_jax.model.abstract import abstract
 
-    abstract = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
-    return {".".join(map(str, path)): tuple(v.shape) for path, v in nnx.to_flat_state(nnx.state(abstract))}
+    structure = abstract(lambda rngs: Sam(config, rngs=rngs))
+    return {".".join(map(str, path)): tuple(v.shape) for path, v in nnx.to_flat_state(nnx.state(structure))}
