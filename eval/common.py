@@ -52,7 +52,9 @@ def define_model_flags():
         "Which model of the run: its last step, or its best "
         "validation Dice (adapter_best.safetensors; what the paper reported).",
     )
-    flags.DEFINE_integer("batch_size", 8, "Slices per encoder/decoder call.", lower_bound=1)
+    flags.DEFINE_integer(
+        "batch_size", 8, "Slices per encoder/decoder call (eval.predict's walk encodes one at a time).", lower_bound=1
+    )
 
 
 def check_model_flags(f=flags.FLAGS) -> dict:

@@ -103,3 +103,28 @@ def test_prompts_are_checked_on_the_case_before_any_model(oblique_case):
         prompts_on_case_grid(oblique_case, boxes=np.array([[1, 1, 2, 10, 3]]))
     _, boxes = prompts_on_case_grid(oblique_case, boxes=np.array([[3, 4, 1, 1, 3]]))
     assert boxes.tolist() == [[1, 1, 3, 4, 3]]  # the file is LPS, as the case's grid: corners sorted only
+
+
+class _CountingSegmenter(ComponentSegmenter):
+    """The perfect stand-in whose 'encoder' records each slice it is asked for (its embedding is the slice index)."""
+
+    def __init__(self, truth):
+        super().__init__(truth)
+        self.encoded = []
+
+    def encode(self, slices, which):
+        self.encoded += [int(k) for k in which]
+        return np.asarray(which)
+
+
+def test_without_embeddings_only_the_slices_the_walk_reaches_are_encoded(oblique_case):
+    """The tumour spans axial slices 2–3 of 6: the walk segments those and stops at the first empty mask on each side
+    (slices 1 and 4); slices 0 and 5 are never encoded, and the mask is the one of every slice encoded up front."""
+    volume = prepare_volume(oblique_case, RunSpec(crop_to_brain=False))
+    counting = _CountingSegmenter(volume.tumour)
+    mask, _ = predict_volume(counting, volume, parse_clicks("5,3,2"))
+    assert sorted(counting.encoded) == [1, 2, 3, 4]
+    expected, _ = predict_volume(
+        ComponentSegmenter(volume.tumour), volume, parse_clicks("5,3,2"), embeddings=np.arange(len(volume.slices))
+    )
+    assert np.array_equal(mask, expected) and np.array_equal(mask, oblique_case.seg > 0)

@@ -13,6 +13,7 @@ from sam_jax.data.clicks import volume_clicks
 from sam_jax.data.domains import MODALITIES
 from sam_jax.evaluation.errors import ClickError
 from sam_jax.evaluation.propagation import UNREACHED, propagate
+from sam_jax.evaluation.slice_embeddings import SliceEmbeddings
 from sam_jax.evaluation.volume import CaseVolume
 
 
@@ -133,8 +134,10 @@ def slice_boxes(volume: CaseVolume, boxes: np.ndarray) -> list[tuple[int, int, i
 def predict_volume(
     segmenter, volume: CaseVolume, clicks: np.ndarray | None = None, embeddings=None, *, boxes=None, prompt="click"
 ):
-    """(mask (X, Y, Z) bool, the prompts used: clicks (N, 3) or boxes (N, 5)); embeddings of `volume.slices` are
-    computed unless given. Give clicks or boxes, not both; neither: the ground truth's, of the run's `prompt`."""
+    """(mask (X, Y, Z) bool, the prompts used: clicks (N, 3) or boxes (N, 5)). Give clicks or boxes, not both;
+    neither: the ground truth's, of the run's `prompt`. Without `embeddings` each slice is encoded when the walk
+    reaches it, one at a time: a tumour spans a fraction of a volume's slices, and on CPU the encoder is quickest a
+    slice at a time."""
     if clicks is not None and boxes is not None:
         raise ClickError("give clicks or boxes, not both")
     if clicks is None and boxes is None:
@@ -143,7 +146,7 @@ def predict_volume(
         else:
             boxes = volume_boxes(volume.native_tumour())
     if embeddings is None:
-        embeddings = segmenter.encode(volume.slices)
+        embeddings = SliceEmbeddings(segmenter, volume.slices)
     hw = volume.slices.shape[1:3]
     if boxes is not None:
         logits = propagate(segmenter, embeddings, hw, [], slice_boxes(volume, boxes))

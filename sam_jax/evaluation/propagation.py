@@ -7,7 +7,8 @@ where the mask vanishes, as a click's does). Several tumours: their logits are c
 reached get `UNREACHED` logits.
 
 `embeddings` is anything that slices like an array along its first axis and has a length: the encoder's output for
-all slices, or `SliceEmbeddings`, which computes each slice's on first use (the viewer)."""
+all slices (evaluation, whose protocols need them all), or `SliceEmbeddings`, which computes each slice's on first
+use (the viewer, `eval.predict`)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ class SliceEmbeddings:
     ) -> None:
         """Compute every missing slice (or `batches` batches of them), nearest to slice `first` (default: the middle)
         first; `stop` ends it between batches. Batches are always full (a short last one is topped up with slices
-        already done, then kept as they were), so the encoder compiles once, for the size `eval.predict` uses."""
+        already done, then kept as they were), so the encoder compiles once for that size."""
         first = len(self) // 2 if first is None else first
         order = sorted(range(len(self)), key=lambda k: (abs(k - first), k))
         batch = min(self.segmenter.batch_size, len(self))
