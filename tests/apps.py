@@ -1,6 +1,8 @@
-"""The project's commands run as a user runs them: `python -m train.main …` (or a script path) in a fresh process,
-with the checkout importable and the test session's XLA compilation cache (conftest.py), so that each tiny model
-compiles once for the whole session."""
+"""The project's commands run as a user runs them: `python -m train.main …` (or a script path) in a process of its
+own, with the checkout importable and the test session's XLA compilation cache (conftest.py), so that each tiny model
+compiles once for the whole session. The process is forked from one that has imported the library already
+(fork_server.py), unless `fresh`: a test of the process itself (its pid, its session, its start-up) needs `python`'s
+own."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WITHOUT_TORCH = Path(__file__).resolve().parent / "without_torch"
+FORK_SERVER = Path(__file__).resolve().parent / "fork_server.py"
 
 
 def app_env(**changes: str) -> dict[str, str]:
@@ -34,25 +37,25 @@ def optimised_env() -> dict[str, str]:
     return app_env(XLA_FLAGS=" ".join(kept))
 
 
-def command(*args) -> list[str]:
-    """`python ARGS` with this interpreter; a script path such as `convert/sam_weights.py` is taken from the
-    checkout."""
+def command(*args, fresh=False) -> list[str]:
+    """`python ARGS` with this interpreter, forked from the fork server unless `fresh`; a script path such as
+    `convert/sam_weights.py` is taken from the checkout."""
     args = [str(a) for a in args]
     if args and args[0] != "-m" and not Path(args[0]).is_absolute() and (ROOT / args[0]).is_file():
         args[0] = str(ROOT / args[0])
-    return [sys.executable, *args]
+    return [sys.executable, *args] if fresh else [sys.executable, "-S", str(FORK_SERVER), "run", *args]
 
 
-def run_app(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
+def run_app(*args, cwd=ROOT, env=None, timeout=600, fresh=False) -> subprocess.CompletedProcess:
     """Run `python ARGS` to its end; its output is captured as text."""
     return subprocess.run(
-        command(*args), cwd=cwd, env=env or app_env(), capture_output=True, text=True, timeout=timeout
+        command(*args, fresh=fresh), cwd=cwd, env=env or app_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
-def start_app(*args, cwd=ROOT, env=None, **popen) -> subprocess.Popen:
+def start_app(*args, cwd=ROOT, env=None, fresh=False, **popen) -> subprocess.Popen:
     """Start `python ARGS` and return at once (servers, runs to be killed, processes of one distributed run)."""
-    return subprocess.Popen(command(*args), cwd=cwd, env=env or app_env(), **popen)
+    return subprocess.Popen(command(*args, fresh=fresh), cwd=cwd, env=env or app_env(), **popen)
 
 
 def config_flags(cfg, **changes) -> list[str]:

@@ -8,6 +8,8 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -113,6 +115,23 @@ def _write_tiny_case(
 def write_tiny_case():
     """A function writing a tiny BraTS-named case (see `_write_tiny_case`)."""
     return _write_tiny_case
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fork_server():
+    """The worker's fork server, from which the commands the tests start are forked (apps.py, fork_server.py)."""
+    from apps import FORK_SERVER, app_env
+
+    folder = tempfile.mkdtemp(prefix="sam_jax_fork_")  # short: a socket's path has at most 107 bytes
+    os.environ["SAM_JAX_TEST_FORK_SERVER"] = folder
+    with open(os.path.join(folder, "server.log"), "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(FORK_SERVER), "serve", folder], env=app_env(), stdout=log, stderr=subprocess.STDOUT
+        )
+    yield
+    server.terminate()
+    server.wait()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _made_once(tmp_path_factory, name: str, make) -> Path:

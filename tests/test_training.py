@@ -204,7 +204,7 @@ def test_a_workdir_is_one_run_and_signals_stop_it_with_a_checkpoint(tiny_config,
     for signum in (signal.SIGTERM, signal.SIGINT):
         log = tmp_path / f"{signum.name}.log"
         with open(log, "w") as out:
-            proc = start_app(*_train(flags, workdir), stdout=out, stderr=subprocess.STDOUT)
+            proc = start_app(*_train(flags, workdir), stdout=out, stderr=subprocess.STDOUT, fresh=True)  # its pid
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and len(_records(workdir)) <= stopped_at:
             time.sleep(0.05)
@@ -262,7 +262,11 @@ def test_a_run_killed_while_building_the_cache_leaves_no_worker_behind(tiny_conf
         tiny_config, phantom_cases_per_domain=2, cache_workers=2, data_dir=str(data), cache_dir=str(cache)
     )
     proc = start_app(
-        *_train(flags, tmp_path / "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        *_train(flags, tmp_path / "run"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        fresh=True,
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not any(cache.rglob("*.npy")):
@@ -295,7 +299,9 @@ def _catches(pid: int, signum: int) -> bool:
 def test_a_signal_while_the_command_loads_its_libraries_says_nothing_was_written(tmp_path, signum):
     """A stop in the seconds train.main spends loading JAX and the rest (before, SIGTERM ended it without a word and
     SIGINT with a KeyboardInterrupt traceback from inside an import)."""
-    proc = start_app(*_train([f"--data_dir={tmp_path}"], tmp_path / "run"), stderr=subprocess.PIPE, text=True)
+    proc = start_app(
+        *_train([f"--data_dir={tmp_path}"], tmp_path / "run"), stderr=subprocess.PIPE, text=True, fresh=True
+    )
     deadline = time.time() + 60
     while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -318,7 +324,9 @@ def test_a_signal_while_building_the_cache_stops_the_run_saying_what_is_kept(tin
     )
     log = tmp_path / "run.log"
     with open(log, "w") as out:
-        proc = start_app(*_train(flags, tmp_path / "run"), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = start_app(
+            *_train(flags, tmp_path / "run"), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, fresh=True
+        )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not any(cache.rglob("*.npy")):
         time.sleep(0.02)
