@@ -11,7 +11,8 @@ depends on the server. Commands that need to be the test's own child (their pid,
 
 `python fork_server.py serve SOCKET_FOLDER` is the server: one per pytest worker (conftest.py), importing every
 module of `sam_jax` but no app (apps define absl flags on import) and no accelerator backend (a process must not fork
-once XLA's threads run), and ending with its parent."""
+once XLA's threads run), and ending with its parent. A fork's `sys.executable` is a client as well, so that the
+commands a command starts (eval.reproduce's steps) are forked too."""
 
 from __future__ import annotations
 
@@ -120,6 +121,12 @@ def serve(folder: str):
     _import_library()
     parent = os.getppid()
     path = socket_path(folder, os.environ)
+    # The forks' sys.executable: a `python` that is a client too, so that a command's own commands (eval.reproduce's
+    # steps) are forked as well. multiprocessing took the real one when the library imported it.
+    python = os.path.join(folder, "python")
+    with open(python, "w") as script:
+        script.write(f'#!/bin/sh\nexec "{sys.executable}" -S "{os.path.abspath(__file__)}" run "$@"\n')
+    os.chmod(python, 0o755)
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path + ".new")
     os.rename(path + ".new", path)  # clients see the socket only once it listens
@@ -154,6 +161,7 @@ def serve(folder: str):
                     os.close(wake_read)
                     os.close(wake_write)
                     _become(cwd, env, fds)
+                    sys.executable = python
                     return argv
                 for fd in fds:
                     os.close(fd)

@@ -127,9 +127,7 @@ class SliceSegmenter:
 
     def to_slice_grid(self, low_res: np.ndarray, hw) -> np.ndarray:
         """(N, 4g, 4g) low-res logits → (N, H, W) logits at the slice's own size."""
-        return np.asarray(
-            _postprocess(jnp.asarray(low_res), valid_shape(hw, self.size, self.resize), tuple(hw), self.size)
-        )
+        return np.asarray(_postprocess(low_res, valid_shape(hw, self.size, self.resize), tuple(hw), self.size))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
