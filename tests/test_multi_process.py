@@ -398,7 +398,7 @@ def test_a_process_id_given_twice_is_refused_and_a_group_never_complete_says_so(
     --join_timeout_seconds saying what was missing (before, a C++ abort after 300 s)."""
     port = portpicker.pick_unused_port()
     flags = ["-m", "train.main", f"--data_dir={tmp_path}", *_group_flags(port, 2, 1)]
-    first = start_app(*flags, "--join_timeout_seconds=20", env=env, stderr=subprocess.PIPE, text=True, fresh=True)
+    first = start_app(*flags, "--join_timeout_seconds=10", env=env, stderr=subprocess.PIPE, text=True, fresh=True)
     said = ""
     while "joining the run" not in said and first.poll() is None:
         said += first.stderr.readline()
@@ -413,5 +413,5 @@ def test_a_process_id_given_twice_is_refused_and_a_group_never_complete_says_so(
 
     said += first.communicate(timeout=RUN_TIMEOUT_S)[1]
     assert first.returncode == 1, said[-3000:]
-    assert f"process 1 of 2: not every process of the run joined at 127.0.0.1:{port} within 20 s" in said
+    assert f"process 1 of 2: not every process of the run joined at 127.0.0.1:{port} within 10 s" in said
     assert "Check failure" not in said and "Aborted" not in said
