@@ -15,6 +15,9 @@ predictor in the resize (antialiased bilinear in JAX at the exact scale instead 
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -28,14 +31,19 @@ from sam_jax.model.sam import normalize_rgb
 def preprocess(image, config: SamConfig):
     """(H, W, 3) 0–255 image → (size, size, 3) input of a model of `config`, and the scale from image to model
     pixels."""
-    h, w = image.shape[:2]
-    image = jnp.asarray(image, jnp.float32)
-    canvas = np.zeros((max(h, w), max(h, w), image.shape[2]), np.float32)
-    canvas[:h, :w] = np.asarray(image if config.frame_min_max else normalize_rgb(image))
-    frame, scale = to_model_frame(
-        jnp.asarray(canvas)[None], jnp.array([[h, w]], jnp.int32), config.image_size, min_max=config.frame_min_max
-    )
-    return frame[0], float(scale[0, 0])
+    frame, scale = _to_frame(np.asarray(image, np.float32), config.image_size, config.frame_min_max)
+    return frame, float(scale)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _to_frame(image, size: int, min_max: bool):
+    """One compiled program per image shape: the image (normalised unless the frame min–max scales it) top-left in
+    a zero square canvas, then into the model's frame."""
+    h, w, c = image.shape
+    canvas = jnp.zeros((max(h, w), max(h, w), c), jnp.float32)
+    canvas = canvas.at[:h, :w].set(image if min_max else normalize_rgb(image))
+    frame, scale = to_model_frame(canvas[None], jnp.array([[h, w]], jnp.int32), size, min_max=min_max)
+    return frame[0], scale[0, 0]
 
 
 class SamPredictor:
@@ -65,17 +73,18 @@ class SamPredictor:
         """
         if self.embedding is None:
             raise RuntimeError("call set_image() before predict()")
+        # NumPy straight into the jitted decoder: jnp.asarray would compile a copy program per prompt shape.
         scale = np.float32(self.scale)
         coords = labels = boxes = masks = None
         if point_coords is not None:
-            coords = jnp.asarray(np.asarray(point_coords, np.float32).reshape(1, -1, 2) * scale)
-            labels = jnp.asarray(np.asarray(point_labels, np.int32).reshape(1, -1))
+            coords = np.asarray(point_coords, np.float32).reshape(1, -1, 2) * scale
+            labels = np.asarray(point_labels, np.int32).reshape(1, -1)
             if labels.shape[1] != coords.shape[1]:
                 raise ValueError(f"{coords.shape[1]} points but {labels.shape[1]} labels")
         if box is not None:
-            boxes = jnp.asarray(np.asarray(box, np.float32).reshape(1, 4) * scale)
+            boxes = np.asarray(box, np.float32).reshape(1, 4) * scale
         if mask_input is not None:
-            masks = jnp.asarray(np.asarray(mask_input, np.float32).reshape(1, *np.shape(mask_input)[-2:], 1))
+            masks = np.asarray(mask_input, np.float32).reshape(1, *np.shape(mask_input)[-2:], 1)
         low_res, iou = self._decode(
             self.model, self.embedding, coords, labels, boxes, masks, multimask_output=multimask_output
         )

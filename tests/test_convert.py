@@ -8,6 +8,7 @@ import pytest
 import torch
 from apps import run_app
 from flax import nnx
+from optimised import optimised_jit
 from segment_anything import sam_model_registry
 from torch_reference import assert_close, state_dict_numpy, to_numpy, torch_sam
 
@@ -58,7 +59,7 @@ def test_vit_b_1024_end_to_end(tmp_path):
             multimask_output=True,
         )[0]
     (ref_embedding,) = encoded
-    embedding = nnx.jit(lambda m, x: m.encode_image(x))(model, normalize_rgb(jnp.asarray(image)))
+    embedding = optimised_jit(lambda m, x: m.encode_image(x))(model, normalize_rgb(jnp.asarray(image)))
     masks, iou = nnx.jit(lambda m, e: m.decode(e, jnp.asarray(coords), jnp.asarray(labels), multimask_output=True))(
         model, embedding
     )

@@ -25,6 +25,7 @@ from medsam_lite_reference import (
     official_model_input,
     pytorch_lite_medsam,
 )
+from optimised import optimised_jit
 from random_params import ALL_TARGETS
 from scipy import ndimage
 
@@ -165,7 +166,7 @@ def test_real_weights_match_pytorch_litemedsam_on_real_slices(converted):
                 dense_prompt_embeddings=dense,
                 multimask_output=False,
             )
-    embedding = nnx.jit(lambda m, x: m.encode_image(x))(model, jnp.asarray(images))
+    embedding = optimised_jit(lambda m, x: m.encode_image(x))(model, jnp.asarray(images))
     decode = nnx.jit(lambda m, e, c, lab, b: m.decode(e, c, lab, b, multimask_output=False))
 
     rows = [("image embedding", *_ratio(embedding, nhwc(ref_embedding)))]

@@ -102,7 +102,7 @@ def lite_medsam_weights(tmp_path_factory):
 
 def _short_copy(folder, out, half: int):
     """The case's files cut to the 2·half + 1 axial slices around its largest tumour slice (the affine moved with
-    them), so that a 3-D run on CPU takes a minute; returns the copy and the middle slice's index in it."""
+    them), so that a 3-D run on CPU takes seconds; returns the copy and the middle slice's index in it."""
     seg = nib.load(next(folder.glob("*seg.nii.gz")))  # BraTS 2018's _seg, 2023's -seg
     z = int(np.argmax((np.asarray(seg.dataobj) > 0).sum(axis=(0, 1))))
     out.mkdir(parents=True)
@@ -127,7 +127,7 @@ def test_predict_with_a_box_agrees_with_pytorch_litemedsam_slice_by_slice(lite_m
     """eval.predict --boxes, zero-shot LiteMedSAM on FLAIR ×3, against the package's PyTorch model on the official
     inference's input, each slice given the box our walk gave it (the given one, then the previous slice's mask's
     box widened by 3): the masks agree on ≥ 99.9% of the voxels of the slices the walk reached."""
-    case, middle = _short_copy(_real_case(), tmp_path / CASE, half=6)
+    case, middle = _short_copy(_real_case(), tmp_path / CASE, half=3)
     truth = np.asarray(nib.load(case / f"{CASE}_seg.nii.gz").dataobj)[..., middle].T > 0
     box = _box(truth, truth.shape, 0)
     out = tmp_path / "pred.nii.gz"
@@ -151,7 +151,7 @@ def test_predict_with_a_box_agrees_with_pytorch_litemedsam_slice_by_slice(lite_m
             reached.append(k := k + step)
     agree = (ours[reached] == theirs[reached]).mean()
     print(f"\nslices reached {sorted(reached)}; masks agree on {agree:.5%} of their voxels")
-    assert len(reached) > 3 and agree >= 0.999
+    assert len(reached) > 4 and agree >= 0.999
     assert not ours[[k for k in range(len(ours)) if k not in reached]].any()  # the walk stopped where it says
 
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from torch_reference import assert_close, to_numpy
 
 from sam_jax.config import PIXEL_MEAN, PIXEL_STD, sam_config
@@ -52,9 +53,9 @@ def test_predict_scales_clicks_and_returns_masks_at_image_size(tiny_sam_pair):
     )
     np.testing.assert_allclose(x, resized, atol=1e-4)
     assert not np.asarray(x)[:, 84:].any()  # 130·0.64 = 83.2 columns hold the image, the rest is padding
-    embedding = model.encode_image(x[None])
-    expected_low, expected_iou = model.decode(
-        embedding, jnp.array([[[65.0 * scale, 50.0 * scale]]]), jnp.array([[1]]), multimask_output=True
+    embedding = nnx.jit(lambda m, x: m.encode_image(x))(model, x[None])  # jitted: eagerly, hundreds of programs
+    expected_low, expected_iou = nnx.jit(lambda m, *a: m.decode(*a, multimask_output=True))(
+        model, embedding, jnp.array([[[65.0 * scale, 50.0 * scale]]]), jnp.array([[1]])
     )
     np.testing.assert_allclose(low_res, expected_low[0], atol=1e-5)
     np.testing.assert_allclose(scores, expected_iou[0], atol=1e-5)

@@ -127,9 +127,4 @@ class SliceSegmenter:
 
     def to_slice_grid(self, low_res: np.ndarray, hw) -> np.ndarray:
         """(N, 4g, 4g) low-res logits → (N, H, W) logits at the slice's own size."""
-        return np.asarray(_postprocess(low_res, valid_shape(hw, self.size, self.resize), tuple(hw), self.size))
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _postprocess(low_res, input_hw, original_hw, size):
-    return postprocess_masks(low_res, input_hw, original_hw, size)
+        return np.asarray(postprocess_masks(low_res, valid_shape(hw, self.size, self.resize), tuple(hw), self.size))

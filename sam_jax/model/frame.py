@@ -22,6 +22,8 @@ is the frame's, not the volume normalisation's.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -136,8 +138,10 @@ def _bilinear(x, out_hw):
     )
 
 
-def postprocess_masks(low_res_logits, input_hw, original_hw, size: int):
-    """(..., M, 4g, 4g) logits → (..., M, H, W) logits at the original size (bilinear, as SAM)."""
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def postprocess_masks(low_res_logits, input_hw: tuple, original_hw: tuple, size: int):
+    """(..., M, 4g, 4g) logits → (..., M, H, W) logits at the original size (bilinear, as SAM). One compiled program
+    per sizes (eagerly, its resize weights are dozens of small programs: seconds before a first mask)."""
     x = _bilinear(low_res_logits, (size, size))
     x = x[..., : input_hw[0], : input_hw[1]]
     return _bilinear(x, tuple(original_hw))
