@@ -138,10 +138,14 @@ def _bilinear(x, out_hw):
     )
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def postprocess_masks(low_res_logits, input_hw: tuple, original_hw: tuple, size: int):
+def postprocess_masks(low_res_logits, input_hw, original_hw, size: int):
     """(..., M, 4g, 4g) logits → (..., M, H, W) logits at the original size (bilinear, as SAM). One compiled program
-    per sizes (eagerly, its resize weights are dozens of small programs: seconds before a first mask)."""
+    per set of sizes (eagerly, its resize weights are dozens of small programs: seconds before a first mask)."""
+    return _postprocess(low_res_logits, tuple(map(int, input_hw)), tuple(map(int, original_hw)), int(size))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _postprocess(low_res_logits, input_hw: tuple, original_hw: tuple, size: int):
     x = _bilinear(low_res_logits, (size, size))
     x = x[..., : input_hw[0], : input_hw[1]]
-    return _bilinear(x, tuple(original_hw))
+    return _bilinear(x, original_hw)
