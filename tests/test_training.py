@@ -100,7 +100,7 @@ def _train(flags, workdir):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tiny_config, tmp_path):
     """SIGKILL after the first checkpoint, then the same command: the result equals an uninterrupted run."""
-    flags = config_flags(tiny_config, steps=40, checkpoint_every=5, eval_every=1000, schedule="cosine", warmup_steps=3)
+    flags = config_flags(tiny_config, steps=24, checkpoint_every=5, eval_every=1000, schedule="cosine", warmup_steps=3)
     assert run_app(*_train(flags, tmp_path / "straight")).returncode == 0
     proc = start_app(*_train(flags, tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
