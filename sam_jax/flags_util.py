@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import sys
 import typing
@@ -124,4 +125,7 @@ def run_app(main, app_file) -> None:
             sys.exit(2)
         return app.parse_flags_with_usage(expanded)
 
+    # What the imports made lives as long as the process: kept out of the collector's reach, it is not walked again by
+    # each full collection while JAX traces (a tiny training run: 0.5-0.9 s of its 9-10 s of CPU).
+    gc.freeze()
     app.run(main, flags_parser=parse)
