@@ -237,11 +237,3 @@ def tiny_sam_checkpoint(tiny_sam_pair, tmp_path_factory):
     path = tmp_path_factory.mktemp("sam_checkpoint") / "sam_tiny.pth"
     torch.save(tiny_sam_pair[0].state_dict(), path)
     return path
-
-
-def pytest_collection_finish(session):
-    """The objects of every import (JAX, torch, the test modules) kept out of the collector's reach, as the apps keep
-    theirs (flags_util.run_app): the collections while the tests trace their programs no longer walk them."""
-    import gc
-
-    gc.freeze()

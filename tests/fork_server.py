@@ -116,13 +116,9 @@ def _import_library() -> None:
 
 def serve(folder: str):
     """Serve until the parent ends; in each fork, return the command's argv (the caller runs it)."""
-    import gc
     import selectors
 
     _import_library()
-    # The imports' objects moved out of the collector's reach: a fork's collections then neither scan them nor write
-    # to their pages, which the fork would otherwise copy from the server one by one.
-    gc.freeze()
     parent = os.getppid()
     path = socket_path(folder, os.environ)
     # The forks' sys.executable: a `python` that is a client too, so that a command's own commands (eval.reproduce's
