@@ -248,7 +248,7 @@ def run_as_main(argv: list[str]) -> None:
 def run_forked(argv: list[str]) -> None:
     """run_as_main, then end as `python` ends (an uncaught exception printed, non-daemon threads joined, atexit
     callbacks run, standard streams flushed) but without tearing down every object of the interpreter: that teardown
-    costs a command ~0.6 s of CPU, ~70 s over the suite's commands."""
+    costs a tiny training command 0.6 s of CPU (of ~10 s)."""
     import atexit
     import os
     import sys
