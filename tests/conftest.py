@@ -159,6 +159,15 @@ def phantom_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def phantom_two_per_domain(tmp_path_factory):
+    """Two phantom cases per domain, written once per test session: the runs stopped while caching them only read
+    them."""
+    from sam_jax.data.phantom import write_phantom
+
+    return _made_once(tmp_path_factory, "phantom_two", lambda out: write_phantom(out, cases_per_domain=2, seed=3))
+
+
+@pytest.fixture(scope="session")
 def phantom_cache_dir(phantom_dir, tmp_path_factory):
     """The phantom's preprocessing cache at the default settings, built once for the session (training runs reuse
     it: their settings match, so nothing is rebuilt)."""

@@ -28,7 +28,7 @@ import pytest
 from apps import app_env, command
 
 from sam_jax.data.brats import find_cases
-from sam_jax.data.phantom import write_case
+from sam_jax.data.phantom import case_id, make_case, save_case
 from sam_jax.spec import RunSpec
 from sam_jax.training.config import TrainConfig
 from sam_jax.weights.io import read_arrays
@@ -45,19 +45,24 @@ PHANTOM_CASES = {"GLI": 3, "MEN": 2, "PED": 1, "SSA": 2}
 BOX = (48, 40, 8)  # voxels kept around each tumour's centre
 
 
-def _small_phantom(out: Path, raw: Path) -> None:
+def _small_phantom(out: Path) -> None:
+    """The cases of PHANTOM_CASES, each cut to the BOX around its tumour before it is written."""
     for domain, count in PHANTOM_CASES.items():
         for index in range(count):
-            write_case(raw, domain, index, seed=0)
-    _cut_around_tumours(raw, out)
+            images, labels, affine = make_case(domain, index, seed=0)
+            box = _box_around_tumour(labels > 0)
+            save_case(out, case_id(domain, index), {m: v[box] for m, v in images.items()}, labels[box], affine)
+
+
+def _box_around_tumour(seg: np.ndarray) -> tuple[slice, ...]:
+    centre = [int(np.mean(i)) for i in np.nonzero(seg)]
+    return tuple(slice(max(c - n // 2, 0), max(c - n // 2, 0) + n) for c, n in zip(centre, BOX))
 
 
 def _cut_around_tumours(raw: Path, out: Path) -> Path:
     """Each case of `raw` cut to the BOX around its tumour, in `out`: a few quick steps an epoch."""
     for files in find_cases(raw):
-        seg = np.asarray(nib.load(files.seg).dataobj) > 0
-        centre = [int(np.mean(i)) for i in np.nonzero(seg)]
-        box = tuple(slice(max(c - n // 2, 0), max(c - n // 2, 0) + n) for c, n in zip(centre, BOX))
+        box = _box_around_tumour(np.asarray(nib.load(files.seg).dataobj) > 0)
         (out / files.case_id).mkdir(parents=True)
         for path in [*files.images.values(), files.seg]:
             image = nib.load(path)
@@ -73,7 +78,7 @@ def workspace(tmp_path_factory, tiny_sam_checkpoint):
     """A user's folder: a random tiny SAM checkpoint, the phantom, and where every command runs (with the session's
     compilation cache: the runs share programs, the ×3 ablations the same step)."""
     cwd = tmp_path_factory.mktemp("user")
-    _small_phantom(cwd / "brats", tmp_path_factory.mktemp("raw"))
+    _small_phantom(cwd / "brats")
     shutil.copy(tiny_sam_checkpoint, cwd / "sam_tiny.pth")
     return cwd, app_env()
 

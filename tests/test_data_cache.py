@@ -24,6 +24,7 @@ from sam_jax.data.split import ensure_split, load_split, make_split
 from sam_jax.errors import SamJaxError
 from sam_jax.training.config import TrainConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (12, 10, 6)
 
 
@@ -235,6 +236,34 @@ def test_parallel_build_equals_serial(tmp_path, write_tiny_case, caplog):
     resumed = build_cache(tmp_path / "data", tmp_path / "parallel", skip_bad_cases=True)
     assert resumed.case_ids == serial.case_ids
     assert {c: (cases / c / "meta.json").stat().st_mtime_ns for c in finished} == finished
+
+
+WORKERS_MAIN = """
+import sys
+from pathlib import Path
+if __name__ == "__mp_main__":  # imported by a worker
+    Path(sys.argv[3]).write_text("imported")
+if __name__ == "__main__":
+    from sam_jax.data.cache import build_cache
+    main = sys.modules["__main__"]
+    print(build_cache(sys.argv[1], sys.argv[2], workers=2).case_ids, sys.modules["__main__"] is main)
+"""
+
+
+def test_workers_do_not_import_the_callers_main(tmp_path, write_tiny_case):
+    """An app's `__main__` (train.main: JAX, Flax and the rest, ~200 MB and seconds of CPU) is not imported again by
+    each worker, as multiprocessing does for the main module unless told otherwise; the caller keeps its own."""
+    for i in range(2):
+        write_tiny_case(tmp_path / "data", f"BraTS-MEN-0000{i}-000")
+    (tmp_path / "app.py").write_text(WORKERS_MAIN)
+    marker = tmp_path / "imported"
+    done = subprocess.run(
+        [sys.executable, tmp_path / "app.py", tmp_path / "data", tmp_path / "cache", marker],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[0] == "['BraTS-MEN-00000-000', 'BraTS-MEN-00001-000'] True"
+    assert not marker.exists()
 
 
 def test_worker_count_is_checked(tmp_path, write_tiny_case):

@@ -254,13 +254,11 @@ def _processes_of_session(sid: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_run_killed_while_building_the_cache_leaves_no_worker_behind(tiny_config, tmp_path):
+def test_a_run_killed_while_building_the_cache_leaves_no_worker_behind(tiny_config, phantom_two_per_domain, tmp_path):
     """SIGKILL while 2 cache workers build: within seconds no process of the run is left (forkserver, workers,
     resource tracker), and nothing in the cache was written after the kill."""
-    data, cache = tmp_path / "data", tmp_path / "cache"
-    flags = config_flags(
-        tiny_config, phantom_cases_per_domain=2, cache_workers=2, data_dir=str(data), cache_dir=str(cache)
-    )
+    cache = tmp_path / "cache"
+    flags = config_flags(tiny_config, cache_workers=2, data_dir=str(phantom_two_per_domain), cache_dir=str(cache))
     proc = start_app(
         *_train(flags, tmp_path / "run"),
         stdout=subprocess.DEVNULL,
@@ -314,14 +312,14 @@ def test_a_signal_while_the_command_loads_its_libraries_says_nothing_was_written
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_while_building_the_cache_stops_the_run_saying_what_is_kept(tiny_config, tmp_path, signum):
+def test_a_signal_while_building_the_cache_stops_the_run_saying_what_is_kept(
+    tiny_config, phantom_two_per_domain, tmp_path, signum
+):
     """SIGTERM to the run, or SIGINT to its whole process group (a Ctrl-C in its terminal), while 2 workers build
     the cache: the run says what it interrupted and what is kept, exits 128 + the signal without a traceback, and no
     process of it is left; the cases already built stay in the cache."""
-    data, cache = tmp_path / "data", tmp_path / "cache"
-    flags = config_flags(
-        tiny_config, phantom_cases_per_domain=2, cache_workers=2, data_dir=str(data), cache_dir=str(cache)
-    )
+    cache = tmp_path / "cache"
+    flags = config_flags(tiny_config, cache_workers=2, data_dir=str(phantom_two_per_domain), cache_dir=str(cache))
     log = tmp_path / "run.log"
     with open(log, "w") as out:
         proc = start_app(

@@ -28,8 +28,10 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import time
+import types
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -182,12 +184,26 @@ def _outcomes(jobs: list[tuple], workers: int):
         return
     pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=end_with, initargs=(os.getpid(),))
     try:
-        futures = {pool.submit(_build_in_worker, job): job[0].case_id for job in jobs}
+        with _main_module_hidden():  # the pool starts its workers as jobs are submitted
+            futures = {pool.submit(_build_in_worker, job): job[0].case_id for job in jobs}
         for future in as_completed(futures):
             outcome = future.result()
             yield futures[future], outcome.error() if isinstance(outcome, _BadCase) else outcome
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Workers started meanwhile do not import the caller's `__main__`. A forkserver or spawned worker imports it
+    first thing, for functions pickled from it; ours live in this module, and an app's main (train.main) would load
+    JAX, Flax and the rest into every worker: seconds of CPU and hundreds of MB each, for nothing."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:

@@ -287,14 +287,18 @@ def case_id(domain: str, index: int) -> str:
 
 def write_case(out_dir: str | Path, domain: str, index: int, seed: int) -> Path:
     """Write one case as `out_dir/<case id>/<case id>-{t1n,t1c,t2w,t2f,seg}.nii.gz`; returns its folder."""
-    images, labels, affine = make_case(domain, index, seed)
-    folder = Path(out_dir) / case_id(domain, index)
+    return save_case(out_dir, case_id(domain, index), *make_case(domain, index, seed))
+
+
+def save_case(out_dir: str | Path, name: str, images: dict, labels: np.ndarray, affine: np.ndarray) -> Path:
+    """Write volumes as case `name` in BraTS's layout, 1 mm voxels; returns its folder."""
+    folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
-    for name, volume in {**images, "seg": labels}.items():
+    for suffix, volume in {**images, "seg": labels}.items():
         image = nib.Nifti1Image(volume, affine)
         image.header.set_zooms((1.0, 1.0, 1.0))
         image.header.set_xyzt_units("mm")
-        nib.save(image, folder / f"{case_id(domain, index)}-{name}.nii.gz")
+        nib.save(image, folder / f"{name}-{suffix}.nii.gz")
     return folder
 
 
