@@ -252,7 +252,7 @@ if __name__ == "__main__":
 
 def test_workers_do_not_import_the_callers_main(tmp_path, write_tiny_case):
     """An app's `__main__` (train.main: JAX, Flax and the rest, ~200 MB and seconds of CPU) is not imported again by
-    each worker, as multiprocessing does for the main module unless told otherwise; the caller keeps its own."""
+    each worker, as multiprocessing's forkserver and spawn workers otherwise do; the caller keeps its own."""
     for i in range(2):
         write_tiny_case(tmp_path / "data", f"BraTS-MEN-0000{i}-000")
     (tmp_path / "app.py").write_text(WORKERS_MAIN)
