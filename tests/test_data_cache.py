@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apps import run_app
 
 from sam_jax.data import cache as cache_module
 from sam_jax.data import cache_layout, caches
@@ -24,7 +25,6 @@ from sam_jax.data.split import ensure_split, load_split, make_split
 from sam_jax.errors import SamJaxError
 from sam_jax.training.config import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (12, 10, 6)
 
 
@@ -257,10 +257,7 @@ def test_workers_do_not_import_the_callers_main(tmp_path, write_tiny_case):
         write_tiny_case(tmp_path / "data", f"BraTS-MEN-0000{i}-000")
     (tmp_path / "app.py").write_text(WORKERS_MAIN)
     marker = tmp_path / "imported"
-    done = subprocess.run(
-        [sys.executable, tmp_path / "app.py", tmp_path / "data", tmp_path / "cache", marker],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    done = run_app(tmp_path / "app.py", tmp_path / "data", tmp_path / "cache", marker, fresh=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n")[0] == "['BraTS-MEN-00000-000', 'BraTS-MEN-00001-000'] True"
     assert not marker.exists()
