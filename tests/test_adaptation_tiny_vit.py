@@ -34,7 +34,7 @@ from sam_jax.model.image_encoder import window_partition, window_unpartition
 from sam_jax.model.layers import Buffer
 from sam_jax.model.mask_decoder import KEY_BIASES_WITHOUT_EFFECT
 from sam_jax.training.config import TrainConfig
-from sam_jax.weights.io import model_arrays
+from sam_jax.weights.io import assign, model_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -332,7 +332,10 @@ def test_lite_medsam_preset_counts(modalities):
 def test_adapter_round_trip_on_lite_medsam(tmp_path):
     config = sam_config("lite_medsam", image_size=64)  # LiteMedSAM's widths; the input size changes no parameter
     adaptation = AdaptationConfig(lora_targets=ALL_TARGETS, cross_slice=True)
-    model = build_model(config, adaptation, rngs=nnx.Rngs(0))
+    # Filled from NumPy: run one by one, its initialisers compile ~200 programs, seconds for what a file holds.
+    model = abstract(lambda rngs: build_model(config, adaptation, rngs=rngs))
+    rng = np.random.default_rng(0)
+    assign(model, {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in model_arrays(model).items()})
     _, trainable_state, _ = partition(model, adaptation.trainable)
     trainable_state = jax.tree.map(lambda x: x + 1.0, trainable_state)  # unlike any fresh initialisation
     trainable = _flat(trainable_state)

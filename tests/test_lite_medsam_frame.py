@@ -180,19 +180,18 @@ def test_predictor_with_a_box_is_litemedsam_on_a_real_slice(lite_medsam_weights)
 
 
 @pytest.mark.slow
-def test_lite_medsam_trains_on_the_phantom_and_is_scored(phantom_dir, tmp_path):
-    """Decoder-only fine-tuning from the flagfile, at test size (64², random TinyViT, two steps, a cache of its own
-    normalisation, the phantom's GLI case cut to 9 slices through its tumour), then eval.main scores it with boxes and
-    clicks. Both commands run unoptimised: their time goes into compiling (the random base's initialisers included,
-    which an optimising XLA compiles for 20 s)."""
+def test_lite_medsam_trains_on_the_phantom_and_is_scored(lite_medsam_weights, phantom_dir, tmp_path):
+    """Decoder-only fine-tuning from the flagfile and LiteMedSAM's weights, as documented, at test size (64², two
+    steps, a cache of its own normalisation, the phantom's GLI case cut to 9 slices through its tumour), then eval.main
+    scores it with boxes and clicks. Both commands run unoptimised: their time goes into compiling."""
     gli = find_cases(phantom_dir, "GLI")[0].seg.parent
     data, _ = _short_copy(gli, tmp_path / "data" / gli.name, half=4)
     work = tmp_path / "run"
     trained = run_app(
-        "-m", "train.main", "--flagfile=train/lite_medsam/decoder_only.flags", f"--data_dir={data.parent}",
-        f"--cache_dir={tmp_path / 'cache'}", f"--workdir={work}", "--domain=GLI", "--image_size=64", "--steps=2",
-        "--batch_size=2", "--checkpoint_every=2", "--eval_every=2", "--val_slices=4", "--log_every=1",
-        "--eval_domains=", "--slice_policy=tumour",
+        "-m", "train.main", "--flagfile=train/lite_medsam/decoder_only.flags", f"--sam_weights={lite_medsam_weights}",
+        f"--data_dir={data.parent}", f"--cache_dir={tmp_path / 'cache'}", f"--workdir={work}", "--domain=GLI",
+        "--image_size=64", "--steps=2", "--batch_size=2", "--checkpoint_every=2", "--eval_every=2", "--val_slices=4",
+        "--log_every=1", "--eval_domains=", "--slice_policy=tumour",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     config = json.loads((work / "config.json").read_text())

@@ -148,9 +148,15 @@ def _one_step(attention, remat, dtype="float32"):
     return metrics["loss"], jax.tree.map(lambda a, b: a - b, after, before)
 
 
+@pytest.fixture(scope="module")
+def plain_step():
+    """The float32 step with SAM's plain attention, which the levers' steps follow."""
+    return _one_step("plain", False)
+
+
 @pytest.mark.slow
-def test_train_step_with_folded_attention_and_remat_matches_plain():
-    plain_loss, plain_update = _one_step("plain", False)
+def test_train_step_with_folded_attention_and_remat_matches_plain(plain_step):
+    plain_loss, plain_update = plain_step
     loss, update = _one_step("folded", True)
     np.testing.assert_allclose(loss, plain_loss, rtol=1e-5)
     for got, expected in zip(jax.tree.leaves(update), jax.tree.leaves(plain_update)):
@@ -159,9 +165,9 @@ def test_train_step_with_folded_attention_and_remat_matches_plain():
 
 @pytest.mark.parametrize("attention", ["plain", "folded"])
 @pytest.mark.slow
-def test_bfloat16_step_follows_float32(attention):
+def test_bfloat16_step_follows_float32(plain_step, attention):
     """The GPU configuration's precision, through every hand-written backward (LoRA, softmax·v), on CPU."""
-    loss32, update32 = _one_step("plain", False)
+    loss32, update32 = plain_step
     loss16, update16 = _one_step(attention, True, "bfloat16")
     np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
     flat32, flat16 = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(u)]) for u in (update32, update16))
