@@ -38,6 +38,7 @@ OVERRIDES = {
     "train.main": ["--model_type=tiny", "--image_size=64", "--steps=0", "--epochs=1", "--warmup_steps=0"],
     "eval.main": ["--max_clicks=3", "--image_size=64"],  # the input size is the zero-shot model's
     "eval.viewer": ["--port=0"],
+    "benchmarks/data_pipeline.py": ["--batches=20"],
 }
 # GLI 3 cases and MEN 2: the saved split (seed 0, per domain) then holds out one of each (of 0.6 and 0.4, the largest
 # remainders with SSA's tie drawn), so both paper runs validate.

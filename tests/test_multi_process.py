@@ -1,7 +1,7 @@
 """Real multi-process runs on this machine: 2 processes x 1 CPU device, a coordinator on 127.0.0.1, gloo
-collectives. Training equals one process over 2 forced CPU devices (same global batch); a process killed with
-SIGKILL stops the other within a bounded time, and the same command resumes both to the uninterrupted result;
-evaluation over 2 processes writes the CSV one process writes.
+collectives. Training equals one process over 2 forced CPU devices (same global batch), which equals one device; a
+process killed with SIGKILL stops the other within a bounded time, and the same command resumes both to the
+uninterrupted result; evaluation over 2 processes writes the CSV one process writes.
 
 The runs are shared by the tests (module fixtures; conftest.py keeps this module on one pytest-xdist worker) and share
 one compilation cache: compiling dominates here."""
@@ -102,11 +102,18 @@ def _adapter(workdir):
 
 @pytest.fixture(scope="module")
 def runs(train_flags, env, tmp_path_factory):
-    """The same training as 1 process over 2 devices and as 2 processes over 1 device each."""
+    """The same training on 1 device, as 1 process over 2 devices and as 2 processes over 1 device each."""
     out = tmp_path_factory.mktemp("runs")
+    _train(train_flags, out / "one_device", 1, env)
     _train(train_flags, out / "one_process", 1, env, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"))
     _train(train_flags, out / "two_processes", 2, env)
     return out
+
+
+@pytest.mark.slow
+def test_two_devices_train_what_one_device_does(runs):
+    """Data parallel over 2 forced CPU devices: the global batch split, the same losses within float tolerance."""
+    np.testing.assert_allclose(_losses(runs / "one_process"), _losses(runs / "one_device"), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
