@@ -72,7 +72,7 @@ def _check(args, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_the_installed_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
+def test_the_installed_wheel_runs_the_demo_from_an_empty_folder(phantom_dir, phantom_cache_dir, tmp_path):
     wheel = _build_wheel(tmp_path)
     # The package data: every flagfile of the apps and the viewer's page.
     data = {n for n in zipfile.ZipFile(wheel).namelist() if not n.endswith(".py") and ".dist-info/" not in n}
@@ -112,7 +112,11 @@ def test_the_installed_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
     assert where["paper_code_options"] == options and "--volume_batch=4" in options
 
     # The README's demo, shrunk: the flagfile's own settings (full training of an all-four-modality model with
-    # BCE + Dice) reach the run, which writes its adapter and summary.
+    # BCE + Dice) reach the run, which writes its adapter and summary. Its data is ready (the session's phantom and
+    # cache are what it would write and build: seed 0, one case per domain, default preprocessing; test_commands.py
+    # runs the demo that writes them).
+    shutil.copytree(phantom_dir, tmp_path / "phantom")
+    shutil.copytree(phantom_cache_dir, tmp_path / "phantom" / ".sam_jax_cache")
     demo = run(
         python,
         "-m",
@@ -123,6 +127,7 @@ def test_the_installed_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
         f"--workdir={tmp_path / 'w'}",
     )
     assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "0 (re)built" in demo.stderr and "writing" not in demo.stderr, demo.stderr[-3000:]
     assert (tmp_path / "w" / "adapter.safetensors").is_file() and (tmp_path / "w" / "summary.json").is_file()
     config = json.loads((tmp_path / "w" / "config.json").read_text())
     assert (config["trainable"], config["lora_rank"], config["loss"], config["model_type"], config["steps"]) == (
