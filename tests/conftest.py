@@ -24,8 +24,8 @@ from filelock import FileLock
 torchvision_stand_in.install()
 
 # pytest-xdist's workers share the cores: a PyTorch reference running on more threads than its worker's share only
-# spins against the other workers (on 2 cores and 2 workers, one thread each took 8% less CPU and wall time from the
-# torch-heavy parity modules).
+# spins against the other workers (on 2 cores and 2 workers, one thread each: the torch-heavy parity modules took 9%
+# less CPU and wall time).
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 torch.set_num_threads(max(1, _CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
