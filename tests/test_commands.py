@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from apps import app_env, command
+from tumour_box import box_around_tumour, cut_case
 
 from sam_jax.data.brats import find_cases
 from sam_jax.data.phantom import case_id, make_case, save_case
@@ -51,26 +52,14 @@ def _small_phantom(out: Path) -> None:
     for domain, count in PHANTOM_CASES.items():
         for index in range(count):
             images, labels, affine = make_case(domain, index, seed=0)
-            box = _box_around_tumour(labels > 0)
+            box = box_around_tumour(labels > 0, BOX)
             save_case(out, case_id(domain, index), {m: v[box] for m, v in images.items()}, labels[box], affine)
-
-
-def _box_around_tumour(seg: np.ndarray) -> tuple[slice, ...]:
-    centre = [int(np.mean(i)) for i in np.nonzero(seg)]
-    return tuple(slice(max(c - n // 2, 0), max(c - n // 2, 0) + n) for c, n in zip(centre, BOX))
 
 
 def _cut_around_tumours(raw: Path, out: Path) -> Path:
     """Each case of `raw` cut to the BOX around its tumour, in `out`: a few quick steps an epoch."""
     for files in find_cases(raw):
-        box = _box_around_tumour(np.asarray(nib.load(files.seg).dataobj) > 0)
-        (out / files.case_id).mkdir(parents=True)
-        for path in [*files.images.values(), files.seg]:
-            image = nib.load(path)
-            nib.save(
-                nib.Nifti1Image(np.asarray(image.dataobj)[box], image.affine, image.header),
-                out / files.case_id / path.name,
-            )
+        cut_case(files, out, BOX)
     return out
 
 

@@ -15,6 +15,7 @@ import pytest
 from apps import run_app
 from flax import nnx
 from nibabel import orientations
+from tumour_box import cut_case
 
 from sam_jax.config import sam_config
 from sam_jax.data import find_cases, load_case
@@ -47,14 +48,7 @@ def small_data(phantom_dir, tmp_path_factory):
     """The phantom's GLI and MEN cases cut to a 64×56×12 box around their tumour: quick to score."""
     out = tmp_path_factory.mktemp("small")
     for domain in ("GLI", "MEN"):
-        files = find_cases(phantom_dir, domain)[0]
-        seg = nib.load(files.seg).get_fdata() > 0
-        centre = [int(np.mean(idx)) for idx in np.nonzero(seg)]
-        box = tuple(slice(max(c - n // 2, 0), max(c - n // 2, 0) + n) for c, n in zip(centre, (64, 56, 12)))
-        (out / files.case_id).mkdir()
-        for path in [*files.images.values(), files.seg]:
-            image = nib.load(path)
-            nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[box], image.affine), out / files.case_id / path.name)
+        cut_case(find_cases(phantom_dir, domain)[0], out, (64, 56, 12))
     return out
 
 
