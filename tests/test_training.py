@@ -94,6 +94,24 @@ def test_resumed_run_ends_with_the_same_parameters(tiny_config, tmp_path):
     assert (tmp_path / "straight" / adapter).read_bytes() == (tmp_path / "resumed" / adapter).read_bytes()
 
 
+@pytest.mark.slow
+def test_the_best_adapter_is_the_parameters_of_the_best_step(tiny_config, tmp_path, monkeypatch):
+    """Validated after each of 2 steps, the Dice scripted to peak after the first: adapter_best.safetensors holds
+    the parameters of a run that stopped there (read back from that step's checkpoint; the last step's come from
+    memory)."""
+    cfg = tiny_config.replace(steps=2, eval_every=1, checkpoint_every=1, eval_domains=("MEN",))  # constant rate
+    with monkeypatch.context() as scripted:
+        scores = iter([0.9, 0.1])
+        scripted.setattr(loop.Run, "validate", lambda run: next(scores))
+        summary = train_and_evaluate(cfg.replace(workdir=str(tmp_path / "peaked")))
+    train_and_evaluate(cfg.replace(workdir=str(tmp_path / "one_step"), steps=1))
+    assert (summary["best_step"], summary["best_val_dice"]) == (1, 0.9)
+    best = read_arrays(tmp_path / "peaked" / "adapter_best.safetensors")[0]
+    one_step, last = _adapter(tmp_path / "one_step"), _adapter(tmp_path / "peaked")
+    assert all(np.array_equal(best[k], one_step[k]) for k in one_step)
+    assert not all(np.array_equal(best[k], last[k]) for k in last)
+
+
 def _train(flags, workdir):
     return ("-m", "train.main", *flags, f"--workdir={workdir}")
 

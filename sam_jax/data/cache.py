@@ -99,7 +99,10 @@ def _quantise(image: np.ndarray, normalisation: str) -> tuple[np.ndarray, float]
     """(stored array, scale) with image ~= stored * scale; exact for raw integer intensities."""
     if normalisation == "zscore":
         scale = 2.0**-10
-        return np.clip(np.rint(image / scale), -32768, 32767).astype(np.int16), scale
+        stored = np.divide(image, scale)  # one temporary, rounded and clipped in place: a case is ~150 MB of float32
+        np.rint(stored, out=stored)
+        np.clip(stored, -32768, 32767, out=stored)
+        return stored.astype(np.int16), scale
     if np.array_equal(image, np.rint(image)) and image.min() >= -32768 and image.max() <= 32767:
         return image.astype(np.int16), 1.0
     return image.astype(np.float32), 1.0

@@ -79,13 +79,17 @@ def volume_slices(
     brain = brain_mask(images)
     box = brain_box(brain) if crop_to_brain else tuple((0, n) for n in brain.shape)
     crop = tuple(slice(*b) for b in box)
-    # (X, Y, Z) -> (Z, Y, X): slices first, image rows along voxel Y, columns along voxel X.
-    slices = np.stack(
-        [normalise(images[m], brain, normalisation)[crop].transpose(2, 1, 0) for m in modalities], axis=-1
-    )
-    if normalisation == "sam_rgb":
-        if slices.shape[-1] != len(PIXEL_MEAN):
-            raise ValueError(f"normalisation sam_rgb needs {len(PIXEL_MEAN)} modalities, not {slices.shape[-1]}")
-        slices = (slices - np.asarray(PIXEL_MEAN, np.float32)) / np.asarray(PIXEL_STD, np.float32)
+    if normalisation == "sam_rgb" and len(modalities) != len(PIXEL_MEAN):
+        raise ValueError(f"normalisation sam_rgb needs {len(PIXEL_MEAN)} modalities, not {len(modalities)}")
+    # (X, Y, Z) -> (Z, Y, X): slices first, image rows along voxel Y, columns along voxel X. Filled in C order (as
+    # the cache stores it) one modality at a time: stacking the transposed volumes kept their layout, and every step
+    # after it, the cache's write included, paid for a strided copy.
+    (x0, x1), (y0, y1), (z0, z1) = box
+    slices = np.empty((z1 - z0, y1 - y0, x1 - x0, len(modalities)), np.float32)
+    for channel, modality in enumerate(modalities):
+        channel_slices = normalise(images[modality], brain, normalisation)[crop].transpose(2, 1, 0)
+        if normalisation == "sam_rgb":  # in the precision the stretch came in (float64)
+            channel_slices = (channel_slices - np.float32(PIXEL_MEAN[channel])) / np.float32(PIXEL_STD[channel])
+        slices[..., channel] = channel_slices
     labels = None if seg is None else np.ascontiguousarray(seg[crop].transpose(2, 1, 0), dtype=np.uint8)
-    return VolumeSlices(slices.astype(np.float32), brain[crop].transpose(2, 1, 0), labels, box)
+    return VolumeSlices(slices, brain[crop].transpose(2, 1, 0), labels, box)
