@@ -84,12 +84,12 @@ def volume_slices(
     # (X, Y, Z) -> (Z, Y, X): slices first, image rows along voxel Y, columns along voxel X. Filled in C order (as
     # the cache stores it) one modality at a time: stacking the transposed volumes kept their layout, and every step
     # after it, the cache's write included, paid for a strided copy.
-    (x0, x1), (y0, y1), (z0, z1) = box
-    slices = np.empty((z1 - z0, y1 - y0, x1 - x0, len(modalities)), np.float32)
+    brain_slices = brain[crop].transpose(2, 1, 0)
+    slices = np.empty((*brain_slices.shape, len(modalities)), np.float32)
     for channel, modality in enumerate(modalities):
         channel_slices = normalise(images[modality], brain, normalisation)[crop].transpose(2, 1, 0)
         if normalisation == "sam_rgb":  # in the precision the stretch came in (float64)
             channel_slices = (channel_slices - np.float32(PIXEL_MEAN[channel])) / np.float32(PIXEL_STD[channel])
         slices[..., channel] = channel_slices
     labels = None if seg is None else np.ascontiguousarray(seg[crop].transpose(2, 1, 0), dtype=np.uint8)
-    return VolumeSlices(slices, brain[crop].transpose(2, 1, 0), labels, box)
+    return VolumeSlices(slices, brain_slices, labels, box)
