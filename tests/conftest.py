@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision_stand_in
+from apps import FAST_COMPILE
 from filelock import FileLock
 
 torchvision_stand_in.install()
@@ -38,13 +39,15 @@ torch.set_num_threads(max(1, _CORES // int(os.environ.get("PYTEST_XDIST_WORKER_C
 _OWNS_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 _XLA_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sam_jax_test_xla_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# Without an accelerator plugin JAX runs on the CPU, where LLVM's optimisation of the tests' tiny programs takes
-# about half of their compile time and saves less than it costs; results stay within the tests' tolerances (a GPU
-# keeps XLA's defaults: its tests measure the compiled code; so do the commands that run LiteMedSAM's 256² encoder,
-# apps.optimised_env). A level already set (by the user, or by the session that started this one) stays.
+# Without an accelerator plugin JAX runs on the CPU, where compiling the tests' thousands of tiny programs is most of
+# the suite's time: XLA's CPU compiler is set to compile fast rather than to run fast (apps.FAST_COMPILE); results
+# stay within the tests' tolerances. A GPU keeps XLA's defaults (its tests measure the compiled code), and so do the
+# tests that run a real-size encoder (apps.optimised_env, optimised.optimised_jit). A flag already set (by the user,
+# or by the session that started this one) stays.
 _CPU_ONLY = not importlib.metadata.entry_points(group="jax_plugins") and importlib.util.find_spec("jax_plugins") is None
-if _CPU_ONLY and "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    _FLAGS = [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]
+if _CPU_ONLY:
+    _SET = os.environ.get("XLA_FLAGS", "")
+    _FLAGS = [_SET, *(f"--{name}={value}" for name, value in FAST_COMPILE.items() if f"--{name}=" not in _SET)]
     os.environ["XLA_FLAGS"] = " ".join(filter(None, _FLAGS))
 
 
