@@ -34,7 +34,7 @@ def xla_flags(*flags: str) -> str:
 # LLVM optimisation (about half of a tiny program's compile time, saving less than it costs), and fusions emitted as
 # LLVM IR directly instead of through XLA's MLIR fusion emitters, which build an MLIR pipeline for each fusion (a tiny
 # training run compiled in 4.9 s of CPU instead of 12.6 s).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": "false"}
+FAST_COMPILE = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
 
 
 def optimised_env() -> dict[str, str]:
