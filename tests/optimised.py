@@ -5,9 +5,8 @@ compiles (LiteMedSAM on 3 slices: 12 s unoptimised, 2.5 s optimised), and for th
 bit-equal results, which depend on how XLA fuses each."""
 
 import jax
+from apps import XLA_DEFAULTS
 from flax import nnx
-
-XLA_DEFAULT = {"xla_backend_optimization_level": 2, "xla_cpu_use_fusion_emitters": True}
 
 
 def optimised_jit(fn):
@@ -15,6 +14,6 @@ def optimised_jit(fn):
     jitted = jax.jit(
         lambda graphdef, state, *args: fn(nnx.merge(graphdef, state), *args),
         static_argnums=0,
-        compiler_options=XLA_DEFAULT,
+        compiler_options=XLA_DEFAULTS,
     )
     return lambda model, *args: jitted(*nnx.split(model), *args)
