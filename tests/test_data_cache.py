@@ -116,6 +116,24 @@ def test_rebuild_is_incremental(tmp_path, write_tiny_case):
     assert image_file[1].stat().st_mtime_ns == before[1]  # and reused as it was
 
 
+def test_case_arrays_open_one_thread_at_a_time(tmp_path, write_tiny_case, monkeypatch):
+    """np.load's header parse is not thread-safe on CPython 3.11 (cache._memory_map says why): the pipeline's threads
+    open a case's arrays only while holding the cache's lock, and get memory maps of the stored arrays."""
+    write_tiny_case(tmp_path / "data", "BraTS-MEN-00001-000")
+    cache = build_cache(tmp_path / "data", tmp_path / "cache")
+    load, held = np.load, []
+    monkeypatch.setattr(
+        np, "load", lambda *args, **kwargs: held.append(cache_module._OPENING.locked()) or load(*args, **kwargs)
+    )
+    arrays = [
+        cache.image("BraTS-MEN-00001-000"),
+        cache.labels("BraTS-MEN-00001-000"),
+        cache.packed_brain("BraTS-MEN-00001-000"),
+    ]
+    assert held == [True, True, True] and all(isinstance(a, np.memmap) for a in arrays)
+    assert not cache_module._OPENING.locked()
+
+
 def test_interrupted_build_leaves_no_half_written_case(tmp_path, write_tiny_case, monkeypatch):
     for i in (1, 2):
         write_tiny_case(tmp_path / "data", f"BraTS-SSA-0000{i}-000")

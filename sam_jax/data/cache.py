@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import types
 import uuid
@@ -287,6 +288,18 @@ def _warn_if_short_of_space(cache_dir: Path, jobs: list[tuple]) -> None:
         )
 
 
+# np.load reads a .npy header with ast.literal_eval, and CPython 3.11's AST constructor keeps one recursion count for
+# the whole interpreter: the data pipeline's threads opening two cases at once stopped a training run with
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905). Opening is a header read and an
+# mmap: one thread at a time costs nothing.
+_OPENING = threading.Lock()
+
+
+def _memory_map(path: Path) -> np.ndarray:
+    with _OPENING:
+        return np.load(path, mmap_mode="r")
+
+
 @dataclasses.dataclass
 class Cache:
     """An opened cache. Slices of case i are `image(case_id)[k]`; `canvas_size` S is the square every slice is padded
@@ -347,7 +360,7 @@ class Cache:
 
     def image(self, case_id: str) -> np.ndarray:
         """(Z, H, W, 4) memory map of stored values (see `intensity_scale`), channels in MODALITIES order."""
-        return np.load(self.cache_dir / "cases" / case_id / "image.npy", mmap_mode="r")
+        return _memory_map(self.cache_dir / "cases" / case_id / "image.npy")
 
     def intensity_scale(self, case_id: str) -> float:
         """Multiply stored image values by this to get intensities."""
@@ -355,11 +368,11 @@ class Cache:
 
     def packed_brain(self, case_id: str) -> np.ndarray:
         """(Z, H, ceil(W / 8)) memory map of the brain mask; `np.unpackbits(m[k], axis=-1, count=W)` unpacks a slice."""
-        return np.load(self.cache_dir / "cases" / case_id / "brain.npy", mmap_mode="r")
+        return _memory_map(self.cache_dir / "cases" / case_id / "brain.npy")
 
     def labels(self, case_id: str) -> np.ndarray:
         """(Z, H, W) uint8 memory map of BraTS labels."""
-        return np.load(self.cache_dir / "cases" / case_id / "labels.npy", mmap_mode="r")
+        return _memory_map(self.cache_dir / "cases" / case_id / "labels.npy")
 
     def split(self) -> dict:
         """The saved split (at the cache root, the folder above) restricted to cached cases (skipped bad cases drop
