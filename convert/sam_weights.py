@@ -8,10 +8,11 @@ The checkpoint is read without torch, by a restricted unpickler that refuses any
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from sam_jax.config import PRESETS
 from sam_jax.errors import SamJaxError
+from sam_jax.flags_util import run_app
 from sam_jax.weights.convert import convert_checkpoint
 
 flags.DEFINE_string("checkpoint", None, "PyTorch SAM checkpoint (.pth), e.g. sam_vit_b_01ec64.pth.", required=True)
@@ -41,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, __file__)

@@ -9,11 +9,12 @@ the evaluation recorded, or --data_dir."""
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from eval.common import EXPECTED_ERRORS, fail
 from sam_jax.data.domains import COLUMNS
 from sam_jax.evaluation.disagreement import compare
+from sam_jax.flags_util import run_app
 from sam_jax.outputs import check_output_dir
 
 flags.DEFINE_enum("domain", None, list(COLUMNS), "Domain the folders scored; default: the one they recorded.")
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, __file__)

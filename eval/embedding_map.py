@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
 from sam_jax.data import find_cases, load_case
@@ -19,6 +19,7 @@ from sam_jax.evaluation.embeddings import pooled_embeddings, sample_tumour_slice
 from sam_jax.evaluation.figures import scatter_by_domain
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
+from sam_jax.flags_util import run_app
 from sam_jax.outputs import check_output_dir
 from sam_jax.progress import progress_bar
 
@@ -71,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, __file__)

@@ -11,11 +11,12 @@ import csv
 import itertools
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from eval.common import EXPECTED_ERRORS, fail
 from sam_jax.evaluation.figures import heatmap
 from sam_jax.evaluation.lora_discrepancy import as_heatmap, check_files, discrepancy, lora_factors, pairwise
+from sam_jax.flags_util import run_app
 from sam_jax.outputs import check_output_dir
 
 flags.DEFINE_string("output_dir", "lora_discrepancy", "Where the CSVs and PNGs go.")
@@ -60,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, __file__)

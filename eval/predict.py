@@ -27,6 +27,7 @@ from sam_jax.evaluation.prediction import (
 )
 from sam_jax.evaluation.segmenter import SliceSegmenter
 from sam_jax.evaluation.volume import prepare_volume
+from sam_jax.flags_util import run_app
 from sam_jax.metrics import dice_3d
 from sam_jax.outputs import check_output_file
 
@@ -105,4 +106,4 @@ def _to_file(case, prompt) -> list[int]:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, __file__)

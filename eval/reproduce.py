@@ -18,6 +18,7 @@ from absl import app, flags
 from eval.common import fail
 from sam_jax.errors import SamJaxError
 from sam_jax.evaluation.reproduce import TABLES, VARIANTS, DataLedger, data_fingerprint, plan
+from sam_jax.flags_util import run_app
 
 flags.DEFINE_string("table", "all", "1–5, a comma list, or all.")
 flags.DEFINE_enum(
@@ -112,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, __file__)

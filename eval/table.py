@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from eval.common import EXPECTED_ERRORS, fail
 from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.paper_tables import write_paper_tables
 from sam_jax.evaluation.tables import load_summaries, write_tables
+from sam_jax.flags_util import run_app
 from sam_jax.outputs import check_output_dir
 
 flags.DEFINE_string("output_dir", "tables", "Where tables.md and the CSVs go.")
@@ -42,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, __file__)

@@ -15,6 +15,7 @@ from eval.common import EXPECTED_ERRORS, define_model_flags, fail, load_model
 from sam_jax.data.domains import files_like
 from sam_jax.evaluation import EvaluationError
 from sam_jax.evaluation.segmenter import SliceSegmenter
+from sam_jax.flags_util import run_app
 from sam_jax.outputs import check_output_dir
 from sam_jax.viewer import build_app
 from sam_jax.viewer.access import new_token
@@ -93,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, __file__)
