@@ -2,6 +2,7 @@
 block came back without faulting in again, in a process started as every command starts."""
 
 import platform
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 64 << 20  # twice glibc's largest mmap threshold: by default mapped afresh at each allocation
-PAGES = BLOCK // 4096
+PAGES = BLOCK // resource.getpagesize()
 
-# Allocates, fills and frees a BLOCK with the C library's own malloc three times after a first use (NumPy asks for
-# huge pages, which would hide the count); prints the page faults per round.
+# Allocates, fills and frees a BLOCK with the C library's own malloc three times after a first use; prints the page
+# faults per round. The block is kept to small pages (NumPy's arrays ask for huge ones, as may a system's default),
+# one fault each, so that the count tells.
 SCRIPT = f"""
 import ctypes
 import resource
@@ -25,6 +27,8 @@ def main(argv):
 
     def use_block():
         block = libc.malloc({BLOCK})
+        page = resource.getpagesize()
+        libc.madvise(ctypes.c_void_p(-(-block // page) * page), {BLOCK} - page, 15)  # MADV_NOHUGEPAGE
         ctypes.memset(block, 1, {BLOCK})
         libc.free(block)
 
